@@ -1,0 +1,153 @@
+//! CPU kernels for Bi-Mamba (arXiv 2411.11843): the 1-bit packing spec, `y = sign(W) · x`, and
+//! dense f32 / bf16 / f16 matrix products, each with a portable scalar twin.
+//!
+//! Layout of the crate (data flows top to bottom):
+//! - [`pack`]: the binarization and bit-packing spec (the on-disk and in-memory format).
+//! - [`scalar`]: single-threaded reference kernels, also the fallback on any CPU.
+//! - `x86::{avx512, avx2}`, `aarch64::neon`: per-ISA single-threaded kernels, chosen at runtime.
+//! - this file: ISA dispatch ([`selected_isa`]) and the rayon-parallel entry points.
+//! - [`bandwidth`]: a read-bandwidth probe, the denominator of every speed we report (SPEC §7).
+//!
+//! # Shapes
+//! Every product takes `x: [t, cols]` and writes `y: [t, rows]` (row-major, overwritten):
+//! `y[k, i] = Σ_j W[i, j] · x[k, j]`, where `W` is either the sign matrix of a packed
+//! `[rows, cols]` bit matrix or a dense `[rows, cols]` matrix. Shape mismatches are caller bugs
+//! and panic with the shapes in the message (loaders validate files before calling kernels).
+
+pub mod bandwidth;
+pub mod isa;
+pub mod pack;
+pub mod scalar;
+
+mod parallel;
+
+use half::{bf16, f16};
+use std::ops::Range;
+
+pub use bandwidth::measure_read_bandwidth_gbs;
+pub use isa::{isa_from_env, selected_isa, set_isa, Isa};
+pub use scalar::DenseElem;
+
+/// Panics unless the binary-product shapes agree (a caller bug, never user input).
+pub(crate) fn check_binary_shapes(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize, y: &[f32]) {
+    assert_eq!(
+        bits.len(),
+        pack::packed_len(rows, cols),
+        "binary kernel: {} packed bytes, expected [{rows} x {cols}] -> {rows} x {} bytes",
+        bits.len(),
+        pack::row_bytes(cols)
+    );
+    assert_eq!(x.len(), t * cols, "binary kernel: x has {} elements, expected [{t} x {cols}]", x.len());
+    assert_eq!(y.len(), t * rows, "binary kernel: y has {} elements, expected [{t} x {rows}]", y.len());
+}
+
+/// Panics unless the dense-product shapes agree.
+pub(crate) fn check_dense_shapes(w_len: usize, rows: usize, cols: usize, x: &[f32], t: usize, y: &[f32]) {
+    assert_eq!(w_len, rows * cols, "dense kernel: w has {w_len} elements, expected [{rows} x {cols}]");
+    assert_eq!(x.len(), t * cols, "dense kernel: x has {} elements, expected [{t} x {cols}]", x.len());
+    assert_eq!(y.len(), t * rows, "dense kernel: y has {} elements, expected [{t} x {rows}]", y.len());
+}
+
+fn check_range(range: &Range<usize>, rows: usize, t: usize, y: &[f32]) {
+    assert!(range.start <= range.end && range.end <= rows, "row range {range:?} outside 0..{rows}");
+    assert_eq!(y.len(), t * range.len(), "y has {} elements, expected [{t} x {}]", y.len(), range.len());
+}
+
+/// `Σ_j x[k, j]` for every token `k`, computed once per call and shared by all rows (the AVX-512
+/// binary kernel computes `Σ_j s_ij x_j = 2 · Σ_{s_ij = +1} x_j − Σ_j x_j`).
+fn token_sums(x: &[f32], cols: usize, t: usize) -> Vec<f32> {
+    (0..t).map(|k| x[k * cols..(k + 1) * cols].iter().sum::<f32>()).collect()
+}
+
+/// One ISA's binary kernel over `range` of output rows, `xsum` from [`token_sums`].
+#[allow(clippy::too_many_arguments)]
+fn binary_range(isa: Isa, bits: &[u8], cols: usize, x: &[f32], t: usize, xsum: &[f32], range: Range<usize>, y: &mut [f32]) {
+    let _ = (isa, xsum);
+    scalar::binary_rows(bits, cols, x, t, range, y)
+}
+
+/// One ISA's dense kernel over `range` of output rows.
+fn dense_range<E: SimdElem>(isa: Isa, w: &[E], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
+    let _ = isa;
+    scalar::dense_rows(w, cols, x, t, range, y)
+}
+
+/// Dense weight element types with per-ISA kernels (f32, bf16, f16).
+pub trait SimdElem: DenseElem {}
+impl SimdElem for f32 {}
+impl SimdElem for bf16 {}
+impl SimdElem for f16 {}
+
+/// Single-threaded binary kernel of one ISA over output rows `range` of a packed `[rows, cols]`
+/// matrix: `y: [t, range.len()]`, `y[k, i - range.start] = Σ_j s_ij · x[k, j]`. An ISA this CPU
+/// does not support falls back to the scalar kernel. For tests and benchmarks.
+#[allow(clippy::too_many_arguments)]
+pub fn binary_gemm_with(
+    isa: Isa,
+    bits: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    range: Range<usize>,
+    y: &mut [f32],
+) {
+    assert_eq!(bits.len(), pack::packed_len(rows, cols), "binary kernel: packed size does not match [{rows} x {cols}]");
+    assert_eq!(x.len(), t * cols, "binary kernel: x has {} elements, expected [{t} x {cols}]", x.len());
+    check_range(&range, rows, t, y);
+    let xsum = token_sums(x, cols, t);
+    binary_range(isa, bits, cols, x, t, &xsum, range, y);
+}
+
+/// Single-threaded dense kernel of one ISA over output rows `range` (see [`binary_gemm_with`]).
+#[allow(clippy::too_many_arguments)]
+pub fn dense_gemm_with<E: SimdElem>(
+    isa: Isa,
+    w: &[E],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    range: Range<usize>,
+    y: &mut [f32],
+) {
+    assert_eq!(w.len(), rows * cols, "dense kernel: w has {} elements, expected [{rows} x {cols}]", w.len());
+    assert_eq!(x.len(), t * cols, "dense kernel: x has {} elements, expected [{t} x {cols}]", x.len());
+    check_range(&range, rows, t, y);
+    dense_range(isa, w, cols, x, t, range, y);
+}
+
+/// `y[k, i] = Σ_j s_ij · x[k, j]` for a packed sign matrix `bits: [rows, cols]`, `x: [t, cols]`,
+/// `y: [t, rows]`. Dispatches on [`selected_isa`] and splits rows over the rayon pool.
+pub fn binary_gemm(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
+    check_binary_shapes(bits, rows, cols, x, t, y);
+    let isa = selected_isa();
+    let xsum = token_sums(x, cols, t);
+    parallel::for_row_chunks(rows, cols, t, y, |range, yc| binary_range(isa, bits, cols, x, t, &xsum, range, yc));
+}
+
+/// [`binary_gemm`] with `t = 1`: `x: [cols]`, `y: [rows]`.
+pub fn binary_gemv(bits: &[u8], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) {
+    binary_gemm(bits, rows, cols, x, 1, y);
+}
+
+fn dense_gemm<E: SimdElem>(w: &[E], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
+    check_dense_shapes(w.len(), rows, cols, x, t, y);
+    let isa = selected_isa();
+    parallel::for_row_chunks(rows, cols, t, y, |range, yc| dense_range(isa, w, cols, x, t, range, yc));
+}
+
+/// `y = x · Wᵀ` for dense f32 `w: [rows, cols]`, `x: [t, cols]`, `y: [t, rows]`.
+pub fn dense_gemm_f32(w: &[f32], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
+    dense_gemm(w, rows, cols, x, t, y);
+}
+
+/// `y = x · Wᵀ` for bf16 weights (widened to f32 in registers; activations stay f32).
+pub fn dense_gemm_bf16(w: &[bf16], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
+    dense_gemm(w, rows, cols, x, t, y);
+}
+
+/// `y = x · Wᵀ` for f16 weights (widened to f32 in registers; activations stay f32).
+pub fn dense_gemm_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
+    dense_gemm(w, rows, cols, x, t, y);
+}
