@@ -19,7 +19,13 @@ pub mod isa;
 pub mod pack;
 pub mod scalar;
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 mod parallel;
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+mod tiling;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 use half::{bf16, f16};
 use std::ops::Range;
@@ -59,24 +65,58 @@ fn token_sums(x: &[f32], cols: usize, t: usize) -> Vec<f32> {
     (0..t).map(|k| x[k * cols..(k + 1) * cols].iter().sum::<f32>()).collect()
 }
 
-/// One ISA's binary kernel over `range` of output rows, `xsum` from [`token_sums`].
+/// One ISA's binary kernel over `range` of output rows, `xsum` from [`token_sums`]. An ISA the
+/// CPU does not support runs the scalar kernel.
 #[allow(clippy::too_many_arguments)]
 fn binary_range(isa: Isa, bits: &[u8], cols: usize, x: &[f32], t: usize, xsum: &[f32], range: Range<usize>, y: &mut [f32]) {
-    let _ = (isa, xsum);
-    scalar::binary_rows(bits, cols, x, t, range, y)
+    let _ = xsum;
+    match isa {
+        // SAFETY (all arms): each per-ISA kernel requires exactly what `is_supported` checks.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_supported() => unsafe { x86::avx512::binary_rows(bits, cols, x, t, xsum, range, y) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_supported() => unsafe { x86::avx2::binary_rows(bits, cols, x, t, range, y) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if isa.is_supported() => unsafe { aarch64::neon::binary_rows(bits, cols, x, t, range, y) },
+        _ => scalar::binary_rows(bits, cols, x, t, range, y),
+    }
 }
 
 /// One ISA's dense kernel over `range` of output rows.
 fn dense_range<E: SimdElem>(isa: Isa, w: &[E], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    let _ = isa;
-    scalar::dense_rows(w, cols, x, t, range, y)
+    E::dense_rows_isa(isa, w, cols, x, t, range, y)
 }
 
-/// Dense weight element types with per-ISA kernels (f32, bf16, f16).
-pub trait SimdElem: DenseElem {}
-impl SimdElem for f32 {}
-impl SimdElem for bf16 {}
-impl SimdElem for f16 {}
+/// Dense weight element types with per-ISA kernels: f32, bf16 and f16.
+pub trait SimdElem: DenseElem {
+    /// `y: [t, range.len()] = x · W[range]ᵀ` with `isa`'s kernel (scalar if unsupported).
+    #[doc(hidden)]
+    fn dense_rows_isa(isa: Isa, w: &[Self], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]);
+}
+
+macro_rules! impl_simd_elem {
+    ($ty:ty, $kernel:ident) => {
+        impl SimdElem for $ty {
+            fn dense_rows_isa(isa: Isa, w: &[Self], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
+                match isa {
+                    // SAFETY (all arms): each per-ISA kernel requires exactly what
+                    // `is_supported` checks.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 if isa.is_supported() => unsafe { x86::avx512::$kernel(w, cols, x, t, range, y) },
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 if isa.is_supported() => unsafe { x86::avx2::$kernel(w, cols, x, t, range, y) },
+                    #[cfg(target_arch = "aarch64")]
+                    Isa::Neon if isa.is_supported() => unsafe { aarch64::neon::$kernel(w, cols, x, t, range, y) },
+                    _ => scalar::dense_rows(w, cols, x, t, range, y),
+                }
+            }
+        }
+    };
+}
+
+impl_simd_elem!(f32, dense_rows_f32);
+impl_simd_elem!(bf16, dense_rows_bf16);
+impl_simd_elem!(f16, dense_rows_f16);
 
 /// Single-threaded binary kernel of one ISA over output rows `range` of a packed `[rows, cols]`
 /// matrix: `y: [t, range.len()]`, `y[k, i - range.start] = Σ_j s_ij · x[k, j]`. An ISA this CPU

@@ -58,6 +58,23 @@ fn signed(x: f32, bit: u64) -> f32 {
     f32::from_bits(x.to_bits() ^ ((((bit & 1) ^ 1) as u32) << 31))
 }
 
+/// f16 → f32 without a conversion instruction; the NEON kernel does exactly this per lane.
+///
+/// For `h = sign | e (5 bits) | m (10 bits)`, the bits `(h & 0x7fff) << 13` read as an f32 are
+/// `2^(e−127) · 1.m` (or the f32 subnormal `2^−126 · 0.m` when `e = 0`); multiplying by `2^112`
+/// gives `2^(e−15) · 1.m` (resp. `2^−14 · 0.m`), the f16 value, exactly (a power-of-two scale
+/// that lands in the normal range). `e = 31` (inf/NaN) instead takes exponent 255, keeping `m`.
+pub fn f16_to_f32_magic(h: u16) -> f32 {
+    let em = (h & 0x7fff) as u32;
+    let shifted = em << 13;
+    let mag = if em >= 0x7c00 {
+        shifted | 0x7f80_0000
+    } else {
+        (f32::from_bits(shifted) * f32::from_bits(0x7780_0000)).to_bits()
+    };
+    f32::from_bits(mag | (((h & 0x8000) as u32) << 16))
+}
+
 /// `Σ_j s_j · x_j` for one packed row (`row.len() == row_bytes(x.len())`).
 pub fn binary_dot(row: &[u8], x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
@@ -165,6 +182,19 @@ mod tests {
                     let got = y[k * rows + i] as f64;
                     assert!((got - exact).abs() <= 1e-6 * abs + 1e-30, "({rows},{cols},{t}) y[{k},{i}]");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_magic_matches_half_on_all_inputs() {
+        for h in 0..=u16::MAX {
+            let want = f16::from_bits(h).to_f32();
+            let got = f16_to_f32_magic(h);
+            if want.is_nan() {
+                assert!(got.is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
             }
         }
     }

@@ -1,0 +1,3 @@
+//! AArch64 kernels, selected at runtime by [`crate::Isa`].
+
+pub mod neon;

@@ -1,0 +1,4 @@
+//! x86-64 kernels, selected at runtime by [`crate::Isa`].
+
+pub mod avx2;
+pub mod avx512;
