@@ -76,6 +76,27 @@ impl Tokenizer {
             .map_err(|e| TextError::Codec { path: self.path.clone(), detail: e.to_string() })
     }
 
+    /// Encodes without special tokens and also returns, for each token, the byte offset in `text`
+    /// where the token's span ends (used to count the bytes a scored token covers).
+    pub fn encode_with_ends(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TextError::Codec { path: self.path.clone(), detail: e.to_string() })?;
+        // Offsets are byte offsets; a token inside a multi-byte character shares its span, so
+        // ends are made monotone.
+        let mut last = 0;
+        let ends = enc
+            .get_offsets()
+            .iter()
+            .map(|&(_, e)| {
+                last = last.max(e);
+                last
+            })
+            .collect();
+        Ok((enc.get_ids().to_vec(), ends))
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, false)

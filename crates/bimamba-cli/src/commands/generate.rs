@@ -1,0 +1,116 @@
+//! `bimamba generate`: prefill the prompt, then decode token by token, streaming UTF-8 text.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use bimamba_engine::sampling::{Sampler, SamplingParams};
+use bimamba_text::StreamDecoder;
+use clap::Args;
+
+use crate::model_args::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The prompt; encoded without special tokens.
+    #[arg(long)]
+    pub prompt: String,
+
+    /// Maximum number of tokens to generate (stops earlier at end-of-sequence).
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+
+    /// Always take the most likely token (the default when no --temperature is given).
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
+    pub greedy: bool,
+
+    /// Sampling temperature; 0 means greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+
+    /// Sample only among the K most likely tokens (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+
+    /// Sample only among the most likely tokens whose probabilities sum to P (1: no limit).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+
+    /// Seed of the sampler's random generator.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Repetition penalty applied to every token already seen (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    if a.prompt.is_empty() {
+        bail!("--prompt: the prompt is empty; give some text to continue");
+    }
+    let temperature = if a.greedy { 0.0 } else { a.temperature.unwrap_or(0.0) };
+    if !(temperature >= 0.0) || !temperature.is_finite() {
+        bail!("--temperature: expected a number >= 0, got {temperature}");
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p: expected a number in (0, 1], got {}", a.top_p);
+    }
+    if !(a.repeat_penalty > 0.0) || !a.repeat_penalty.is_finite() {
+        bail!("--repeat-penalty: expected a number > 0, got {}", a.repeat_penalty);
+    }
+    let (model, tok, _) = a.model.load()?;
+    let prompt = tok.encode(&a.prompt)?;
+    if prompt.is_empty() {
+        bail!("--prompt: the prompt encodes to no tokens");
+    }
+    let eos = tok.eos_id();
+    let mut sampler = Sampler::new(SamplingParams {
+        temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repeat_penalty: a.repeat_penalty,
+        seed: a.seed,
+    });
+
+    let mut state = model.new_state();
+    let t0 = Instant::now();
+    let mut logits = model.forward_last(&mut state, &prompt)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+
+    let mut history = prompt.clone();
+    let mut decoder = StreamDecoder::new();
+    let mut out = std::io::stdout().lock();
+    let t1 = Instant::now();
+    let mut generated = 0usize;
+    for i in 0..a.max_tokens {
+        let next = sampler.sample(&logits, &history, tok.vocab_size());
+        if Some(next) == eos {
+            break;
+        }
+        history.push(next);
+        generated += 1;
+        let piece = decoder.push(&tok, next)?;
+        if out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_err() {
+            break; // stdout closed (e.g. piped into `head`): stop quietly
+        }
+        if i + 1 < a.max_tokens {
+            logits = model.step(&mut state, next)?;
+        }
+    }
+    let _ = writeln!(out);
+    let decode_s = t1.elapsed().as_secs_f64();
+    eprintln!(
+        "prefill: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s)",
+        prompt.len(),
+        prefill_s,
+        prompt.len() as f64 / prefill_s.max(1e-9),
+        generated,
+        decode_s,
+        generated as f64 / decode_s.max(1e-9),
+    );
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! Model configuration, read from `config.json` in either dialect:
+//! state-spaces `MambaConfig` (`d_model`, `n_layer`, `ssm_cfg {...}`) or transformers
+//! `Mamba2Config` (`hidden_size`, `num_hidden_layers`, `state_size`, ...).
+//!
+//! Every knob the engine honours is read here; a knob it cannot honour is rejected with the
+//! field's name, its value and what is supported.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::error::{EngineError, Result};
+
+/// Which config.json dialect a model directory uses (and so which tensor names to expect first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// state-spaces `MambaLMHeadModel` (`backbone.embedding.weight`).
+    StateSpaces,
+    /// Hugging Face transformers `Mamba2ForCausalLM` (`backbone.embeddings.weight`).
+    Transformers,
+}
+
+/// Everything needed to build a Mamba-2 / Bi-Mamba model. Derived sizes are methods.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub dialect: Dialect,
+    /// Residual stream width D.
+    pub d_model: usize,
+    pub n_layer: usize,
+    /// Vocabulary as declared (state-spaces: before padding).
+    pub vocab_size: usize,
+    /// Rows of the embedding: `vocab_size` rounded up to `pad_vocab_size_multiple`.
+    pub padded_vocab_size: usize,
+    /// SSM state size N.
+    pub d_state: usize,
+    /// Depthwise causal conv width.
+    pub d_conv: usize,
+    pub expand: usize,
+    /// Head dimension P.
+    pub headdim: usize,
+    /// Number of B/C groups G (heads are split evenly over groups).
+    pub ngroups: usize,
+    /// Number of heads H = d_inner / P.
+    pub nheads: usize,
+    /// Chunk length of the training-time SSD; prefill here uses it as its token block.
+    pub chunk_size: usize,
+    pub norm_eps: f64,
+    /// Gated RMSNorm before out_proj (mamba_ssm `rmsnorm=True`).
+    pub gated_norm: bool,
+    /// `norm_before_gate`: false (the default) means `RMSNorm(y * silu(z))`.
+    pub norm_before_gate: bool,
+    pub tie_embeddings: bool,
+    /// `dt` is clamped to this range after the softplus.
+    pub dt_limit: (f64, f64),
+}
+
+impl Config {
+    pub fn d_inner(&self) -> usize {
+        self.expand * self.d_model
+    }
+    /// Width of the in_proj output: z, xBC, dt.
+    pub fn d_in_proj(&self) -> usize {
+        2 * self.d_inner() + 2 * self.ngroups * self.d_state + self.nheads
+    }
+    /// Channels that go through the conv: x, B, C.
+    pub fn conv_dim(&self) -> usize {
+        self.d_inner() + 2 * self.ngroups * self.d_state
+    }
+    pub fn heads_per_group(&self) -> usize {
+        self.nheads / self.ngroups
+    }
+
+    /// Reads `DIR/config.json` (or the given file).
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| EngineError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        Config::from_json_str(&text, &file)
+    }
+
+    /// Parses either dialect; `file` is only used in error messages.
+    pub fn from_json_str(text: &str, file: &Path) -> Result<Config> {
+        let value: Value = serde_json::from_str(text).map_err(|e| EngineError::Invalid {
+            file: file.to_path_buf(),
+            detail: format!("not valid JSON: {e}"),
+        })?;
+        let Value::Object(obj) = value else {
+            return Err(EngineError::Invalid {
+                file: file.to_path_buf(),
+                detail: "expected a JSON object".into(),
+            });
+        };
+        let fields = Fields {
+            file: file.to_path_buf(),
+        };
+        let config = if obj.contains_key("d_model") {
+            fields.state_spaces(&obj)?
+        } else if obj.contains_key("hidden_size") {
+            fields.transformers(&obj)?
+        } else {
+            return Err(fields.err(
+                "d_model",
+                "neither `d_model` (state-spaces MambaConfig) nor `hidden_size` (transformers Mamba2Config) is present",
+            ));
+        };
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Structural checks shared by both dialects.
+    fn validate(&self, file: &Path) -> Result<()> {
+        let f = Fields {
+            file: file.to_path_buf(),
+        };
+        for (name, v) in [
+            ("d_model", self.d_model),
+            ("n_layer", self.n_layer),
+            ("vocab_size", self.vocab_size),
+            ("d_state", self.d_state),
+            ("d_conv", self.d_conv),
+            ("expand", self.expand),
+            ("headdim", self.headdim),
+            ("ngroups", self.ngroups),
+            ("chunk_size", self.chunk_size),
+        ] {
+            if v == 0 {
+                return Err(f.err(name, "must be at least 1, got 0"));
+            }
+        }
+        if self.d_inner() % self.headdim != 0 {
+            return Err(f.err(
+                "headdim",
+                &format!(
+                    "d_inner = expand*d_model = {} is not a multiple of headdim {}",
+                    self.d_inner(),
+                    self.headdim
+                ),
+            ));
+        }
+        if self.nheads * self.headdim != self.d_inner() {
+            return Err(f.err(
+                "num_heads",
+                &format!(
+                    "expected d_inner/headdim = {}, got {}",
+                    self.d_inner() / self.headdim,
+                    self.nheads
+                ),
+            ));
+        }
+        if self.nheads % self.ngroups != 0 {
+            return Err(f.err(
+                "ngroups",
+                &format!("{} heads cannot be split evenly into {} groups", self.nheads, self.ngroups),
+            ));
+        }
+        if !(self.norm_eps > 0.0) {
+            return Err(f.err("layer_norm_epsilon", &format!("must be > 0, got {}", self.norm_eps)));
+        }
+        Ok(())
+    }
+}
+
+/// Field readers that turn a bad value into an error naming the file and field.
+struct Fields {
+    file: PathBuf,
+}
+
+impl Fields {
+    fn err(&self, field: &str, detail: &str) -> EngineError {
+        EngineError::Config {
+            file: self.file.clone(),
+            field: field.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn usize_or(&self, obj: &Map<String, Value>, key: &str, default: Option<usize>) -> Result<usize> {
+        match obj.get(key) {
+            None | Some(Value::Null) => {
+                default.ok_or_else(|| self.err(key, "is required but missing"))
+            }
+            Some(v) => v
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| self.err(key, &format!("expected a non-negative integer, got {v}"))),
+        }
+    }
+
+    fn f64_or(&self, obj: &Map<String, Value>, key: &str, default: f64) -> Result<f64> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(key, &format!("expected a number, got {v}"))),
+        }
+    }
+
+    fn bool_or(&self, obj: &Map<String, Value>, key: &str, default: bool) -> Result<bool> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(key, &format!("expected true or false, got {v}"))),
+        }
+    }
+
+    /// `[lo, hi]` pair; JSON has no infinity, so `null`, missing or a huge number mean +inf.
+    fn limit_or(&self, obj: &Map<String, Value>, key: &str) -> Result<(f64, f64)> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok((0.0, f64::INFINITY)),
+            Some(Value::Array(a)) if a.len() == 2 => {
+                let lo = a[0].as_f64().unwrap_or(0.0);
+                // transformers writes infinity as {"__float__": "Infinity"}.
+                let hi = match &a[1] {
+                    Value::Null => f64::INFINITY,
+                    Value::Object(o) if o.get("__float__").and_then(Value::as_str) == Some("Infinity") => f64::INFINITY,
+                    v => v
+                        .as_f64()
+                        .ok_or_else(|| self.err(key, &format!("expected [lo, hi], got {}", Value::Array(a.clone()))))?,
+                };
+                Ok((lo, hi))
+            }
+            Some(v) => Err(self.err(key, &format!("expected [lo, hi], got {v}"))),
+        }
+    }
+
+    /// Rejects a boolean knob whose value the engine does not implement.
+    fn require_bool(&self, obj: &Map<String, Value>, key: &str, default: bool, supported: bool, what: &str) -> Result<()> {
+        let v = self.bool_or(obj, key, default)?;
+        if v != supported {
+            return Err(self.err(key, &format!("{v} is not supported ({what}); only {supported} is")));
+        }
+        Ok(())
+    }
+
+    /// state-spaces `MambaConfig` with an `ssm_cfg` for the Mamba2 layer.
+    fn state_spaces(&self, obj: &Map<String, Value>) -> Result<Config> {
+        let empty = Map::new();
+        let ssm = match obj.get("ssm_cfg") {
+            None | Some(Value::Null) => &empty,
+            Some(Value::Object(m)) => m,
+            Some(v) => return Err(self.err("ssm_cfg", &format!("expected an object, got {v}"))),
+        };
+        match ssm.get("layer").and_then(Value::as_str) {
+            Some("Mamba2") => {}
+            Some(other) => {
+                return Err(self.err(
+                    "ssm_cfg.layer",
+                    &format!("\"{other}\" is not supported; only \"Mamba2\" is"),
+                ))
+            }
+            None => {
+                return Err(self.err(
+                    "ssm_cfg.layer",
+                    "is missing: without it mamba_ssm builds a Mamba-1 model, which this engine does not run; expected \"Mamba2\"",
+                ))
+            }
+        }
+        let d_intermediate = self.usize_or(obj, "d_intermediate", Some(0))?;
+        if d_intermediate != 0 {
+            return Err(self.err(
+                "d_intermediate",
+                &format!("{d_intermediate} (an MLP after each mixer) is not supported; only 0 is"),
+            ));
+        }
+        if let Some(Value::Array(a)) = obj.get("attn_layer_idx") {
+            if !a.is_empty() {
+                return Err(self.err("attn_layer_idx", "hybrid attention layers are not supported; expected []"));
+            }
+        }
+        self.require_bool(obj, "rms_norm", true, true, "LayerNorm blocks")?;
+        self.require_bool(ssm, "D_has_hdim", false, false, "a per-channel D")?;
+        self.require_bool(ssm, "bias", false, false, "in_proj/out_proj biases")?;
+        self.require_bool(ssm, "conv_bias", true, true, "conv1d without bias")?;
+
+        let d_model = self.usize_or(obj, "d_model", None)?;
+        let vocab_size = self.usize_or(obj, "vocab_size", None)?;
+        let pad = self.usize_or(obj, "pad_vocab_size_multiple", Some(8))?.max(1);
+        let expand = self.usize_or(ssm, "expand", Some(2))?;
+        let headdim = self.usize_or(ssm, "headdim", Some(64))?;
+        let nheads = if headdim == 0 { 0 } else { expand * d_model / headdim };
+        Ok(Config {
+            dialect: Dialect::StateSpaces,
+            d_model,
+            n_layer: self.usize_or(obj, "n_layer", None)?,
+            vocab_size,
+            padded_vocab_size: vocab_size.div_ceil(pad) * pad,
+            d_state: self.usize_or(ssm, "d_state", Some(128))?,
+            d_conv: self.usize_or(ssm, "d_conv", Some(4))?,
+            expand,
+            headdim,
+            ngroups: self.usize_or(ssm, "ngroups", Some(1))?,
+            nheads,
+            chunk_size: self.usize_or(ssm, "chunk_size", Some(256))?,
+            norm_eps: self.f64_or(obj, "norm_epsilon", 1e-5)?,
+            gated_norm: self.bool_or(ssm, "rmsnorm", true)?,
+            norm_before_gate: self.bool_or(ssm, "norm_before_gate", false)?,
+            tie_embeddings: self.bool_or(obj, "tie_embeddings", true)?,
+            dt_limit: self.limit_or(ssm, "dt_limit")?,
+        })
+    }
+
+    /// transformers `Mamba2Config`.
+    fn transformers(&self, obj: &Map<String, Value>) -> Result<Config> {
+        self.require_bool(obj, "use_bias", false, false, "in_proj/out_proj biases")?;
+        self.require_bool(obj, "use_conv_bias", true, true, "conv1d without bias")?;
+        if let Some(act) = obj.get("hidden_act").and_then(Value::as_str) {
+            if act != "silu" {
+                return Err(self.err("hidden_act", &format!("\"{act}\" is not supported; only \"silu\" is")));
+            }
+        }
+        let d_model = self.usize_or(obj, "hidden_size", None)?;
+        let expand = self.usize_or(obj, "expand", Some(2))?;
+        let headdim = self.usize_or(obj, "head_dim", Some(64))?;
+        let derived = if headdim == 0 { 0 } else { expand * d_model / headdim };
+        let vocab_size = self.usize_or(obj, "vocab_size", None)?;
+        Ok(Config {
+            dialect: Dialect::Transformers,
+            d_model,
+            n_layer: self.usize_or(obj, "num_hidden_layers", None)?,
+            vocab_size,
+            padded_vocab_size: vocab_size,
+            d_state: self.usize_or(obj, "state_size", Some(128))?,
+            d_conv: self.usize_or(obj, "conv_kernel", Some(4))?,
+            expand,
+            headdim,
+            ngroups: self.usize_or(obj, "n_groups", Some(1))?,
+            nheads: self.usize_or(obj, "num_heads", Some(derived))?,
+            chunk_size: self.usize_or(obj, "chunk_size", Some(256))?,
+            norm_eps: self.f64_or(obj, "layer_norm_epsilon", 1e-5)?,
+            gated_norm: true,
+            norm_before_gate: self.bool_or(obj, "norm_before_gate", false)?,
+            tie_embeddings: self.bool_or(obj, "tie_word_embeddings", true)?,
+            dt_limit: self.limit_or(obj, "time_step_limit")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config> {
+        Config::from_json_str(s, Path::new("config.json"))
+    }
+
+    #[test]
+    fn state_spaces_130m() {
+        let c = parse(
+            r#"{"d_model": 768, "d_intermediate": 0, "n_layer": 24, "vocab_size": 50277,
+                "ssm_cfg": {"layer": "Mamba2"}, "attn_layer_idx": [], "attn_cfg": {},
+                "rms_norm": true, "residual_in_fp32": true, "fused_add_norm": true,
+                "pad_vocab_size_multiple": 16, "tie_embeddings": true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.dialect, Dialect::StateSpaces);
+        assert_eq!(c.padded_vocab_size, 50288);
+        assert_eq!((c.d_inner(), c.nheads, c.d_state, c.ngroups), (1536, 24, 128, 1));
+        assert_eq!(c.d_in_proj(), 2 * 1536 + 2 * 128 + 24);
+        assert_eq!(c.conv_dim(), 1536 + 256);
+    }
+
+    #[test]
+    fn spec_table_shapes() {
+        // SPEC §1 table: d_in_proj and conv_dim of the three Bi-Mamba sizes.
+        for (d, dip, cd) in [(1536, 6448, 3328), (2048, 8512, 4352), (2560, 10576, 5376)] {
+            let c = parse(&format!(
+                r#"{{"d_model": {d}, "n_layer": 2, "vocab_size": 32000, "ssm_cfg": {{"layer": "Mamba2"}}}}"#
+            ))
+            .unwrap();
+            assert_eq!((c.d_in_proj(), c.conv_dim()), (dip, cd));
+        }
+    }
+
+    #[test]
+    fn transformers_dialect() {
+        let c = parse(
+            r#"{"hidden_size": 48, "num_hidden_layers": 3, "vocab_size": 512, "state_size": 8,
+                "head_dim": 12, "num_heads": 8, "n_groups": 2, "expand": 2, "conv_kernel": 4,
+                "layer_norm_epsilon": 1e-6, "tie_word_embeddings": false,
+                "time_step_limit": [0.0, {"__float__": "Infinity"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.dialect, Dialect::Transformers);
+        assert_eq!((c.nheads, c.ngroups, c.heads_per_group()), (8, 2, 4));
+        assert!(!c.tie_embeddings);
+        assert_eq!(c.norm_eps, 1e-6);
+        assert_eq!(c.dt_limit, (0.0, f64::INFINITY));
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        let cases = [
+            (r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {}}"#, "ssm_cfg.layer"),
+            (r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {"layer": "Mamba1"}}"#, "ssm_cfg.layer"),
+            (r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "d_intermediate": 128, "ssm_cfg": {"layer": "Mamba2"}}"#, "d_intermediate"),
+            (r#"{"d_model": 64, "n_layer": "two", "vocab_size": 10, "ssm_cfg": {"layer": "Mamba2"}}"#, "n_layer"),
+            (r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {"layer": "Mamba2", "headdim": 48}}"#, "headdim"),
+            (r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {"layer": "Mamba2", "headdim": 16, "ngroups": 3}}"#, "ngroups"),
+            (r#"{"hidden_size": 48, "num_hidden_layers": 1, "vocab_size": 10, "head_dim": 12, "num_heads": 5}"#, "num_heads"),
+            (r#"{"n_layer": 1}"#, "d_model"),
+        ];
+        for (json, field) in cases {
+            match parse(json) {
+                Err(EngineError::Config { field: f, .. }) => assert_eq!(f, field, "{json}"),
+                other => panic!("{json}: expected a config error on {field}, got {other:?}"),
+            }
+        }
+    }
+}

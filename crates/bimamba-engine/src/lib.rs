@@ -1,0 +1,26 @@
+//! Mamba-2 and Bi-Mamba inference on the CPU.
+//!
+//! Mamba-2: Dao & Gu, "Transformers are SSMs" (arXiv 2405.21060). Bi-Mamba: Tang et al.,
+//! "Bi-Mamba: Towards Accurate 1-Bit State Space Models" (arXiv 2411.11843).
+//!
+//! One model definition ([`Model`]) serves full-precision and 1-bit checkpoints: the difference
+//! lives in [`Linear`]. The decoding state ([`State`]) is separate from the weights; prefill and
+//! decode are one code path over a block of tokens (see `mixer`).
+
+pub mod config;
+pub mod error;
+pub mod linear;
+pub mod lm;
+mod load;
+pub mod mixer;
+pub mod model;
+pub mod sampling;
+pub mod state;
+
+pub use config::{Config, Dialect};
+pub use error::{EngineError, Result};
+pub use linear::{BinaryScales, DenseWeight, Linear};
+pub use lm::LanguageModel;
+pub use mixer::Proj;
+pub use model::{Layer, Model, ProjSite};
+pub use state::State;

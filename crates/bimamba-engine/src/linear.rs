@@ -1,0 +1,220 @@
+//! One linear-layer abstraction for every weight format, so that one model definition serves
+//! full-precision and 1-bit checkpoints alike.
+//!
+//! FBI-Linear (SPEC §2), column pattern: W̃[i,j] = α_j·s_ij + β_j with s = sign(W) ∈ {±1}, so
+//! ```text
+//! y_i = Σ_j W̃_ij x_j = Σ_j s_ij (α_j x_j) + (β · x)
+//! ```
+//! i.e. scale the input by α, one ±1 matrix-vector product, then add one scalar (β·x) to every
+//! output. Row pattern: W̃[i,j] = α_i·s_ij + β_i, so y_i = α_i Σ_j s_ij x_j + β_i Σ_j x_j.
+
+use bimamba_kernels as kernels;
+use half::{bf16, f16};
+
+/// Dense weights in the dtype they were stored in (row-major [rows, cols]).
+#[derive(Clone, Debug)]
+pub enum DenseWeight {
+    F32(Vec<f32>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+/// Per-column (α, β ∈ R^in) or per-row (α, β ∈ R^out) scales of a binary layer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BinaryScales {
+    /// Shape [1, in] in checkpoints: the official `scaling_pattern='column'`.
+    Column { alpha: Vec<f32>, beta: Vec<f32> },
+    /// Shape [out, 1] in checkpoints.
+    Row { alpha: Vec<f32>, beta: Vec<f32> },
+}
+
+#[derive(Clone, Debug)]
+pub enum Linear {
+    Dense {
+        rows: usize,
+        cols: usize,
+        weight: DenseWeight,
+    },
+    /// Sign bits packed as `bimamba_kernels::pack` documents (1 bit per weight, rows padded to 64).
+    Binary {
+        rows: usize,
+        cols: usize,
+        bits: Vec<u8>,
+        scales: BinaryScales,
+    },
+}
+
+impl Linear {
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        match self {
+            Linear::Dense { rows, .. } | Linear::Binary { rows, .. } => *rows,
+        }
+    }
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        match self {
+            Linear::Dense { cols, .. } | Linear::Binary { cols, .. } => *cols,
+        }
+    }
+
+    /// Binarizes a latent weight with its FBI scales (sign at load, exact zero → +1).
+    pub fn binarize(latent: &[f32], rows: usize, cols: usize, scales: BinaryScales) -> Linear {
+        Linear::Binary {
+            rows,
+            cols,
+            bits: kernels::pack::pack_signs(latent, rows, cols),
+            scales,
+        }
+    }
+
+    /// y = x · Wᵀ.
+    ///
+    /// # Shapes
+    /// - `x`: [t, cols]
+    /// - `y`: [t, rows] (overwritten)
+    pub fn forward(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows(), self.cols());
+        debug_assert_eq!(x.len(), t * cols);
+        debug_assert_eq!(y.len(), t * rows);
+        match self {
+            Linear::Dense { weight, .. } => match weight {
+                DenseWeight::F32(w) => kernels::dense_gemm_f32(w, rows, cols, x, t, y),
+                DenseWeight::BF16(w) => kernels::dense_gemm_bf16(w, rows, cols, x, t, y),
+                DenseWeight::F16(w) => kernels::dense_gemm_f16(w, rows, cols, x, t, y),
+            },
+            Linear::Binary { bits, scales, .. } => match scales {
+                BinaryScales::Column { alpha, beta } => {
+                    // α⊙x per token, one ±1 product, then + β·x on every output.
+                    let mut xs = x.to_vec();
+                    for row in xs.chunks_exact_mut(cols) {
+                        for (v, a) in row.iter_mut().zip(alpha) {
+                            *v *= a;
+                        }
+                    }
+                    kernels::binary_gemm(bits, rows, cols, &xs, t, y);
+                    for (xt, yt) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
+                        let bx: f32 = xt.iter().zip(beta).map(|(a, b)| a * b).sum();
+                        yt.iter_mut().for_each(|v| *v += bx);
+                    }
+                }
+                BinaryScales::Row { alpha, beta } => {
+                    kernels::binary_gemm(bits, rows, cols, x, t, y);
+                    for (xt, yt) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
+                        let sx: f32 = xt.iter().sum();
+                        for ((v, a), b) in yt.iter_mut().zip(alpha).zip(beta) {
+                            *v = a * *v + b * sx;
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    /// Row `i` of the effective weight, as f32 (embedding lookup; tests).
+    pub fn row_f32(&self, i: usize) -> Vec<f32> {
+        let cols = self.cols();
+        match self {
+            Linear::Dense { weight, .. } => {
+                let r = i * cols..(i + 1) * cols;
+                match weight {
+                    DenseWeight::F32(w) => w[r].to_vec(),
+                    DenseWeight::BF16(w) => w[r].iter().map(|v| v.to_f32()).collect(),
+                    DenseWeight::F16(w) => w[r].iter().map(|v| v.to_f32()).collect(),
+                }
+            }
+            Linear::Binary { bits, scales, .. } => {
+                let rb = kernels::pack::row_bytes(cols);
+                let signs = kernels::pack::unpack_signs(&bits[i * rb..(i + 1) * rb], 1, cols);
+                match scales {
+                    BinaryScales::Column { alpha, beta } => {
+                        signs.iter().zip(alpha).zip(beta).map(|((s, a), b)| a * s + b).collect()
+                    }
+                    BinaryScales::Row { alpha, beta } => signs.iter().map(|s| alpha[i] * s + beta[i]).collect(),
+                }
+            }
+        }
+    }
+
+    /// The effective weight W̃ as a dense f32 [rows, cols] matrix.
+    pub fn to_dense_f32(&self) -> Vec<f32> {
+        (0..self.rows()).flat_map(|i| self.row_f32(i)).collect()
+    }
+
+    /// Bytes the weights occupy in memory (what one full pass over them reads).
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Linear::Dense { weight, .. } => match weight {
+                DenseWeight::F32(w) => w.len() * 4,
+                DenseWeight::BF16(w) => w.len() * 2,
+                DenseWeight::F16(w) => w.len() * 2,
+            },
+            Linear::Binary { bits, scales, .. } => {
+                let s = match scales {
+                    BinaryScales::Column { alpha, beta } | BinaryScales::Row { alpha, beta } => {
+                        (alpha.len() + beta.len()) * 4
+                    }
+                };
+                bits.len() + s
+            }
+        }
+    }
+
+    /// Stored bits per weight (scales included).
+    pub fn bits_per_weight(&self) -> f64 {
+        8.0 * self.weight_bytes() as f64 / (self.rows() * self.cols()) as f64
+    }
+
+    pub fn is_binary(&self) -> bool {
+        matches!(self, Linear::Binary { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Both scale patterns: the 1-bit identity equals a dense product with W̃ = α·sign(W)+β.
+    #[test]
+    fn binary_identity_matches_dense_effective_weight() {
+        let mut seed = 7;
+        for (rows, cols, t) in [(5, 70, 3), (17, 129, 1), (8, 64, 4)] {
+            let mut w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+            w[3] = 0.0; // sign(0) → +1
+            let x: Vec<f32> = (0..t * cols).map(|_| lcg(&mut seed)).collect();
+            for column in [true, false] {
+                let n = if column { cols } else { rows };
+                let alpha: Vec<f32> = (0..n).map(|_| lcg(&mut seed).abs() + 0.1).collect();
+                let beta: Vec<f32> = (0..n).map(|_| 0.1 * lcg(&mut seed)).collect();
+                let scales = if column {
+                    BinaryScales::Column { alpha: alpha.clone(), beta: beta.clone() }
+                } else {
+                    BinaryScales::Row { alpha: alpha.clone(), beta: beta.clone() }
+                };
+                let lin = Linear::binarize(&w, rows, cols, scales);
+                let mut y = vec![0.0; t * rows];
+                lin.forward(&x, t, &mut y);
+                for k in 0..t {
+                    for i in 0..rows {
+                        let mut want = 0.0f64;
+                        for j in 0..cols {
+                            let s = if w[i * cols + j] >= 0.0 { 1.0 } else { -1.0 };
+                            let (a, b) = if column { (alpha[j], beta[j]) } else { (alpha[i], beta[i]) };
+                            want += (a * s + b) as f64 * x[k * cols + j] as f64;
+                        }
+                        let got = y[k * rows + i] as f64;
+                        assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{rows}x{cols} t{t} col={column}: {got} vs {want}");
+                    }
+                }
+                let dense = lin.to_dense_f32();
+                let s3 = dense[3] - if column { beta[3] } else { beta[0] };
+                assert!(s3 > 0.0, "exact zero must binarize to +1");
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Building a [`Model`] from a checkpoint: weights are found by key path, every shape is checked,
+//! and a missing or misshapen tensor is reported by name with the expected and actual shapes.
+//!
+//! Projection formats, told apart by the tensors present next to `{prefix}.weight`:
+//! - `{prefix}.bits` (U8 [out, row_bytes]) + `wscale`/`wbias`: packed 1-bit (see `bimamba pack`);
+//! - `{prefix}.weight` + `wscale`/`wbias`: a latent Bi-Mamba weight, binarized here at load;
+//! - `{prefix}.weight` alone: full precision, kept in its stored dtype (f32, f16 or bf16).
+//! `wscale`/`wbias` of shape [1, in] are the column pattern, [out, 1] the row pattern.
+
+use std::path::{Path, PathBuf};
+
+use bimamba_formats::{Checkpoint, DType};
+use half::{bf16, f16};
+
+use crate::config::{Config, Dialect};
+use crate::error::{EngineError, Result};
+use crate::linear::{BinaryScales, DenseWeight, Linear};
+use crate::mixer::Mixer;
+use crate::model::{Layer, Model};
+
+impl Model {
+    /// Loads a model directory: `config.json` plus `model.safetensors` (or shards) or
+    /// `pytorch_model.bin`.
+    pub fn load(dir: &Path) -> Result<Model> {
+        if !dir.exists() {
+            return Err(EngineError::Invalid {
+                file: dir.to_path_buf(),
+                detail: "no such model directory".into(),
+            });
+        }
+        if !dir.is_dir() {
+            return Err(EngineError::Invalid {
+                file: dir.to_path_buf(),
+                detail: "expected a model directory holding config.json and the weights".into(),
+            });
+        }
+        let config = Config::from_file(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
+        Model::from_checkpoint(&ckpt, config)
+    }
+
+    pub fn from_checkpoint(ckpt: &Checkpoint, config: Config) -> Result<Model> {
+        let ld = Loader {
+            ckpt,
+            file: ckpt.path().to_path_buf(),
+        };
+        let c = &config;
+        let (d, v) = (c.d_model, c.padded_vocab_size);
+        let emb_names = match c.dialect {
+            Dialect::StateSpaces => ["backbone.embedding.weight", "backbone.embeddings.weight"],
+            Dialect::Transformers => ["backbone.embeddings.weight", "backbone.embedding.weight"],
+        };
+        let emb_name = emb_names
+            .iter()
+            .find(|n| ckpt.info(n).is_some())
+            .ok_or_else(|| EngineError::MissingTensor {
+                file: ld.file.clone(),
+                tensor: emb_names[0].to_string(),
+                hint: format!(" (nor `{}`)", emb_names[1]),
+            })?;
+        // The embedding decides the vocabulary rows; the config must agree with it.
+        let emb_rows = ckpt.info(emb_name).map(|i| i.shape[0]).unwrap_or(0);
+        let rows_ok = emb_rows == v || (emb_rows >= c.vocab_size && emb_rows <= v);
+        let embedding = ld.dense(emb_name, if rows_ok { emb_rows } else { v }, d)?;
+
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let p = format!("backbone.layers.{i}");
+            let m = format!("{p}.mixer");
+            let a_log = ld.vector(&format!("{m}.A_log"), c.nheads)?;
+            let conv_weight = ld.f32_any(&format!("{m}.conv1d.weight"), &[
+                &[c.conv_dim(), 1, c.d_conv],
+                &[c.conv_dim(), c.d_conv],
+            ])?;
+            layers.push(Layer {
+                norm: ld.vector(&format!("{p}.norm.weight"), d)?,
+                mixer: Mixer {
+                    in_proj: ld.linear(&format!("{m}.in_proj"), c.d_in_proj(), d)?,
+                    conv_weight,
+                    conv_bias: ld.vector(&format!("{m}.conv1d.bias"), c.conv_dim())?,
+                    dt_bias: ld.vector(&format!("{m}.dt_bias"), c.nheads)?,
+                    a: a_log.iter().map(|x| -x.exp()).collect(),
+                    d: ld.vector(&format!("{m}.D"), c.nheads)?,
+                    norm_weight: if c.gated_norm {
+                        ld.vector(&format!("{m}.norm.weight"), c.d_inner())?
+                    } else {
+                        Vec::new()
+                    },
+                    out_proj: ld.linear(&format!("{m}.out_proj"), d, c.d_inner())?,
+                },
+            });
+        }
+        let norm_f = ld.vector("backbone.norm_f.weight", d)?;
+        let lm_head = if c.tie_embeddings {
+            None
+        } else {
+            if ckpt.info("lm_head.weight").is_none() {
+                return Err(EngineError::MissingTensor {
+                    file: ld.file.clone(),
+                    tensor: "lm_head.weight".into(),
+                    hint: " (the config says the embeddings are not tied)".into(),
+                });
+            }
+            Some(ld.dense("lm_head.weight", embedding.rows(), d)?)
+        };
+        Ok(Model {
+            config,
+            embedding,
+            layers,
+            norm_f,
+            lm_head,
+        })
+    }
+}
+
+struct Loader<'a> {
+    ckpt: &'a Checkpoint,
+    file: PathBuf,
+}
+
+impl Loader<'_> {
+    fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
+        self.ckpt
+            .info(name)
+            .map(|i| i.shape.clone())
+            .ok_or_else(|| EngineError::MissingTensor {
+                file: self.file.clone(),
+                tensor: name.to_string(),
+                hint: String::new(),
+            })
+    }
+
+    fn shape_err(&self, name: &str, expected: &[usize], actual: Vec<usize>) -> EngineError {
+        EngineError::Shape {
+            file: self.file.clone(),
+            tensor: name.to_string(),
+            expected: expected.to_vec(),
+            actual,
+        }
+    }
+
+    /// f32 data of a tensor whose shape must be one of `shapes` (the first is reported).
+    fn f32_any(&self, name: &str, shapes: &[&[usize]]) -> Result<Vec<f32>> {
+        let actual = self.shape_of(name)?;
+        if !shapes.iter().any(|s| *s == actual.as_slice()) {
+            return Err(self.shape_err(name, shapes[0], actual));
+        }
+        Ok(self.ckpt.to_f32(name)?)
+    }
+
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        self.f32_any(name, &[&[n]])
+    }
+
+    /// A dense [rows, cols] matrix kept in its stored dtype (f64 becomes f32).
+    fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+        let actual = self.shape_of(name)?;
+        if actual != [rows, cols] {
+            return Err(self.shape_err(name, &[rows, cols], actual));
+        }
+        let info = self.ckpt.info(name).expect("shape_of checked presence");
+        let weight = match info.dtype {
+            DType::F16 => DenseWeight::F16(
+                self.ckpt
+                    .bytes(name)?
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            DType::BF16 => DenseWeight::BF16(
+                self.ckpt
+                    .bytes(name)?
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            _ => DenseWeight::F32(self.ckpt.to_f32(name)?),
+        };
+        Ok(Linear::Dense { rows, cols, weight })
+    }
+
+    /// A projection in any of the three formats (see the module doc).
+    fn linear(&self, prefix: &str, rows: usize, cols: usize) -> Result<Linear> {
+        let scale_name = format!("{prefix}.wscale");
+        let bias_name = format!("{prefix}.wbias");
+        if self.ckpt.info(&scale_name).is_none() {
+            if self.ckpt.info(&bias_name).is_some() {
+                return Err(EngineError::MissingTensor {
+                    file: self.file.clone(),
+                    tensor: scale_name,
+                    hint: format!(" (`{bias_name}` is present: a Bi-Mamba layer needs both)"),
+                });
+            }
+            return self.dense(&format!("{prefix}.weight"), rows, cols);
+        }
+        let s_shape = self.shape_of(&scale_name)?;
+        let column = if s_shape == [1, cols] || s_shape == [cols] {
+            true
+        } else if s_shape == [rows, 1] {
+            false
+        } else {
+            return Err(EngineError::Shape {
+                file: self.file.clone(),
+                tensor: scale_name,
+                expected: vec![1, cols],
+                actual: s_shape,
+            }
+            .with_alternative(&[rows, 1]));
+        };
+        let n = if column { cols } else { rows };
+        let alpha = self.ckpt.to_f32(&scale_name)?;
+        let b_shape = self.shape_of(&bias_name)?;
+        if b_shape != s_shape {
+            return Err(self.shape_err(&bias_name, &s_shape, b_shape));
+        }
+        let beta = self.ckpt.to_f32(&bias_name)?;
+        debug_assert_eq!(alpha.len(), n);
+        let scales = if column {
+            BinaryScales::Column { alpha, beta }
+        } else {
+            BinaryScales::Row { alpha, beta }
+        };
+        let bits_name = format!("{prefix}.bits");
+        if self.ckpt.info(&bits_name).is_some() {
+            let rb = bimamba_kernels::pack::row_bytes(cols);
+            let actual = self.shape_of(&bits_name)?;
+            if actual != [rows, rb] {
+                return Err(self.shape_err(&bits_name, &[rows, rb], actual));
+            }
+            let bits = self.ckpt.bytes(&bits_name)?.to_vec();
+            return Ok(Linear::Binary { rows, cols, bits, scales });
+        }
+        let wname = format!("{prefix}.weight");
+        let actual = self.shape_of(&wname)?;
+        if actual != [rows, cols] {
+            return Err(self.shape_err(&wname, &[rows, cols], actual));
+        }
+        let latent = self.ckpt.to_f32(&wname)?;
+        Ok(Linear::binarize(&latent, rows, cols, scales))
+    }
+}
+
+impl EngineError {
+    /// Adds a second acceptable shape to a shape error's message.
+    fn with_alternative(self, alt: &[usize]) -> EngineError {
+        match self {
+            EngineError::Shape { file, tensor, expected, actual } => EngineError::Invalid {
+                file,
+                detail: format!(
+                    "tensor `{tensor}` has shape {actual:?}, expected {expected:?} (column pattern) or {alt:?} (row pattern)"
+                ),
+            },
+            other => other,
+        }
+    }
+}

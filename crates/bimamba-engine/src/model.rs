@@ -1,0 +1,176 @@
+//! The whole Mamba-2 / Bi-Mamba language model: embedding, a stack of pre-norm mixer blocks
+//! with an fp32 residual stream, the final norm and the (usually tied) lm_head.
+//!
+//! ```text
+//! h = embedding[tokens]
+//! for each layer:  h = h + mixer(RMSNorm(h) ⊙ norm.weight)
+//! logits = lm_head(RMSNorm(h) ⊙ norm_f.weight)
+//! ```
+
+use crate::config::Config;
+use crate::error::{EngineError, Result};
+use crate::linear::Linear;
+use crate::mixer::{rms_norm, Mixer, Proj};
+use crate::state::State;
+
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// [d_model]
+    pub norm: Vec<f32>,
+    pub mixer: Mixer,
+}
+
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub config: Config,
+    /// [padded_vocab, d_model], dense.
+    pub embedding: Linear,
+    pub layers: Vec<Layer>,
+    /// [d_model]
+    pub norm_f: Vec<f32>,
+    /// [padded_vocab, d_model]; `None` when tied to the embedding.
+    pub lm_head: Option<Linear>,
+}
+
+/// Where calibration observers are told an input was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProjSite {
+    pub layer: usize,
+    pub proj: Proj,
+}
+
+impl Model {
+    /// Rows of the embedding / logits width.
+    pub fn vocab_size(&self) -> usize {
+        self.embedding.rows()
+    }
+
+    pub fn new_state(&self) -> State {
+        State::new(&self.config)
+    }
+
+    pub fn lm_head(&self) -> &Linear {
+        self.lm_head.as_ref().unwrap_or(&self.embedding)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let vocab = self.vocab_size();
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(&id) => Err(EngineError::TokenOutOfRange { id, vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `tokens` through the blocks, returning the final normed hidden states.
+    ///
+    /// # Shapes
+    /// - returns [t, d_model]
+    fn hidden(
+        &self,
+        state: &mut State,
+        tokens: &[u32],
+        observe: &mut dyn FnMut(ProjSite, &[f32], usize),
+    ) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        let d = self.config.d_model;
+        let t = tokens.len();
+        // h: [t, d_model], the fp32 residual stream.
+        let mut h: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&tok| self.embedding.row_f32(tok as usize))
+            .collect();
+        let mut u = vec![0.0f32; t * d];
+        for (li, (layer, ls)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
+            u.copy_from_slice(&h);
+            for row in u.chunks_exact_mut(d) {
+                rms_norm(row, &layer.norm, self.config.norm_eps);
+            }
+            let mut obs = |proj: Proj, x: &[f32], n: usize| observe(ProjSite { layer: li, proj }, x, n);
+            let out = layer.mixer.forward(&self.config, ls, &u, t, &mut obs);
+            h.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+        }
+        for row in h.chunks_exact_mut(d) {
+            rms_norm(row, &self.norm_f, self.config.norm_eps);
+        }
+        state.position += t;
+        Ok(h)
+    }
+
+    /// Feeds `tokens` (prefill when more than one), returning the logits of every position.
+    ///
+    /// # Shapes
+    /// - returns [tokens.len(), vocab_size]
+    pub fn forward(&self, state: &mut State, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.forward_observed(state, tokens, &mut |_, _, _| {})
+    }
+
+    /// As [`Model::forward`], calling `observe(site, x, t)` with the input `x` [t, in] of every
+    /// in_proj and out_proj (calibration of post-training quantizers).
+    pub fn forward_observed(
+        &self,
+        state: &mut State,
+        tokens: &[u32],
+        observe: &mut dyn FnMut(ProjSite, &[f32], usize),
+    ) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let h = self.hidden(state, tokens, observe)?;
+        let head = self.lm_head();
+        let mut logits = vec![0.0f32; tokens.len() * head.rows()];
+        head.forward(&h, tokens.len(), &mut logits);
+        Ok(logits)
+    }
+
+    /// Feeds `tokens` and returns only the last position's logits (generation's prefill).
+    ///
+    /// # Shapes
+    /// - returns [vocab_size]
+    pub fn forward_last(&self, state: &mut State, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let d = self.config.d_model;
+        let h = self.hidden(state, tokens, &mut |_, _, _| {})?;
+        let head = self.lm_head();
+        let mut logits = vec![0.0f32; head.rows()];
+        head.forward(&h[h.len() - d..], 1, &mut logits);
+        Ok(logits)
+    }
+
+    /// One decode step.
+    ///
+    /// # Shapes
+    /// - returns [vocab_size]
+    pub fn step(&self, state: &mut State, token: u32) -> Result<Vec<f32>> {
+        self.forward_last(state, &[token])
+    }
+
+    /// Parameter counts: (binarized projection weights, everything else).
+    pub fn parameter_counts(&self) -> (usize, usize) {
+        let mut binary = 0;
+        let mut dense = self.embedding.rows() * self.embedding.cols() + self.norm_f.len();
+        if let Some(h) = &self.lm_head {
+            dense += h.rows() * h.cols();
+        }
+        for l in &self.layers {
+            let m = &l.mixer;
+            for p in [&m.in_proj, &m.out_proj] {
+                let n = p.rows() * p.cols();
+                if p.is_binary() {
+                    binary += n
+                } else {
+                    dense += n
+                }
+            }
+            dense += l.norm.len()
+                + m.conv_weight.len()
+                + m.conv_bias.len()
+                + m.dt_bias.len()
+                + m.a.len()
+                + m.d.len()
+                + m.norm_weight.len();
+        }
+        (binary, dense)
+    }
+}
