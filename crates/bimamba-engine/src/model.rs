@@ -11,13 +11,35 @@ use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::linear::Linear;
 use crate::mixer::{rms_norm, Mixer, Proj};
-use crate::state::State;
+use crate::state::{LayerState, State};
 
 #[derive(Clone, Debug)]
 pub struct Layer {
     /// [d_model]
     pub norm: Vec<f32>,
     pub mixer: Mixer,
+}
+
+impl Layer {
+    /// One residual block, in place: h ← h + mixer(RMSNorm(h) ⊙ norm.weight).
+    ///
+    /// # Shapes
+    /// - `h`: [t, d_model]
+    pub fn forward(
+        &self,
+        cfg: &Config,
+        state: &mut LayerState,
+        h: &mut [f32],
+        t: usize,
+        observe: &mut dyn FnMut(Proj, &[f32], usize),
+    ) {
+        let mut u = h.to_vec();
+        for row in u.chunks_exact_mut(cfg.d_model) {
+            rms_norm(row, &self.norm, cfg.norm_eps);
+        }
+        let out = self.mixer.forward(cfg, state, &u, t, observe);
+        h.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +75,14 @@ impl Model {
         self.lm_head.as_ref().unwrap_or(&self.embedding)
     }
 
+    /// Embedding rows of `tokens`: the residual stream entering layer 0.
+    ///
+    /// # Shapes
+    /// - returns [tokens.len(), d_model]
+    pub fn embed(&self, tokens: &[u32]) -> Vec<f32> {
+        tokens.iter().flat_map(|&tok| self.embedding.row_f32(tok as usize)).collect()
+    }
+
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         let vocab = self.vocab_size();
         match tokens.iter().find(|&&t| t as usize >= vocab) {
@@ -72,24 +102,13 @@ impl Model {
         observe: &mut dyn FnMut(ProjSite, &[f32], usize),
     ) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
-        let d = self.config.d_model;
         let t = tokens.len();
-        // h: [t, d_model], the fp32 residual stream.
-        let mut h: Vec<f32> = tokens
-            .iter()
-            .flat_map(|&tok| self.embedding.row_f32(tok as usize))
-            .collect();
-        let mut u = vec![0.0f32; t * d];
+        let mut h = self.embed(tokens);
         for (li, (layer, ls)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
-            u.copy_from_slice(&h);
-            for row in u.chunks_exact_mut(d) {
-                rms_norm(row, &layer.norm, self.config.norm_eps);
-            }
             let mut obs = |proj: Proj, x: &[f32], n: usize| observe(ProjSite { layer: li, proj }, x, n);
-            let out = layer.mixer.forward(&self.config, ls, &u, t, &mut obs);
-            h.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+            layer.forward(&self.config, ls, &mut h, t, &mut obs);
         }
-        for row in h.chunks_exact_mut(d) {
+        for row in h.chunks_exact_mut(self.config.d_model) {
             rms_norm(row, &self.norm_f, self.config.norm_eps);
         }
         state.position += t;
