@@ -1,0 +1,201 @@
+//! Model hyper-parameters (the state-spaces `MambaConfig` with a Mamba-2 `ssm_cfg`) and the
+//! sizes derived from them (SPEC §1).
+
+use serde::{Deserialize, Serialize};
+
+/// Which kind of projection the mixers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// FBI-Linear in_proj/out_proj: α ⊙ sign(W) + β with a straight-through estimator (Bi-Mamba).
+    #[default]
+    Binary,
+    /// Plain full-precision projections (teachers and baselines).
+    Full,
+}
+
+/// The architecture of one Mamba-2 language model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Width of the residual stream D.
+    pub d_model: usize,
+    /// Number of Mamba-2 blocks.
+    pub n_layer: usize,
+    /// Vocabulary size as given (the embedding is padded to `pad_vocab_size_multiple`).
+    pub vocab_size: usize,
+    /// SSM state size N.
+    #[serde(default = "defaults::d_state")]
+    pub d_state: usize,
+    /// Depthwise causal convolution width.
+    #[serde(default = "defaults::d_conv")]
+    pub d_conv: usize,
+    /// d_inner = expand · d_model.
+    #[serde(default = "defaults::expand")]
+    pub expand: usize,
+    /// Channels per head P.
+    #[serde(default = "defaults::headdim")]
+    pub headdim: usize,
+    /// Groups G sharing B and C (head h uses group h / (H/G)).
+    #[serde(default = "defaults::ngroups")]
+    pub ngroups: usize,
+    /// Chunk length of the SSD matrix form.
+    #[serde(default = "defaults::chunk_size")]
+    pub chunk_size: usize,
+    /// The embedding rows are padded to a multiple of this.
+    #[serde(default = "defaults::pad_vocab")]
+    pub pad_vocab_size_multiple: usize,
+    /// RMSNorm epsilon.
+    #[serde(default = "defaults::eps")]
+    pub norm_eps: f64,
+    /// Binarized (Bi-Mamba) or full-precision projections.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+mod defaults {
+    pub fn d_state() -> usize {
+        128
+    }
+    pub fn d_conv() -> usize {
+        4
+    }
+    pub fn expand() -> usize {
+        2
+    }
+    pub fn headdim() -> usize {
+        64
+    }
+    pub fn ngroups() -> usize {
+        1
+    }
+    pub fn chunk_size() -> usize {
+        256
+    }
+    pub fn pad_vocab() -> usize {
+        16
+    }
+    pub fn eps() -> f64 {
+        1e-5
+    }
+}
+
+impl ModelConfig {
+    /// expand · d_model.
+    pub fn d_inner(&self) -> usize {
+        self.expand * self.d_model
+    }
+    /// Number of heads H = d_inner / P.
+    pub fn nheads(&self) -> usize {
+        self.d_inner() / self.headdim
+    }
+    /// Channels that go through the convolution: x, B and C.
+    pub fn conv_dim(&self) -> usize {
+        self.d_inner() + 2 * self.ngroups * self.d_state
+    }
+    /// Output width of in_proj: z, xBC and dt.
+    pub fn d_in_proj(&self) -> usize {
+        2 * self.d_inner() + 2 * self.ngroups * self.d_state + self.nheads()
+    }
+    /// Embedding rows: vocab_size rounded up to `pad_vocab_size_multiple`.
+    pub fn padded_vocab(&self) -> usize {
+        let m = self.pad_vocab_size_multiple.max(1);
+        self.vocab_size.div_ceil(m) * m
+    }
+
+    /// Checks the divisibility rules of the architecture.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("d_model", self.d_model),
+            ("n_layer", self.n_layer),
+            ("vocab_size", self.vocab_size),
+            ("d_state", self.d_state),
+            ("d_conv", self.d_conv),
+            ("expand", self.expand),
+            ("headdim", self.headdim),
+            ("ngroups", self.ngroups),
+            ("chunk_size", self.chunk_size),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("model.{name} must be positive"));
+            }
+        }
+        if self.d_inner() % self.headdim != 0 {
+            return Err(format!(
+                "d_inner {} is not a multiple of headdim {}",
+                self.d_inner(),
+                self.headdim
+            ));
+        }
+        if self.nheads() % self.ngroups != 0 {
+            return Err(format!(
+                "heads {} are not a multiple of ngroups {}",
+                self.nheads(),
+                self.ngroups
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parameters of the model (embedding counted once: it is tied to the LM head).
+    pub fn num_params(&self) -> usize {
+        let (d, di, h) = (self.d_model, self.d_inner(), self.nheads());
+        let scales = match self.precision {
+            Precision::Binary => 2 * (d + di),
+            Precision::Full => 0,
+        };
+        let per_layer = d
+            + self.d_in_proj() * d
+            + self.conv_dim() * (self.d_conv + 1)
+            + 3 * h
+            + di
+            + d * di
+            + scales;
+        self.padded_vocab() * d + self.n_layer * per_layer + d
+    }
+
+    /// Multiply-adds of the projections and the LM head per token, times 2 (FLOPs), i.e. the
+    /// "6N" numerator of model-FLOPs utilization uses 3× this for forward + backward.
+    pub fn matmul_flops_per_token(&self) -> usize {
+        let d = self.d_model;
+        2 * (self.n_layer * (self.d_in_proj() * d + d * self.d_inner()) + self.padded_vocab() * d)
+    }
+
+    /// Forward FLOPs per token of the SSD matrix form (intra-chunk quadratic part and states),
+    /// for a sequence chunked by `chunk_size`.
+    pub fn ssd_flops_per_token(&self) -> usize {
+        let (h, p, n, g, t) = (
+            self.nheads(),
+            self.headdim,
+            self.d_state,
+            self.ngroups,
+            self.chunk_size,
+        );
+        // C·Bᵀ per group (t·n per token), scores·X per head (t·p), chunk states (p·n per head),
+        // state outputs (p·n per head); the decay matrices are elementwise and not counted.
+        self.n_layer * 2 * (g * t * n + h * t * p + 2 * h * p * n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_sizes_match_the_spec_table() {
+        // SPEC §1: 780M has d_in_proj 6448, conv_dim 3328, 752.1M params with V=32000.
+        let c: ModelConfig = serde_json::from_str(
+            r#"{"d_model":1536,"n_layer":48,"vocab_size":32000,"precision":"full"}"#,
+        )
+        .expect("valid json");
+        assert_eq!(c.d_inner(), 3072);
+        assert_eq!(c.nheads(), 48);
+        assert_eq!(c.d_in_proj(), 6448);
+        assert_eq!(c.conv_dim(), 3328);
+        assert_eq!((c.num_params() as f64 / 1e5).round() / 10.0, 752.1);
+        c.validate().expect("valid");
+        let bad = ModelConfig { headdim: 100, ..c };
+        assert!(bad.validate().is_err());
+    }
+}

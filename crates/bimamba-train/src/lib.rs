@@ -1,0 +1,24 @@
+//! Bi-Mamba training on Burn (arXiv 2411.11843): 1-bit Mamba-2 language models trained from
+//! scratch by autoregressive distillation.
+//!
+//! Data flow: [`data`] (token files, window sampling) → [`model`] (Mamba-2 with the chunked SSD
+//! of [`ssd`] and the FBI-Linear projections of [`bitlinear`]) → [`loss`] (soft-target and
+//! next-token cross-entropy) → [`optim`] (AdamW, warm-up + cosine, global-norm clipping) →
+//! [`run`] (the training loop, metrics, atomic checkpoints, exact resume) → [`export`] (the
+//! state-spaces model directory that the inference engine loads).
+//!
+//! Only this crate depends on Burn; the inference crates read the exported files.
+
+pub mod bitlinear;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod modeldir;
+pub mod ops;
+pub mod params;
+pub mod rng;
+pub mod ssd;
+
+pub use config::{ModelConfig, Precision};
+pub use error::{Error, Result};
+pub use model::Mamba2Lm;

@@ -1,0 +1,407 @@
+//! The Mamba-2 language model for training (SPEC §1): pure SSD blocks with pre-norm residuals,
+//! tied embedding / LM head, FBI-Linear or full-precision projections.
+//!
+//! Field names follow the state-spaces checkpoint (`backbone.layers.{i}.mixer.in_proj.weight`, …):
+//! the module path of every parameter *is* its tensor name in checkpoints and exports.
+
+// `A_log` and `D` keep their checkpoint names (the derive repeats them in generated code).
+#![allow(non_snake_case)]
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::bitlinear::Projection;
+use crate::config::{ModelConfig, Precision};
+use crate::ops::{opts, rms_normalize, silu, softplus};
+use crate::rng::SplitMix64;
+use crate::ssd::ssd_chunked;
+
+/// RMSNorm with a learned per-channel weight.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Shape [dim].
+    pub weight: Param<Tensor<B, 1>>,
+}
+
+/// Depthwise causal convolution over time, with bias.
+#[derive(Module, Debug)]
+pub struct CausalConv<B: Backend> {
+    /// Shape [conv_dim, 1, d_conv] (PyTorch Conv1d layout, groups = conv_dim).
+    pub weight: Param<Tensor<B, 3>>,
+    /// Shape [conv_dim].
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+/// One Mamba-2 mixer.
+#[allow(non_snake_case)]
+#[derive(Module, Debug)]
+pub struct Mixer<B: Backend> {
+    /// u [D] -> [z | xBC | dt], width d_in_proj.
+    pub in_proj: Projection<B>,
+    /// Causal conv over xBC.
+    pub conv1d: CausalConv<B>,
+    /// Shape [H].
+    pub dt_bias: Param<Tensor<B, 1>>,
+    /// A = −exp(A_log). Shape [H].
+    pub A_log: Param<Tensor<B, 1>>,
+    /// Skip weight per head. Shape [H].
+    pub D: Param<Tensor<B, 1>>,
+    /// Gated grouped RMSNorm weight. Shape [d_inner].
+    pub norm: RmsNorm<B>,
+    /// [d_inner] -> [D].
+    pub out_proj: Projection<B>,
+    /// Architecture (not a parameter).
+    pub config: ModelConfig,
+}
+
+/// Pre-norm residual block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// Shape [D].
+    pub norm: RmsNorm<B>,
+    /// The SSD mixer.
+    pub mixer: Mixer<B>,
+}
+
+/// Token embedding (tied to the LM head).
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    /// Shape [padded vocab, D].
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+/// Embedding, blocks and final norm.
+#[derive(Module, Debug)]
+pub struct Backbone<B: Backend> {
+    /// Token embedding, also the LM head.
+    pub embedding: Embedding<B>,
+    /// The Mamba-2 blocks.
+    pub layers: Vec<Block<B>>,
+    /// Final RMSNorm. Shape [D].
+    pub norm_f: RmsNorm<B>,
+}
+
+/// An untied LM head (only for loaded teachers; trained students tie it to the embedding).
+#[derive(Module, Debug)]
+pub struct LmHead<B: Backend> {
+    /// Shape [padded vocab, D].
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+/// The language model (`MambaLMHeadModel`).
+#[derive(Module, Debug)]
+pub struct Mamba2Lm<B: Backend> {
+    /// All parameters but an untied head live under `backbone.`.
+    pub backbone: Backbone<B>,
+    /// None: the head is the embedding (tied), as in every model this crate trains.
+    pub lm_head: Option<LmHead<B>>,
+    /// Architecture (not a parameter).
+    pub config: ModelConfig,
+}
+
+fn param<B: Backend, const D: usize>(v: Vec<f32>, dims: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(v, dims), opts::<B>(device)))
+}
+
+fn uniform(rng: &mut SplitMix64, len: usize, bound: f64) -> Vec<f32> {
+    (0..len).map(|_| rng.uniform(-bound, bound) as f32).collect()
+}
+
+impl<B: Backend> RmsNorm<B> {
+    fn ones(dim: usize, device: &B::Device) -> Self {
+        Self { weight: param(vec![1.0; dim], [dim], device) }
+    }
+
+    /// x / rms(x) · weight over the last dimension.
+    ///
+    /// # Shapes
+    /// - x: [b, L, dim]; output: [b, L, dim]
+    pub fn forward(&self, x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
+        let dim = x.dims()[2];
+        rms_normalize(x, eps) * self.weight.val().reshape([1, 1, dim])
+    }
+}
+
+impl<B: Backend> CausalConv<B> {
+    /// y[t, c] = bias[c] + Σ_k w[c, k] · x[t − (K−1) + k, c], zeros before the start.
+    ///
+    /// # Shapes
+    /// - x: [b, L, C]; output: [b, L, C]
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, l, c] = x.dims();
+        let k = self.weight.dims()[2];
+        let w = self.weight.val().reshape([c, k]).transpose(); // [K, C]
+        let xp = Tensor::cat(vec![Tensor::zeros([b, k - 1, c], opts::<B>(&x.device())), x], 1);
+        let mut y = self.bias.val().reshape([1, 1, c]).expand([b, l, c]);
+        for j in 0..k {
+            y = y + xp.clone().narrow(1, j, l) * w.clone().narrow(0, j, 1).reshape([1, 1, c]);
+        }
+        y
+    }
+}
+
+impl<B: Backend> Mixer<B> {
+    /// Official initialization (SPEC §3) for layer of a model with `cfg.n_layer` layers.
+    pub fn init(cfg: &ModelConfig, rng: &mut SplitMix64, device: &B::Device) -> Self {
+        let (d, di, h, cd, k) = (cfg.d_model, cfg.d_inner(), cfg.nheads(), cfg.conv_dim(), cfg.d_conv);
+        let binary = cfg.precision == Precision::Binary;
+        // nn.Linear default: kaiming_uniform(a=√5) = U(±1/√fan_in).
+        let w_in = uniform(rng, cfg.d_in_proj() * d, 1.0 / (d as f64).sqrt());
+        // out_proj: the same, then divided by √n_layer (one residual per layer).
+        let scale = 1.0 / (di as f64).sqrt() / (cfg.n_layer as f64).sqrt();
+        let w_out = uniform(rng, d * di, scale);
+        // Conv1d default: fan_in = 1·d_conv for weight and bias.
+        let conv_bound = 1.0 / (k as f64).sqrt();
+        let conv_w = uniform(rng, cd * k, conv_bound);
+        let conv_b = uniform(rng, cd, conv_bound);
+        // dt log-uniform in [1e-3, 0.1], floored at 1e-4; dt_bias = softplus⁻¹(dt) = dt + log(1 − e^{−dt}).
+        let (lo, hi) = (1e-3f64.ln(), 0.1f64.ln());
+        let dt_bias: Vec<f32> = (0..h)
+            .map(|_| {
+                let dt = rng.uniform(lo, hi).exp().max(1e-4);
+                (dt + (-(-dt).exp_m1()).ln()) as f32
+            })
+            .collect();
+        let a_log: Vec<f32> = (0..h).map(|_| rng.uniform(1.0, 16.0).ln() as f32).collect();
+        Self {
+            in_proj: Projection::from_latent(w_in, cfg.d_in_proj(), d, binary, device),
+            conv1d: CausalConv {
+                weight: param(conv_w, [cd, 1, k], device),
+                bias: param(conv_b, [cd], device),
+            },
+            dt_bias: param(dt_bias, [h], device),
+            A_log: param(a_log, [h], device),
+            D: param(vec![1.0; h], [h], device),
+            norm: RmsNorm::ones(di, device),
+            out_proj: Projection::from_latent(w_out, d, di, binary, device),
+            config: cfg.clone(),
+        }
+    }
+
+    /// The mixer on a whole sequence (chunked SSD).
+    ///
+    /// # Shapes
+    /// - u: [b, L, D] (already normalized); output: [b, L, D]
+    pub fn forward(&self, u: Tensor<B, 3>) -> Tensor<B, 3> {
+        let cfg = &self.config;
+        let [b, l, _] = u.dims();
+        let (di, h, p, g, n) = (cfg.d_inner(), cfg.nheads(), cfg.headdim, cfg.ngroups, cfg.d_state);
+        let zxbcdt = self.in_proj.forward(u); // [b,L,d_in_proj]
+        let z = zxbcdt.clone().narrow(2, 0, di);
+        let xbc = silu(self.conv1d.forward(zxbcdt.clone().narrow(2, di, cfg.conv_dim())));
+        let dt = softplus(zxbcdt.narrow(2, di + cfg.conv_dim(), h) + self.dt_bias.val().reshape([1, 1, h]));
+        let x = xbc.clone().narrow(2, 0, di).reshape([b, l, h, p]);
+        let bm = xbc.clone().narrow(2, di, g * n).reshape([b, l, g, n]);
+        let cm = xbc.narrow(2, di + g * n, g * n).reshape([b, l, g, n]);
+        let a = self.A_log.val().exp().neg();
+        let (y, _) = ssd_chunked(x.clone(), dt, a, bm, cm, cfg.chunk_size, None);
+        let y = y + x * self.D.val().reshape([1, 1, h, 1]); // [b,L,H,P]
+        // Gated grouped RMSNorm (norm_before_gate = False): normalize y·SiLU(z) per group.
+        let gated = y.reshape([b, l, di]) * silu(z);
+        let normed = rms_normalize(gated.reshape([b, l, g, di / g]), cfg.norm_eps).reshape([b, l, di])
+            * self.norm.weight.val().reshape([1, 1, di]);
+        self.out_proj.forward(normed)
+    }
+}
+
+impl<B: Backend> Mamba2Lm<B> {
+    /// A freshly initialized model (SPEC §3); the same seed gives the same weights on every backend.
+    pub fn init(cfg: &ModelConfig, seed: u64, device: &B::Device) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let (v, d) = (cfg.padded_vocab(), cfg.d_model);
+        let emb: Vec<f32> = (0..v * d).map(|_| (0.02 * rng.normal()) as f32).collect();
+        let layers = (0..cfg.n_layer)
+            .map(|_| Block {
+                norm: RmsNorm::ones(d, device),
+                mixer: Mixer::init(cfg, &mut rng, device),
+            })
+            .collect();
+        Self {
+            backbone: Backbone {
+                embedding: Embedding { weight: param(emb, [v, d], device) },
+                layers,
+                norm_f: RmsNorm::ones(d, device),
+            },
+            lm_head: None,
+            config: cfg.clone(),
+        }
+    }
+
+    /// Final hidden states (after norm_f).
+    ///
+    /// # Shapes
+    /// - tokens: [b, L]; output: [b, L, D]
+    pub fn forward_hidden(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let eps = self.config.norm_eps;
+        let mut h = burn::tensor::module::embedding(self.backbone.embedding.weight.val(), tokens);
+        for block in &self.backbone.layers {
+            h = h.clone() + block.mixer.forward(block.norm.forward(h, eps));
+        }
+        self.backbone.norm_f.forward(h, eps)
+    }
+
+    /// Gives the model an untied LM head (a copy of the embedding until loaded over).
+    pub fn untie_head(mut self) -> Self {
+        let w = self.backbone.embedding.weight.val();
+        self.lm_head = Some(LmHead { weight: Param::from_tensor(w.detach()) });
+        self
+    }
+
+    /// Next-token logits over the padded vocabulary.
+    ///
+    /// # Shapes
+    /// - tokens: [b, L]; output: [b, L, padded vocab]
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let h = self.forward_hidden(tokens);
+        let [b, l, d] = h.dims();
+        let w = match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.backbone.embedding.weight.val(),
+        }; // [V, D]
+        let v = w.dims()[0];
+        h.reshape([b * l, d]).matmul(w.transpose()).reshape([b, l, v])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{self, NamedTensors};
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::ModuleVisitor;
+    use burn::tensor::backend::AutodiffBackend;
+
+    type Ad = Autodiff<NdArray<f64>>;
+
+    fn tiny(precision: Precision) -> ModelConfig {
+        ModelConfig {
+            d_model: 8,
+            n_layer: 2,
+            vocab_size: 11,
+            d_state: 4,
+            d_conv: 4,
+            expand: 2,
+            headdim: 4,
+            ngroups: 2,
+            chunk_size: 3,
+            pad_vocab_size_multiple: 8,
+            norm_eps: 1e-5,
+            precision,
+        }
+    }
+
+    struct Grads<'a, B: AutodiffBackend> {
+        path: Vec<String>,
+        grads: &'a B::Gradients,
+        out: NamedTensors,
+    }
+
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Grads<'_, B> {
+        fn enter_module(&mut self, name: &str, _c: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _n: &str, _c: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = param.val().grad(self.grads) {
+                self.out.insert(self.path.join("."), g.to_data());
+            }
+        }
+    }
+
+    /// A smooth scalar of the logits: Σ logits ⊙ R with a fixed random R.
+    fn loss_of(model: &Mamba2Lm<Ad>, tokens: &[i64], r: &Tensor<Ad, 3>) -> Tensor<Ad, 1> {
+        let t = Tensor::<Ad, 2, Int>::from_data(TensorData::new(tokens.to_vec(), [2, tokens.len() / 2]), &Default::default());
+        (model.forward(t) * r.clone()).sum()
+    }
+
+    /// Analytic gradients of every parameter against central finite differences (f64), through
+    /// the SSD, the conv, the norms, the tied head and the FBI-Linear scales. Latent binarized
+    /// weights have no true derivative (sign is flat): they are checked in full precision here and
+    /// against the STE formulas in `bitlinear`.
+    #[test]
+    fn gradients_match_finite_differences() {
+        for precision in [Precision::Full, Precision::Binary] {
+            let cfg = tiny(precision);
+            let dev = Default::default();
+            let model = Mamba2Lm::<Ad>::init(&cfg, 9, &dev);
+            // Non-trivial norms and skip weights, so their gradients are not degenerate.
+            let mut named = params::collect(&model);
+            let mut rng = SplitMix64::new(1);
+            for (name, t) in named.iter_mut() {
+                if name.ends_with("norm.weight") || name.ends_with(".D") {
+                    let v: Vec<f64> = t.iter::<f64>().map(|x| x + rng.uniform(-0.3, 0.3)).collect();
+                    *t = TensorData::new(v, t.shape.clone());
+                }
+            }
+            let model = params::load(model, &named, "test").expect("same names");
+            let tokens: Vec<i64> = (0..14).map(|_| rng.below(11) as i64).collect();
+            let rv: Vec<f64> = (0..2 * 7 * cfg.padded_vocab()).map(|_| rng.normal()).collect();
+            let r = Tensor::<Ad, 3>::from_data(TensorData::new(rv, [2, 7, cfg.padded_vocab()]), opts::<Ad>(&dev));
+            let grads = loss_of(&model, &tokens, &r).backward();
+            let mut v = Grads::<Ad> { path: Vec::new(), grads: &grads, out: NamedTensors::new() };
+            model.visit(&mut v);
+            let analytic = v.out;
+            let eps = 1e-6;
+            let mut checked = 0;
+            for (name, data) in &named {
+                let latent_binary = precision == Precision::Binary
+                    && (name.ends_with("in_proj.weight") || name.ends_with("out_proj.weight"));
+                if latent_binary {
+                    continue;
+                }
+                let g: Vec<f64> = analytic[name].iter::<f64>().collect();
+                let base: Vec<f64> = data.iter::<f64>().collect();
+                for _ in 0..3 {
+                    let k = rng.below(base.len() as u64) as usize;
+                    let eval = |delta: f64| {
+                        let mut v = base.clone();
+                        v[k] += delta;
+                        let mut p = named.clone();
+                        p.insert(name.clone(), TensorData::new(v, data.shape.clone()));
+                        let m = params::load(model.clone(), &p, "fd").expect("same names");
+                        loss_of(&m, &tokens, &r).into_scalar()
+                    };
+                    let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+                    let tol = 1e-6 * (1.0 + fd.abs().max(g[k].abs()));
+                    assert!((fd - g[k]).abs() < tol, "{precision:?} {name}[{k}]: analytic {} vs fd {fd}", g[k]);
+                    checked += 1;
+                }
+            }
+            assert!(checked >= 40, "{checked} entries checked");
+        }
+    }
+
+    #[test]
+    fn init_follows_the_official_recipe() {
+        let mut cfg = tiny(Precision::Binary);
+        cfg.d_model = 64;
+        cfg.n_layer = 4;
+        let model = Mamba2Lm::<NdArray<f32>>::init(&cfg, 1, &Default::default());
+        let named = params::collect(&model);
+        let v = |k: &str| named[k].iter::<f32>().collect::<Vec<f32>>();
+        let std = |x: &[f32]| {
+            let m = x.iter().sum::<f32>() / x.len() as f32;
+            (x.iter().map(|a| (a - m) * (a - m)).sum::<f32>() / x.len() as f32).sqrt()
+        };
+        assert!((std(&v("backbone.embedding.weight")) - 0.02).abs() < 0.002);
+        let a: Vec<f32> = v("backbone.layers.0.mixer.A_log").iter().map(|x| x.exp()).collect();
+        assert!(a.iter().all(|&x| (1.0..=16.0).contains(&x)));
+        let dt: Vec<f64> = v("backbone.layers.0.mixer.dt_bias").iter().map(|&b| (1.0 + (b as f64).exp()).ln()).collect();
+        assert!(dt.iter().all(|&x| (0.99e-3..=0.101).contains(&x)), "{dt:?}");
+        assert!(v("backbone.layers.1.mixer.D").iter().all(|&x| x == 1.0));
+        let bound_out = 1.0 / (128f32).sqrt() / 2.0;
+        let w_out = v("backbone.layers.0.mixer.out_proj.weight");
+        assert!(w_out.iter().all(|x| x.abs() <= bound_out));
+        assert!(w_out.iter().any(|x| x.abs() > 0.9 * bound_out));
+        // xnor scales: β = column mean, α = mean |W − β|.
+        let w_in = v("backbone.layers.0.mixer.in_proj.weight");
+        let (alpha, beta) = crate::bitlinear::xnor_column_scales(&w_in, cfg.d_in_proj(), 64);
+        assert_eq!(v("backbone.layers.0.mixer.in_proj.wscale"), alpha);
+        assert_eq!(v("backbone.layers.0.mixer.in_proj.wbias"), beta);
+        // Per layer: norm, in_proj ×3, conv ×2, dt_bias, A_log, D, mixer norm, out_proj ×3.
+        assert_eq!(params::names_and_shapes(&model).len(), 1 + 4 * 13 + 1);
+    }
+}
