@@ -11,10 +11,13 @@
 
 pub mod bitlinear;
 pub mod config;
+pub mod data;
 pub mod error;
+pub mod loss;
 pub mod model;
 pub mod modeldir;
 pub mod ops;
+pub mod optim;
 pub mod params;
 pub mod rng;
 pub mod ssd;
