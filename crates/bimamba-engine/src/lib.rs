@@ -13,6 +13,7 @@ pub mod linear;
 pub mod lm;
 mod load;
 pub mod mixer;
+pub mod pack;
 pub mod model;
 pub mod sampling;
 pub mod state;

@@ -42,7 +42,8 @@ impl Model {
     pub fn from_checkpoint(ckpt: &Checkpoint, config: Config) -> Result<Model> {
         let ld = Loader {
             ckpt,
-            file: ckpt.path().to_path_buf(),
+            file: weights_file(ckpt),
+            packed: crate::pack::check_metadata(ckpt)?,
         };
         let c = &config;
         let (d, v) = (c.d_model, c.padded_vocab_size);
@@ -113,9 +114,25 @@ impl Model {
     }
 }
 
+/// The file the tensors come from, for error messages (the directory's weights file when a
+/// model directory was opened; same order of preference as `Checkpoint::open`).
+pub(crate) fn weights_file(ckpt: &Checkpoint) -> PathBuf {
+    let p = ckpt.path();
+    if p.is_dir() {
+        for f in ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"] {
+            if p.join(f).is_file() {
+                return p.join(f);
+            }
+        }
+    }
+    p.to_path_buf()
+}
+
 struct Loader<'a> {
     ckpt: &'a Checkpoint,
     file: PathBuf,
+    /// The checkpoint declares the packed format (and a version this build reads).
+    packed: bool,
 }
 
 impl Loader<'_> {
@@ -222,6 +239,15 @@ impl Loader<'_> {
         };
         let bits_name = format!("{prefix}.bits");
         if self.ckpt.info(&bits_name).is_some() {
+            if !self.packed {
+                return Err(EngineError::Invalid {
+                    file: self.file.clone(),
+                    detail: format!(
+                        "tensor `{bits_name}` holds packed bits but the metadata does not declare format \"{}\"",
+                        crate::pack::PACKED_FORMAT
+                    ),
+                });
+            }
             let rb = bimamba_kernels::pack::row_bytes(cols);
             let actual = self.shape_of(&bits_name)?;
             if actual != [rows, rb] {

@@ -143,6 +143,17 @@ impl StreamDecoder {
         self.emitted = text.len();
         Ok(new)
     }
+
+    /// At the end of generation: whatever was held back, with incomplete bytes shown as U+FFFD.
+    pub fn finish(&mut self, tok: &Tokenizer) -> Result<String> {
+        let text = tok.decode(&self.ids)?;
+        if text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+            return Ok(String::new());
+        }
+        let rest = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(rest)
+    }
 }
 
 /// Reads a whole text file, refusing invalid UTF-8 (with the offset) and empty files.

@@ -1,9 +1,14 @@
-//! `bimamba eval`: perplexity (and, as the evaluation crate grows, zero-shot tasks).
+//! `bimamba eval`: perplexity, zero-shot tasks (lm-evaluation-harness 0.4 semantics) and a
+//! side-by-side table of result files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Result};
-use bimamba_text::read_text_file;
+use bimamba_engine::LanguageModel;
+use bimamba_eval::compare::{self, MetricChoice};
+use bimamba_eval::tasks::{self, Task, TaskResult};
+use bimamba_text::{read_text_file, Tokenizer};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -13,6 +18,49 @@ use crate::model_args::ModelArgs;
 pub enum EvalCommand {
     /// Perplexity over non-overlapping windows of a text file (the paper's protocol).
     Ppl(PplArgs),
+    /// Zero-shot accuracy on BoolQ, PIQA, HellaSwag, WinoGrande, ARC-e/c, OpenBookQA and LAMBADA.
+    Tasks(TasksArgs),
+    /// One table of several models side by side from `eval tasks --json` / `eval ppl --json` files.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TasksArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Comma-separated tasks: boolq, piqa, hellaswag, winogrande, arc_easy, arc_challenge,
+    /// openbookqa, lambada_openai, or all.
+    #[arg(long, default_value = "all", value_name = "LIST")]
+    pub tasks: String,
+
+    /// Directory of TASK.jsonl files (default: $BIMAMBA_EVAL_DATA, else data/eval in the repository).
+    /// Fetch them with `scripts/fetch_eval.sh data/eval`.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Score only the first N documents of each task.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Result files: the output of `eval tasks --json` and `eval ppl --json`, matched by model.
+    #[arg(required = true, value_name = "RESULT.json")]
+    pub files: Vec<PathBuf>,
+
+    /// Accuracy per task column: paper (acc_norm for HellaSwag, ARC, OBQA; acc elsewhere), acc, acc_norm.
+    #[arg(long, default_value = "paper")]
+    pub metric: String,
+
+    /// Print a Markdown table.
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 #[derive(Args, Debug)]
@@ -36,6 +84,8 @@ pub struct PplArgs {
 pub fn run(c: EvalCommand) -> Result<()> {
     match c {
         EvalCommand::Ppl(a) => ppl(a),
+        EvalCommand::Tasks(a) => tasks_cmd(a),
+        EvalCommand::Compare(a) => compare_cmd(a),
     }
 }
 
@@ -83,5 +133,109 @@ fn ppl(a: PplArgs) -> Result<()> {
             r.ppl, r.tokens, r.windows, r.seq_len, r.bits_per_byte, elapsed
         );
     }
+    Ok(())
+}
+
+fn tasks_cmd(a: TasksArgs) -> Result<()> {
+    let list = Task::parse_list(&a.tasks)?;
+    if a.limit == Some(0) {
+        bail!("--limit: expected at least 1 document, got 0");
+    }
+    let data_dir = a.data_dir.clone().unwrap_or_else(tasks::default_data_dir);
+    // Every file is checked before the model loads, so a missing one fails at once.
+    for &t in &list {
+        tasks::task_file(&data_dir, t)?;
+    }
+    let (model, tok, dir) = a.model.load()?;
+    run_tasks(&model, &tok, &dir, &data_dir, &list, &a)
+}
+
+fn run_tasks<M: LanguageModel>(
+    model: &M,
+    tok: &Tokenizer,
+    dir: &Path,
+    data_dir: &Path,
+    list: &[Task],
+    a: &TasksArgs,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let mut results: Vec<(Task, TaskResult)> = Vec::new();
+    for &t in list {
+        let docs = tasks::load_task(data_dir, t, a.limit)?;
+        if docs.is_empty() {
+            bail!("{}: no documents", tasks::task_file(data_dir, t)?.display());
+        }
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>14} {bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]")
+                .expect("the progress template is a valid constant"),
+        );
+        bar.set_prefix(t.name());
+        let r = tasks::evaluate(model, tok, t, &docs, &|done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
+        bar.finish_and_clear();
+        results.push((t, r));
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    if a.json {
+        let mut map = serde_json::Map::new();
+        for (t, r) in &results {
+            map.insert(t.name().to_string(), serde_json::to_value(r)?);
+        }
+        let v = serde_json::json!({
+            "results": map,
+            "model": dir.display().to_string(),
+            "tokenizer": tok.path().display().to_string(),
+            "data_dir": data_dir.display().to_string(),
+            "limit": a.limit,
+            "elapsed_s": elapsed,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    print!("{}", task_table(&results));
+    let merges: usize = results.iter().map(|(_, r)| r.boundary_merges).sum();
+    println!(
+        "model {}; data {}{}; {} boundary merges; {:.1} s",
+        dir.display(),
+        data_dir.display(),
+        a.limit.map_or(String::new(), |n| format!(" (first {n} documents per task)")),
+        merges,
+        elapsed
+    );
+    Ok(())
+}
+
+/// Accuracies in %, each with its standard error.
+fn task_table(results: &[(Task, TaskResult)]) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2}", 100.0 * x));
+    let mut s = format!(
+        "{:<15} {:>6} {:>7} {:>6} {:>8} {:>6} {:>8} {:>8}\n",
+        "task", "n", "acc", "±", "acc_norm", "±", "ppl", "time s"
+    );
+    for (t, r) in results {
+        s += &format!(
+            "{:<15} {:>6} {:>7} {:>6} {:>8} {:>6} {:>8} {:>8.1}\n",
+            t.name(),
+            r.n,
+            pct(Some(r.acc)),
+            pct(r.acc_stderr),
+            pct(r.acc_norm),
+            pct(r.acc_norm_stderr),
+            r.ppl.map_or("-".to_string(), |p| format!("{p:.2}")),
+            r.elapsed_s
+        );
+    }
+    s
+}
+
+fn compare_cmd(a: CompareArgs) -> Result<()> {
+    let Some(metric) = MetricChoice::from_name(&a.metric) else {
+        bail!("--metric: expected paper, acc or acc_norm, got {:?}", a.metric);
+    };
+    let table = compare::compare(&a.files, metric)?;
+    print!("{}", compare::render(&table, a.markdown));
     Ok(())
 }

@@ -101,6 +101,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             logits = model.step(&mut state, next)?;
         }
     }
+    let rest = decoder.finish(&tok)?;
+    let _ = write!(out, "{rest}");
     let _ = writeln!(out);
     let decode_s = t1.elapsed().as_secs_f64();
     eprintln!(

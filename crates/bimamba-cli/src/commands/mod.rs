@@ -1,3 +1,4 @@
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod pack;
