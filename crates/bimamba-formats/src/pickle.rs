@@ -18,8 +18,11 @@ use crate::DType;
 
 /// Deepest allowed container nesting (a state dict needs about 4).
 const MAX_DEPTH: u32 = 64;
-/// Total elements copied by copy-on-write before the stream is refused as pathological.
-const MAX_COPY_WORK: usize = 1 << 26;
+/// Total elements copied by copy-on-write before the stream is refused as pathological (a real
+/// state dict copies none: each container is filled right after it is memoized, once).
+const MAX_COPY_WORK: usize = 1 << 22;
+/// Values on the stack plus open MARKs; torch.save needs a few thousand (SETITEMS batches of 1000).
+const MAX_STACK: usize = 1 << 20;
 
 /// A callable or class a GLOBAL opcode may name.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -219,6 +222,9 @@ impl Vm {
     fn push(&mut self, v: Value) -> Res<()> {
         if v.depth() > MAX_DEPTH {
             return self.bad(format!("containers nested deeper than {MAX_DEPTH}"));
+        }
+        if self.stack.len() + self.marks.len() >= MAX_STACK {
+            return self.bad(format!("more than {MAX_STACK} values on the stack"));
         }
         self.stack.push(v);
         Ok(())
@@ -473,7 +479,12 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
             })))?,
             b']' => vm.push(Value::List(Rc::new(Vm::seq(Vec::new()))))?,
             b')' => vm.push(Value::Tuple(Rc::new(Vm::seq(Vec::new()))))?,
-            b'(' => vm.marks.push(vm.stack.len()),
+            b'(' => {
+                if vm.stack.len() + vm.marks.len() >= MAX_STACK {
+                    return vm.bad(format!("more than {MAX_STACK} values on the stack"));
+                }
+                vm.marks.push(vm.stack.len())
+            }
             b'0' => {
                 vm.pop()?;
             }

