@@ -122,16 +122,11 @@ impl Mixer {
                     let c = &row[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
                     let dtv = dt[k * h_n + h];
                     let decay = (dtv * self.a[h]).exp();
-                    for p in 0..p_n {
-                        let sx = dtv * x[p];
-                        let sp = &mut s[p * n_n..(p + 1) * n_n];
-                        let mut acc = 0.0f32;
-                        for n in 0..n_n {
-                            let v = decay * sp[n] + sx * b[n];
-                            sp[n] = v;
-                            acc += v * c[n];
-                        }
-                        y[k * p_n + p] = acc + self.d[h] * x[p];
+                    let yk = &mut y[k * p_n..(k + 1) * p_n];
+                    // S ← decay·S + dt·x⊗B and y = S·C, each state row touched once.
+                    bimamba_kernels::ssm::head_step(s, x, b, c, dtv, decay, yk);
+                    for (v, xv) in yk.iter_mut().zip(x) {
+                        *v += self.d[h] * xv;
                     }
                 }
                 y

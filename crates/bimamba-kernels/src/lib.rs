@@ -18,6 +18,7 @@ pub mod bandwidth;
 pub mod isa;
 pub mod pack;
 pub mod scalar;
+pub mod ssm;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -59,21 +60,43 @@ fn check_range(range: &Range<usize>, rows: usize, t: usize, y: &[f32]) {
     assert_eq!(y.len(), t * range.len(), "y has {} elements, expected [{t} x {}]", y.len(), range.len());
 }
 
-/// `Σ_j x[k, j]` for every token `k`, computed once per call and shared by all rows (the AVX-512
-/// binary kernel computes `Σ_j s_ij x_j = 2 · Σ_{s_ij = +1} x_j − Σ_j x_j`).
-fn token_sums(x: &[f32], cols: usize, t: usize) -> Vec<f32> {
-    (0..t).map(|k| x[k * cols..(k + 1) * cols].iter().sum::<f32>()).collect()
+/// Data a binary kernel derives from `x` once per call and shares between all row chunks.
+struct BinaryPrep {
+    /// AVX-512: `Σ_j x[k, j]` per token (masked-add kernel).
+    xsum: Vec<f32>,
+    /// AVX-512: lookup tables `[t, groups, 16]` (see `x86::avx512_lut`).
+    tables: Vec<f32>,
+    lut: bool,
 }
 
-/// One ISA's binary kernel over `range` of output rows, `xsum` from [`token_sums`]. An ISA the
+fn binary_prep(isa: Isa, x: &[f32], cols: usize, t: usize) -> BinaryPrep {
+    let mut p = BinaryPrep { xsum: Vec::new(), tables: Vec::new(), lut: false };
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && isa.is_supported() {
+        p.lut = std::env::var("BIMAMBA_AVX512_BINARY").map(|v| v != "mask").unwrap_or(true);
+        if p.lut {
+            p.tables = vec![0.0; x86::avx512_lut::tables_len(cols, t)];
+            // SAFETY: AVX-512 support checked above.
+            unsafe { x86::avx512_lut::build_tables(x, cols, t, &mut p.tables) };
+        } else {
+            p.xsum = (0..t).map(|k| x[k * cols..(k + 1) * cols].iter().sum::<f32>()).collect();
+        }
+    }
+    let _ = (isa, x, cols, t);
+    p
+}
+
+/// One ISA's binary kernel over `range` of output rows, `prep` from [`binary_prep`]. An ISA the
 /// CPU does not support runs the scalar kernel.
 #[allow(clippy::too_many_arguments)]
-fn binary_range(isa: Isa, bits: &[u8], cols: usize, x: &[f32], t: usize, xsum: &[f32], range: Range<usize>, y: &mut [f32]) {
-    let _ = xsum;
+fn binary_range(isa: Isa, bits: &[u8], cols: usize, x: &[f32], t: usize, prep: &BinaryPrep, range: Range<usize>, y: &mut [f32]) {
+    let _ = prep;
     match isa {
         // SAFETY (all arms): each per-ISA kernel requires exactly what `is_supported` checks.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if isa.is_supported() => unsafe { x86::avx512::binary_rows(bits, cols, x, t, xsum, range, y) },
+        Isa::Avx512 if isa.is_supported() && prep.lut => unsafe { x86::avx512_lut::binary_rows(bits, cols, t, &prep.tables, range, y) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_supported() => unsafe { x86::avx512::binary_rows(bits, cols, x, t, &prep.xsum, range, y) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_supported() => unsafe { x86::avx2::binary_rows(bits, cols, x, t, range, y) },
         #[cfg(target_arch = "aarch64")]
@@ -135,8 +158,8 @@ pub fn binary_gemm_with(
     assert_eq!(bits.len(), pack::packed_len(rows, cols), "binary kernel: packed size does not match [{rows} x {cols}]");
     assert_eq!(x.len(), t * cols, "binary kernel: x has {} elements, expected [{t} x {cols}]", x.len());
     check_range(&range, rows, t, y);
-    let xsum = token_sums(x, cols, t);
-    binary_range(isa, bits, cols, x, t, &xsum, range, y);
+    let prep = binary_prep(isa, x, cols, t);
+    binary_range(isa, bits, cols, x, t, &prep, range, y);
 }
 
 /// Single-threaded dense kernel of one ISA over output rows `range` (see [`binary_gemm_with`]).
@@ -162,8 +185,8 @@ pub fn dense_gemm_with<E: SimdElem>(
 pub fn binary_gemm(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
     check_binary_shapes(bits, rows, cols, x, t, y);
     let isa = selected_isa();
-    let xsum = token_sums(x, cols, t);
-    parallel::for_row_chunks(rows, cols, t, y, |range, yc| binary_range(isa, bits, cols, x, t, &xsum, range, yc));
+    let prep = binary_prep(isa, x, cols, t);
+    parallel::for_row_chunks(rows, cols, t, y, |range, yc| binary_range(isa, bits, cols, x, t, &prep, range, yc));
 }
 
 /// [`binary_gemm`] with `t = 1`: `x: [cols]`, `y: [rows]`.
