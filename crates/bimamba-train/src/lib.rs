@@ -10,6 +10,7 @@
 //! Only this crate depends on Burn; the inference crates read the exported files.
 
 pub mod bitlinear;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
@@ -20,7 +21,9 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod runconfig;
 pub mod ssd;
+pub mod teacher;
 
 pub use config::{ModelConfig, Precision};
 pub use error::{Error, Result};

@@ -1,0 +1,221 @@
+//! Frozen teachers for autoregressive distillation (SPEC §3): a full-precision Mamba-2 model run
+//! in-process, or top-k log-probabilities precomputed once into a file by `teacher-logits`.
+//!
+//! The student must see the teacher's tokenizer: every teacher carries the FNV hash of its
+//! vocabulary, compared with the hash recorded by `data prepare`.
+//!
+//! Top-k file (`.topk`): 48-byte header — magic `BMTL`, version u32, k u32, seq_len u32,
+//! windows u64, vocab hash (16 ASCII hex digits), reserved u64 — then for each aligned training
+//! window i (input tokens [i·seq_len, (i+1)·seq_len)) `seq_len·k` u32 token ids followed by
+//! `seq_len·k` f32 log-probabilities, each position's entries in descending probability.
+
+use std::io::Write;
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use memmap2::Mmap;
+
+use crate::data::{load_tokenizer, vocab_hash, Dataset};
+use crate::error::{Error, Result};
+use crate::model::Mamba2Lm;
+use crate::modeldir::ModelDir;
+use crate::ops::log_softmax;
+
+const MAGIC: &[u8; 4] = b"BMTL";
+const VERSION: u32 = 1;
+const HEADER: usize = 48;
+
+/// Checks that a teacher's tokenizer is the data's; the error says what to do.
+pub fn check_tokenizer(teacher_hash: &str, teacher_desc: &str, data: &Dataset) -> Result<()> {
+    if teacher_hash != data.meta.vocab_hash {
+        return Err(Error::Config(format!(
+            "tokenizer mismatch: the teacher {teacher_desc} has vocabulary hash {teacher_hash}, the data in {} \
+             was tokenized with {} (hash {}). Student and teacher must share the tokenizer: re-run \
+             `data prepare --tokenizer <the teacher's tokenizer.json>`",
+            data.dir.display(),
+            data.dir.join("tokenizer.json").display(),
+            data.meta.vocab_hash
+        )));
+    }
+    Ok(())
+}
+
+/// Loads a full-precision Mamba-2 teacher from a model directory and checks its tokenizer.
+pub fn load_mamba_teacher<B: Backend>(dir: &Path, data: &Dataset, device: &B::Device) -> Result<Mamba2Lm<B>> {
+    let tpath = dir.join("tokenizer.json");
+    if !tpath.exists() {
+        return Err(Error::Config(format!(
+            "the teacher {} has no tokenizer.json, so its tokenizer cannot be checked against the data's",
+            dir.display()
+        )));
+    }
+    check_tokenizer(&vocab_hash(&load_tokenizer(&tpath)?), &dir.display().to_string(), data)?;
+    let md = ModelDir::open(dir)?;
+    md.build::<B>(device)
+}
+
+/// A memory-mapped top-k teacher file.
+#[derive(Debug)]
+pub struct TopkFile {
+    map: Mmap,
+    /// Entries per position.
+    pub k: usize,
+    /// Positions per window.
+    pub seq_len: usize,
+    /// Windows in the file.
+    pub windows: usize,
+    /// Vocabulary hash of the teacher's tokenizer.
+    pub vocab_hash: String,
+}
+
+impl TopkFile {
+    /// Maps a file written by [`write_topk`] and checks it.
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = std::fs::File::open(path).map_err(Error::io(path))?;
+        // SAFETY: read-only map of a file that is only ever replaced by rename.
+        let map = unsafe { Mmap::map(&f) }.map_err(Error::io(path))?;
+        if map.len() < HEADER || &map[0..4] != MAGIC {
+            return Err(Error::format(path, "not a teacher top-k file (bad magic)"));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([map[i], map[i + 1], map[i + 2], map[i + 3]]);
+        if u32_at(4) != VERSION {
+            return Err(Error::format(path, format!("top-k file version {} (this build reads {VERSION})", u32_at(4))));
+        }
+        let (k, seq_len) = (u32_at(8) as usize, u32_at(12) as usize);
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&map[16..24]);
+        let windows = u64::from_le_bytes(w) as usize;
+        let vocab_hash = String::from_utf8_lossy(&map[24..40]).to_string();
+        let want = HEADER + windows * seq_len * k * 8;
+        if map.len() != want || k == 0 || seq_len == 0 {
+            return Err(Error::format(path, format!("size {} does not match its header ({want})", map.len())));
+        }
+        Ok(Self { map, k, seq_len, windows, vocab_hash })
+    }
+
+    /// Ids and log-probabilities of window `i`, each `seq_len · k` long.
+    pub fn window(&self, i: usize) -> (Vec<i64>, Vec<f32>) {
+        let n = self.seq_len * self.k;
+        let base = HEADER + i * n * 8;
+        let ids = self.map[base..base + 4 * n]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+            .collect();
+        let lp = self.map[base + 4 * n..base + 8 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (ids, lp)
+    }
+
+    /// Teacher tensors for a batch of aligned window starts.
+    ///
+    /// # Shapes
+    /// - output: ids [b, seq_len, k], log-probabilities [b, seq_len, k]
+    pub fn batch<B: Backend>(&self, starts: &[usize], device: &B::Device) -> Result<(Tensor<B, 3, Int>, Tensor<B, 3>)> {
+        let (mut ids, mut lps) = (Vec::new(), Vec::new());
+        for &s in starts {
+            if s % self.seq_len != 0 || s / self.seq_len >= self.windows {
+                return Err(Error::Config(format!("window start {s} is not covered by the top-k file")));
+            }
+            let (i, l) = self.window(s / self.seq_len);
+            ids.extend(i);
+            lps.extend(l);
+        }
+        let dims = [starts.len(), self.seq_len, self.k];
+        Ok((
+            Tensor::from_data(TensorData::new(ids, dims), device),
+            Tensor::from_data(TensorData::new(lps, dims), crate::ops::opts::<B>(device)),
+        ))
+    }
+}
+
+/// The `k` largest entries of `row` with their indices, in descending order.
+fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    let k = k.min(row.len());
+    idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+    idx.truncate(k);
+    idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+    idx.into_iter().map(|i| (i, row[i as usize])).collect()
+}
+
+/// Runs `teacher` over the first `max_windows` aligned training windows of `data` and writes their
+/// top-k log-probabilities (over the tokenizer's vocabulary) to `out`. Returns the window count.
+pub fn write_topk<B: Backend>(
+    teacher: &Mamba2Lm<B>,
+    data: &Dataset,
+    out: &Path,
+    seq_len: usize,
+    k: usize,
+    max_windows: usize,
+    batch: usize,
+    device: &B::Device,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<usize> {
+    let vocab = data.meta.vocab_size;
+    if k == 0 || k > vocab {
+        return Err(Error::Config(format!("top-k {k} must be in 1..={vocab}")));
+    }
+    let windows = ((data.train.len().saturating_sub(1)) / seq_len).min(max_windows);
+    if windows == 0 {
+        return Err(Error::Config("the training split is shorter than one window".into()));
+    }
+    let tmp = out.with_extension("topk.tmp");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(Error::io(&tmp))?);
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&(k as u32).to_le_bytes());
+    header.extend_from_slice(&(seq_len as u32).to_le_bytes());
+    header.extend_from_slice(&(windows as u64).to_le_bytes());
+    let mut hash = [b'0'; 16];
+    let h = data.meta.vocab_hash.as_bytes();
+    hash[..h.len().min(16)].copy_from_slice(&h[..h.len().min(16)]);
+    header.extend_from_slice(&hash);
+    header.extend_from_slice(&0u64.to_le_bytes());
+    f.write_all(&header).map_err(Error::io(&tmp))?;
+    let mut done = 0;
+    while done < windows {
+        let nb = batch.max(1).min(windows - done);
+        let toks: Vec<i64> = (done..done + nb).flat_map(|w| data.train.window(w * seq_len, seq_len)).collect();
+        let t = Tensor::<B, 2, Int>::from_data(TensorData::new(toks, [nb, seq_len]), device);
+        let logits = teacher.forward(t);
+        let v = logits.dims()[2].min(vocab);
+        let lp = log_softmax(logits.narrow(2, 0, v));
+        let host: Vec<f32> = lp.to_data().iter::<f32>().collect();
+        for w in 0..nb {
+            let (mut ids, mut vals) = (Vec::with_capacity(seq_len * k * 4), Vec::with_capacity(seq_len * k * 4));
+            for pos in 0..seq_len {
+                let row = &host[(w * seq_len + pos) * v..(w * seq_len + pos + 1) * v];
+                for (i, x) in top_k(row, k) {
+                    ids.extend_from_slice(&i.to_le_bytes());
+                    vals.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+            f.write_all(&ids).map_err(Error::io(&tmp))?;
+            f.write_all(&vals).map_err(Error::io(&tmp))?;
+        }
+        done += nb;
+        progress(done, windows);
+    }
+    let file = f.into_inner().map_err(|e| Error::io(&tmp)(e.into_error()))?;
+    file.sync_all().map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, out).map_err(Error::io(out))?;
+    Ok(windows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_sorted_and_exact() {
+        let row = [0.1, 3.0, -1.0, 2.5, 3.0, 0.0];
+        let t = top_k(&row, 3);
+        assert_eq!(t.iter().map(|x| x.1).collect::<Vec<_>>(), vec![3.0, 3.0, 2.5]);
+        assert_eq!(t[2].0, 3);
+        assert_eq!(top_k(&row, 10).len(), 6);
+    }
+}
