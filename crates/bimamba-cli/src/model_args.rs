@@ -1,9 +1,16 @@
 //! The options every model-consuming command shares: which model, which tokenizer, how to run.
+//!
+//! `--model` names a Mamba-2 / Bi-Mamba model directory or a LLaMA-architecture `.gguf` file
+//! (the SmolLM2 teacher); [`ModelArgs::load`] returns either as a [`LoadedModel`], and
+//! [`with_model!`] runs code generic over `LanguageModel` on whichever it is.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bimamba_engine::{LanguageModel, Model};
+use bimamba_formats::Checkpoint;
+use bimamba_llama::LlamaModel;
 use bimamba_text::Tokenizer;
 use clap::Args;
 
@@ -13,8 +20,9 @@ pub const DEFAULT_MODEL: &str = "models/default";
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// Model directory (config.json + model.safetensors or pytorch_model.bin, and usually
-    /// tokenizer.json). Defaults to $BIMAMBA_MODEL, else the model shipped in models/default.
-    #[arg(long, value_name = "DIR")]
+    /// tokenizer.json), or a LLaMA-architecture .gguf file (its tokenizer is read from the file).
+    /// Defaults to $BIMAMBA_MODEL, else the model shipped in models/default.
+    #[arg(long, value_name = "DIR|FILE.gguf")]
     pub model: Option<PathBuf>,
 
     /// Tokenizer file (tokenizer.json) to use instead of the model directory's.
@@ -69,15 +77,59 @@ impl ModelArgs {
             .ok_or_else(|| anyhow::anyhow!("no --model given and no default model found in ./{DEFAULT_MODEL}"))
     }
 
-    pub fn load(&self) -> Result<(Model, Tokenizer, PathBuf)> {
+    /// Loads the model and its tokenizer (--tokenizer, else the model directory's tokenizer.json,
+    /// else, for a GGUF file, the tokenizer stored in it); returns them with the model's path.
+    pub fn load(&self) -> Result<(LoadedModel, Tokenizer, PathBuf)> {
         self.setup_runtime()?;
-        let dir = self.model_dir()?;
-        let model = Model::load(&dir)?;
-        let tok = Tokenizer::for_model(&dir, self.tokenizer.as_deref())?;
-        check_vocab(&model, &tok, &dir)?;
-        Ok((model, tok, dir))
+        let path = self.model_dir()?;
+        if is_gguf(&path)? {
+            let ck = Checkpoint::open(&path)?;
+            let model = LlamaModel::from_checkpoint(&ck)?;
+            let tok = match &self.tokenizer {
+                Some(p) => Tokenizer::from_file(p)?,
+                None => bimamba_llama::gguf_tokenizer(&ck)?,
+            };
+            check_vocab(&model, &tok, &path)?;
+            return Ok((LoadedModel::Llama(model), tok, path));
+        }
+        let model = Model::load(&path)?;
+        let tok = Tokenizer::for_model(&path, self.tokenizer.as_deref())?;
+        check_vocab(&model, &tok, &path)?;
+        Ok((LoadedModel::Mamba(model), tok, path))
     }
 }
+
+/// A file that starts with GGUF's magic bytes.
+fn is_gguf(path: &Path) -> Result<bool> {
+    if !path.is_file() {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let n = f.read(&mut magic).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(n == 4 && &magic == b"GGUF")
+}
+
+/// A model of either engine. Code generic over [`LanguageModel`] runs on it through
+/// [`with_model!`].
+pub enum LoadedModel {
+    /// Mamba-2 or Bi-Mamba (a model directory).
+    Mamba(Model),
+    /// A LLaMA-architecture GGUF model (the SmolLM2 teacher).
+    Llama(LlamaModel),
+}
+
+/// `with_model!(&loaded, m => expr)` evaluates `expr` with `m` bound to the concrete model
+/// (`&Model` or `&LlamaModel`), so a generic function is instantiated for each engine.
+macro_rules! with_model {
+    ($loaded:expr, $m:ident => $body:expr) => {
+        match $loaded {
+            $crate::model_args::LoadedModel::Mamba($m) => $body,
+            $crate::model_args::LoadedModel::Llama($m) => $body,
+        }
+    };
+}
+pub(crate) use with_model;
 
 /// Every id the tokenizer can produce must index a row of the embedding.
 pub fn check_vocab<M: LanguageModel>(model: &M, tok: &Tokenizer, dir: &Path) -> Result<()> {

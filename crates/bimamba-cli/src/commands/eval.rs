@@ -12,7 +12,7 @@ use bimamba_text::{read_text_file, Tokenizer};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{with_model, ModelArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -114,7 +114,7 @@ fn ppl(a: PplArgs) -> Result<()> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let t0 = std::time::Instant::now();
-    let r = bimamba_eval::perplexity(&model, &ids, &ends, a.seq_len, |w| bar.set_position(w as u64))?
+    let r = with_model!(&model, m => bimamba_eval::perplexity(m, &ids, &ends, a.seq_len, |w| bar.set_position(w as u64)))?
         .expect("at least one window was checked above");
     bar.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64();
@@ -147,7 +147,7 @@ fn tasks_cmd(a: TasksArgs) -> Result<()> {
         tasks::task_file(&data_dir, t)?;
     }
     let (model, tok, dir) = a.model.load()?;
-    run_tasks(&model, &tok, &dir, &data_dir, &list, &a)
+    with_model!(&model, m => run_tasks(m, &tok, &dir, &data_dir, &list, &a))
 }
 
 fn run_tasks<M: LanguageModel>(

@@ -5,10 +5,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use bimamba_engine::sampling::{Sampler, SamplingParams};
-use bimamba_text::StreamDecoder;
+use bimamba_engine::LanguageModel;
+use bimamba_text::{StreamDecoder, Tokenizer};
 use clap::Args;
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{with_model, LoadedModel, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -63,11 +64,20 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("--repeat-penalty: expected a number > 0, got {}", a.repeat_penalty);
     }
     let (model, tok, _) = a.model.load()?;
+    // Stop at the tokenizer's end-of-sequence token and at the one the GGUF metadata names.
+    let mut stops: Vec<u32> = tok.eos_id().into_iter().collect();
+    if let LoadedModel::Llama(m) = &model {
+        stops.extend(m.eos_token_id);
+    }
+    with_model!(&model, m => generate(m, &tok, &a, temperature, &stops))
+}
+
+/// Prefill, then sample and step until `max_tokens` or a stop token.
+fn generate<M: LanguageModel>(model: &M, tok: &Tokenizer, a: &GenerateArgs, temperature: f32, stops: &[u32]) -> Result<()> {
     let prompt = tok.encode(&a.prompt)?;
     if prompt.is_empty() {
         bail!("--prompt: the prompt encodes to no tokens");
     }
-    let eos = tok.eos_id();
     let mut sampler = Sampler::new(SamplingParams {
         temperature,
         top_k: a.top_k,
@@ -88,7 +98,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut generated = 0usize;
     for i in 0..a.max_tokens {
         let next = sampler.sample(&logits, &history, tok.vocab_size());
-        if Some(next) == eos {
+        if stops.contains(&next) {
             break;
         }
         history.push(next);
@@ -98,7 +108,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             break; // stdout closed (e.g. piped into `head`): stop quietly
         }
         if i + 1 < a.max_tokens {
-            logits = model.step(&mut state, next)?;
+            logits = model.forward_last(&mut state, &[next])?;
         }
     }
     let rest = decoder.finish(&tok)?;

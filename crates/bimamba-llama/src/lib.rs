@@ -1,0 +1,31 @@
+//! A LLaMA-architecture forward for GGUF models on the CPU, with f32 activations: the
+//! SmolLM2-135M teacher of the distillation (and a reference point for evaluation).
+//!
+//! LLaMA: Touvron et al., "LLaMA: Open and Efficient Foundation Language Models" (arXiv
+//! 2302.13971): pre-norm RMSNorm blocks, rotary position embedding (Su et al., arXiv
+//! 2104.09864), grouped-query attention (Ainslie et al., arXiv 2305.13245), SwiGLU feed-forward.
+//!
+//! Layout: [`config`] (the `llama.*` GGUF keys), [`ops`] (RMSNorm, RoPE in llama.cpp's
+//! adjacent-pair convention, attention over the cache, SwiGLU), [`model`] (weights by GGUF key,
+//! the [`KvCache`] state, the forward), [`tokenizer`] (the GGUF's own BPE tokenizer). The model
+//! implements [`bimamba_engine::LanguageModel`], so perplexity, the zero-shot tasks and
+//! generation run on it unchanged.
+//!
+//! Weights are dequantized to f32 at load (Q8_0 / Q4_0 / Q4_1 / F16 / BF16 → f32; SmolLM2-135M
+//! takes about 540 MB) and multiplied with `bimamba_kernels::dense_gemm_f32`.
+
+pub mod config;
+pub mod model;
+pub mod ops;
+pub mod tokenizer;
+
+#[cfg(test)]
+mod test_gguf;
+#[cfg(test)]
+mod tests_model;
+#[cfg(test)]
+mod tests_tokenizer;
+
+pub use config::LlamaConfig;
+pub use model::{Block, KvCache, LayerCache, LlamaModel, Matrix};
+pub use tokenizer::gguf_tokenizer;

@@ -1,0 +1,383 @@
+//! The LLaMA model: weights found by their GGUF key, the KV cache as the decoding state, and one
+//! forward over a block of tokens that serves prefill and decode.
+//!
+//! Per block (pre-norm residual):
+//! ```text
+//! h = x + W_o · Attn(RoPE(W_q · n1), RoPE(W_k · n1), W_v · n1),   n1 = RMSNorm(x) ⊙ g_attn
+//! x' = h + W_down · (silu(W_gate · n2) ⊙ (W_up · n2)),            n2 = RMSNorm(h) ⊙ g_ffn
+//! ```
+//! then logits = W_out · (RMSNorm(x_L) ⊙ g_out), with W_out = token_embd when `output.weight` is
+//! absent (tied embeddings).
+
+use std::path::{Path, PathBuf};
+
+use bimamba_engine::{EngineError, LanguageModel, Result};
+use bimamba_formats::{Checkpoint, Format};
+use bimamba_kernels::dense_gemm_f32;
+
+use crate::config::LlamaConfig;
+use crate::ops::{attention, rms_norm, swiglu, Rope};
+
+/// A dense weight matrix, dequantized to f32 at load.
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    /// [rows, cols] row-major
+    pub w: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Matrix {
+    /// `y = x · Wᵀ`.
+    ///
+    /// # Shapes
+    /// - `x`: [t, cols]; returns [t, rows]
+    pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; t * self.rows];
+        dense_gemm_f32(&self.w, self.rows, self.cols, x, t, &mut y);
+        y
+    }
+}
+
+/// The weights of one transformer block.
+#[derive(Clone, Debug)]
+pub struct Block {
+    /// [d_model]
+    pub attn_norm: Vec<f32>,
+    /// [n_head · head_dim, d_model], rows permuted by the GGUF converter for adjacent-pair RoPE
+    pub wq: Matrix,
+    /// [n_kv_head · head_dim, d_model], permuted likewise
+    pub wk: Matrix,
+    /// [n_kv_head · head_dim, d_model]
+    pub wv: Matrix,
+    /// [d_model, n_head · head_dim]
+    pub wo: Matrix,
+    /// [d_model]
+    pub ffn_norm: Vec<f32>,
+    /// [d_ff, d_model]
+    pub w_gate: Matrix,
+    /// [d_ff, d_model]
+    pub w_up: Matrix,
+    /// [d_model, d_ff]
+    pub w_down: Matrix,
+}
+
+/// A LLaMA-architecture language model loaded from a GGUF file.
+#[derive(Clone, Debug)]
+pub struct LlamaModel {
+    pub config: LlamaConfig,
+    /// The file it came from (named in errors).
+    pub path: PathBuf,
+    /// token_embd.weight: [vocab_size, d_model]
+    pub embedding: Matrix,
+    /// output.weight: [vocab_size, d_model]; `None` when tied to the embedding.
+    pub output: Option<Matrix>,
+    /// output_norm.weight: [d_model]
+    pub norm_f: Vec<f32>,
+    pub blocks: Vec<Block>,
+    /// `tokenizer.ggml.eos_token_id`, where the file names one (generation stops there).
+    pub eos_token_id: Option<u32>,
+    rope: Rope,
+}
+
+/// The keys and values of one block for every position seen so far.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerCache {
+    /// [position, n_kv_head · head_dim], after RoPE
+    pub k: Vec<f32>,
+    /// [position, n_kv_head · head_dim]
+    pub v: Vec<f32>,
+}
+
+/// The decoding state of a [`LlamaModel`]: the KV cache. Cloning it forks the sequence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    /// Tokens fed so far (the position of the next token).
+    pub position: usize,
+}
+
+impl KvCache {
+    /// Memory held by the cached keys and values.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|l| 4 * (l.k.len() + l.v.len())).sum()
+    }
+}
+
+/// Every tensor name the loader reads: anything else in the file (biases, RoPE frequency
+/// factors, ...) belongs to a variant this forward does not implement and is refused.
+fn expected_names(n_layer: usize) -> Vec<String> {
+    let mut names: Vec<String> = ["token_embd.weight", "output_norm.weight", "output.weight"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for i in 0..n_layer {
+        for t in [
+            "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
+        ] {
+            names.push(format!("blk.{i}.{t}.weight"));
+        }
+    }
+    names
+}
+
+/// Reads tensors by key, checking each shape against the configuration.
+struct Loader<'a> {
+    ck: &'a Checkpoint,
+}
+
+impl Loader<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let file = self.ck.path().to_path_buf();
+        let info = self.ck.info(name).ok_or_else(|| EngineError::MissingTensor {
+            file: file.clone(),
+            tensor: name.to_string(),
+            hint: String::new(),
+        })?;
+        if info.shape != shape {
+            return Err(EngineError::Shape {
+                file,
+                tensor: name.to_string(),
+                expected: shape.to_vec(),
+                actual: info.shape.clone(),
+            });
+        }
+        Ok(self.ck.to_f32(name)?)
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+        Ok(Matrix { w: self.get(name, &[rows, cols])?, rows, cols })
+    }
+}
+
+impl LlamaModel {
+    /// Opens a GGUF file and loads the model (the tokenizer is read by [`crate::gguf_tokenizer`]).
+    pub fn load(path: &Path) -> Result<LlamaModel> {
+        LlamaModel::from_checkpoint(&Checkpoint::open(path)?)
+    }
+
+    /// Loads from an opened GGUF checkpoint; quantized tensors are dequantized to f32.
+    pub fn from_checkpoint(ck: &Checkpoint) -> Result<LlamaModel> {
+        let file = ck.path().to_path_buf();
+        let (Format::Gguf, Some(meta)) = (ck.format(), ck.gguf()) else {
+            return Err(EngineError::Invalid {
+                file,
+                detail: "not a GGUF file: a LLaMA-architecture model is read from GGUF only".into(),
+            });
+        };
+        let embd = ck.info("token_embd.weight").ok_or_else(|| EngineError::MissingTensor {
+            file: file.clone(),
+            tensor: "token_embd.weight".into(),
+            hint: " (the token embedding every LLaMA GGUF has)".into(),
+        })?;
+        let vocab_size = match embd.shape[..] {
+            [v, _] => v,
+            _ => {
+                return Err(EngineError::Invalid {
+                    file,
+                    detail: format!("tensor `token_embd.weight` has shape {:?}, expected 2 dimensions", embd.shape),
+                })
+            }
+        };
+        let cfg = LlamaConfig::from_gguf(meta, vocab_size, &file)?;
+        let known = expected_names(cfg.n_layer);
+        let unknown: Vec<&str> = ck
+            .tensors()
+            .into_iter()
+            .map(|t| t.name.as_str())
+            .filter(|n| !known.iter().any(|k| k == n))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(EngineError::Invalid {
+                file,
+                detail: format!(
+                    "tensors this LLaMA forward does not implement (biases, RoPE factors, another variant?): {}",
+                    unknown.join(", ")
+                ),
+            });
+        }
+
+        let l = Loader { ck };
+        let (d, ff, qd, kvd) = (cfg.d_model, cfg.d_ff, cfg.q_dim(), cfg.kv_dim());
+        let embedding = l.matrix("token_embd.weight", vocab_size, d)?;
+        let output = match ck.info("output.weight") {
+            Some(_) => Some(l.matrix("output.weight", vocab_size, d)?),
+            None => None,
+        };
+        let norm_f = l.get("output_norm.weight", &[d])?;
+        let blocks = (0..cfg.n_layer)
+            .map(|i| {
+                let n = |t: &str| format!("blk.{i}.{t}.weight");
+                Ok(Block {
+                    attn_norm: l.get(&n("attn_norm"), &[d])?,
+                    wq: l.matrix(&n("attn_q"), qd, d)?,
+                    wk: l.matrix(&n("attn_k"), kvd, d)?,
+                    wv: l.matrix(&n("attn_v"), kvd, d)?,
+                    wo: l.matrix(&n("attn_output"), d, qd)?,
+                    ffn_norm: l.get(&n("ffn_norm"), &[d])?,
+                    w_gate: l.matrix(&n("ffn_gate"), ff, d)?,
+                    w_up: l.matrix(&n("ffn_up"), ff, d)?,
+                    w_down: l.matrix(&n("ffn_down"), d, ff)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rope = Rope::new(&cfg);
+        let eos_token_id = meta.get_u32("tokenizer.ggml.eos_token_id").filter(|&id| (id as usize) < vocab_size);
+        Ok(LlamaModel { config: cfg, path: file, embedding, output, norm_f, blocks, eos_token_id, rope })
+    }
+
+    /// The output projection (the embedding when tied).
+    pub fn lm_head(&self) -> &Matrix {
+        self.output.as_ref().unwrap_or(&self.embedding)
+    }
+
+    /// An empty cache (position 0).
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: vec![LayerCache { k: Vec::new(), v: Vec::new() }; self.config.n_layer],
+            position: 0,
+        }
+    }
+
+    /// Parameters in the file (the tied head counted once).
+    pub fn parameter_count(&self) -> usize {
+        let m = |x: &Matrix| x.rows * x.cols;
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                b.attn_norm.len()
+                    + b.ffn_norm.len()
+                    + [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down].iter().map(|x| m(x)).sum::<usize>()
+            })
+            .sum();
+        m(&self.embedding) + self.output.as_ref().map_or(0, m) + self.norm_f.len() + blocks
+    }
+
+    fn check(&self, cache: &KvCache, tokens: &[u32]) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::TokenOutOfRange { id, vocab });
+        }
+        if cache.layers.len() != self.config.n_layer {
+            return Err(EngineError::Invalid {
+                file: self.path.clone(),
+                detail: format!(
+                    "a KV cache of {} layers was passed to a model of {}",
+                    cache.layers.len(),
+                    self.config.n_layer
+                ),
+            });
+        }
+        let kv = cache.position * self.config.kv_dim();
+        if cache.layers.iter().any(|l| l.k.len() != kv || l.v.len() != kv) {
+            return Err(EngineError::Invalid {
+                file: self.path.clone(),
+                detail: format!(
+                    "a KV cache whose layers do not hold {} positions of width {} was passed to this model",
+                    cache.position,
+                    self.config.kv_dim()
+                ),
+            });
+        }
+        let end = cache.position + tokens.len();
+        if end > self.config.context_length {
+            return Err(EngineError::Invalid {
+                file: self.path.clone(),
+                detail: format!(
+                    "{} tokens would exceed the model's context length of {} (llama.context_length)",
+                    end, self.config.context_length
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` through every block, appending to the cache; returns the residual stream
+    /// after the last block (before the final norm).
+    ///
+    /// # Shapes
+    /// - returns [t, d_model]
+    fn residual(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check(cache, tokens)?;
+        let c = &self.config;
+        let (t, d, pos0) = (tokens.len(), c.d_model, cache.position);
+        // x: [t, d_model]
+        let mut x: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&id| &self.embedding.w[id as usize * d..(id as usize + 1) * d])
+            .copied()
+            .collect();
+        let mut n = vec![0.0f32; t * d];
+        let mut att = vec![0.0f32; t * c.q_dim()];
+        for (b, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            n.copy_from_slice(&x);
+            n.chunks_exact_mut(d).for_each(|r| rms_norm(r, &b.attn_norm, c.norm_eps));
+            let mut q = b.wq.forward(&n, t); // [t, n_head · head_dim]
+            let mut k = b.wk.forward(&n, t); // [t, n_kv_head · head_dim]
+            let v = b.wv.forward(&n, t); // [t, n_kv_head · head_dim]
+            self.rope.apply(&mut q, c.n_head, pos0);
+            self.rope.apply(&mut k, c.n_kv_head, pos0);
+            lc.k.extend_from_slice(&k);
+            lc.v.extend_from_slice(&v);
+            attention(c, &q, &lc.k, &lc.v, pos0, &mut att);
+            let o = b.wo.forward(&att, t); // [t, d_model]
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            n.copy_from_slice(&x);
+            n.chunks_exact_mut(d).for_each(|r| rms_norm(r, &b.ffn_norm, c.norm_eps));
+            let mut g = b.w_gate.forward(&n, t); // [t, d_ff]
+            let u = b.w_up.forward(&n, t); // [t, d_ff]
+            swiglu(&mut g, &u);
+            let down = b.w_down.forward(&g, t); // [t, d_model]
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        cache.position += t;
+        Ok(x)
+    }
+
+    /// Feeds `tokens` (prefill when more than one), returning the logits of every position.
+    ///
+    /// # Shapes
+    /// - returns [tokens.len(), vocab_size]
+    pub fn forward(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut x = self.residual(cache, tokens)?;
+        x.chunks_exact_mut(self.config.d_model)
+            .for_each(|r| rms_norm(r, &self.norm_f, self.config.norm_eps));
+        Ok(self.lm_head().forward(&x, tokens.len()))
+    }
+
+    /// Feeds `tokens`, returning the last position's logits only (the head runs on one row).
+    ///
+    /// # Shapes
+    /// - returns [vocab_size]
+    pub fn forward_last(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let d = self.config.d_model;
+        let x = self.residual(cache, tokens)?;
+        let mut last = x[x.len() - d..].to_vec();
+        rms_norm(&mut last, &self.norm_f, self.config.norm_eps);
+        Ok(self.lm_head().forward(&last, 1))
+    }
+}
+
+impl LanguageModel for LlamaModel {
+    type State = KvCache;
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn new_state(&self) -> KvCache {
+        self.new_cache()
+    }
+    fn forward(&self, state: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
+        LlamaModel::forward(self, state, tokens)
+    }
+    fn forward_last(&self, state: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
+        LlamaModel::forward_last(self, state, tokens)
+    }
+}

@@ -1,0 +1,134 @@
+//! Test support: a minimal GGUF v3 writer, Q8_0 quantization with its own dequantization (so the
+//! tests' reference does not go through the loader's), and a seeded generator.
+
+use std::path::PathBuf;
+
+use half::f16;
+
+/// GGUF metadata value type ids.
+pub const T_U32: u32 = 4;
+pub const T_F32: u32 = 6;
+pub const T_STRING: u32 = 8;
+pub const T_ARRAY: u32 = 9;
+pub const T_I32: u32 = 5;
+/// ggml tensor type ids.
+pub const GGML_F32: u32 = 0;
+pub const GGML_Q8_0: u32 = 8;
+
+const ALIGN: usize = 32;
+
+/// Accumulates key/values and tensors, then lays out a GGUF v3 file.
+#[derive(Default)]
+pub struct GgufWriter {
+    kv: Vec<u8>,
+    n_kv: u64,
+    infos: Vec<u8>,
+    n_tensors: u64,
+    data: Vec<u8>,
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+impl GgufWriter {
+    fn key(&mut self, key: &str, ty: u32, value: &[u8]) -> &mut Self {
+        put_str(&mut self.kv, key);
+        self.kv.extend_from_slice(&ty.to_le_bytes());
+        self.kv.extend_from_slice(value);
+        self.n_kv += 1;
+        self
+    }
+    pub fn u32(&mut self, key: &str, v: u32) -> &mut Self {
+        self.key(key, T_U32, &v.to_le_bytes())
+    }
+    pub fn f32(&mut self, key: &str, v: f32) -> &mut Self {
+        self.key(key, T_F32, &v.to_le_bytes())
+    }
+    pub fn str(&mut self, key: &str, v: &str) -> &mut Self {
+        let mut b = Vec::new();
+        put_str(&mut b, v);
+        self.key(key, T_STRING, &b)
+    }
+    pub fn strs(&mut self, key: &str, v: &[String]) -> &mut Self {
+        let mut b = T_STRING.to_le_bytes().to_vec();
+        b.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        v.iter().for_each(|s| put_str(&mut b, s));
+        self.key(key, T_ARRAY, &b)
+    }
+    pub fn i32s(&mut self, key: &str, v: &[i32]) -> &mut Self {
+        let mut b = T_I32.to_le_bytes().to_vec();
+        b.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+        self.key(key, T_ARRAY, &b)
+    }
+    /// A tensor of row-major `shape` (written with GGUF's reversed dimension order).
+    pub fn tensor(&mut self, name: &str, shape: &[usize], ggml_type: u32, bytes: &[u8]) -> &mut Self {
+        put_str(&mut self.infos, name);
+        self.infos.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        shape.iter().rev().for_each(|&d| self.infos.extend_from_slice(&(d as u64).to_le_bytes()));
+        self.infos.extend_from_slice(&ggml_type.to_le_bytes());
+        self.infos.extend_from_slice(&(self.data.len() as u64).to_le_bytes());
+        self.data.extend_from_slice(bytes);
+        self.data.resize(self.data.len().next_multiple_of(ALIGN), 0);
+        self.n_tensors += 1;
+        self
+    }
+    pub fn finish(&self) -> Vec<u8> {
+        let mut f = b"GGUF".to_vec();
+        f.extend_from_slice(&3u32.to_le_bytes());
+        f.extend_from_slice(&self.n_tensors.to_le_bytes());
+        f.extend_from_slice(&self.n_kv.to_le_bytes());
+        f.extend_from_slice(&self.kv);
+        f.extend_from_slice(&self.infos);
+        f.resize(f.len().next_multiple_of(ALIGN), 0);
+        f.extend_from_slice(&self.data);
+        f
+    }
+}
+
+/// F32 tensor bytes.
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Q8_0-quantizes `v` (length a multiple of 32): per block d = max|x| / 127 stored as f16,
+/// q = round(x / d). Returns the bytes and the values they decode to (d_f16 · q).
+pub fn q8_0(v: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    assert_eq!(v.len() % 32, 0, "Q8_0 rows are whole blocks of 32");
+    let mut bytes = Vec::new();
+    let mut deq = Vec::new();
+    for block in v.chunks_exact(32) {
+        let amax = block.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let d = f16::from_f32(amax / 127.0);
+        let df = d.to_f32();
+        bytes.extend_from_slice(&d.to_le_bytes());
+        for &x in block {
+            let q = if df == 0.0 { 0 } else { (x / df).round().clamp(-127.0, 127.0) as i8 };
+            bytes.push(q as u8);
+            deq.push(df * q as f32);
+        }
+    }
+    (bytes, deq)
+}
+
+/// A deterministic generator of floats in [-1, 1).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+/// A unique temporary path for one test's file.
+pub fn tmp_path(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bimamba-llama-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("the temp dir is writable");
+    d.join(format!("{tag}.gguf"))
+}
