@@ -224,7 +224,7 @@ fn task_table(results: &[(Task, TaskResult)]) -> String {
             pct(r.acc_stderr),
             pct(r.acc_norm),
             pct(r.acc_norm_stderr),
-            r.ppl.map_or("-".to_string(), |p| format!("{p:.2}")),
+            r.ppl.map_or("-".to_string(), compare::format_ppl),
             r.elapsed_s
         );
     }
