@@ -14,6 +14,7 @@ pub mod lm;
 mod load;
 pub mod mixer;
 pub mod pack;
+pub mod random;
 pub mod model;
 pub mod sampling;
 pub mod state;

@@ -169,25 +169,41 @@ impl Mixer {
     /// - `zxbcdt`: [t, d_in_proj]; returns xBC [t, conv_dim]
     fn conv(&self, cfg: &Config, state: &mut LayerState, zxbcdt: &[f32], t: usize) -> Vec<f32> {
         let (conv_dim, kw, dip, off) = (cfg.conv_dim(), cfg.d_conv, cfg.d_in_proj(), cfg.d_inner());
+        // Input of token k (k may be negative: the carried window supplies the last kw-1 inputs).
+        let input = |k: isize, c: usize, window: &[f32]| -> f32 {
+            if k >= 0 {
+                zxbcdt[k as usize * dip + off + c]
+            } else {
+                window[c * kw + (kw as isize + k) as usize]
+            }
+        };
+        // Row-major over tokens so every access to zxbcdt and out is sequential.
         let mut out = vec![0.0f32; t * conv_dim];
-        // seq[i] for i < kw-1 is the previous window's last kw-1 inputs; seq[kw-1+k] is token k.
-        let mut seq = vec![0.0f32; kw - 1 + t];
-        for c in 0..conv_dim {
-            let window = &mut state.conv[c * kw..(c + 1) * kw];
-            seq[..kw - 1].copy_from_slice(&window[1..]);
-            for k in 0..t {
-                seq[kw - 1 + k] = zxbcdt[k * dip + off + c];
-            }
-            let w = &self.conv_weight[c * kw..(c + 1) * kw];
-            for k in 0..t {
-                let mut acc = self.conv_bias[c];
-                for j in 0..kw {
-                    acc += w[j] * seq[k + j];
+        for k in 0..t {
+            let row = &mut out[k * conv_dim..(k + 1) * conv_dim];
+            row.copy_from_slice(&self.conv_bias);
+            for j in 0..kw {
+                // Tap j multiplies the input kw-1-j tokens back.
+                let src = k as isize - (kw - 1 - j) as isize;
+                if src >= 0 {
+                    let x = &zxbcdt[src as usize * dip + off..src as usize * dip + off + conv_dim];
+                    for (c, (o, xv)) in row.iter_mut().zip(x).enumerate() {
+                        *o += self.conv_weight[c * kw + j] * xv;
+                    }
+                } else {
+                    for (c, o) in row.iter_mut().enumerate() {
+                        *o += self.conv_weight[c * kw + j] * input(src, c, &state.conv);
+                    }
                 }
-                out[k * conv_dim + c] = silu(acc);
             }
-            // New window: the last kw inputs, oldest first.
-            window.copy_from_slice(&seq[t - 1..t - 1 + kw]);
+            row.iter_mut().for_each(|v| *v = silu(*v));
+        }
+        // New window: the last kw inputs of each channel, oldest first.
+        let old = state.conv.clone();
+        for c in 0..conv_dim {
+            for j in 0..kw {
+                state.conv[c * kw + j] = input(t as isize - kw as isize + j as isize, c, &old);
+            }
         }
         out
     }
