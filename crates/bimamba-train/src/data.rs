@@ -291,10 +291,15 @@ impl WindowSampler {
     /// The next `batch` windows, flattened row-major: `[batch, seq_len + 1]`; also returns the
     /// starts (to look up precomputed teacher outputs).
     pub fn next_batch(&mut self, file: &TokenFile, batch: usize) -> Result<(Vec<i64>, Vec<usize>)> {
+        self.next_batch_in(file, file.len(), batch)
+    }
+
+    /// As [`WindowSampler::next_batch`], drawing only from the first `limit` tokens of `file`.
+    pub fn next_batch_in(&mut self, file: &TokenFile, limit: usize, batch: usize) -> Result<(Vec<i64>, Vec<usize>)> {
         let mut out = Vec::with_capacity(batch * (self.seq_len + 1));
         let mut starts = Vec::with_capacity(batch);
         for _ in 0..batch {
-            let s = self.next_start(file.len())?;
+            let s = self.next_start(limit.min(file.len()))?;
             out.extend(file.window(s, self.seq_len + 1));
             starts.push(s);
         }

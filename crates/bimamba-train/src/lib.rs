@@ -9,18 +9,23 @@
 //!
 //! Only this crate depends on Burn; the inference crates read the exported files.
 
+pub mod backend;
+pub mod bench;
 pub mod bitlinear;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod loss;
 pub mod model;
 pub mod modeldir;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod plot;
 pub mod rng;
+pub mod run;
 pub mod runconfig;
 pub mod ssd;
 pub mod teacher;

@@ -1,1 +1,170 @@
-fn main() {}
+//! `bimamba-train`: the training half of the `bimamba` CLI (`bimamba train ...` runs this
+//! binary). Subcommands: train, data prepare, export, teacher-logits, bench.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use bimamba_train::backend::{self, BackendKind};
+use bimamba_train::runconfig::TrainConfig;
+use bimamba_train::{bench, data, export, run};
+
+#[derive(Parser, Debug)]
+#[command(name = "bimamba-train", version, about = "Train Bi-Mamba (1-bit Mamba-2) models by autoregressive distillation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train (or resume) a model as configured by a TOML file.
+    Train(TrainArgs),
+    /// Data preparation.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Write a trained run's latest checkpoint as a state-spaces model directory.
+    Export(ExportArgs),
+    /// Precompute a teacher's top-k log-probabilities over the training windows.
+    TeacherLogits(TeacherArgs),
+    /// Measure training throughput and model-FLOPs utilization.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// The run configuration (TOML: [model], [data], [optim], [loss], [teacher], [train]).
+    #[arg(long)]
+    config: PathBuf,
+    /// Run directory (default: train.out of the config, else runs/<config name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from the latest checkpoint in the run directory.
+    #[arg(long)]
+    resume: bool,
+    /// Override train.backend: ndarray (CPU) or cuda.
+    #[arg(long)]
+    backend: Option<BackendKind>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Tokenize text files into a token directory (train.tok, val.tok, meta.json, tokenizer.json).
+    Prepare(PrepareArgs),
+}
+
+#[derive(Args, Debug)]
+struct PrepareArgs {
+    /// The tokenizer.json to use (the teacher's, when distilling).
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Fraction of each text held out for validation (its last tokens).
+    #[arg(long, default_value_t = 0.05)]
+    val_fraction: f64,
+    /// Plain-text files; each is one document.
+    #[arg(required = true)]
+    texts: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// The model directory to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct TeacherArgs {
+    /// Full-precision Mamba-2 teacher model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    teacher: PathBuf,
+    /// Data directory from `data prepare` (made with the teacher's tokenizer).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output file (.topk).
+    #[arg(long)]
+    out: PathBuf,
+    /// Tokens per window: must equal data.seq_len of the training config.
+    #[arg(long)]
+    seq_len: usize,
+    /// Log-probabilities kept per position.
+    #[arg(long, default_value_t = 32)]
+    top_k: usize,
+    /// At most this many windows (from the start of the training split).
+    #[arg(long, default_value_t = usize::MAX)]
+    max_windows: usize,
+    /// Windows per teacher forward.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// ndarray (CPU) or cuda.
+    #[arg(long, default_value = "ndarray")]
+    backend: BackendKind,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train(a) => {
+            let cfg = TrainConfig::load(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+            let out = match (a.out, &cfg.train.out) {
+                (Some(o), _) => o,
+                (None, Some(o)) => o.clone(),
+                (None, None) => {
+                    let stem = a.config.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or("run".into());
+                    PathBuf::from("runs").join(stem)
+                }
+            };
+            let kind = match a.backend {
+                Some(k) => k,
+                None => cfg.train.backend.parse().map_err(anyhow::Error::msg)?,
+            };
+            let opts = run::RunOptions { out, resume: a.resume, quiet: a.quiet };
+            let s = backend::train(kind, &cfg, &opts)?;
+            let fmt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or("-".into());
+            println!(
+                "trained {} steps in {}: last train loss {:.4}, val loss {} -> {}",
+                s.steps,
+                s.run_dir.display(),
+                s.last_train_loss,
+                fmt(s.first_val_loss),
+                fmt(s.last_val_loss)
+            );
+        }
+        Command::Data(DataCommand::Prepare(a)) => {
+            let m = data::prepare(&a.tokenizer, &a.out, &a.texts, a.val_fraction)?;
+            println!(
+                "{}: {} train + {} val tokens from {} documents (vocab {}, eos {}, {} bytes/token)",
+                a.out.display(),
+                m.train_tokens,
+                m.val_tokens,
+                m.documents,
+                m.vocab_size,
+                m.eos_id,
+                m.token_bytes
+            );
+        }
+        Command::Export(a) => {
+            let c = export::export_run(&a.run, &a.out)?;
+            println!("wrote {} ({:?}, {} parameters)", a.out.display(), c.precision, c.num_params());
+        }
+        Command::TeacherLogits(a) => {
+            if a.seq_len == 0 {
+                bail!("--seq-len must be positive");
+            }
+            let n = backend::teacher_logits(a.backend, &a.teacher, &a.data, &a.out, a.seq_len, a.top_k, a.max_windows, a.batch)?;
+            println!("wrote {} ({n} windows of {} tokens, top {})", a.out.display(), a.seq_len, a.top_k);
+        }
+        Command::Bench(a) => bench::run_cli(&a)?,
+    }
+    Ok(())
+}

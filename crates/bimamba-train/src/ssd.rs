@@ -15,15 +15,32 @@
 //!    exclusive cumulative sum of the chunk totals Λ_{T−1};
 //! 4. y_off = exp(Λ_l) · C_l · S_in (the carried-in state seen through the decay so far).
 //!
-//! Exponents are masked to 0 above the diagonal *before* exp and the result masked again after,
-//! so no infinity ever appears (an upper entry Λ_l − Λ_s is positive and could overflow).
+//! Exponents are clamped at 0 before exp and the upper triangle masked after, so no infinity
+//! ever appears (an upper entry Λ_l − Λ_s is positive and could overflow).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::Tensor;
 
 use crate::ops::opts;
 
+/// Inclusive cumulative sum over the last dimension as a product with an upper-triangular
+/// matrix of ones (U[s, l] = 1 for s ≤ l): matrix work, on every backend.
+///
+/// # Shapes
+/// - v: [..., T]; output: [..., T]
+fn cumsum_last<B: Backend, const D: usize>(v: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = v.dims();
+    let t = dims[D - 1];
+    let rows = v.shape().num_elements() / t;
+    let upper = Tensor::<B, 2>::ones([t, t], opts::<B>(&v.device())).triu(0);
+    v.reshape([rows, t]).matmul(upper).reshape(dims)
+}
+
 /// Lower-triangular decay matrix exp(v_l − v_s) for s ≤ l, 0 above the diagonal.
+///
+/// `v` is non-increasing along its last dimension (a cumulative sum of dt·A ≤ 0), so the entries
+/// on and below the diagonal are ≤ 0; clamping at 0 before exp keeps the upper entries (which
+/// are positive and could overflow) finite, and the triangular mask then zeroes them.
 ///
 /// # Shapes
 /// - v: [..., T] as a rank-`D` tensor (cumulative sums)
@@ -31,10 +48,8 @@ use crate::ops::opts;
 fn segment_decay<B: Backend, const D: usize, const D2: usize>(v: Tensor<B, D>) -> Tensor<B, D2> {
     let t = v.dims()[D - 1];
     let seg: Tensor<B, D2> = v.clone().unsqueeze_dim(D) - v.unsqueeze_dim(D - 1);
-    let dims = seg.dims();
-    let upper = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &seg.device());
-    let upper: Tensor<B, D2, Bool> = upper.unsqueeze::<D2>().expand(dims);
-    seg.mask_fill(upper.clone(), 0.0).exp().mask_fill(upper, 0.0)
+    let lower = Tensor::<B, 2>::ones([t, t], opts::<B>(&seg.device())).tril(0);
+    seg.clamp_max(0.0).exp() * lower.unsqueeze::<D2>()
 }
 
 /// Chunked SSD scan (matrix form). Does not add the D·x skip term.
@@ -76,7 +91,7 @@ pub fn ssd_chunked<B: Backend>(
 
     // Chunk-major layouts: heads/groups before positions so matmuls run over the last two dims.
     let dtc = dt.reshape([b, c, t, h]).swap_dims(2, 3); // [b,c,H,T]
-    let acs = (dtc.clone() * a.reshape([1, 1, h, 1])).cumsum(3); // Λ: [b,c,H,T]
+    let acs = cumsum_last(dtc.clone() * a.reshape([1, 1, h, 1])); // Λ: [b,c,H,T]
     let xdt = x.reshape([b, c, t, h, p]).swap_dims(2, 3) * dtc.unsqueeze_dim::<5>(4); // x̄: [b,c,H,T,P]
     let bc = bm.reshape([b, c, t, g, n]).swap_dims(2, 3); // [b,c,G,T,N]
     let cc = cm.reshape([b, c, t, g, n]).swap_dims(2, 3); // [b,c,G,T,N]
@@ -99,7 +114,7 @@ pub fn ssd_chunked<B: Backend>(
     // 3. States entering each chunk: segment decay over chunk totals, initial state first.
     let totals = last.reshape([b, c, h]).swap_dims(1, 2); // [b,H,c]
     let excl = Tensor::cat(
-        vec![Tensor::zeros([b, h, 1], opts::<B>(&device)), totals.cumsum(2)],
+        vec![Tensor::zeros([b, h, 1], opts::<B>(&device)), cumsum_last(totals)],
         2,
     ); // Λ': [b,H,c+1]
     let chunk_decay: Tensor<B, 4> = segment_decay(excl); // [b,H,c+1,c+1]

@@ -1,0 +1,109 @@
+//! Backend choice at run time: NdArray on the CPU always, CUDA with the `cuda` feature.
+//! Everything computes in f32 (see DEVELOPERS.md for the precision of each part).
+
+use std::path::Path;
+use std::str::FromStr;
+
+use burn::backend::{Autodiff, NdArray};
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::run::{self, RunOptions, RunSummary};
+use crate::runconfig::TrainConfig;
+use crate::teacher;
+
+/// CPU autodiff backend.
+pub type CpuTrain = Autodiff<NdArray<f32>>;
+/// CPU inference backend.
+pub type Cpu = NdArray<f32>;
+/// CUDA autodiff backend.
+#[cfg(feature = "cuda")]
+pub type CudaTrain = Autodiff<burn::backend::Cuda<f32, i32>>;
+/// CUDA inference backend.
+#[cfg(feature = "cuda")]
+pub type CudaInfer = burn::backend::Cuda<f32, i32>;
+
+/// Which backend to run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Burn's NdArray backend (CPU, f32).
+    Ndarray,
+    /// Burn's CUDA backend (JIT kernels through NVRTC; needs the `cuda` feature).
+    Cuda,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "ndarray" | "cpu" => Ok(Self::Ndarray),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown backend `{other}` (ndarray or cuda)")),
+        }
+    }
+}
+
+fn no_cuda() -> Error {
+    Error::Config("this binary was built without the `cuda` feature (cargo build --release --features cuda)".into())
+}
+
+/// Trains on the chosen backend.
+pub fn train(kind: BackendKind, cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    match kind {
+        BackendKind::Ndarray => run::train::<CpuTrain>(cfg, opts, &Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            let device = burn::backend::cuda::CudaDevice::new(0);
+            run::train::<CudaTrain>(cfg, opts, &device)
+        }
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(no_cuda()),
+    }
+}
+
+/// Runs `teacher-logits` on the chosen backend; returns the number of windows written.
+#[allow(clippy::too_many_arguments)]
+pub fn teacher_logits(
+    kind: BackendKind,
+    teacher_dir: &Path,
+    data_dir: &Path,
+    out: &Path,
+    seq_len: usize,
+    k: usize,
+    max_windows: usize,
+    batch: usize,
+) -> Result<usize> {
+    let data = Dataset::open(data_dir)?;
+    let progress = |done: usize, total: usize| eprint!("\r{done}/{total} windows");
+    let n = match kind {
+        BackendKind::Ndarray => {
+            let dev = Default::default();
+            let t = teacher::load_mamba_teacher::<Cpu>(teacher_dir, &data, &dev)?;
+            teacher::write_topk(&t, &data, out, seq_len, k, max_windows, batch, &dev, progress)?
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            let dev = burn::backend::cuda::CudaDevice::new(0);
+            let t = teacher::load_mamba_teacher::<CudaInfer>(teacher_dir, &data, &dev)?;
+            teacher::write_topk(&t, &data, out, seq_len, k, max_windows, batch, &dev, progress)?
+        }
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => return Err(no_cuda()),
+    };
+    eprintln!();
+    Ok(n)
+}
+
+/// Runs the training-step benchmark on the chosen backend.
+pub fn bench(kind: BackendKind, args: &crate::bench::BenchArgs) -> Result<crate::bench::BenchReport> {
+    match kind {
+        BackendKind::Ndarray => crate::bench::bench::<CpuTrain>(args, &Default::default(), burn::tensor::DType::F32),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            let device = burn::backend::cuda::CudaDevice::new(0);
+            crate::bench::bench::<CudaTrain>(args, &device, burn::tensor::DType::BF16)
+        }
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(no_cuda()),
+    }
+}

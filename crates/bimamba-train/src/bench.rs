@@ -1,0 +1,212 @@
+//! Training-step throughput and model-FLOPs utilization (MFU) against the matrix-product rate
+//! measured on the same device.
+//!
+//! Model FLOPs per token = 3 × forward FLOPs (forward + backward ≈ 2× forward), forward FLOPs =
+//! 2 × (projection and LM-head multiply-adds) + the SSD matrix-form products
+//! ([`ModelConfig::matmul_flops_per_token`], [`ModelConfig::ssd_flops_per_token`]). Elementwise work,
+//! the STE and the optimizer are not counted (as usual for MFU).
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::backend::BackendKind;
+use crate::config::{ModelConfig, Precision};
+use crate::error::Result;
+use crate::loss::cross_entropy;
+use crate::model::Mamba2Lm;
+use crate::optim::{AdamW, OptimConfig};
+use crate::rng::SplitMix64;
+
+/// `bench` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// ndarray (CPU) or cuda.
+    #[arg(long, default_value = "ndarray")]
+    pub backend: BackendKind,
+    /// Residual width (130M class: 768).
+    #[arg(long, default_value_t = 768)]
+    pub d_model: usize,
+    /// Layers (130M class: 24).
+    #[arg(long, default_value_t = 24)]
+    pub n_layer: usize,
+    /// Vocabulary (GPT-NeoX padded: 50280).
+    #[arg(long, default_value_t = 50280)]
+    pub vocab: usize,
+    /// SSM state size N.
+    #[arg(long, default_value_t = 128)]
+    pub d_state: usize,
+    /// Head dimension P.
+    #[arg(long, default_value_t = 64)]
+    pub headdim: usize,
+    /// SSD chunk length.
+    #[arg(long, default_value_t = 256)]
+    pub chunk_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 2048)]
+    pub seq_len: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed warm-up steps (kernel compilation, autotuning).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Full-precision projections instead of FBI-Linear.
+    #[arg(long)]
+    pub full_precision: bool,
+    /// Side of the square matrices of the peak matmul measurement.
+    #[arg(long, default_value_t = 8192)]
+    pub matmul_size: usize,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// What `bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// The backend type.
+    pub backend: String,
+    /// The model.
+    pub model: ModelConfig,
+    /// Parameters.
+    pub params: usize,
+    /// Tokens per step.
+    pub tokens_per_step: usize,
+    /// Mean seconds per step (forward, backward, optimizer).
+    pub step_s: f64,
+    /// Mean seconds in the forward.
+    pub forward_s: f64,
+    /// Mean seconds in the backward.
+    pub backward_s: f64,
+    /// Mean seconds in the optimizer.
+    pub optimizer_s: f64,
+    /// Training throughput.
+    pub tokens_per_s: f64,
+    /// Model FLOPs per token (forward + backward).
+    pub flops_per_token: f64,
+    /// Achieved model TFLOP/s.
+    pub model_tflops: f64,
+    /// Measured dense matmul TFLOP/s and its dtype.
+    pub peak_tflops: f64,
+    /// The dtype of the peak measurement.
+    pub peak_dtype: String,
+    /// model_tflops / peak_tflops.
+    pub mfu: f64,
+}
+
+/// Dense matmul rate of the device in TFLOP/s for `dtype`.
+pub fn matmul_tflops<B: Backend>(n: usize, dtype: DType, device: &B::Device) -> f64 {
+    let a = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), (device, dtype));
+    let b = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), (device, dtype));
+    let _ = a.clone().matmul(b.clone());
+    let _ = B::sync(device);
+    let reps = 10;
+    let t = Instant::now();
+    let mut outs = Vec::new();
+    for _ in 0..reps {
+        outs.push(a.clone().matmul(b.clone()));
+    }
+    let _ = B::sync(device);
+    let s = t.elapsed().as_secs_f64();
+    drop(outs);
+    2.0 * (n as f64).powi(3) * reps as f64 / s / 1e12
+}
+
+/// Times training steps of a freshly initialized model on random tokens.
+pub fn bench<B: AutodiffBackend>(a: &BenchArgs, device: &B::Device, peak_dtype: DType) -> Result<BenchReport> {
+    let cfg = ModelConfig {
+        d_model: a.d_model,
+        n_layer: a.n_layer,
+        vocab_size: a.vocab,
+        d_state: a.d_state,
+        d_conv: 4,
+        expand: 2,
+        headdim: a.headdim,
+        ngroups: 1,
+        chunk_size: a.chunk_size,
+        pad_vocab_size_multiple: 16,
+        norm_eps: 1e-5,
+        precision: if a.full_precision { Precision::Full } else { Precision::Binary },
+    };
+    cfg.validate().map_err(crate::error::Error::Config)?;
+    let mut model = Mamba2Lm::<B>::init(&cfg, 0, device);
+    let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig::default());
+    let mut rng = SplitMix64::new(1);
+    let (b, l) = (a.batch, a.seq_len);
+    let (mut fw, mut bw, mut op) = (0.0, 0.0, 0.0);
+    for i in 0..a.warmup + a.steps {
+        let toks: Vec<i64> = (0..b * (l + 1)).map(|_| rng.below(a.vocab as u64) as i64).collect();
+        let t = Tensor::<B, 2, Int>::from_data(TensorData::new(toks, [b, l + 1]), device);
+        let _ = B::sync(device);
+        let t0 = Instant::now();
+        let loss = cross_entropy(model.forward(t.clone().narrow(1, 0, l)), t.narrow(1, 1, l));
+        let _ = B::sync(device);
+        let t1 = Instant::now();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let _ = B::sync(device);
+        let t2 = Instant::now();
+        let (m, _) = opt.step::<B, _>(model, grads, 1e-4);
+        model = m;
+        let _ = B::sync(device);
+        let t3 = Instant::now();
+        if i >= a.warmup {
+            fw += (t1 - t0).as_secs_f64();
+            bw += (t2 - t1).as_secs_f64();
+            op += (t3 - t2).as_secs_f64();
+        }
+        eprintln!("step {i}: {:.3} s{}", (t3 - t0).as_secs_f64(), if i < a.warmup { " (warm-up)" } else { "" });
+    }
+    let _ = model.valid();
+    let n = a.steps.max(1) as f64;
+    let (fw, bw, op) = (fw / n, bw / n, op / n);
+    let step_s = fw + bw + op;
+    let tokens = b * l;
+    let flops_per_token = 3.0 * (cfg.matmul_flops_per_token() + cfg.ssd_flops_per_token()) as f64;
+    let model_tflops = flops_per_token * tokens as f64 / step_s / 1e12;
+    let peak = matmul_tflops::<B::InnerBackend>(a.matmul_size, peak_dtype, device);
+    Ok(BenchReport {
+        backend: std::any::type_name::<B>().to_string(),
+        params: cfg.num_params(),
+        model: cfg,
+        tokens_per_step: tokens,
+        step_s,
+        forward_s: fw,
+        backward_s: bw,
+        optimizer_s: op,
+        tokens_per_s: tokens as f64 / step_s,
+        flops_per_token,
+        model_tflops,
+        peak_tflops: peak,
+        peak_dtype: format!("{peak_dtype:?}"),
+        mfu: model_tflops / peak,
+    })
+}
+
+/// `bench` subcommand: runs, prints the table and the exact command.
+pub fn run_cli(a: &BenchArgs) -> Result<()> {
+    let r = crate::backend::bench(a.backend, a)?;
+    let cmd: Vec<String> = std::env::args().collect();
+    println!("command: {}", cmd.join(" "));
+    println!("backend: {}", r.backend);
+    println!(
+        "model: d_model {} n_layer {} vocab {} N {} P {} chunk {} {:?}, {:.1}M params",
+        r.model.d_model, r.model.n_layer, r.model.vocab_size, r.model.d_state, r.model.headdim,
+        r.model.chunk_size, r.model.precision, r.params as f64 / 1e6
+    );
+    println!("tokens/step {} | step {:.3} s (forward {:.3}, backward {:.3}, optimizer {:.3})", r.tokens_per_step, r.step_s, r.forward_s, r.backward_s, r.optimizer_s);
+    println!("throughput {:.0} tokens/s | model {:.2} TFLOP/s ({:.3} GFLOP/token)", r.tokens_per_s, r.model_tflops, r.flops_per_token / 1e9);
+    println!("peak matmul {:.1} TFLOP/s ({}) | MFU {:.1}%", r.peak_tflops, r.peak_dtype, 100.0 * r.mfu);
+    if let Some(p) = &a.json {
+        let text = serde_json::to_string_pretty(&r).map_err(|e| crate::error::Error::Config(e.to_string()))?;
+        crate::params::write_atomic(p, text.as_bytes())?;
+    }
+    Ok(())
+}
