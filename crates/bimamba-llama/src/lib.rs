@@ -11,13 +11,16 @@
 //! implements [`bimamba_engine::LanguageModel`], so perplexity, the zero-shot tasks and
 //! generation run on it unchanged.
 //!
-//! Weights are dequantized to f32 at load (Q8_0 / Q4_0 / Q4_1 / F16 / BF16 → f32; SmolLM2-135M
-//! takes about 540 MB) and multiplied with `bimamba_kernels::dense_gemm_f32`.
+//! Weights: Q8_0 / Q4_0 / Q4_1 matrices stay in their GGUF blocks and are dequantized panel by
+//! panel inside the product ([`weights`]; SmolLM2-135M Q4_1 takes about 100 MB); other float
+//! types are converted to f32 at load. Activations are f32 throughout, and every product runs on
+//! the dense f32 SIMD kernel of `bimamba_kernels`.
 
 pub mod config;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;
+pub mod weights;
 
 #[cfg(test)]
 mod test_gguf;
@@ -27,5 +30,6 @@ mod tests_model;
 mod tests_tokenizer;
 
 pub use config::LlamaConfig;
-pub use model::{Block, KvCache, LayerCache, LlamaModel, Matrix};
+pub use model::{Block, KvCache, LayerCache, LlamaModel};
+pub use weights::{Matrix, Storage};
 pub use tokenizer::gguf_tokenizer;

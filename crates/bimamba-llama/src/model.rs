@@ -13,31 +13,10 @@ use std::path::{Path, PathBuf};
 
 use bimamba_engine::{EngineError, LanguageModel, Result};
 use bimamba_formats::{Checkpoint, Format};
-use bimamba_kernels::dense_gemm_f32;
 
 use crate::config::LlamaConfig;
 use crate::ops::{attention, rms_norm, swiglu, Rope};
-
-/// A dense weight matrix, dequantized to f32 at load.
-#[derive(Clone, Debug)]
-pub struct Matrix {
-    /// [rows, cols] row-major
-    pub w: Vec<f32>,
-    pub rows: usize,
-    pub cols: usize,
-}
-
-impl Matrix {
-    /// `y = x · Wᵀ`.
-    ///
-    /// # Shapes
-    /// - `x`: [t, cols]; returns [t, rows]
-    pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
-        let mut y = vec![0.0f32; t * self.rows];
-        dense_gemm_f32(&self.w, self.rows, self.cols, x, t, &mut y);
-        y
-    }
-}
+use crate::weights::Matrix;
 
 /// The weights of one transformer block.
 #[derive(Clone, Debug)]
@@ -127,7 +106,8 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// Checks that `name` exists with `shape`.
+    fn info(&self, name: &str, shape: &[usize]) -> Result<&bimamba_formats::TensorInfo> {
         let file = self.ck.path().to_path_buf();
         let info = self.ck.info(name).ok_or_else(|| EngineError::MissingTensor {
             file: file.clone(),
@@ -142,11 +122,27 @@ impl Loader<'_> {
                 actual: info.shape.clone(),
             });
         }
+        Ok(info)
+    }
+
+    /// A vector, as f32.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.info(name, shape)?;
         Ok(self.ck.to_f32(name)?)
     }
 
+    /// A matrix: Q8_0/Q4_0/Q4_1 blocks kept packed, any other float type converted to f32.
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
-        Ok(Matrix { w: self.get(name, &[rows, cols])?, rows, cols })
+        let dtype = self.info(name, &[rows, cols])?.dtype;
+        if !dtype.is_quantized() {
+            return Ok(Matrix::f32(self.ck.to_f32(name)?, rows, cols));
+        }
+        let bytes = self.ck.bytes(name)?;
+        let n = bytes.len();
+        Matrix::quantized(dtype, bytes.to_vec(), rows, cols).ok_or_else(|| EngineError::Invalid {
+            file: self.ck.path().to_path_buf(),
+            detail: format!("tensor `{name}`: {n} bytes of {dtype} do not hold [{rows} x {cols}] in whole blocks"),
+        })
     }
 }
 
@@ -254,6 +250,21 @@ impl LlamaModel {
         m(&self.embedding) + self.output.as_ref().map_or(0, m) + self.norm_f.len() + blocks
     }
 
+    /// Bytes the weights occupy in memory (packed blocks count at their packed size).
+    pub fn weight_bytes(&self) -> usize {
+        let vec = |v: &Vec<f32>| 4 * v.len();
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                vec(&b.attn_norm)
+                    + vec(&b.ffn_norm)
+                    + [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down].iter().map(|x| x.bytes()).sum::<usize>()
+            })
+            .sum();
+        self.embedding.bytes() + self.output.as_ref().map_or(0, Matrix::bytes) + vec(&self.norm_f) + blocks
+    }
+
     fn check(&self, cache: &KvCache, tokens: &[u32]) -> Result<()> {
         let vocab = self.config.vocab_size;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
@@ -303,11 +314,10 @@ impl LlamaModel {
         let c = &self.config;
         let (t, d, pos0) = (tokens.len(), c.d_model, cache.position);
         // x: [t, d_model]
-        let mut x: Vec<f32> = tokens
-            .iter()
-            .flat_map(|&id| &self.embedding.w[id as usize * d..(id as usize + 1) * d])
-            .copied()
-            .collect();
+        let mut x = vec![0.0f32; t * d];
+        for (row, &id) in x.chunks_exact_mut(d).zip(tokens) {
+            self.embedding.row_into(id as usize, row);
+        }
         let mut n = vec![0.0f32; t * d];
         let mut att = vec![0.0f32; t * c.q_dim()];
         for (b, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {

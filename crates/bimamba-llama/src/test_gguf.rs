@@ -14,6 +14,8 @@ pub const T_I32: u32 = 5;
 /// ggml tensor type ids.
 pub const GGML_F32: u32 = 0;
 pub const GGML_Q8_0: u32 = 8;
+pub const GGML_Q4_0: u32 = 2;
+pub const GGML_Q4_1: u32 = 3;
 
 const ALIGN: usize = 32;
 
@@ -109,6 +111,55 @@ pub fn q8_0(v: &[f32]) -> (Vec<u8>, Vec<f32>) {
             bytes.push(q as u8);
             deq.push(df * q as f32);
         }
+    }
+    (bytes, deq)
+}
+
+/// Packs 32 nibbles: byte j = q[j] | q[j + 16] << 4 (GGML's order).
+fn nibbles(q: &[u8]) -> Vec<u8> {
+    (0..16).map(|j| q[j] | (q[j + 16] << 4)).collect()
+}
+
+/// Q4_0-quantizes `v`: per block d = (the signed value of largest magnitude) / −8 as f16,
+/// q = clamp(round(x / d) + 8, 0, 15). Returns the bytes and the values d_f16 · (q − 8).
+pub fn q4_0(v: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    assert_eq!(v.len() % 32, 0, "Q4_0 rows are whole blocks of 32");
+    let mut bytes = Vec::new();
+    let mut deq = Vec::new();
+    for block in v.chunks_exact(32) {
+        let max = block.iter().copied().fold(0.0f32, |m, x| if x.abs() > m.abs() { x } else { m });
+        let d = f16::from_f32(max / -8.0);
+        let df = d.to_f32();
+        let q: Vec<u8> = block
+            .iter()
+            .map(|&x| if df == 0.0 { 8 } else { ((x / df).round() + 8.0).clamp(0.0, 15.0) as u8 })
+            .collect();
+        bytes.extend_from_slice(&d.to_le_bytes());
+        bytes.extend(nibbles(&q));
+        deq.extend(q.iter().map(|&q| df * (q as i32 - 8) as f32));
+    }
+    (bytes, deq)
+}
+
+/// Q4_1-quantizes `v`: per block m = min, d = (max − min) / 15, both f16,
+/// q = clamp(round((x − m) / d), 0, 15). Returns the bytes and the values d_f16 · q + m_f16.
+pub fn q4_1(v: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    assert_eq!(v.len() % 32, 0, "Q4_1 rows are whole blocks of 32");
+    let mut bytes = Vec::new();
+    let mut deq = Vec::new();
+    for block in v.chunks_exact(32) {
+        let lo = block.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let (d, m) = (f16::from_f32((hi - lo) / 15.0), f16::from_f32(lo));
+        let (df, mf) = (d.to_f32(), m.to_f32());
+        let q: Vec<u8> = block
+            .iter()
+            .map(|&x| if df == 0.0 { 0 } else { ((x - mf) / df).round().clamp(0.0, 15.0) as u8 })
+            .collect();
+        bytes.extend_from_slice(&d.to_le_bytes());
+        bytes.extend_from_slice(&m.to_le_bytes());
+        bytes.extend(nibbles(&q));
+        deq.extend(q.iter().map(|&q| df * q as f32 + mf));
     }
     (bytes, deq)
 }

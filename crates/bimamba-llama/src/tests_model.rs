@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use bimamba_engine::{EngineError, LanguageModel};
 
-use crate::test_gguf::{f32_bytes, q8_0, tmp_path, GgufWriter, Lcg, GGML_F32, GGML_Q8_0};
+use crate::test_gguf::{
+    f32_bytes, q4_0, q4_1, q8_0, tmp_path, GgufWriter, Lcg, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0,
+};
 use crate::LlamaModel;
 
 const VOCAB: usize = 40;
@@ -32,38 +34,39 @@ struct Tiny {
 }
 
 impl Tiny {
-    /// Random weights; matrices alternate between Q8_0 and F32 so both paths are exercised.
+    /// Random weights; the matrices cycle through Q8_0, Q4_1, Q4_0 and F32 so every path of
+    /// the loader and of the product is exercised.
     fn new(tied: bool, seed: u64) -> Tiny {
         let mut rng = Lcg(seed);
         let mut t = Tiny { tensors: BTreeMap::new(), values: BTreeMap::new(), arch: "llama" };
-        let mut add = |name: String, shape: Vec<usize>, q8: bool, v: Vec<f32>| {
-            let (ty, bytes, deq) = if q8 {
-                let (b, d) = q8_0(&v);
-                (GGML_Q8_0, b, d)
-            } else {
-                (GGML_F32, f32_bytes(&v), v)
+        let mut add = |name: String, shape: Vec<usize>, ty: u32, v: Vec<f32>| {
+            let (bytes, deq) = match ty {
+                GGML_Q8_0 => q8_0(&v),
+                GGML_Q4_1 => q4_1(&v),
+                GGML_Q4_0 => q4_0(&v),
+                _ => (f32_bytes(&v), v),
             };
             t.values.insert(name.clone(), deq.iter().map(|&x| x as f64).collect());
             t.tensors.insert(name, (shape, ty, bytes));
         };
         let norm = |rng: &mut Lcg| (0..D).map(|_| 1.0 + 0.2 * rng.next()).collect::<Vec<f32>>();
-        add("token_embd.weight".into(), vec![VOCAB, D], true, rng.vec(VOCAB * D, 1.0));
+        add("token_embd.weight".into(), vec![VOCAB, D], GGML_Q8_0, rng.vec(VOCAB * D, 1.0));
         if !tied {
-            add("output.weight".into(), vec![VOCAB, D], true, rng.vec(VOCAB * D, 0.5));
+            add("output.weight".into(), vec![VOCAB, D], GGML_Q4_1, rng.vec(VOCAB * D, 0.5));
         }
-        add("output_norm.weight".into(), vec![D], false, norm(&mut rng));
+        add("output_norm.weight".into(), vec![D], GGML_F32, norm(&mut rng));
         for i in 0..N_LAYER {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let s = 1.0 / (D as f32).sqrt();
-            add(n("attn_norm"), vec![D], false, norm(&mut rng));
-            add(n("attn_q"), vec![N_HEAD * HD, D], true, rng.vec(N_HEAD * HD * D, 2.0 * s));
-            add(n("attn_k"), vec![N_KV * HD, D], false, rng.vec(N_KV * HD * D, 2.0 * s));
-            add(n("attn_v"), vec![N_KV * HD, D], true, rng.vec(N_KV * HD * D, s));
-            add(n("attn_output"), vec![D, N_HEAD * HD], false, rng.vec(D * N_HEAD * HD, s));
-            add(n("ffn_norm"), vec![D], false, norm(&mut rng));
-            add(n("ffn_gate"), vec![FF, D], false, rng.vec(FF * D, s));
-            add(n("ffn_up"), vec![FF, D], true, rng.vec(FF * D, s));
-            add(n("ffn_down"), vec![D, FF], true, rng.vec(D * FF, 1.0 / (FF as f32).sqrt()));
+            add(n("attn_norm"), vec![D], GGML_F32, norm(&mut rng));
+            add(n("attn_q"), vec![N_HEAD * HD, D], GGML_Q4_1, rng.vec(N_HEAD * HD * D, 2.0 * s));
+            add(n("attn_k"), vec![N_KV * HD, D], GGML_F32, rng.vec(N_KV * HD * D, 2.0 * s));
+            add(n("attn_v"), vec![N_KV * HD, D], GGML_Q8_0, rng.vec(N_KV * HD * D, s));
+            add(n("attn_output"), vec![D, N_HEAD * HD], GGML_Q4_0, rng.vec(D * N_HEAD * HD, s));
+            add(n("ffn_norm"), vec![D], GGML_F32, norm(&mut rng));
+            add(n("ffn_gate"), vec![FF, D], GGML_F32, rng.vec(FF * D, s));
+            add(n("ffn_up"), vec![FF, D], GGML_Q4_1, rng.vec(FF * D, s));
+            add(n("ffn_down"), vec![D, FF], GGML_Q8_0, rng.vec(D * FF, 1.0 / (FF as f32).sqrt()));
         }
         t
     }
