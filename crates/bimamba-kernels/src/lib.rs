@@ -62,28 +62,20 @@ fn check_range(range: &Range<usize>, rows: usize, t: usize, y: &[f32]) {
 
 /// Data a binary kernel derives from `x` once per call and shares between all row chunks.
 struct BinaryPrep {
-    /// AVX-512: `Σ_j x[k, j]` per token (masked-add kernel).
-    xsum: Vec<f32>,
-    /// AVX-512: lookup tables `[t, groups, 16]` (see `x86::avx512_lut`).
+    /// AVX-512: lookup tables `[t, groups, 16]` (see `x86::avx512_lut`); empty otherwise.
     tables: Vec<f32>,
-    lut: bool,
 }
 
 fn binary_prep(isa: Isa, x: &[f32], cols: usize, t: usize) -> BinaryPrep {
-    let mut p = BinaryPrep { xsum: Vec::new(), tables: Vec::new(), lut: false };
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && isa.is_supported() {
-        p.lut = std::env::var("BIMAMBA_AVX512_BINARY").map(|v| v != "mask").unwrap_or(true);
-        if p.lut {
-            p.tables = vec![0.0; x86::avx512_lut::tables_len(cols, t)];
-            // SAFETY: AVX-512 support checked above.
-            unsafe { x86::avx512_lut::build_tables(x, cols, t, &mut p.tables) };
-        } else {
-            p.xsum = (0..t).map(|k| x[k * cols..(k + 1) * cols].iter().sum::<f32>()).collect();
-        }
+        let mut tables = vec![0.0; x86::avx512_lut::tables_len(cols, t)];
+        // SAFETY: AVX-512 support checked above.
+        unsafe { x86::avx512_lut::build_tables(x, cols, t, &mut tables) };
+        return BinaryPrep { tables };
     }
     let _ = (isa, x, cols, t);
-    p
+    BinaryPrep { tables: Vec::new() }
 }
 
 /// One ISA's binary kernel over `range` of output rows, `prep` from [`binary_prep`]. An ISA the
@@ -92,11 +84,10 @@ fn binary_prep(isa: Isa, x: &[f32], cols: usize, t: usize) -> BinaryPrep {
 fn binary_range(isa: Isa, bits: &[u8], cols: usize, x: &[f32], t: usize, prep: &BinaryPrep, range: Range<usize>, y: &mut [f32]) {
     let _ = prep;
     match isa {
-        // SAFETY (all arms): each per-ISA kernel requires exactly what `is_supported` checks.
+        // SAFETY (all arms): each per-ISA kernel requires exactly what `is_supported` checks;
+        // `prep` was built for this isa, x, cols and t.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if isa.is_supported() && prep.lut => unsafe { x86::avx512_lut::binary_rows(bits, cols, t, &prep.tables, range, y) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if isa.is_supported() => unsafe { x86::avx512::binary_rows(bits, cols, x, t, &prep.xsum, range, y) },
+        Isa::Avx512 if isa.is_supported() => unsafe { x86::avx512_lut::binary_rows(bits, cols, t, &prep.tables, range, y) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_supported() => unsafe { x86::avx2::binary_rows(bits, cols, x, t, range, y) },
         #[cfg(target_arch = "aarch64")]

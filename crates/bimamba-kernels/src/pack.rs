@@ -6,8 +6,8 @@
 //! # Sign rule
 //! `s = +1` if `w >= 0.0`, including both `+0.0` and `-0.0`; `s = -1` if `w < 0.0`.
 //! `torch.sign(0) = 0`, but a packed format has no zero, so an exact zero maps to `+1`.
-//! NaN is not `< 0.0` and therefore also maps to `+1` (a NaN latent weight is a training bug;
-//! we pick the deterministic answer rather than panic). In code: `bit = !(w < 0.0)`.
+//! NaN also maps to `+1` (a NaN latent weight is a training bug; we pick the deterministic
+//! answer rather than panic). In code: `bit = w >= 0.0 || w.is_nan()`.
 //!
 //! # Layout
 //! A sign matrix `S[rows, cols]` is stored row-major. Each row is padded to a whole number of
@@ -34,7 +34,7 @@ pub fn packed_len(rows: usize, cols: usize) -> usize {
 /// why zeros and NaN map to `+1`.
 #[inline]
 pub fn sign_bit(w: f32) -> bool {
-    !(w < 0.0)
+    w >= 0.0 || w.is_nan()
 }
 
 /// Packs the signs of a row-major latent matrix `w: [rows, cols]` into the layout above.

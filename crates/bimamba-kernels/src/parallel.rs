@@ -24,6 +24,13 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// A method (not a field access) so closures capture the whole `Send` wrapper.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Runs `kernel(range, y_chunk)` over disjoint row ranges covering `0..rows`, where `y_chunk` is
 /// `[t, range.len()]` row-major, and assembles the chunks into `y: [t, rows]`.
 pub fn for_row_chunks<F>(rows: usize, cols: usize, t: usize, y: &mut [f32], kernel: F)
@@ -55,14 +62,13 @@ where
         let nr = r1 - r0;
         let mut local = vec![0.0f32; t * nr];
         kernel(r0..r1, &mut local);
-        let out = out;
         for k in 0..t {
             // SAFETY: `y` has t·rows elements and outlives this scoped `for_each`; the region
             // y[k·rows + r0 .. k·rows + r1] lies inside it and belongs to chunk `c` alone (row
             // ranges of different chunks are disjoint), so no two tasks write the same element
             // and nothing reads `y` until all tasks have joined.
             unsafe {
-                std::ptr::copy_nonoverlapping(local.as_ptr().add(k * nr), out.0.add(k * rows + r0), nr);
+                std::ptr::copy_nonoverlapping(local.as_ptr().add(k * nr), out.ptr().add(k * rows + r0), nr);
             }
         }
     });

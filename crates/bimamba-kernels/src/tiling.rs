@@ -29,7 +29,7 @@ pub struct Tiles {
 /// is covered exactly once.
 pub fn for_each_tile(range: Range<usize>, t: usize, tiles: Tiles, mut f: impl FnMut(usize, usize, usize, usize)) {
     let Tiles { rb, tb, rbv } = tiles;
-    debug_assert!(PANEL % rb == 0 && PANEL % rbv == 0 && tb >= 1);
+    debug_assert!(PANEL.is_multiple_of(rb) && PANEL.is_multiple_of(rbv) && tb >= 1);
     let full_tokens = t / tb * tb;
     let mut p0 = range.start;
     while p0 < range.end {

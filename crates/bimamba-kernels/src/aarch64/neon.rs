@@ -14,6 +14,9 @@
 //! bf16 widens by a 16-bit left shift; f16 by the branch-free bit construction of
 //! `scalar::f16_to_f32_magic` (stable Rust has no f16 vector type to call `fcvtl` on).
 
+// Register tiles index accumulators as acc[row][token]; explicit ranges read clearer.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::aarch64::*;
 use std::ops::Range;
 

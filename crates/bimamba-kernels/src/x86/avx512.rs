@@ -1,31 +1,20 @@
-//! AVX-512 (F + BW + VL) kernels. Every function here requires those features at runtime; the
-//! dispatcher in `lib.rs` checks [`crate::Isa::is_supported`] before calling.
+//! AVX-512 (F + BW + VL) dense kernels. Every function here requires those features at runtime;
+//! the dispatcher in `lib.rs` checks [`crate::Isa::is_supported`] before calling. The AVX-512
+//! binary kernel is in `avx512_lut.rs`.
 //!
-//! # Binary product
-//! With `P_ik = Σ_{j: s_ij = +1} x_kj` and `S_k = Σ_j x_kj`,
-//! `Σ_j s_ij x_kj = P_ik − (S_k − P_ik) = 2·P_ik − S_k`.
-//! 16 packed bits of a row are exactly an AVX-512 lane mask for 16 consecutive columns (bit `j%16`
-//! of the little-endian `u16` at byte `2·(j/16)` is column `j`), so `P` is a chain of masked adds
-//! straight from the packed bytes, and `S_k` is computed once per call and shared by all rows.
-//! Activations stay exact f32 (only the summation order differs from the scalar twin).
-//!
-//! The masked accumulations alternate between `vaddps` and `vfmadd(x, 1.0, acc)` (exactly the
-//! same rounding: `x·1.0` is exact) so that CPUs with separate add and FMA pipes (AMD Zen 4)
-//! use both.
-//!
-//! # Dense product
-//! bf16 widens by a 16-bit left shift, f16 by `vcvtph2ps`; both in registers, then FMA.
+//! bf16 widens by a 16-bit left shift, f16 by `vcvtph2ps`; both in registers, then FMA over
+//! register tiles of 4 rows × 4 tokens (8 rows for one token).
+
+// Register tiles index accumulators as acc[row][token]; explicit ranges read clearer.
+#![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 use half::{bf16, f16};
 
-use crate::pack::row_bytes;
 use crate::tiling::{for_each_tile, Tiles};
 
-/// Binary tiles: 4 rows × 4 tokens (16 accumulators), 8 rows for one token.
-const BIN_TILES: Tiles = Tiles { rb: 4, tb: 4, rbv: 8 };
 /// Dense tiles: 4 rows × 4 tokens, 8 rows for one token.
 const DENSE_TILES: Tiles = Tiles { rb: 4, tb: 4, rbv: 8 };
 
@@ -33,92 +22,6 @@ const DENSE_TILES: Tiles = Tiles { rb: 4, tb: 4, rbv: 8 };
 #[inline(always)]
 fn tail_mask(n: usize) -> u16 {
     ((1u32 << n) - 1) as u16
-}
-
-/// Everything one binary tile needs besides its position.
-struct BinCtx<'a> {
-    bits: &'a [u8],
-    rbytes: usize,
-    cols: usize,
-    x: &'a [f32],
-    xsum: &'a [f32],
-    /// First row of the output block and its width: `y[k, i]` is at `y[k·nr + i − r0]`.
-    r0: usize,
-    nr: usize,
-}
-
-/// One 16-column chunk `ch` of a binary tile; `lanes` limits masks and x loads to valid columns.
-/// (A helper rather than a closure: it is inlined into the `target_feature` caller.)
-#[inline(always)]
-unsafe fn bin_chunk<const RB: usize, const TB: usize>(
-    acc: &mut [[__m512; TB]; RB],
-    bp: *const u8,
-    rbytes: usize,
-    xp: *const f32,
-    cols: usize,
-    ch: usize,
-    lanes: u16,
-) {
-    let one = _mm512_set1_ps(1.0);
-    let mut m = [0u16; RB];
-    for (i, mi) in m.iter_mut().enumerate() {
-        *mi = u16::from_le(bp.add(i * rbytes + 2 * ch).cast::<u16>().read_unaligned()) & lanes;
-    }
-    for kk in 0..TB {
-        let xv = if lanes == 0xffff {
-            _mm512_loadu_ps(xp.add(kk * cols + 16 * ch))
-        } else {
-            _mm512_maskz_loadu_ps(lanes, xp.add(kk * cols + 16 * ch))
-        };
-        for i in 0..RB {
-            // acc += x on the lanes whose sign bit is 1; alternate add and fma(x, 1, acc).
-            acc[i][kk] = if (i + kk) % 2 == 0 {
-                _mm512_mask_add_ps(acc[i][kk], m[i], acc[i][kk], xv)
-            } else {
-                _mm512_mask3_fmadd_ps(xv, one, acc[i][kk], m[i])
-            };
-        }
-    }
-}
-
-/// `RB` rows starting at `r` × `TB` tokens starting at `k`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn bin_tile<const RB: usize, const TB: usize>(c: &BinCtx, r: usize, k: usize, y: &mut [f32]) {
-    let cols = c.cols;
-    let bp = c.bits.as_ptr().add(r * c.rbytes);
-    let xp = c.x.as_ptr().add(k * cols);
-    let mut acc = [[_mm512_setzero_ps(); TB]; RB];
-    let nfull = cols / 16;
-    for ch in 0..nfull {
-        bin_chunk(&mut acc, bp, c.rbytes, xp, cols, ch, 0xffff);
-    }
-    if cols % 16 != 0 {
-        bin_chunk(&mut acc, bp, c.rbytes, xp, cols, nfull, tail_mask(cols % 16));
-    }
-    for (i, acc_i) in acc.iter().enumerate() {
-        for (kk, a) in acc_i.iter().enumerate() {
-            let p = _mm512_reduce_add_ps(*a);
-            *y.get_unchecked_mut((k + kk) * c.nr + r - c.r0 + i) = 2.0 * p - c.xsum[k + kk];
-        }
-    }
-}
-
-/// Binary product over output rows `range`: `y: [t, range.len()]`, `xsum[k] = Σ_j x[k, j]`.
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW and VL.
-pub unsafe fn binary_rows(bits: &[u8], cols: usize, x: &[f32], t: usize, xsum: &[f32], range: Range<usize>, y: &mut [f32]) {
-    let rbytes = row_bytes(cols);
-    // The tiles index with raw pointers; these bounds make every access in range.
-    assert!(bits.len() >= range.end * rbytes && x.len() >= t * cols && xsum.len() >= t);
-    assert_eq!(y.len(), t * range.len());
-    let c = BinCtx { bits, rbytes, cols, x, xsum, r0: range.start, nr: range.len() };
-    for_each_tile(range, t, BIN_TILES, |r, nrows, k, ntok| match (nrows, ntok) {
-        (4, 4) => bin_tile::<4, 4>(&c, r, k, y),
-        (1, 4) => bin_tile::<1, 4>(&c, r, k, y),
-        (8, 1) => bin_tile::<8, 1>(&c, r, k, y),
-        _ => bin_tile::<1, 1>(&c, r, k, y),
-    });
 }
 
 /// Loading 16 consecutive weights as f32 lanes.
@@ -171,7 +74,8 @@ struct DenseCtx<'a, E> {
     nr: usize,
 }
 
-/// One 16-column chunk `ch` of a dense tile (see [`bin_chunk`]).
+/// One 16-column chunk `ch` of a dense tile; `lanes` limits the loads to valid columns.
+/// (A helper rather than a closure: it is inlined into the `target_feature` caller.)
 #[inline(always)]
 unsafe fn dense_chunk<E: Load16, const RB: usize, const TB: usize>(
     acc: &mut [[__m512; TB]; RB],
@@ -203,7 +107,7 @@ unsafe fn dense_tile<E: Load16, const RB: usize, const TB: usize>(c: &DenseCtx<E
     for ch in 0..nfull {
         dense_chunk(&mut acc, wp, xp, cols, ch, 0xffff);
     }
-    if cols % 16 != 0 {
+    if !cols.is_multiple_of(16) {
         dense_chunk(&mut acc, wp, xp, cols, nfull, tail_mask(cols % 16));
     }
     for (i, acc_i) in acc.iter().enumerate() {
