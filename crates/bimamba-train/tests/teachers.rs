@@ -1,0 +1,139 @@
+//! Distillation end to end: an in-process full-precision Mamba-2 teacher, a precomputed top-k
+//! teacher file, and the refusal of a teacher whose tokenizer differs from the data's.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bimamba-train"))
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn ok(out: std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn prepare(dir: &Path, tokenizer: &Path) -> PathBuf {
+    let data = dir.join("data");
+    ok(bin()
+        .args(["data", "prepare", "--val-fraction", "0.1", "--tokenizer"])
+        .arg(tokenizer)
+        .arg("--out")
+        .arg(&data)
+        .arg(fixtures().join("text/pride_excerpt.txt"))
+        .output()
+        .expect("data prepare"));
+    data
+}
+
+fn config(dir: &Path, data: &Path, teacher: &str) -> PathBuf {
+    let p = dir.join("cfg.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[model]
+d_model = 16
+n_layer = 1
+d_state = 8
+headdim = 8
+chunk_size = 8
+[data]
+dir = "{}"
+seq_len = 32
+batch_size = 2
+[optim]
+lr = 1e-3
+[loss]
+soft_weight = 1.0
+hard_weight = 0.0
+temperature = 2.0
+[teacher]
+{teacher}
+[train]
+steps = 4
+eval_windows = 2
+"#,
+            data.display()
+        ),
+    )
+    .expect("write config");
+    p
+}
+
+fn train(cfg: &Path, out: &Path) -> std::process::Output {
+    bin().args(["train", "--quiet", "--config"]).arg(cfg).arg("--out").arg(out).output().expect("train")
+}
+
+fn last_loss(run: &Path) -> f64 {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().expect("a line")).expect("json");
+    last["train_loss"].as_f64().expect("train_loss")
+}
+
+#[test]
+fn distillation_from_model_and_from_topk_file_and_tokenizer_check() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let teacher = fixtures().join("hf-mamba2-g2");
+    let data = prepare(tmp.path(), &teacher.join("tokenizer.json"));
+
+    // In-process full-precision teacher (ngroups 2, untied head, bf16 weights).
+    let cfg = config(tmp.path(), &data, &format!("kind = \"mamba\"\npath = \"{}\"", teacher.display()));
+    let run = tmp.path().join("run-mamba");
+    ok(train(&cfg, &run));
+    let soft = last_loss(&run);
+    assert!(soft.is_finite() && soft > 0.0);
+
+    // Top-k file, then training from it.
+    let topk = tmp.path().join("teacher.topk");
+    let out = ok(bin()
+        .args(["teacher-logits", "--seq-len", "32", "--top-k", "16", "--max-windows", "20", "--teacher"])
+        .arg(&teacher)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&topk)
+        .output()
+        .expect("teacher-logits"));
+    assert!(out.contains("20 windows"), "{out}");
+    let f = bimamba_train::teacher::TopkFile::open(&topk).expect("opens");
+    assert_eq!((f.k, f.seq_len, f.windows), (16, 32, 20));
+    let (ids, lp) = f.window(3);
+    assert!(ids.iter().all(|&i| (0..451).contains(&i)));
+    for pos in lp.chunks(16) {
+        assert!(pos.windows(2).all(|w| w[0] >= w[1]), "sorted by probability");
+        let mass: f32 = pos.iter().map(|x| x.exp()).sum();
+        assert!(mass > 0.0 && mass <= 1.0 + 1e-5);
+    }
+    let cfg = config(tmp.path(), &data, &format!("kind = \"topk\"\npath = \"{}\"", topk.display()));
+    let run = tmp.path().join("run-topk");
+    ok(train(&cfg, &run));
+    assert!(last_loss(&run).is_finite());
+
+    // Data made with another tokenizer: the teacher is refused, and the message says why.
+    let mut tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(teacher.join("tokenizer.json")).expect("read")).expect("json");
+    // Swap the ids of two tokens: a valid tokenizer with another vocabulary.
+    let vocab = tj["model"]["vocab"].as_object_mut().expect("BPE vocab");
+    let key_of = |id: u64, v: &serde_json::Map<String, serde_json::Value>| {
+        v.iter().find(|(_, x)| x.as_u64() == Some(id)).map(|(k, _)| k.clone()).expect("id present")
+    };
+    let (a, b) = (key_of(300, vocab), key_of(301, vocab));
+    vocab.insert(a, serde_json::json!(301));
+    vocab.insert(b, serde_json::json!(300));
+    let other_tok = tmp.path().join("other.json");
+    std::fs::write(&other_tok, tj.to_string()).expect("write");
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    let other_data = prepare(&other, &other_tok);
+    let cfg = config(&other, &other_data, &format!("kind = \"mamba\"\npath = \"{}\"", teacher.display()));
+    let out = train(&cfg, &other.join("run"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tokenizer mismatch"), "{err}");
+}
