@@ -67,11 +67,7 @@ fn reference_json(name: &str) -> serde_json::Value {
 
 fn reference_ids(name: &str, tensor: &str) -> Vec<u32> {
     let c = Checkpoint::open(&fixture(name).join("reference.safetensors")).unwrap();
-    c.bytes(tensor)
-        .unwrap()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect()
+    c.bytes(tensor).unwrap().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32).collect()
 }
 
 #[test]
@@ -79,7 +75,17 @@ fn eval_ppl_matches_the_reference_on_every_fixture() {
     let text = root().join("fixtures/text/pride_excerpt_short.txt");
     for name in ["ss-mamba2-g1", "hf-mamba2-g2", "ss-bimamba-col", "ss-bimamba-row"] {
         let dir = fixture(name);
-        let o = bimamba(&["eval", "ppl", "--model", dir.to_str().unwrap(), "--text", text.to_str().unwrap(), "--seq-len", "32", "--json"]);
+        let o = bimamba(&[
+            "eval",
+            "ppl",
+            "--model",
+            dir.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--seq-len",
+            "32",
+            "--json",
+        ]);
         assert_eq!(o.code, 0, "{name}: {}", o.stderr);
         let got: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
         let want = &reference_json(name)["ppl"];
@@ -101,7 +107,16 @@ fn generate_greedy_matches_the_reference_continuation() {
         let prompt = tok.decode(&prompt_ids).unwrap();
         assert_eq!(tok.encode(&prompt).unwrap(), prompt_ids, "{name}: the prompt round-trips through the tokenizer");
         let n = expect_ids.len().to_string();
-        let o = bimamba(&["generate", "--model", dir.to_str().unwrap(), "--prompt", &prompt, "--greedy", "--max-tokens", &n]);
+        let o = bimamba(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            &prompt,
+            "--greedy",
+            "--max-tokens",
+            &n,
+        ]);
         assert_eq!(o.code, 0, "{name}: {}", o.stderr);
         let eos = tok.eos_id();
         let until_eos: Vec<u32> = expect_ids.iter().copied().take_while(|&t| Some(t) != eos).collect();
@@ -187,7 +202,8 @@ fn user_mistakes_get_one_clear_line() {
     // A tokenizer with more entries than the model has embedding rows.
     let d = tmp("bigtok");
     let mut tj: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("ss-mamba2-g1").join("tokenizer.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("ss-mamba2-g1").join("tokenizer.json")).unwrap())
+            .unwrap();
     let vocab = tj["model"]["vocab"].as_object_mut().unwrap();
     let n = vocab.len();
     for k in 0..40 {
@@ -196,7 +212,8 @@ fn user_mistakes_get_one_clear_line() {
     let big = d.join("big.json");
     std::fs::write(&big, tj.to_string()).unwrap();
     let m = fixture("ss-mamba2-g1");
-    let o = bimamba(&["generate", "--model", m.to_str().unwrap(), "--tokenizer", big.to_str().unwrap(), "--prompt", "Hi"]);
+    let o =
+        bimamba(&["generate", "--model", m.to_str().unwrap(), "--tokenizer", big.to_str().unwrap(), "--prompt", "Hi"]);
     assert_user_error(&o, &["big.json", "464"]);
 
     // Empty prompt, empty text, non-UTF-8 text.

@@ -72,33 +72,19 @@ impl Config {
 
     /// Reads `DIR/config.json` (or the given file).
     pub fn from_file(path: &Path) -> Result<Config> {
-        let file = if path.is_dir() {
-            path.join("config.json")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|source| EngineError::Io {
-            path: file.clone(),
-            source,
-        })?;
+        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&file).map_err(|source| EngineError::Io { path: file.clone(), source })?;
         Config::from_json_str(&text, &file)
     }
 
     /// Parses either dialect; `file` is only used in error messages.
     pub fn from_json_str(text: &str, file: &Path) -> Result<Config> {
-        let value: Value = serde_json::from_str(text).map_err(|e| EngineError::Invalid {
-            file: file.to_path_buf(),
-            detail: format!("not valid JSON: {e}"),
-        })?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| EngineError::Invalid { file: file.to_path_buf(), detail: format!("not valid JSON: {e}") })?;
         let Value::Object(obj) = value else {
-            return Err(EngineError::Invalid {
-                file: file.to_path_buf(),
-                detail: "expected a JSON object".into(),
-            });
+            return Err(EngineError::Invalid { file: file.to_path_buf(), detail: "expected a JSON object".into() });
         };
-        let fields = Fields {
-            file: file.to_path_buf(),
-        };
+        let fields = Fields { file: file.to_path_buf() };
         let config = if obj.contains_key("d_model") {
             fields.state_spaces(&obj)?
         } else if obj.contains_key("hidden_size") {
@@ -115,9 +101,7 @@ impl Config {
 
     /// Structural checks shared by both dialects.
     fn validate(&self, file: &Path) -> Result<()> {
-        let f = Fields {
-            file: file.to_path_buf(),
-        };
+        let f = Fields { file: file.to_path_buf() };
         for (name, v) in [
             ("d_model", self.d_model),
             ("n_layer", self.n_layer),
@@ -136,21 +120,13 @@ impl Config {
         if self.d_inner() % self.headdim != 0 {
             return Err(f.err(
                 "headdim",
-                &format!(
-                    "d_inner = expand*d_model = {} is not a multiple of headdim {}",
-                    self.d_inner(),
-                    self.headdim
-                ),
+                &format!("d_inner = expand*d_model = {} is not a multiple of headdim {}", self.d_inner(), self.headdim),
             ));
         }
         if self.nheads * self.headdim != self.d_inner() {
             return Err(f.err(
                 "num_heads",
-                &format!(
-                    "expected d_inner/headdim = {}, got {}",
-                    self.d_inner() / self.headdim,
-                    self.nheads
-                ),
+                &format!("expected d_inner/headdim = {}, got {}", self.d_inner() / self.headdim, self.nheads),
             ));
         }
         if self.nheads % self.ngroups != 0 {
@@ -173,18 +149,12 @@ struct Fields {
 
 impl Fields {
     fn err(&self, field: &str, detail: &str) -> EngineError {
-        EngineError::Config {
-            file: self.file.clone(),
-            field: field.to_string(),
-            detail: detail.to_string(),
-        }
+        EngineError::Config { file: self.file.clone(), field: field.to_string(), detail: detail.to_string() }
     }
 
     fn usize_or(&self, obj: &Map<String, Value>, key: &str, default: Option<usize>) -> Result<usize> {
         match obj.get(key) {
-            None | Some(Value::Null) => {
-                default.ok_or_else(|| self.err(key, "is required but missing"))
-            }
+            None | Some(Value::Null) => default.ok_or_else(|| self.err(key, "is required but missing")),
             Some(v) => v
                 .as_u64()
                 .map(|x| x as usize)
@@ -195,18 +165,14 @@ impl Fields {
     fn f64_or(&self, obj: &Map<String, Value>, key: &str, default: f64) -> Result<f64> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.err(key, &format!("expected a number, got {v}"))),
+            Some(v) => v.as_f64().ok_or_else(|| self.err(key, &format!("expected a number, got {v}"))),
         }
     }
 
     fn bool_or(&self, obj: &Map<String, Value>, key: &str, default: bool) -> Result<bool> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.err(key, &format!("expected true or false, got {v}"))),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(key, &format!("expected true or false, got {v}"))),
         }
     }
 
@@ -231,7 +197,14 @@ impl Fields {
     }
 
     /// Rejects a boolean knob whose value the engine does not implement.
-    fn require_bool(&self, obj: &Map<String, Value>, key: &str, default: bool, supported: bool, what: &str) -> Result<()> {
+    fn require_bool(
+        &self,
+        obj: &Map<String, Value>,
+        key: &str,
+        default: bool,
+        supported: bool,
+        what: &str,
+    ) -> Result<()> {
         let v = self.bool_or(obj, key, default)?;
         if v != supported {
             return Err(self.err(key, &format!("{v} is not supported ({what}); only {supported} is")));
@@ -399,11 +372,23 @@ mod tests {
         let cases = [
             (r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {}}"#, "ssm_cfg.layer"),
             (r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {"layer": "Mamba1"}}"#, "ssm_cfg.layer"),
-            (r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "d_intermediate": 128, "ssm_cfg": {"layer": "Mamba2"}}"#, "d_intermediate"),
+            (
+                r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "d_intermediate": 128, "ssm_cfg": {"layer": "Mamba2"}}"#,
+                "d_intermediate",
+            ),
             (r#"{"d_model": 64, "n_layer": "two", "vocab_size": 10, "ssm_cfg": {"layer": "Mamba2"}}"#, "n_layer"),
-            (r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {"layer": "Mamba2", "headdim": 48}}"#, "headdim"),
-            (r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {"layer": "Mamba2", "headdim": 16, "ngroups": 3}}"#, "ngroups"),
-            (r#"{"hidden_size": 48, "num_hidden_layers": 1, "vocab_size": 10, "head_dim": 12, "num_heads": 5}"#, "num_heads"),
+            (
+                r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {"layer": "Mamba2", "headdim": 48}}"#,
+                "headdim",
+            ),
+            (
+                r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {"layer": "Mamba2", "headdim": 16, "ngroups": 3}}"#,
+                "ngroups",
+            ),
+            (
+                r#"{"hidden_size": 48, "num_hidden_layers": 1, "vocab_size": 10, "head_dim": 12, "num_heads": 5}"#,
+                "num_heads",
+            ),
             (r#"{"n_layer": 1}"#, "d_model"),
         ];
         for (json, field) in cases {

@@ -9,26 +9,13 @@ pub enum EngineError {
     Format(#[from] bimamba_formats::FormatError),
 
     #[error("{file}: field `{field}`: {detail}")]
-    Config {
-        file: PathBuf,
-        field: String,
-        detail: String,
-    },
+    Config { file: PathBuf, field: String, detail: String },
 
     #[error("{file}: tensor `{tensor}` has shape {actual:?}, expected {expected:?}")]
-    Shape {
-        file: PathBuf,
-        tensor: String,
-        expected: Vec<usize>,
-        actual: Vec<usize>,
-    },
+    Shape { file: PathBuf, tensor: String, expected: Vec<usize>, actual: Vec<usize> },
 
     #[error("{file}: tensor `{tensor}` is missing{hint}")]
-    MissingTensor {
-        file: PathBuf,
-        tensor: String,
-        hint: String,
-    },
+    MissingTensor { file: PathBuf, tensor: String, hint: String },
 
     #[error("{file}: {detail}")]
     Invalid { file: PathBuf, detail: String },

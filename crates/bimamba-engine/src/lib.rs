@@ -13,9 +13,9 @@ pub mod linear;
 pub mod lm;
 mod load;
 pub mod mixer;
+pub mod model;
 pub mod pack;
 pub mod random;
-pub mod model;
 pub mod sampling;
 pub mod state;
 

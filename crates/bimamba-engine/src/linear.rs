@@ -60,12 +60,7 @@ impl Linear {
 
     /// Binarizes a latent weight with its FBI scales (sign at load, exact zero → +1).
     pub fn binarize(latent: &[f32], rows: usize, cols: usize, scales: BinaryScales) -> Linear {
-        Linear::Binary {
-            rows,
-            cols,
-            bits: kernels::pack::pack_signs(latent, rows, cols),
-            scales,
-        }
+        Linear::Binary { rows, cols, bits: kernels::pack::pack_signs(latent, rows, cols), scales }
     }
 
     /// y = x · Wᵀ.
@@ -208,7 +203,10 @@ mod tests {
                             want += (a * s + b) as f64 * x[k * cols + j] as f64;
                         }
                         let got = y[k * rows + i] as f64;
-                        assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{rows}x{cols} t{t} col={column}: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{rows}x{cols} t{t} col={column}: {got} vs {want}"
+                        );
                     }
                 }
                 let dense = lin.to_dense_f32();

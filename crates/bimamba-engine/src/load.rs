@@ -23,10 +23,7 @@ impl Model {
     /// `pytorch_model.bin`.
     pub fn load(dir: &Path) -> Result<Model> {
         if !dir.exists() {
-            return Err(EngineError::Invalid {
-                file: dir.to_path_buf(),
-                detail: "no such model directory".into(),
-            });
+            return Err(EngineError::Invalid { file: dir.to_path_buf(), detail: "no such model directory".into() });
         }
         if !dir.is_dir() {
             return Err(EngineError::Invalid {
@@ -40,25 +37,18 @@ impl Model {
     }
 
     pub fn from_checkpoint(ckpt: &Checkpoint, config: Config) -> Result<Model> {
-        let ld = Loader {
-            ckpt,
-            file: weights_file(ckpt),
-            packed: crate::pack::check_metadata(ckpt)?,
-        };
+        let ld = Loader { ckpt, file: weights_file(ckpt), packed: crate::pack::check_metadata(ckpt)? };
         let c = &config;
         let (d, v) = (c.d_model, c.padded_vocab_size);
         let emb_names = match c.dialect {
             Dialect::StateSpaces => ["backbone.embedding.weight", "backbone.embeddings.weight"],
             Dialect::Transformers => ["backbone.embeddings.weight", "backbone.embedding.weight"],
         };
-        let emb_name = emb_names
-            .iter()
-            .find(|n| ckpt.info(n).is_some())
-            .ok_or_else(|| EngineError::MissingTensor {
-                file: ld.file.clone(),
-                tensor: emb_names[0].to_string(),
-                hint: format!(" (nor `{}`)", emb_names[1]),
-            })?;
+        let emb_name = emb_names.iter().find(|n| ckpt.info(n).is_some()).ok_or_else(|| EngineError::MissingTensor {
+            file: ld.file.clone(),
+            tensor: emb_names[0].to_string(),
+            hint: format!(" (nor `{}`)", emb_names[1]),
+        })?;
         // The embedding decides the vocabulary rows; the config must agree with it.
         let emb_rows = ckpt.info(emb_name).map(|i| i.shape[0]).unwrap_or(0);
         let rows_ok = emb_rows == v || (emb_rows >= c.vocab_size && emb_rows <= v);
@@ -69,10 +59,8 @@ impl Model {
             let p = format!("backbone.layers.{i}");
             let m = format!("{p}.mixer");
             let a_log = ld.vector(&format!("{m}.A_log"), c.nheads)?;
-            let conv_weight = ld.f32_any(&format!("{m}.conv1d.weight"), &[
-                &[c.conv_dim(), 1, c.d_conv],
-                &[c.conv_dim(), c.d_conv],
-            ])?;
+            let conv_weight =
+                ld.f32_any(&format!("{m}.conv1d.weight"), &[&[c.conv_dim(), 1, c.d_conv], &[c.conv_dim(), c.d_conv]])?;
             layers.push(Layer {
                 norm: ld.vector(&format!("{p}.norm.weight"), d)?,
                 mixer: Mixer {
@@ -104,13 +92,7 @@ impl Model {
             }
             Some(ld.dense("lm_head.weight", embedding.rows(), d)?)
         };
-        Ok(Model {
-            config,
-            embedding,
-            layers,
-            norm_f,
-            lm_head,
-        })
+        Ok(Model { config, embedding, layers, norm_f, lm_head })
     }
 }
 
@@ -137,23 +119,15 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
-        self.ckpt
-            .info(name)
-            .map(|i| i.shape.clone())
-            .ok_or_else(|| EngineError::MissingTensor {
-                file: self.file.clone(),
-                tensor: name.to_string(),
-                hint: String::new(),
-            })
+        self.ckpt.info(name).map(|i| i.shape.clone()).ok_or_else(|| EngineError::MissingTensor {
+            file: self.file.clone(),
+            tensor: name.to_string(),
+            hint: String::new(),
+        })
     }
 
     fn shape_err(&self, name: &str, expected: &[usize], actual: Vec<usize>) -> EngineError {
-        EngineError::Shape {
-            file: self.file.clone(),
-            tensor: name.to_string(),
-            expected: expected.to_vec(),
-            actual,
-        }
+        EngineError::Shape { file: self.file.clone(), tensor: name.to_string(), expected: expected.to_vec(), actual }
     }
 
     /// f32 data of a tensor whose shape must be one of `shapes` (the first is reported).
@@ -178,18 +152,10 @@ impl Loader<'_> {
         let info = self.ckpt.info(name).expect("shape_of checked presence");
         let weight = match info.dtype {
             DType::F16 => DenseWeight::F16(
-                self.ckpt
-                    .bytes(name)?
-                    .chunks_exact(2)
-                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
+                self.ckpt.bytes(name)?.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect(),
             ),
             DType::BF16 => DenseWeight::BF16(
-                self.ckpt
-                    .bytes(name)?
-                    .chunks_exact(2)
-                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
+                self.ckpt.bytes(name)?.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect(),
             ),
             _ => DenseWeight::F32(self.ckpt.to_f32(name)?),
         };
@@ -232,11 +198,7 @@ impl Loader<'_> {
         }
         let beta = self.ckpt.to_f32(&bias_name)?;
         debug_assert_eq!(alpha.len(), n);
-        let scales = if column {
-            BinaryScales::Column { alpha, beta }
-        } else {
-            BinaryScales::Row { alpha, beta }
-        };
+        let scales = if column { BinaryScales::Column { alpha, beta } } else { BinaryScales::Row { alpha, beta } };
         let bits_name = format!("{prefix}.bits");
         if self.ckpt.info(&bits_name).is_some() {
             if !self.packed {

@@ -23,7 +23,8 @@ use crate::model::Model;
 
 pub const PACKED_FORMAT: &str = "bimamba-packed";
 pub const PACKED_VERSION: &str = "1";
-pub const BIT_ORDER: &str = "row-major; bit j of row i at byte i*row_bytes + j/8, bit j%8 (LSB first); rows padded to 64 bits; 1 = +1, 0 = -1";
+pub const BIT_ORDER: &str =
+    "row-major; bit j of row i at byte i*row_bytes + j/8, bit j%8 (LSB first); rows padded to 64 bits; 1 = +1, 0 = -1";
 
 /// Precision of the tensors that stay high precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +46,9 @@ pub fn check_metadata(ckpt: &Checkpoint) -> Result<bool> {
         Some(PACKED_VERSION) => Ok(true),
         other => Err(EngineError::Invalid {
             file: crate::load::weights_file(ckpt),
-            detail: format!("packed format version {other:?} is not supported; this build reads version {PACKED_VERSION}"),
+            detail: format!(
+                "packed format version {other:?} is not supported; this build reads version {PACKED_VERSION}"
+            ),
         }),
     }
 }
@@ -80,9 +83,11 @@ pub fn write_packed(model: &Model, src: &Checkpoint, out: &Path, keep: KeepDType
         }
     }
     let replaced = |n: &str| {
-        ["in_proj", "out_proj"]
-            .iter()
-            .any(|p| n.ends_with(&format!(".mixer.{p}.weight")) || n.ends_with(&format!(".mixer.{p}.wscale")) || n.ends_with(&format!(".mixer.{p}.wbias")))
+        ["in_proj", "out_proj"].iter().any(|p| {
+            n.ends_with(&format!(".mixer.{p}.weight"))
+                || n.ends_with(&format!(".mixer.{p}.wscale"))
+                || n.ends_with(&format!(".mixer.{p}.wbias"))
+        })
     };
     for info in src.tensors() {
         let n = &info.name;
@@ -102,9 +107,7 @@ pub fn write_packed(model: &Model, src: &Checkpoint, out: &Path, keep: KeepDType
         owned.iter().map(|(n, d, s, b)| (n.clone(), *d, s.clone(), b.as_slice())).collect();
     let path = out.join("model.safetensors");
     bimamba_formats::write_safetensors_atomic(&path, &views, &meta)?;
-    let size = std::fs::metadata(&path)
-        .map_err(|source| EngineError::Io { path: path.clone(), source })?
-        .len();
+    let size = std::fs::metadata(&path).map_err(|source| EngineError::Io { path: path.clone(), source })?.len();
     Ok((packed, size))
 }
 

@@ -76,11 +76,9 @@ fn random_linear(rng: &mut Rng, rows: usize, cols: usize, format: ProjFormat) ->
                 },
             }
         }
-        ProjFormat::DenseF32 => Linear::Dense {
-            rows,
-            cols,
-            weight: DenseWeight::F32(vec_uniform(rng, rows * cols, -a, a)),
-        },
+        ProjFormat::DenseF32 => {
+            Linear::Dense { rows, cols, weight: DenseWeight::F32(vec_uniform(rng, rows * cols, -a, a)) }
+        }
         ProjFormat::DenseBF16 => Linear::Dense {
             rows,
             cols,
@@ -128,7 +126,8 @@ mod tests {
         for (name, want) in [("780m", 752.1e6), ("1.3b", 1306.3e6), ("2.7b", 2655.8e6)] {
             let c = shape_config(name).unwrap();
             let d = c.d_model;
-            let per_layer = c.d_in_proj() * d + c.conv_dim() * (c.d_conv + 1) + 3 * c.nheads + c.d_inner() + c.d_inner() * d + d;
+            let per_layer =
+                c.d_in_proj() * d + c.conv_dim() * (c.d_conv + 1) + 3 * c.nheads + c.d_inner() + c.d_inner() * d + d;
             let total = 32000 * d + c.n_layer * per_layer + d;
             assert!((total as f64 - want).abs() / want < 1e-3, "{name}: {total}");
         }

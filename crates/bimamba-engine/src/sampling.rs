@@ -133,7 +133,8 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy_and_seed_reproduces() {
         let logits = [0.3, 0.1, 0.9, 0.5];
-        let mut k1 = Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, repeat_penalty: 1.0, seed: 3 });
+        let mut k1 =
+            Sampler::new(SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, repeat_penalty: 1.0, seed: 3 });
         for _ in 0..20 {
             assert_eq!(k1.sample(&logits, &[], 4), 2);
         }

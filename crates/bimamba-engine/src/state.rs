@@ -36,10 +36,7 @@ impl State {
             conv: vec![0.0; cfg.conv_dim() * cfg.d_conv],
             ssm: vec![0.0; cfg.nheads * cfg.headdim * cfg.d_state],
         };
-        State {
-            layers: vec![layer; cfg.n_layer],
-            position: 0,
-        }
+        State { layers: vec![layer; cfg.n_layer], position: 0 }
     }
 
     /// Bytes of f32 state (read and written once per decoded token).
@@ -52,16 +49,10 @@ impl State {
         let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             owned.push((format!("layers.{i}.conv"), vec![cfg.conv_dim(), cfg.d_conv], f32_bytes(&l.conv)));
-            owned.push((
-                format!("layers.{i}.ssm"),
-                vec![cfg.nheads, cfg.headdim, cfg.d_state],
-                f32_bytes(&l.ssm),
-            ));
+            owned.push((format!("layers.{i}.ssm"), vec![cfg.nheads, cfg.headdim, cfg.d_state], f32_bytes(&l.ssm)));
         }
-        let tensors: Vec<(String, DType, Vec<usize>, &[u8])> = owned
-            .iter()
-            .map(|(n, s, b)| (n.clone(), DType::F32, s.clone(), b.as_slice()))
-            .collect();
+        let tensors: Vec<(String, DType, Vec<usize>, &[u8])> =
+            owned.iter().map(|(n, s, b)| (n.clone(), DType::F32, s.clone(), b.as_slice())).collect();
         let mut meta = BTreeMap::new();
         meta.insert("format".to_string(), STATE_FORMAT.to_string());
         meta.insert("version".to_string(), STATE_VERSION.to_string());
@@ -75,15 +66,9 @@ impl State {
     pub fn load(cfg: &Config, path: &Path) -> Result<State> {
         let ckpt = Checkpoint::open(path)?;
         let meta = ckpt.metadata();
-        let invalid = |detail: String| EngineError::Invalid {
-            file: path.to_path_buf(),
-            detail,
-        };
+        let invalid = |detail: String| EngineError::Invalid { file: path.to_path_buf(), detail };
         if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
-            return Err(invalid(format!(
-                "metadata `format` is {:?}, expected \"{STATE_FORMAT}\"",
-                meta.get("format")
-            )));
+            return Err(invalid(format!("metadata `format` is {:?}, expected \"{STATE_FORMAT}\"", meta.get("format"))));
         }
         if meta.get("version").map(String::as_str) != Some(STATE_VERSION) {
             return Err(invalid(format!(
@@ -100,11 +85,7 @@ impl State {
         for (i, l) in state.layers.iter_mut().enumerate() {
             for (name, shape, dst) in [
                 (format!("layers.{i}.conv"), vec![cfg.conv_dim(), cfg.d_conv], &mut l.conv),
-                (
-                    format!("layers.{i}.ssm"),
-                    vec![cfg.nheads, cfg.headdim, cfg.d_state],
-                    &mut l.ssm,
-                ),
+                (format!("layers.{i}.ssm"), vec![cfg.nheads, cfg.headdim, cfg.d_state], &mut l.ssm),
             ] {
                 let info = ckpt.info(&name).ok_or_else(|| EngineError::MissingTensor {
                     file: path.to_path_buf(),

@@ -61,10 +61,9 @@ fn unknown_version_and_undeclared_bits_are_refused() {
     let infos: Vec<_> = ck.tensors().into_iter().cloned().collect();
     let views: Vec<(String, bimamba_formats::DType, Vec<usize>, &[u8])> =
         infos.iter().map(|i| (i.name.clone(), i.dtype, i.shape.clone(), ck.bytes(&i.name).unwrap())).collect();
-    for (meta, needle) in [
-        (vec![("format", "bimamba-packed"), ("version", "2")], "version"),
-        (vec![], "does not declare"),
-    ] {
+    for (meta, needle) in
+        [(vec![("format", "bimamba-packed"), ("version", "2")], "version"), (vec![], "does not declare")]
+    {
         let out = scratch(&format!("bad-{needle}"));
         std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
         let m = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -78,8 +77,7 @@ fn unknown_version_and_undeclared_bits_are_refused() {
 fn full_precision_models_cannot_be_packed() {
     let dir = fixture("ss-mamba2-g1");
     let m = Model::load(&dir).unwrap();
-    let err = write_packed(&m, &Checkpoint::open(&dir).unwrap(), &scratch("fp"), KeepDType::Source)
-        .unwrap_err()
-        .to_string();
+    let err =
+        write_packed(&m, &Checkpoint::open(&dir).unwrap(), &scratch("fp"), KeepDType::Source).unwrap_err().to_string();
     assert!(err.contains("wscale"), "{err}");
 }

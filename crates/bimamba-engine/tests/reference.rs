@@ -27,7 +27,9 @@ impl Reference {
     fn f64(&self, name: &str) -> Vec<f64> {
         let b = self.ckpt.bytes(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         match self.ckpt.info(name).map(|i| i.dtype) {
-            Some(bimamba_formats::DType::F64) => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+            Some(bimamba_formats::DType::F64) => {
+                b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+            }
             _ => self.ckpt.to_f32(name).unwrap().into_iter().map(f64::from).collect(),
         }
     }

@@ -39,10 +39,8 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(TextError::TokenizerMissing { path: path.to_path_buf() });
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TextError::TokenizerInvalid {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| TextError::TokenizerInvalid { path: path.to_path_buf(), detail: e.to_string() })?;
         Ok(Tokenizer { inner, path: path.to_path_buf() })
     }
 
@@ -98,9 +96,7 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| TextError::Codec { path: self.path.clone(), detail: e.to_string() })
+        self.inner.decode(ids, false).map_err(|e| TextError::Codec { path: self.path.clone(), detail: e.to_string() })
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -159,10 +155,8 @@ impl StreamDecoder {
 /// Reads a whole text file, refusing invalid UTF-8 (with the offset) and empty files.
 pub fn read_text_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|source| TextError::Io { path: path.to_path_buf(), source })?;
-    let text = String::from_utf8(bytes).map_err(|e| TextError::NotUtf8 {
-        path: path.to_path_buf(),
-        offset: e.utf8_error().valid_up_to(),
-    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| TextError::NotUtf8 { path: path.to_path_buf(), offset: e.utf8_error().valid_up_to() })?;
     if text.trim().is_empty() {
         return Err(TextError::Empty { path: path.to_path_buf() });
     }
@@ -186,14 +180,8 @@ mod tests {
         let empty = dir.join("empty.txt");
         std::fs::write(&empty, "  \n").unwrap();
         assert!(matches!(read_text_file(&empty), Err(TextError::Empty { .. })));
-        assert!(matches!(
-            Tokenizer::from_file(&dir.join("nope.json")),
-            Err(TextError::TokenizerMissing { .. })
-        ));
+        assert!(matches!(Tokenizer::from_file(&dir.join("nope.json")), Err(TextError::TokenizerMissing { .. })));
         std::fs::write(dir.join("junk.json"), "{not json").unwrap();
-        assert!(matches!(
-            Tokenizer::from_file(&dir.join("junk.json")),
-            Err(TextError::TokenizerInvalid { .. })
-        ));
+        assert!(matches!(Tokenizer::from_file(&dir.join("junk.json")), Err(TextError::TokenizerInvalid { .. })));
     }
 }

@@ -57,7 +57,14 @@ pub fn bytes_per_token(m: &Model) -> usize {
     for l in &m.layers {
         let x = &l.mixer;
         b += x.in_proj.weight_bytes() + x.out_proj.weight_bytes();
-        b += 4 * (l.norm.len() + x.conv_weight.len() + x.conv_bias.len() + x.dt_bias.len() + x.a.len() + x.d.len() + x.norm_weight.len());
+        b += 4
+            * (l.norm.len()
+                + x.conv_weight.len()
+                + x.conv_bias.len()
+                + x.dt_bias.len()
+                + x.a.len()
+                + x.d.len()
+                + x.norm_weight.len());
     }
     b + 2 * m.new_state().bytes()
 }
@@ -114,8 +121,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     let (label, model) = match (&a.shape, &a.model) {
         (Some(s), _) => {
-            let cfg = shape_config(s)
-                .ok_or_else(|| anyhow::anyhow!("--shape: unknown shape \"{s}\"; expected one of {}", SHAPES.join(", ")))?;
+            let cfg = shape_config(s).ok_or_else(|| {
+                anyhow::anyhow!("--shape: unknown shape \"{s}\"; expected one of {}", SHAPES.join(", "))
+            })?;
             (format!("shape {s} (random Bi-Mamba)"), random_model(cfg, ProjFormat::Binary, 1)?)
         }
         (None, Some(dir)) => (dir.display().to_string(), Model::load(dir)?),

@@ -25,18 +25,16 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let file_bytes = Checkpoint::open(&dir)?.file_bytes();
     let c = &model.config;
     let (binary, dense) = model.parameter_counts();
-    let proj_bytes: usize = model
-        .layers
-        .iter()
-        .map(|l| l.mixer.in_proj.weight_bytes() + l.mixer.out_proj.weight_bytes())
-        .sum();
+    let proj_bytes: usize =
+        model.layers.iter().map(|l| l.mixer.in_proj.weight_bytes() + l.mixer.out_proj.weight_bytes()).sum();
     let proj_params: usize = model
         .layers
         .iter()
         .map(|l| l.mixer.in_proj.rows() * l.mixer.in_proj.cols() + l.mixer.out_proj.rows() * l.mixer.out_proj.cols())
         .sum();
     let embed_bytes = model.embedding.weight_bytes() + model.lm_head.as_ref().map_or(0, |h| h.weight_bytes());
-    let small: usize = dense - model.embedding.rows() * model.embedding.cols()
+    let small: usize = dense
+        - model.embedding.rows() * model.embedding.cols()
         - model.lm_head.as_ref().map_or(0, |h| h.rows() * h.cols())
         - if binary == 0 { proj_params } else { 0 };
     let weight_bytes = proj_bytes + embed_bytes + 4 * small;
@@ -72,7 +70,14 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("kind         {kind}, {:?} dialect", c.dialect);
     println!(
         "shape        d_model {}  n_layer {}  d_inner {}  heads {} x {}  d_state {}  groups {}  d_conv {}",
-        c.d_model, c.n_layer, c.d_inner(), c.nheads, c.headdim, c.d_state, c.ngroups, c.d_conv
+        c.d_model,
+        c.n_layer,
+        c.d_inner(),
+        c.nheads,
+        c.headdim,
+        c.d_state,
+        c.ngroups,
+        c.d_conv
     );
     println!("vocab        {} ({} rows), tied embeddings: {}", c.vocab_size, model.vocab_size(), c.tie_embeddings);
     println!(

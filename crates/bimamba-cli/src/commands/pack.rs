@@ -80,18 +80,12 @@ pub fn run(a: PackArgs) -> Result<()> {
 pub fn staging_dir(out: &Path) -> Result<PathBuf> {
     if out.exists() {
         let empty = out.is_dir()
-            && std::fs::read_dir(out)
-                .with_context(|| format!("{}: cannot read", out.display()))?
-                .next()
-                .is_none();
+            && std::fs::read_dir(out).with_context(|| format!("{}: cannot read", out.display()))?.next().is_none();
         if !empty {
             bail!("{}: already exists and is not empty; choose another --out", out.display());
         }
     }
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
     let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
