@@ -4,12 +4,13 @@
 //! ```text
 //! cargo run --release -p bimamba-eval --example suite_time -- \
 //!     --tokenizer ../shared/data/tokenizers/gpt-neox-20b.tokenizer.json --data-dir data/eval \
-//!     [--limit N] [--tasks LIST] [--binary] [--d-model 768] [--n-layer 24] [--d-state 128]
+//!     [--limit N] [--tasks LIST] [--binary] [--d-model 768] [--n-layer 24] [--d-state 128] [--count-only]
 //! ```
 //!
 //! With `--limit N` each task's time is also extrapolated to the whole file by tokens fed. Defaults:
 //! the state-spaces mamba2-130m shape (d_model 768, 24 layers, d_state 128, headdim 64, vocab
 //! 50277 padded to 50288, tied embeddings); `--binary` makes in_proj/out_proj 1-bit (Bi-Mamba).
+//! `--count-only` builds no model and prints the tokens and boundary merges of each task.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,6 +28,7 @@ struct Opts {
     limit: Option<usize>,
     tasks: String,
     binary: bool,
+    count_only: bool,
     d_model: usize,
     n_layer: usize,
     d_state: usize,
@@ -39,14 +41,16 @@ fn parse() -> Result<Opts, String> {
         limit: None,
         tasks: "all".into(),
         binary: false,
+        count_only: false,
         d_model: 768,
         n_layer: 24,
         d_state: 128,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        if flag == "--binary" {
-            o.binary = true;
+        if flag == "--binary" || flag == "--count-only" {
+            o.binary |= flag == "--binary";
+            o.count_only |= flag == "--count-only";
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag}: missing value"))?;
@@ -133,6 +137,9 @@ fn run() -> Result<(), String> {
     let o = parse()?;
     let list = Task::parse_list(&o.tasks).map_err(|e| e.to_string())?;
     let tok = Tokenizer::from_file(&o.tokenizer).map_err(|e| e.to_string())?;
+    if o.count_only {
+        return count(&o, &tok, &list);
+    }
     let t0 = Instant::now();
     let model = random_model(&o)?;
     let (binary, dense) = model.parameter_counts();
@@ -166,7 +173,7 @@ fn run() -> Result<(), String> {
     for t in list {
         let docs = tasks::load_task(&o.data_dir, t, o.limit).map_err(|e| e.to_string())?;
         let all = tasks::load_task(&o.data_dir, t, None).map_err(|e| e.to_string())?;
-        let all_tokens = tokens_fed(&tok, t, &all)?;
+        let all_tokens = plan(&tok, t, &all)?.0;
         let r = tasks::evaluate(&model, &tok, t, &docs, &|_, _| {}).map_err(|e| e.to_string())?;
         // Extrapolate by tokens fed (documents differ in length more than tasks do in speed).
         let extrapolated = r.elapsed_s * all_tokens as f64 / r.tokens_fed as f64;
@@ -191,15 +198,33 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-/// Tokens the model is fed for a whole task (contexts once, continuations without their last token).
-fn tokens_fed(tok: &Tokenizer, t: Task, docs: &Docs) -> Result<usize, String> {
+/// For a whole task: (tokens the model is fed: contexts once, continuations without their last
+/// token; continuations; boundary merges).
+fn plan(tok: &Tokenizer, t: Task, docs: &Docs) -> Result<(usize, usize, usize), String> {
     let groups = match docs {
         Docs::Choice(d) => request::choice_groups(tok, t.name(), d),
         Docs::Partial(d) => request::partial_groups(tok, t.name(), d).map(|(g, _)| g),
         Docs::Lambada(d) => request::lambada_groups(tok, t.name(), d),
     }
     .map_err(|e| e.to_string())?;
-    Ok(groups.iter().map(|g| g.context.len() + g.continuations.iter().map(|c| c.len() - 1).sum::<usize>()).sum())
+    let fed = groups.iter().map(|g| g.context.len() + g.continuations.iter().map(|c| c.len() - 1).sum::<usize>()).sum();
+    let requests = groups.iter().map(|g| g.continuations.len()).sum();
+    Ok((fed, requests, groups.iter().map(|g| g.merges).sum()))
+}
+
+/// `--count-only`: what the whole suite asks of a model under this tokenizer, without a model.
+fn count(o: &Opts, tok: &Tokenizer, list: &[Task]) -> Result<(), String> {
+    println!("tokenizer {}, data {}", o.tokenizer.display(), o.data_dir.display());
+    println!("{:<15} {:>6} {:>9} {:>11} {:>15}", "task", "docs", "requests", "tokens fed", "boundary merges");
+    let mut total = (0, 0, 0, 0);
+    for &t in list {
+        let docs = tasks::load_task(&o.data_dir, t, o.limit).map_err(|e| e.to_string())?;
+        let (fed, requests, merges) = plan(tok, t, &docs)?;
+        println!("{:<15} {:>6} {:>9} {:>11} {:>15}", t.name(), docs.len(), requests, fed, merges);
+        total = (total.0 + docs.len(), total.1 + requests, total.2 + fed, total.3 + merges);
+    }
+    println!("{:<15} {:>6} {:>9} {:>11} {:>15}", "total", total.0, total.1, total.2, total.3);
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
