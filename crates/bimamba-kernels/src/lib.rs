@@ -4,7 +4,9 @@
 //! Layout of the crate (data flows top to bottom):
 //! - [`pack`]: the binarization and bit-packing spec (the on-disk and in-memory format).
 //! - [`scalar`]: single-threaded reference kernels, also the fallback on any CPU.
-//! - `x86::{avx512, avx2}`, `aarch64::neon`: per-ISA single-threaded kernels, chosen at runtime.
+//! - [`lut`]: the f32 lookup tables that turn 4 sign bits into one lookup (x86 binary kernels).
+//! - `x86::{avx512_lut, avx2_lut}` (binary), `x86::{avx512, avx2}` (dense), `aarch64::neon`:
+//!   per-ISA single-threaded kernels, chosen at runtime, each with a scalar twin.
 //! - this file: ISA dispatch ([`selected_isa`]) and the rayon-parallel entry points.
 //! - [`bandwidth`]: a read-bandwidth probe, the denominator of every speed we report (SPEC §7).
 //!
@@ -16,6 +18,7 @@
 
 pub mod bandwidth;
 pub mod isa;
+pub mod lut;
 pub mod pack;
 pub mod scalar;
 pub mod ssm;
@@ -62,19 +65,16 @@ fn check_range(range: &Range<usize>, rows: usize, t: usize, y: &[f32]) {
 
 /// Data a binary kernel derives from `x` once per call and shares between all row chunks.
 struct BinaryPrep {
-    /// AVX-512: lookup tables `[t, groups, 16]` (see `x86::avx512_lut`); empty otherwise.
+    /// AVX-512 and AVX2: lookup tables `[t, groups, 16]` (see [`lut`]); empty otherwise.
     tables: Vec<f32>,
 }
 
 fn binary_prep(isa: Isa, x: &[f32], cols: usize, t: usize) -> BinaryPrep {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && isa.is_supported() {
-        let mut tables = vec![0.0; x86::avx512_lut::tables_len(cols, t)];
-        // SAFETY: AVX-512 support checked above.
-        unsafe { x86::avx512_lut::build_tables(x, cols, t, &mut tables) };
+    if matches!(isa, Isa::Avx512 | Isa::Avx2) && isa.is_supported() {
+        let mut tables = vec![0.0; lut::tables_len(cols, t)];
+        lut::build_tables(x, cols, t, &mut tables);
         return BinaryPrep { tables };
     }
-    let _ = (isa, x, cols, t);
     BinaryPrep { tables: Vec::new() }
 }
 
@@ -89,7 +89,7 @@ fn binary_range(isa: Isa, bits: &[u8], cols: usize, x: &[f32], t: usize, prep: &
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if isa.is_supported() => unsafe { x86::avx512_lut::binary_rows(bits, cols, t, &prep.tables, range, y) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_supported() => unsafe { x86::avx2::binary_rows(bits, cols, x, t, range, y) },
+        Isa::Avx2 if isa.is_supported() => unsafe { x86::avx2_lut::binary_rows(bits, cols, t, &prep.tables, range, y) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon if isa.is_supported() => unsafe { aarch64::neon::binary_rows(bits, cols, x, t, range, y) },
         _ => scalar::binary_rows(bits, cols, x, t, range, y),

@@ -1,15 +1,9 @@
-//! AVX2 + FMA + F16C kernels. Every function here requires those features at runtime; the
-//! dispatcher in `lib.rs` checks [`crate::Isa::is_supported`] before calling.
+//! AVX2 + FMA + F16C dense kernels. Every function here requires those features at runtime; the
+//! dispatcher in `lib.rs` checks [`crate::Isa::is_supported`] before calling. The AVX2 binary
+//! kernel is in `avx2_lut.rs`.
 //!
-//! # Binary product
-//! AVX2 has no lane masks, so each sign bit becomes an IEEE sign flip: `s·x = x XOR (¬b << 31)`
-//! (exact). A row's 32-bit word of packed bits is broadcast to all 8 lanes; shifting lane `l` of
-//! group `q` left by `31 − (8q + l)` moves bit `8q + l` (column `32w + 8q + l`) to bit 31, and
-//! `andnot(shifted, 0x8000_0000)` is the flip mask (sign set where the bit is 0, i.e. `s = −1`).
-//! Masked-off tail lanes load `0.0`, whose flipped value `−0.0` leaves any sum unchanged.
-//!
-//! # Dense product
-//! bf16 widens by a 16-bit left shift, f16 by F16C `vcvtph2ps`; both in registers, then FMA.
+//! bf16 widens by a 16-bit left shift, f16 by F16C `vcvtph2ps`; both in registers, then FMA over
+//! register tiles of 4 rows × 2 tokens (8 rows for one token; 16 ymm registers).
 
 // Register tiles index accumulators as acc[row][token]; explicit ranges read clearer.
 #![allow(clippy::needless_range_loop)]
@@ -19,77 +13,10 @@ use std::ops::Range;
 
 use half::{bf16, f16};
 
-use crate::pack::row_bytes;
 use crate::tiling::{for_each_tile, Tiles};
 
-/// Binary tiles: 4 rows × 2 tokens, 8 rows for one token (16 ymm registers).
-const BIN_TILES: Tiles = Tiles { rb: 4, tb: 2, rbv: 8 };
 /// Dense tiles: 4 rows × 2 tokens, 8 rows for one token.
 const DENSE_TILES: Tiles = Tiles { rb: 4, tb: 2, rbv: 8 };
-
-/// `SHIFTS[q][l] = 31 − (8q + l)`: moves bit `8q + l` of a 32-bit word to the sign bit.
-static SHIFTS: [[i32; 8]; 4] = {
-    let mut s = [[0i32; 8]; 4];
-    let mut q = 0;
-    while q < 4 {
-        let mut l = 0;
-        while l < 8 {
-            s[q][l] = 31 - (8 * q + l) as i32;
-            l += 1;
-        }
-        q += 1;
-    }
-    s
-};
-
-/// Lane mask (all ones in lanes `< n`) for `_mm256_maskload_ps`.
-#[inline(always)]
-unsafe fn lanes_below(n: usize) -> __m256i {
-    _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
-}
-
-struct BinCtx<'a> {
-    bits: &'a [u8],
-    rbytes: usize,
-    cols: usize,
-    x: &'a [f32],
-    r0: usize,
-    nr: usize,
-}
-
-/// One 32-column word `w` of a binary tile: `groups` groups of 8 columns, the last one with
-/// `last` valid lanes (`1..=8`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn bin_word<const RB: usize, const TB: usize>(
-    acc: &mut [[__m256; TB]; RB],
-    bp: *const u8,
-    rbytes: usize,
-    xp: *const f32,
-    cols: usize,
-    w: usize,
-    groups: usize,
-    last: usize,
-) {
-    let sign = _mm256_set1_epi32(i32::MIN);
-    for q in 0..groups {
-        let sh = _mm256_loadu_si256(SHIFTS[q].as_ptr().cast());
-        let partial = q + 1 == groups && last < 8;
-        let mut xv = [_mm256_setzero_ps(); TB];
-        for (kk, v) in xv.iter_mut().enumerate() {
-            let p = xp.add(kk * cols + 32 * w + 8 * q);
-            *v = if partial { _mm256_maskload_ps(p, lanes_below(last)) } else { _mm256_loadu_ps(p) };
-        }
-        for i in 0..RB {
-            let word = bp.add(i * rbytes + 4 * w).cast::<i32>().read_unaligned();
-            let flip = _mm256_andnot_si256(_mm256_sllv_epi32(_mm256_set1_epi32(i32::from_le(word)), sh), sign);
-            let flip = _mm256_castsi256_ps(flip);
-            for kk in 0..TB {
-                acc[i][kk] = _mm256_add_ps(acc[i][kk], _mm256_xor_ps(xv[kk], flip));
-            }
-        }
-    }
-}
 
 /// Horizontal sum of 8 lanes.
 #[inline(always)]
@@ -98,45 +25,6 @@ unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bin_tile<const RB: usize, const TB: usize>(c: &BinCtx, r: usize, k: usize, y: &mut [f32]) {
-    let cols = c.cols;
-    let bp = c.bits.as_ptr().add(r * c.rbytes);
-    let xp = c.x.as_ptr().add(k * cols);
-    let mut acc = [[_mm256_setzero_ps(); TB]; RB];
-    let nfull = cols / 32;
-    for w in 0..nfull {
-        bin_word(&mut acc, bp, c.rbytes, xp, cols, w, 4, 8);
-    }
-    let rem = cols % 32;
-    if rem != 0 {
-        let groups = rem.div_ceil(8);
-        bin_word(&mut acc, bp, c.rbytes, xp, cols, nfull, groups, rem - 8 * (groups - 1));
-    }
-    for (i, acc_i) in acc.iter().enumerate() {
-        for (kk, a) in acc_i.iter().enumerate() {
-            *y.get_unchecked_mut((k + kk) * c.nr + r - c.r0 + i) = hsum(*a);
-        }
-    }
-}
-
-/// Binary product over output rows `range`: `y: [t, range.len()]`.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-pub unsafe fn binary_rows(bits: &[u8], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    let rbytes = row_bytes(cols);
-    assert!(bits.len() >= range.end * rbytes && x.len() >= t * cols);
-    assert_eq!(y.len(), t * range.len());
-    let c = BinCtx { bits, rbytes, cols, x, r0: range.start, nr: range.len() };
-    for_each_tile(range, t, BIN_TILES, |r, nrows, k, ntok| match (nrows, ntok) {
-        (4, 2) => bin_tile::<4, 2>(&c, r, k, y),
-        (1, 2) => bin_tile::<1, 2>(&c, r, k, y),
-        (8, 1) => bin_tile::<8, 1>(&c, r, k, y),
-        _ => bin_tile::<1, 1>(&c, r, k, y),
-    });
 }
 
 /// Loading 8 consecutive weights as f32 lanes.

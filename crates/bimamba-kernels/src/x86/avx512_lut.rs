@@ -1,21 +1,12 @@
-//! AVX-512 binary product by table lookup (the T-MAC idea, with f32 tables so that activations
-//! are never quantized).
-//!
-//! # The identity
-//! Split the columns into groups of four, `g = 0, 1, ...` (columns `4g .. 4g+4`). For a token
-//! `k`, the table of group `g` holds all 16 signed sums of its four activations:
-//! `T_k[g][n] = Σ_{b<4} (bit b of n ? +x_k[4g+b] : −x_k[4g+b])`, `n = 0..16`
-//! (activations beyond `cols` count as 0, so padding bits never matter). The 4 packed bits of a
-//! row for group `g` are exactly such an `n` (bit `b` = column `4g + b`, LSB first), hence
-//! `y[k, i] = Σ_g T_k[g][nibble_g(row i)]`.
+//! AVX-512 binary product by table lookup: `y[k, i] = Σ_g T_k[g][nibble_g(row i)]` with the
+//! f32 tables of [`crate::lut`] (built once per call, shared by all rows and threads).
 //!
 //! # The kernel
 //! Sixteen rows at a time live in the 16 lanes of a vector. A 16 × 16 transpose of 32-bit words
 //! turns 64 bytes of each of 16 rows into 16 vectors whose lane `r` is word `w` of row `r`; word
 //! `w` holds nibbles `8w .. 8w+8`. For nibble `q`, `vpermps(word >> 4q, T[8w + q])` looks up 16
 //! rows at once (it uses the low 4 bits of each lane as the index): one shift, one permute and one
-//! add per 64 weights per token, with no mask registers. Tables are built once per call
-//! ([`build_tables`]) and shared by all rows and threads.
+//! add per 64 weights per token, with no mask registers.
 //!
 //! Loop order: token blocks of [`TB`], then panels of [`LUT_PANEL`] rows; within a panel,
 //! 512-column blocks outside (their tables, 8 KiB per token, stay in L1/L2) and 16-row sets
@@ -28,6 +19,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use crate::lut::{groups, tables_len};
 use crate::pack::row_bytes;
 
 /// Rows per panel: 8 sets of 16.
@@ -35,43 +27,6 @@ const LUT_PANEL: usize = 128;
 const SETS: usize = LUT_PANEL / 16;
 /// Tokens per block (one add chain each); 2 and 8 measured no better on Zen 4.
 const TB: usize = 4;
-
-/// Number of 4-column groups covered by a packed row (padding included).
-pub fn groups(cols: usize) -> usize {
-    row_bytes(cols) * 2
-}
-
-/// Length of the table buffer for `t` tokens: `[t, groups(cols), 16]` f32.
-pub fn tables_len(cols: usize, t: usize) -> usize {
-    t * groups(cols) * 16
-}
-
-/// Builds `tab: [t, groups(cols), 16]` from `x: [t, cols]` (see the module doc).
-///
-/// # Safety
-/// The CPU must support AVX-512 F.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn build_tables(x: &[f32], cols: usize, t: usize, tab: &mut [f32]) {
-    let g_n = groups(cols);
-    assert!(x.len() >= t * cols && tab.len() >= t * g_n * 16);
-    // s[b] lane n = +1 if bit b of n is set, else −1.
-    let s: [__m512; 4] = std::array::from_fn(|b| {
-        let lanes: [f32; 16] = std::array::from_fn(|n| if (n >> b) & 1 == 1 { 1.0 } else { -1.0 });
-        _mm512_loadu_ps(lanes.as_ptr())
-    });
-    for k in 0..t {
-        let xr = &x[k * cols..(k + 1) * cols];
-        let out = tab.as_mut_ptr().add(k * g_n * 16);
-        for g in 0..g_n {
-            let xv = |b: usize| _mm512_set1_ps(xr.get(4 * g + b).copied().unwrap_or(0.0));
-            let mut v = _mm512_mul_ps(xv(0), s[0]);
-            for (b, sb) in s.iter().enumerate().skip(1) {
-                v = _mm512_fmadd_ps(xv(b), *sb, v);
-            }
-            _mm512_storeu_ps(out.add(16 * g), v);
-        }
-    }
-}
 
 /// Transposes a 16 × 16 matrix of 32-bit words held as 16 row vectors.
 #[inline(always)]
@@ -177,7 +132,8 @@ unsafe fn lut_panel<const TB: usize, const A: usize>(c: &LutCtx, p0: usize, p1: 
     }
 }
 
-/// Binary product over output rows `range`: `y: [t, range.len()]`, `tab` from [`build_tables`].
+/// Binary product over output rows `range`: `y: [t, range.len()]`, `tab` from
+/// [`crate::lut::build_tables`].
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL.
