@@ -61,6 +61,9 @@ pub struct BenchArgs {
     /// Full-precision projections instead of FBI-Linear.
     #[arg(long)]
     pub full_precision: bool,
+    /// Projections and LM head in bf16 (mixed precision; parameters, norms and SSD stay f32).
+    #[arg(long)]
+    pub bf16: bool,
     /// Side of the square matrices of the peak matmul measurement.
     #[arg(long, default_value_t = 8192)]
     pub matmul_size: usize,
@@ -98,6 +101,8 @@ pub struct BenchReport {
     pub peak_tflops: f64,
     /// The dtype of the peak measurement.
     pub peak_dtype: String,
+    /// The dtype of the model's projection and head products.
+    pub matmul_dtype: String,
     /// model_tflops / peak_tflops.
     pub mfu: f64,
 }
@@ -137,7 +142,7 @@ pub fn bench<B: AutodiffBackend>(a: &BenchArgs, device: &B::Device, peak_dtype: 
         precision: if a.full_precision { Precision::Full } else { Precision::Binary },
     };
     cfg.validate().map_err(crate::error::Error::Config)?;
-    let mut model = Mamba2Lm::<B>::init(&cfg, 0, device);
+    let mut model = Mamba2Lm::<B>::init(&cfg, 0, device).with_matmul_dtype(a.bf16.then_some(DType::BF16));
     let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig::default());
     let mut rng = SplitMix64::new(1);
     let (b, l) = (a.batch, a.seq_len);
@@ -186,6 +191,7 @@ pub fn bench<B: AutodiffBackend>(a: &BenchArgs, device: &B::Device, peak_dtype: 
         model_tflops,
         peak_tflops: peak,
         peak_dtype: format!("{peak_dtype:?}"),
+        matmul_dtype: if a.bf16 { "BF16".into() } else { "F32".into() },
         mfu: model_tflops / peak,
     })
 }
@@ -201,6 +207,7 @@ pub fn run_cli(a: &BenchArgs) -> Result<()> {
         r.model.d_model, r.model.n_layer, r.model.vocab_size, r.model.d_state, r.model.headdim,
         r.model.chunk_size, r.model.precision, r.params as f64 / 1e6
     );
+    println!("projection/head matmul dtype: {}", r.matmul_dtype);
     println!("tokens/step {} | step {:.3} s (forward {:.3}, backward {:.3}, optimizer {:.3})", r.tokens_per_step, r.step_s, r.forward_s, r.backward_s, r.optimizer_s);
     println!("throughput {:.0} tokens/s | model {:.2} TFLOP/s ({:.3} GFLOP/token)", r.tokens_per_s, r.model_tflops, r.flops_per_token / 1e9);
     println!("peak matmul {:.1} TFLOP/s ({}) | MFU {:.1}%", r.peak_tflops, r.peak_dtype, 100.0 * r.mfu);

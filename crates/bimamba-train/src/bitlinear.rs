@@ -13,9 +13,9 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
-use crate::ops::opts;
+use crate::ops::{matmul_in, opts};
 
 /// A bias-free linear layer, binarized (FBI-Linear) when the scales are present.
 #[derive(Module, Debug)]
@@ -26,6 +26,8 @@ pub struct Projection<B: Backend> {
     pub wscale: Option<Param<Tensor<B, 2>>>,
     /// β: same shape as α; None in full precision.
     pub wbias: Option<Param<Tensor<B, 2>>>,
+    /// Dtype of the matrix product (None: the tensors' own); not a parameter.
+    pub matmul_dtype: Option<DType>,
 }
 
 /// Column-wise "xnor" scales of a latent weight W [out, in] stored row-major:
@@ -69,6 +71,7 @@ impl<B: Backend> Projection<B> {
             weight: Param::from_tensor(weight),
             wscale,
             wbias,
+            matmul_dtype: None,
         }
     }
 
@@ -105,7 +108,7 @@ impl<B: Backend> Projection<B> {
         let rows = dims[..D - 1].iter().product::<usize>();
         let w = self.effective_weight();
         let out = w.dims()[0];
-        let y = x.reshape([rows, inp]).matmul(w.transpose());
+        let y = matmul_in(x.reshape([rows, inp]), w.transpose(), self.matmul_dtype);
         let mut out_dims = dims;
         out_dims[D - 1] = out;
         y.reshape(out_dims)

@@ -9,11 +9,11 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::bitlinear::Projection;
 use crate::config::{ModelConfig, Precision};
-use crate::ops::{opts, rms_normalize, silu, softplus};
+use crate::ops::{matmul_in, opts, rms_normalize, silu, softplus};
 use crate::rng::SplitMix64;
 use crate::ssd::ssd_chunked;
 
@@ -96,6 +96,8 @@ pub struct Mamba2Lm<B: Backend> {
     pub backbone: Backbone<B>,
     /// None: the head is the embedding (tied), as in every model this crate trains.
     pub lm_head: Option<LmHead<B>>,
+    /// Dtype of the projection and LM-head matrix products (None: f32); not a parameter.
+    pub matmul_dtype: Option<DType>,
     /// Architecture (not a parameter).
     pub config: ModelConfig,
 }
@@ -224,6 +226,7 @@ impl<B: Backend> Mamba2Lm<B> {
                 norm_f: RmsNorm::ones(d, device),
             },
             lm_head: None,
+            matmul_dtype: None,
             config: cfg.clone(),
         }
     }
@@ -239,6 +242,17 @@ impl<B: Backend> Mamba2Lm<B> {
             h = h.clone() + block.mixer.forward(block.norm.forward(h, eps));
         }
         self.backbone.norm_f.forward(h, eps)
+    }
+
+    /// Runs the projections and the LM head in `dtype` (e.g. bf16) while parameters, residual
+    /// stream, norms and the SSD stay in the backend's float type.
+    pub fn with_matmul_dtype(mut self, dtype: Option<DType>) -> Self {
+        self.matmul_dtype = dtype;
+        for layer in self.backbone.layers.iter_mut() {
+            layer.mixer.in_proj.matmul_dtype = dtype;
+            layer.mixer.out_proj.matmul_dtype = dtype;
+        }
+        self
     }
 
     /// Gives the model an untied LM head (a copy of the embedding until loaded over).
@@ -260,7 +274,7 @@ impl<B: Backend> Mamba2Lm<B> {
             None => self.backbone.embedding.weight.val(),
         }; // [V, D]
         let v = w.dims()[0];
-        h.reshape([b * l, d]).matmul(w.transpose()).reshape([b, l, v])
+        matmul_in(h.reshape([b * l, d]), w.transpose(), self.matmul_dtype).reshape([b, l, v])
     }
 }
 
@@ -372,6 +386,29 @@ mod tests {
             }
             assert!(checked >= 40, "{checked} entries checked");
         }
+    }
+
+    /// The mixed-precision path (products in another dtype, cast back) keeps the forward and
+    /// the gradients. NdArray has no half types, so this checks the mechanism with f64 products
+    /// on an f32 model; bf16 runs on the CUDA backend.
+    #[test]
+    fn cast_matmuls_track_the_plain_forward() {
+        type A = Autodiff<NdArray<f32>>;
+        let cfg = tiny(Precision::Binary);
+        let dev = Default::default();
+        let m32 = Mamba2Lm::<A>::init(&cfg, 4, &dev);
+        let m16 = m32.clone().with_matmul_dtype(Some(DType::F64));
+        let toks = Tensor::<A, 2, Int>::from_data(TensorData::new((0..12i64).map(|i| i % 11).collect::<Vec<_>>(), [2, 6]), &dev);
+        let a = m32.forward(toks.clone());
+        let b = m16.forward(toks);
+        assert_eq!(b.dtype(), DType::F32);
+        let scale = a.clone().abs().max().into_scalar();
+        let err = (a - b.clone()).abs().max().into_scalar() / scale;
+        assert!(err < 1e-5, "relative error {err}");
+        let g = b.sum().backward();
+        let gw = m16.backbone.layers[0].mixer.in_proj.weight.val().grad(&g).expect("grad through the casts");
+        assert_eq!(gw.dtype(), DType::F32);
+        assert!(gw.abs().max().into_scalar() > 0.0);
     }
 
     #[test]

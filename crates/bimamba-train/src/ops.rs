@@ -16,6 +16,21 @@ pub fn opts<B: Backend>(device: &B::Device) -> TensorCreationOptions<B> {
     TensorCreationOptions::new(device.clone()).with_dtype(float_dtype::<B>())
 }
 
+/// a · b, computed in `dtype` when given (mixed precision: bf16 matrix products on f32 tensors,
+/// the result cast back to the input's dtype; autodiff casts the gradients the same way).
+///
+/// # Shapes
+/// - a: [m, k]; b: [k, n]; output: [m, n]
+pub fn matmul_in<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, dtype: Option<DType>) -> Tensor<B, 2> {
+    match dtype {
+        Some(dt) if dt != a.dtype() => {
+            let orig = a.dtype();
+            a.cast(dt).matmul(b.cast(dt)).cast(orig)
+        }
+        _ => a.matmul(b),
+    }
+}
+
 /// SiLU(x) = x · σ(x) = x / (1 + e^{−x}).
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone() / (x.neg().exp() + 1.0)

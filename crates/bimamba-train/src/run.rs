@@ -205,7 +205,8 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
     });
     params::write_atomic(&run_dir.join("run.json"), format!("{run_info:#}\n").as_bytes())?;
 
-    let mut model = Mamba2Lm::<B>::init(&mcfg, cfg.train.seed, device);
+    let matmul_dtype = crate::runconfig::parse_dtype(cfg.train.matmul_dtype.as_deref())?;
+    let mut model = Mamba2Lm::<B>::init(&mcfg, cfg.train.seed, device).with_matmul_dtype(matmul_dtype);
     let mut optim = AdamW::<B::InnerBackend>::new(cfg.optim.clone());
     let mut state = TrainState {
         version: CHECKPOINT_VERSION,

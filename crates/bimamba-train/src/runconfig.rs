@@ -76,6 +76,21 @@ pub struct LoopConfig {
     /// Run directory when `--out` is not given.
     #[serde(default)]
     pub out: Option<PathBuf>,
+    /// Dtype of the projection and LM-head matrix products: "f32" (default), "bf16" or "f16".
+    /// Latent weights, optimizer state, residual stream, norms and the SSD stay f32.
+    #[serde(default)]
+    pub matmul_dtype: Option<String>,
+}
+
+/// Parses a matmul dtype name.
+pub fn parse_dtype(name: Option<&str>) -> Result<Option<burn::tensor::DType>> {
+    use burn::tensor::DType;
+    match name {
+        None | Some("f32") => Ok(None),
+        Some("bf16") => Ok(Some(DType::BF16)),
+        Some("f16") => Ok(Some(DType::F16)),
+        Some(other) => Err(Error::Config(format!("train.matmul_dtype `{other}`: use f32, bf16 or f16"))),
+    }
 }
 
 fn eval_windows() -> usize {
@@ -167,6 +182,7 @@ impl TrainConfig {
         if self.data.seq_len == 0 || self.data.batch_size == 0 || self.data.grad_accum == 0 {
             return bad("data.seq_len, data.batch_size and data.grad_accum must be positive");
         }
+        parse_dtype(self.train.matmul_dtype.as_deref())?;
         if self.train.steps == 0 {
             return bad("train.steps must be positive");
         }
