@@ -4,20 +4,19 @@
 //! ```text
 //! cargo run --release -p bimamba-eval --example suite_time -- \
 //!     --tokenizer ../shared/data/tokenizers/gpt-neox-20b.tokenizer.json --data-dir data/eval \
-//!     [--limit N] [--tasks LIST] [--binary] [--d-model 768] [--n-layer 24] [--d-state 128] [--count-only]
+//!     [--limit N] [--tasks LIST] [--shape 130m|780m|1.3b|2.7b] [--format binary|f32|bf16] [--count-only]
 //! ```
 //!
-//! With `--limit N` each task's time is also extrapolated to the whole file by tokens fed. Defaults:
-//! the state-spaces mamba2-130m shape (d_model 768, 24 layers, d_state 128, headdim 64, vocab
-//! 50277 padded to 50288, tied embeddings); `--binary` makes in_proj/out_proj 1-bit (Bi-Mamba).
-//! `--count-only` builds no model and prints the tokens and boundary merges of each task.
+//! The model is `bimamba_engine::random::random_model` of the paper's shape (default 130m: d_model
+//! 768, 24 layers, d_state 128, headdim 64; bf16 tied embedding) with the vocabulary resized to the
+//! tokenizer's, padded to a multiple of 16; `--format` picks the in_proj/out_proj storage (default
+//! binary, i.e. Bi-Mamba). With `--limit N` each task's time is also extrapolated to the whole file
+//! by tokens fed. `--count-only` builds no model and prints the tokens and boundary merges of each task.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use bimamba_engine::linear::{BinaryScales, DenseWeight};
-use bimamba_engine::mixer::Mixer;
-use bimamba_engine::{Config, Layer, Linear, Model};
+use bimamba_engine::random::{random_model, shape_config, ProjFormat};
 use bimamba_eval::tasks::data::Docs;
 use bimamba_eval::tasks::{self, request, Task};
 use bimamba_text::Tokenizer;
@@ -27,11 +26,9 @@ struct Opts {
     data_dir: PathBuf,
     limit: Option<usize>,
     tasks: String,
-    binary: bool,
+    shape: String,
+    format: ProjFormat,
     count_only: bool,
-    d_model: usize,
-    n_layer: usize,
-    d_state: usize,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -40,29 +37,31 @@ fn parse() -> Result<Opts, String> {
         data_dir: tasks::default_data_dir(),
         limit: None,
         tasks: "all".into(),
-        binary: false,
+        shape: "130m".into(),
+        format: ProjFormat::Binary,
         count_only: false,
-        d_model: 768,
-        n_layer: 24,
-        d_state: 128,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        if flag == "--binary" || flag == "--count-only" {
-            o.binary |= flag == "--binary";
-            o.count_only |= flag == "--count-only";
+        if flag == "--count-only" {
+            o.count_only = true;
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag}: missing value"))?;
-        let num = |v: &str| v.parse::<usize>().map_err(|e| format!("{flag} {v}: {e}"));
         match flag.as_str() {
             "--tokenizer" => o.tokenizer = value.into(),
             "--data-dir" => o.data_dir = value.into(),
-            "--limit" => o.limit = Some(num(&value)?),
+            "--limit" => o.limit = Some(value.parse().map_err(|e| format!("--limit {value}: {e}"))?),
             "--tasks" => o.tasks = value,
-            "--d-model" => o.d_model = num(&value)?,
-            "--n-layer" => o.n_layer = num(&value)?,
-            "--d-state" => o.d_state = num(&value)?,
+            "--shape" => o.shape = value,
+            "--format" => {
+                o.format = match value.as_str() {
+                    "binary" => ProjFormat::Binary,
+                    "f32" => ProjFormat::DenseF32,
+                    "bf16" => ProjFormat::DenseBF16,
+                    _ => return Err(format!("--format {value}: expected binary, f32 or bf16")),
+                }
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -70,67 +69,6 @@ fn parse() -> Result<Opts, String> {
         return Err("--tokenizer FILE is required".into());
     }
     Ok(o)
-}
-
-/// splitmix64 → uniform in [-1, 1).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| scale * self.next()).collect()
-    }
-}
-
-fn linear(rng: &mut Rng, rows: usize, cols: usize, binary: bool) -> Linear {
-    let scale = (3.0 / cols as f32).sqrt();
-    let w = rng.vec(rows * cols, scale);
-    if binary {
-        let alpha = (0..cols).map(|_| scale * (1.0 + 0.5 * rng.next())).collect();
-        let beta = rng.vec(cols, 0.1 * scale);
-        Linear::binarize(&w, rows, cols, BinaryScales::Column { alpha, beta })
-    } else {
-        Linear::Dense { rows, cols, weight: DenseWeight::F32(w) }
-    }
-}
-
-fn random_model(o: &Opts) -> Result<Model, String> {
-    let json = format!(
-        r#"{{"d_model": {}, "n_layer": {}, "vocab_size": 50277, "pad_vocab_size_multiple": 16,
-            "ssm_cfg": {{"layer": "Mamba2", "d_state": {}, "d_conv": 4, "expand": 2, "headdim": 64,
-            "ngroups": 1, "chunk_size": 256}}, "rms_norm": true, "tie_embeddings": true}}"#,
-        o.d_model, o.n_layer, o.d_state
-    );
-    let c = Config::from_json_str(&json, &PathBuf::from("(suite_time)")).map_err(|e| e.to_string())?;
-    let mut rng = Rng(42);
-    let (d, h) = (c.d_model, c.nheads);
-    let layers = (0..c.n_layer)
-        .map(|_| Layer {
-            norm: vec![1.0; d],
-            mixer: Mixer {
-                in_proj: linear(&mut rng, c.d_in_proj(), d, o.binary),
-                conv_weight: rng.vec(c.conv_dim() * c.d_conv, 0.5),
-                conv_bias: rng.vec(c.conv_dim(), 0.5),
-                dt_bias: (0..h).map(|i| -4.0 + 3.0 * i as f32 / h as f32).collect(),
-                a: (0..h).map(|i| -(1.0 + 15.0 * i as f32 / h as f32)).collect(),
-                d: vec![1.0; h],
-                norm_weight: if c.gated_norm { vec![1.0; c.d_inner()] } else { Vec::new() },
-                out_proj: linear(&mut rng, d, c.d_inner(), o.binary),
-            },
-        })
-        .collect();
-    let embedding = Linear::Dense {
-        rows: c.padded_vocab_size,
-        cols: d,
-        weight: DenseWeight::F32(rng.vec(c.padded_vocab_size * d, 0.05)),
-    };
-    Ok(Model { config: c, embedding, layers, norm_f: vec![1.0; d], lm_head: None })
 }
 
 fn run() -> Result<(), String> {
@@ -141,14 +79,21 @@ fn run() -> Result<(), String> {
         return count(&o, &tok, &list);
     }
     let t0 = Instant::now();
-    let model = random_model(&o)?;
+    let mut cfg =
+        shape_config(&o.shape).ok_or_else(|| format!("--shape {}: expected 130m, 780m, 1.3b or 2.7b", o.shape))?;
+    cfg.vocab_size = tok.vocab_size();
+    cfg.padded_vocab_size = cfg.vocab_size.div_ceil(16) * 16;
+    let model = random_model(cfg, o.format, 42).map_err(|e| e.to_string())?;
     let (binary, dense) = model.parameter_counts();
+    let c = &model.config;
     println!(
-        "model: random {} d_model {} n_layer {} d_state {}: {:.1} M parameters ({:.1} M binary), built in {:.1} s",
-        if o.binary { "Bi-Mamba" } else { "Mamba-2 f32" },
-        o.d_model,
-        o.n_layer,
-        o.d_state,
+        "model: random {} {:?} (d_model {}, {} layers, d_state {}, vocab {}): {:.1} M parameters ({:.1} M binary), built in {:.1} s",
+        o.shape,
+        o.format,
+        c.d_model,
+        c.n_layer,
+        c.d_state,
+        c.padded_vocab_size,
         (binary + dense) as f64 / 1e6,
         binary as f64 / 1e6,
         t0.elapsed().as_secs_f64()

@@ -114,8 +114,9 @@ fn ppl(a: PplArgs) -> Result<()> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let t0 = std::time::Instant::now();
-    let r = with_model!(&model, m => bimamba_eval::perplexity(m, &ids, &ends, a.seq_len, |w| bar.set_position(w as u64)))?
-        .expect("at least one window was checked above");
+    let r =
+        with_model!(&model, m => bimamba_eval::perplexity(m, &ids, &ends, a.seq_len, |w| bar.set_position(w as u64)))?
+            .expect("at least one window was checked above");
     bar.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64();
     if a.json {
