@@ -22,8 +22,9 @@ pub mod ops;
 pub mod tokenizer;
 pub mod weights;
 
-#[cfg(test)]
-mod test_gguf;
+/// Test support, for this crate's tests and (with the `testing` feature) other crates'.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests_model;
 #[cfg(test)]

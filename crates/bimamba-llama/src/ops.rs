@@ -1,6 +1,7 @@
 //! The per-token math of a LLaMA block that is not a matrix product: RMSNorm, rotary position
 //! embedding (GGUF convention), causal grouped-query attention over the KV cache, SwiGLU.
 
+use bimamba_kernels::{dense_gemm_with, selected_isa};
 use rayon::prelude::*;
 
 use crate::config::LlamaConfig;
@@ -73,19 +74,8 @@ impl Rope {
     }
 }
 
-/// Dot product with eight independent accumulators (so the compiler vectorizes it).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    let mut acc = [0.0f32; 8];
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+/// Query positions per attention work item.
+const QUERY_BLOCK: usize = 64;
 
 /// Causal grouped-query attention of `t` new queries against the cache.
 ///
@@ -97,42 +87,139 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// s_j = q · k_j / sqrt(head_dim),   out = Σ_j softmax(s)_j · v_j
 /// ```
 ///
+/// Work items are (KV head g, block of up to 64 queries), run in parallel. An item stacks the
+/// queries of the `group_size` heads that share g into Q [group·m, head_dim], copies the keys it
+/// can see, K [nk, head_dim], and the values transposed, Vᵀ [head_dim, nk] (nk = the position
+/// of its last query + 1), and computes S = Q·Kᵀ and O = P·V = P·(Vᵀ)ᵀ with the dense f32
+/// kernel; P is the row softmax of S / sqrt(head_dim) with the keys after each query's own
+/// position set to probability 0. The copies cost 1/(group·m) of the products.
+///
 /// # Shapes
 /// - `q`: [t, n_head · head_dim] (already rotated)
 /// - `k_cache`, `v_cache`: [pos0 + t, n_kv_head · head_dim] (keys rotated)
 /// - `out`: [t, n_head · head_dim], overwritten
 pub fn attention(cfg: &LlamaConfig, q: &[f32], k_cache: &[f32], v_cache: &[f32], pos0: usize, out: &mut [f32]) {
-    let (hd, n_head, kv_dim) = (cfg.head_dim, cfg.n_head, cfg.kv_dim());
-    let group = cfg.group_size();
-    let scale = 1.0 / (hd as f32).sqrt();
-    debug_assert_eq!(q.len(), out.len());
+    let (hd, q_dim, kv_dim, group) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim(), cfg.group_size());
+    let t = q.len() / q_dim;
+    debug_assert_eq!(out.len(), q.len());
     debug_assert_eq!(k_cache.len(), v_cache.len());
-    debug_assert_eq!(k_cache.len(), (pos0 + q.len() / cfg.q_dim()) * kv_dim);
-    // One task per (query, head): out is [t, n_head, head_dim], so chunk r is query r / n_head,
-    // head r % n_head.
-    out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (r, o)| {
-        let (i, h) = (r / n_head, r % n_head);
-        let qh = &q[r * hd..(r + 1) * hd];
-        let koff = (h / group) * hd;
-        let n_ctx = pos0 + i + 1;
-        scores.clear();
-        scores.extend((0..n_ctx).map(|j| dot(qh, &k_cache[j * kv_dim + koff..j * kv_dim + koff + hd]) * scale));
-        let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - m).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        o.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            let vj = &v_cache[j * kv_dim + koff..j * kv_dim + koff + hd];
-            let w = p * inv;
-            for (a, &b) in o.iter_mut().zip(vj) {
-                *a += w * b;
+    debug_assert_eq!(k_cache.len(), (pos0 + t) * kv_dim);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let isa = selected_isa();
+    let nb = t.div_ceil(QUERY_BLOCK);
+    let blocks: Vec<Vec<f32>> = (0..cfg.n_kv_head * nb)
+        .into_par_iter()
+        .map(|item| {
+            let (g, b) = (item / nb, item % nb);
+            let i0 = b * QUERY_BLOCK;
+            let m = (t - i0).min(QUERY_BLOCK);
+            let nk = pos0 + i0 + m;
+            let rows = group * m;
+            // Stacked row hh·m + r: query i0 + r of head g·group + hh.
+            let mut qs = Vec::with_capacity(rows * hd);
+            for hh in 0..group {
+                let col = (g * group + hh) * hd;
+                for i in i0..i0 + m {
+                    qs.extend_from_slice(&q[i * q_dim + col..i * q_dim + col + hd]);
+                }
             }
+            let mut k = Vec::with_capacity(nk * hd);
+            for j in 0..nk {
+                k.extend_from_slice(&k_cache[j * kv_dim + g * hd..j * kv_dim + (g + 1) * hd]);
+            }
+            // Vᵀ in tiles of 8 positions, so the 8 rows read stay in L1 while each of the
+            // head_dim output rows gets 8 contiguous values.
+            let mut vt = vec![0.0f32; hd * nk];
+            for j0 in (0..nk).step_by(8) {
+                let j1 = (j0 + 8).min(nk);
+                for e in 0..hd {
+                    for j in j0..j1 {
+                        vt[e * nk + j] = v_cache[j * kv_dim + g * hd + e];
+                    }
+                }
+            }
+            let mut s = vec![0.0f32; rows * nk];
+            dense_gemm_with(isa, &k, nk, hd, &qs, rows, 0..nk, &mut s);
+            for (row_index, row) in s.chunks_exact_mut(nk).enumerate() {
+                // Query i0 + r sees keys 0..=pos0 + i0 + r.
+                let visible = pos0 + i0 + row_index % m + 1;
+                let (seen, future) = row.split_at_mut(visible);
+                future.fill(0.0);
+                let mx = lane_max(seen) * scale;
+                seen.iter_mut().for_each(|x| *x = exp_nonpositive(*x * scale - mx));
+                let inv = 1.0 / lane_sum(seen);
+                seen.iter_mut().for_each(|x| *x *= inv);
+            }
+            let mut o = vec![0.0f32; rows * hd];
+            dense_gemm_with(isa, &vt, hd, nk, &s, rows, 0..hd, &mut o);
+            o
+        })
+        .collect();
+    for (item, o) in blocks.iter().enumerate() {
+        let (g, b) = (item / nb, item % nb);
+        let i0 = b * QUERY_BLOCK;
+        let m = o.len() / (group * hd);
+        for (row_index, src) in o.chunks_exact(hd).enumerate() {
+            let (hh, r) = (row_index / m, row_index % m);
+            let col = (g * group + hh) * hd;
+            out[(i0 + r) * q_dim + col..(i0 + r) * q_dim + col + hd].copy_from_slice(src);
         }
-    });
+    }
+}
+
+/// Maximum over eight interleaved lanes (a plain fold with `f32::max` does not vectorize).
+fn lane_max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    acc.iter().fold(tail, |a, &x| if x > a { x } else { a })
+}
+
+/// Sum over eight interleaved lanes (vectorizes; a sequential f32 sum cannot be reordered).
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// e^x for x ≤ 0 (softmax after subtracting the maximum), straight-line code the compiler
+/// vectorizes: Cephes' `expf`. With n = round(x · log2 e) and r = x − n · ln 2 (ln 2 split in a
+/// high part exact in f32 and a low correction), e^x = 2^n · e^r, |r| ≤ ln 2 / 2, where
+/// e^r ≈ 1 + r + r² · p(r) with Cephes' degree-5 minimax p (relative error about 1e-7), and 2^n
+/// is built in the exponent bits. Inputs below −87 (where 2^n would leave the normal range) are
+/// clamped: e^−87 ≈ 1.6e−38 instead of a smaller number, harmless next to the maximum's 1.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer (the default rounding
+    // mode) without a call to roundf.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 0.0);
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    // The integer n also sits in the low mantissa bits of `shifted` (its exponent is fixed by
+    // ROUND), which avoids a float-to-int conversion that does not vectorize (`as` saturates).
+    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let er = p * r * r + r + 1.0;
+    er * f32::from_bits((n_int.wrapping_add(127) as u32) << 23)
 }
 
 /// SwiGLU's gate: `gate ← silu(gate) ⊙ up`, silu(x) = x / (1 + e^(−x)).
@@ -210,12 +297,72 @@ mod tests {
     }
 
     #[test]
-    fn dot_handles_tails() {
-        for n in [0usize, 1, 7, 8, 9, 17, 64, 67] {
-            let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
-            let b: Vec<f32> = (0..n).map(|i| 1.0 - i as f32 * 0.25).collect();
-            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            assert!((dot(&a, &b) as f64 - want).abs() < 1e-3, "n = {n}");
+    fn lane_reductions_handle_tails() {
+        for n in [1usize, 7, 8, 9, 17, 64, 67] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.5).collect();
+            let want_max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(lane_max(&v), want_max, "n = {n}");
+            let want_sum: f64 = v.iter().map(|&x| x as f64).sum();
+            assert!((lane_sum(&v) as f64 - want_sum).abs() < 1e-5, "n = {n}");
+        }
+    }
+
+    /// The vectorizable exp against f64 over its whole domain: relative error below 4e-7.
+    #[test]
+    fn exp_nonpositive_is_accurate() {
+        let mut worst = 0.0f64;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let got = exp_nonpositive(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(-1000.0) < 2e-38 && exp_nonpositive(f32::NEG_INFINITY) < 2e-38);
+    }
+
+    /// Attention against a plain f64 loop, with a cache already holding `pos0` positions, over
+    /// sizes that cover one and several query blocks (and a partial last block).
+    #[test]
+    fn attention_matches_naive() {
+        let mut c = cfg(16, 16, 10000.0);
+        (c.n_head, c.n_kv_head) = (6, 2);
+        let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+        let mut seed = 1u64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+                })
+                .collect()
+        };
+        for &(pos0, t) in &[(0usize, 1usize), (7, 1), (0, 5), (3, 64), (10, 130)] {
+            let q = rnd(t * qd);
+            let k = rnd((pos0 + t) * kvd);
+            let v = rnd((pos0 + t) * kvd);
+            let mut out = vec![f32::NAN; t * qd];
+            attention(&c, &q, &k, &v, pos0, &mut out);
+            for i in 0..t {
+                for h in 0..c.n_head {
+                    let g = h / c.group_size();
+                    let s: Vec<f64> = (0..=pos0 + i)
+                        .map(|j| {
+                            (0..hd).map(|e| q[i * qd + h * hd + e] as f64 * k[j * kvd + g * hd + e] as f64).sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+                    for e in 0..hd {
+                        let want: f64 =
+                            s.iter().enumerate().map(|(j, x)| (x - mx).exp() / z * v[j * kvd + g * hd + e] as f64).sum();
+                        let got = out[i * qd + h * hd + e] as f64;
+                        assert!((got - want).abs() < 1e-5, "pos0 {pos0} t {t} query {i} head {h} dim {e}: {got} vs {want}");
+                    }
+                }
+            }
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Test support: a minimal GGUF v3 writer, Q8_0 quantization with its own dequantization (so the
-//! tests' reference does not go through the loader's), and a seeded generator.
+//! Test support (unit tests, and other crates' tests through the `testing` feature): a minimal
+//! GGUF v3 writer, Q8_0/Q4_0/Q4_1 quantizers that also return the values they decode to (so a
+//! test's reference does not go through the loader's decoding), a seeded generator, a tiny
+//! byte-level BPE vocabulary, and [`tiny_llama_gguf`], a complete small model file.
 
 use std::path::PathBuf;
 
@@ -175,6 +177,79 @@ impl Lcg {
     pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.next() * scale).collect()
     }
+}
+
+/// GPT-2's bytes_to_unicode: printable Latin-1 bytes map to themselves, the other bytes to
+/// U+0100 onwards in byte order (so the space 0x20 becomes 'Ġ' = U+0120).
+pub fn byte_char(b: u8) -> char {
+    let printable = |x: u32| (0x21..=0x7E).contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x);
+    if printable(b as u32) {
+        return char::from(b);
+    }
+    let n = (0..b as u32).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + n).expect("U+0100..U+0143 are characters")
+}
+
+/// Merges of the tiny vocabulary, in rank order.
+pub const MERGES: [&str; 10] = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d", "1 2"];
+/// Its control tokens (ids 0 and 1).
+pub const SPECIAL: [&str; 2] = ["<|endoftext|>", "<|im_start|>"];
+
+/// The tiny vocabulary: the control tokens, the 256 byte characters, then one token per merge.
+pub fn tiny_vocab() -> Vec<String> {
+    let mut v: Vec<String> = SPECIAL.iter().map(|s| s.to_string()).collect();
+    v.extend((0..=255u8).map(|b| byte_char(b).to_string()));
+    v.extend(MERGES.iter().map(|m| m.replace(' ', "")));
+    v
+}
+
+/// Writes the `tokenizer.ggml.*` keys of the tiny vocabulary (end of sequence: id 0).
+pub fn put_tiny_tokenizer(g: &mut GgufWriter, model: &str, pre: &str) {
+    let tokens = tiny_vocab();
+    let types: Vec<i32> = (0..tokens.len()).map(|i| if i < SPECIAL.len() { 3 } else { 1 }).collect();
+    let merges: Vec<String> = MERGES.iter().map(|s| s.to_string()).collect();
+    g.str("tokenizer.ggml.model", model)
+        .str("tokenizer.ggml.pre", pre)
+        .strs("tokenizer.ggml.tokens", &tokens)
+        .strs("tokenizer.ggml.merges", &merges)
+        .i32s("tokenizer.ggml.token_type", &types)
+        .u32("tokenizer.ggml.eos_token_id", 0);
+}
+
+/// A complete tiny LLaMA GGUF with the tiny tokenizer: 2 blocks, d_model 64, 4 query / 2 KV
+/// heads of 16, SwiGLU width 96, context 4096, tied embeddings; matrices in Q8_0, Q4_1 and F32.
+pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
+    let (d, ff, layers) = (64usize, 96usize, 2usize);
+    let vocab = tiny_vocab().len();
+    let mut rng = Lcg(seed);
+    let mut g = GgufWriter::default();
+    g.str("general.architecture", "llama")
+        .u32("llama.block_count", layers as u32)
+        .u32("llama.context_length", 4096)
+        .u32("llama.embedding_length", d as u32)
+        .u32("llama.feed_forward_length", ff as u32)
+        .u32("llama.attention.head_count", 4)
+        .u32("llama.attention.head_count_kv", 2)
+        .f32("llama.rope.freq_base", 10000.0)
+        .f32("llama.attention.layer_norm_rms_epsilon", 1e-5);
+    put_tiny_tokenizer(&mut g, "gpt2", "smollm");
+    let norm = |rng: &mut Lcg| f32_bytes(&(0..d).map(|_| 1.0 + 0.2 * rng.next()).collect::<Vec<_>>());
+    let s = 2.0 / (d as f32).sqrt();
+    g.tensor("token_embd.weight", &[vocab, d], GGML_Q8_0, &q8_0(&rng.vec(vocab * d, 1.0)).0);
+    g.tensor("output_norm.weight", &[d], GGML_F32, &norm(&mut rng));
+    for i in 0..layers {
+        let n = |t: &str| format!("blk.{i}.{t}.weight");
+        g.tensor(&n("attn_norm"), &[d], GGML_F32, &norm(&mut rng))
+            .tensor(&n("attn_q"), &[64, d], GGML_Q4_1, &q4_1(&rng.vec(64 * d, s)).0)
+            .tensor(&n("attn_k"), &[32, d], GGML_Q8_0, &q8_0(&rng.vec(32 * d, s)).0)
+            .tensor(&n("attn_v"), &[32, d], GGML_F32, &f32_bytes(&rng.vec(32 * d, s)))
+            .tensor(&n("attn_output"), &[d, 64], GGML_Q4_1, &q4_1(&rng.vec(d * 64, s)).0)
+            .tensor(&n("ffn_norm"), &[d], GGML_F32, &norm(&mut rng))
+            .tensor(&n("ffn_gate"), &[ff, d], GGML_Q8_0, &q8_0(&rng.vec(ff * d, s)).0)
+            .tensor(&n("ffn_up"), &[ff, d], GGML_Q4_1, &q4_1(&rng.vec(ff * d, s)).0)
+            .tensor(&n("ffn_down"), &[d, ff], GGML_Q8_0, &q8_0(&rng.vec(d * ff, s)).0);
+    }
+    g.finish()
 }
 
 /// A unique temporary path for one test's file.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use bimamba_engine::{EngineError, LanguageModel};
 
-use crate::test_gguf::{
+use crate::testing::{
     f32_bytes, q4_0, q4_1, q8_0, tmp_path, GgufWriter, Lcg, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0,
 };
 use crate::LlamaModel;
@@ -306,5 +306,29 @@ fn rejects_malformed_files() {
     match t.load("arch") {
         Err(EngineError::Config { field, .. }) => assert_eq!(field, "general.architecture"),
         other => panic!("expected Config, got {other:?}"),
+    }
+}
+
+/// The shared tiny file (the CLI's tests use it) loads with its own tokenizer, sized to its
+/// embedding, and its prefill agrees with single steps.
+#[test]
+fn tiny_llama_gguf_loads_with_its_tokenizer() {
+    let path = tmp_path("tiny-shared");
+    std::fs::write(&path, crate::testing::tiny_llama_gguf(3)).expect("the temp file is writable");
+    let ck = bimamba_formats::Checkpoint::open(&path).expect("opens");
+    let model = LlamaModel::from_checkpoint(&ck).expect("loads");
+    let tok = crate::gguf_tokenizer(&ck).expect("tokenizer");
+    std::fs::remove_file(&path).ok();
+    assert_eq!(tok.vocab_size(), model.config.vocab_size);
+    assert_eq!(model.eos_token_id, Some(0));
+    let ids = tok.encode("<|im_start|>hello world 12").expect("encodes");
+    let mut whole = model.new_cache();
+    let all = model.forward(&mut whole, &ids).expect("forward");
+    let mut stepped = model.new_cache();
+    let v = model.config.vocab_size;
+    for (i, &t) in ids.iter().enumerate() {
+        let row = model.forward(&mut stepped, &[t]).expect("step");
+        let want: Vec<f64> = all[i * v..(i + 1) * v].iter().map(|&x| x as f64).collect();
+        assert!(max_rel_err(&row, &want) < 1e-5, "position {i}");
     }
 }

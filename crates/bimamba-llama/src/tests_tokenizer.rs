@@ -6,46 +6,16 @@ use bimamba_engine::EngineError;
 use bimamba_formats::Checkpoint;
 
 use crate::gguf_tokenizer;
-use crate::test_gguf::{tmp_path, GgufWriter};
-
-/// GPT-2's bytes_to_unicode: printable Latin-1 bytes map to themselves, the other bytes to
-/// U+0100 onwards in byte order (so the space 0x20 becomes 'Ġ' = U+0120).
-fn byte_char(b: u8) -> char {
-    let printable = |x: u32| (0x21..=0x7E).contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x);
-    if printable(b as u32) {
-        return char::from(b);
-    }
-    let n = (0..b as u32).filter(|&x| !printable(x)).count() as u32;
-    char::from_u32(256 + n).expect("U+0100..U+0143 are characters")
-}
-
-const MERGES: [&str; 10] = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d", "1 2"];
-const SPECIAL: [&str; 2] = ["<|endoftext|>", "<|im_start|>"];
-
-/// Vocabulary: the two control tokens, the 256 byte characters, then one token per merge.
-fn vocab() -> Vec<String> {
-    let mut v: Vec<String> = SPECIAL.iter().map(|s| s.to_string()).collect();
-    v.extend((0..=255u8).map(|b| byte_char(b).to_string()));
-    v.extend(MERGES.iter().map(|m| m.replace(' ', "")));
-    v
-}
+use crate::testing::{byte_char, put_tiny_tokenizer, tiny_vocab, tmp_path, GgufWriter, MERGES};
 
 fn id(tok: &str) -> u32 {
-    vocab().iter().position(|t| t == tok).expect("the token is in the test vocabulary") as u32
+    tiny_vocab().iter().position(|t| t == tok).expect("the token is in the test vocabulary") as u32
 }
 
 fn open(tag: &str, model: &str, pre: &str) -> Result<bimamba_text::Tokenizer, EngineError> {
-    let tokens = vocab();
-    let types: Vec<i32> = (0..tokens.len()).map(|i| if i < SPECIAL.len() { 3 } else { 1 }).collect();
-    let merges: Vec<String> = MERGES.iter().map(|s| s.to_string()).collect();
     let mut g = GgufWriter::default();
-    g.str("general.architecture", "llama")
-        .str("tokenizer.ggml.model", model)
-        .str("tokenizer.ggml.pre", pre)
-        .strs("tokenizer.ggml.tokens", &tokens)
-        .strs("tokenizer.ggml.merges", &merges)
-        .i32s("tokenizer.ggml.token_type", &types)
-        .u32("tokenizer.ggml.eos_token_id", 0);
+    g.str("general.architecture", "llama");
+    put_tiny_tokenizer(&mut g, model, pre);
     let path = tmp_path(tag);
     std::fs::write(&path, g.finish()).expect("the temp file is writable");
     let ck = Checkpoint::open(&path).expect("the tokenizer-only GGUF opens");

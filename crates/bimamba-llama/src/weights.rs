@@ -222,7 +222,7 @@ impl Matrix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_gguf::{q4_0, q4_1, q8_0, Lcg};
+    use crate::testing::{q4_0, q4_1, q8_0, Lcg};
 
     /// Every format and shape (rows not a multiple of the panel, t = 1 and t > 1): the packed
     /// product equals the f32 product of the dequantized matrix, and `dequantize` equals the

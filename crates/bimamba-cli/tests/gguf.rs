@@ -1,0 +1,122 @@
+//! `--model FILE.gguf`: the LLaMA forward and the GGUF's own tokenizer behind `eval ppl`,
+//! `eval tasks` and `generate`, on a tiny model file written by `bimamba_llama::testing`. The
+//! binary's numbers must equal the library's on the same file.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use bimamba_engine::LanguageModel;
+use bimamba_formats::Checkpoint;
+use bimamba_llama::{gguf_tokenizer, testing::tiny_llama_gguf, LlamaModel};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn bimamba(args: &[&str]) -> Out {
+    let o = Command::new(env!("CARGO_BIN_EXE_bimamba"))
+        .args(args)
+        .env_remove("BIMAMBA_MODEL")
+        .output()
+        .expect("the bimamba binary runs");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// A scratch directory holding the tiny GGUF model and a text file.
+fn setup(name: &str) -> (PathBuf, PathBuf) {
+    let d = std::env::temp_dir().join(format!("bimamba-cli-gguf-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("the temp dir is writable");
+    let model = d.join("tiny.gguf");
+    std::fs::write(&model, tiny_llama_gguf(7)).expect("the model file is writable");
+    let text = d.join("text.txt");
+    std::fs::write(&text, "hello world, 12 worlds.\n<|im_start|>hello hello world\n".repeat(6)).expect("writable");
+    (model, text)
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+#[test]
+fn eval_ppl_on_a_gguf_equals_the_library() {
+    let (model_path, text_path) = setup("ppl");
+    let o = bimamba(&["eval", "ppl", "--model", path(&model_path), "--text", path(&text_path), "--seq-len", "16", "--json"]);
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("one JSON object");
+    assert_eq!(v["tokenizer"].as_str(), Some(path(&model_path)), "the tokenizer comes from the GGUF");
+
+    let ck = Checkpoint::open(&model_path).expect("opens");
+    let model = LlamaModel::from_checkpoint(&ck).expect("loads");
+    let tok = gguf_tokenizer(&ck).expect("tokenizer");
+    let text = std::fs::read_to_string(&text_path).expect("readable");
+    let (ids, ends) = tok.encode_with_ends(&text).expect("encodes");
+    assert!(ids.contains(&1), "the control token is matched whole");
+    let r = bimamba_eval::perplexity(&model, &ids, &ends, 16, |_| {}).expect("scores").expect("two windows at least");
+    assert!(r.windows >= 2);
+    assert_eq!(v["windows"].as_u64(), Some(r.windows as u64));
+    let ppl = v["ppl"].as_f64().expect("ppl is a number");
+    assert!((ppl - r.ppl).abs() < 1e-9 * r.ppl, "binary {ppl} vs library {}", r.ppl);
+    assert!(r.ppl > 1.0 && r.ppl.is_finite());
+}
+
+#[test]
+fn generate_on_a_gguf_is_the_greedy_continuation() {
+    let (model_path, _) = setup("generate");
+    let prompt = "hello world";
+    let o = bimamba(&["generate", "--model", path(&model_path), "--prompt", prompt, "--greedy", "--max-tokens", "12"]);
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    assert!(o.stderr.contains("decode:"), "speed line: {}", o.stderr);
+
+    let ck = Checkpoint::open(&model_path).expect("opens");
+    let model = LlamaModel::from_checkpoint(&ck).expect("loads");
+    let tok = gguf_tokenizer(&ck).expect("tokenizer");
+    let mut state = model.new_state();
+    let mut logits = model.forward_last(&mut state, &tok.encode(prompt).expect("encodes")).expect("prefill");
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        let next = (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as u32;
+        if Some(next) == tok.eos_id() || Some(next) == model.eos_token_id {
+            break;
+        }
+        ids.push(next);
+        logits = model.forward_last(&mut state, &[next]).expect("step");
+    }
+    let want = tok.decode(&ids).expect("decodes");
+    assert_eq!(o.stdout.strip_suffix('\n'), Some(want.as_str()));
+}
+
+#[test]
+fn eval_tasks_run_on_a_gguf() {
+    let (model_path, _) = setup("tasks");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/eval");
+    let o = bimamba(&["eval", "tasks", "--model", path(&model_path), "--tasks", "all", "--data-dir", path(&data), "--json"]);
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("one JSON object");
+    let results = v["results"].as_object().expect("a results object");
+    assert_eq!(results.len(), 8, "seven tasks and LAMBADA: {results:?}");
+    for (task, r) in results {
+        assert!(r["n"].as_u64().is_some_and(|n| n > 0), "{task}: {r}");
+        assert!(r["acc"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{task}: {r}");
+    }
+}
+
+#[test]
+fn a_bad_gguf_is_one_clear_line() {
+    let (model_path, text_path) = setup("bad");
+    let mut bytes = std::fs::read(&model_path).expect("readable");
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&model_path, &bytes).expect("writable");
+    let o = bimamba(&["eval", "ppl", "--model", path(&model_path), "--text", path(&text_path), "--seq-len", "16"]);
+    assert_ne!(o.code, 0);
+    assert!(!o.stderr.contains("panicked"), "panic: {}", o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {}", o.stderr);
+    assert!(lines[0].contains("tiny.gguf"), "the file is named: {}", lines[0]);
+}
