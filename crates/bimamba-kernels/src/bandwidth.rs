@@ -3,14 +3,18 @@
 //! Batch-1 decoding reads every weight once per token, so tokens/s is bounded by
 //! `read bandwidth / bytes per token` (SPEC §7). This measures the read side only: each thread
 //! XOR-reduces its own contiguous part of a buffer as 8 interleaved sequential streams (wide
-//! loads, no stores); passes are timed in 16 MiB segments and the fastest segment is reported. Use a buffer much larger than the last
-//! level cache (e.g. 1 GiB) to measure DRAM rather than cache.
+//! loads, no stores); passes are timed in 16 MiB segments and the fastest segment is reported.
+//! Use a buffer much larger than the last level cache (e.g. 512 MiB - 1 GiB) to measure DRAM
+//! rather than cache. A measurement takes about two seconds.
 
 use rayon::prelude::*;
 use std::time::Instant;
 
-/// Passes over the buffer.
-const PASSES: usize = 3;
+/// Passes over the buffer: at least `MIN_PASSES`, and more until `MIN_SECONDS` have passed, so
+/// that on a busy machine some segments run with every thread on a core (as the kernels'
+/// best-of-many timings do).
+const MIN_PASSES: usize = 3;
+const MIN_SECONDS: f64 = 2.0;
 /// Each pass is timed in segments of this many bytes; the fastest segment is reported.
 const SEGMENT_BYTES: usize = 16 << 20;
 
@@ -122,7 +126,10 @@ pub fn measure_read_bandwidth_gbs(bytes: usize, threads: usize) -> f64 {
         // so each one was last touched a whole buffer earlier and comes from DRAM.
         let seg = SEGMENT_BYTES.div_ceil(8).min(words);
         let mut best_gbs: f64 = 0.0;
-        for _ in 0..PASSES {
+        let t0 = Instant::now();
+        let mut passes = 0;
+        while passes < MIN_PASSES || t0.elapsed().as_secs_f64() < MIN_SECONDS {
+            passes += 1;
             for s in buf.chunks(seg) {
                 let start = Instant::now();
                 let x = s.par_chunks(s.len().div_ceil(n)).map(xor_reduce).reduce(|| 0, |a, b| a ^ b);

@@ -36,13 +36,29 @@ pub fn build_tables(x: &[f32], cols: usize, t: usize, tab: &mut [f32]) {
     for (xr, tk) in x.chunks_exact(cols).take(t).zip(tab.chunks_exact_mut(g_n * 16)) {
         for (g, tg) in tk.chunks_exact_mut(16).enumerate() {
             let xs: [f32; 4] = std::array::from_fn(|b| xr.get(4 * g + b).copied().unwrap_or(0.0));
+            // Multiplying by ±1 is exact, so this is ((±x0 ± x1) ± x2) ± x3, written so that
+            // the compiler vectorizes over n.
             for (n, e) in tg.iter_mut().enumerate() {
-                let sx = |b: usize| if (n >> b) & 1 == 1 { xs[b] } else { -xs[b] };
-                *e = ((sx(0) + sx(1)) + sx(2)) + sx(3);
+                *e = ((SIGNS[0][n] * xs[0] + SIGNS[1][n] * xs[1]) + SIGNS[2][n] * xs[2]) + SIGNS[3][n] * xs[3];
             }
         }
     }
 }
+
+/// `SIGNS[b][n]` = +1 if bit `b` of `n` is set, else −1.
+const SIGNS: [[f32; 16]; 4] = {
+    let mut s = [[0.0f32; 16]; 4];
+    let mut b = 0;
+    while b < 4 {
+        let mut n = 0;
+        while n < 16 {
+            s[b][n] = if (n >> b) & 1 == 1 { 1.0 } else { -1.0 };
+            n += 1;
+        }
+        b += 1;
+    }
+    s
+};
 
 #[cfg(test)]
 mod tests {

@@ -196,3 +196,25 @@ fn parallel_entry_points_match_scalar() {
         check(isa, "dense_gemm_f16", shape, &got, &want, &abs_bound(&whf, cols, &x, t, 0, rows));
     }
 }
+
+/// Empty shapes: zero columns give zeros, zero rows or tokens write nothing, on every ISA.
+#[test]
+fn degenerate_shapes() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("thread pool");
+    for isa in [Isa::Scalar, Isa::Avx512, Isa::Avx2, Isa::Neon] {
+        for (rows, cols, t) in [(3, 0, 2), (0, 5, 2), (4, 7, 0), (0, 0, 0)] {
+            let bits = pack::pack_signs(&vec![1.0; rows * cols], rows, cols);
+            let w = vec![0.5f32; rows * cols];
+            let x = vec![1.0f32; t * cols];
+            let mut y = vec![f32::NAN; t * rows];
+            binary_gemm_with(isa, &bits, rows, cols, &x, t, 0..rows, &mut y);
+            assert!(y.iter().all(|&v| v == 0.0), "{} binary ({rows},{cols},{t})", isa.name());
+            let mut y = vec![f32::NAN; t * rows];
+            dense_gemm_with(isa, &w, rows, cols, &x, t, 0..rows, &mut y);
+            assert!(y.iter().all(|&v| v == 0.0), "{} dense ({rows},{cols},{t})", isa.name());
+        }
+    }
+    let mut y = vec![f32::NAN; 6];
+    pool.install(|| bimamba_kernels::binary_gemm(&[], 3, 0, &[], 2, &mut y));
+    assert_eq!(y, vec![0.0; 6]);
+}
