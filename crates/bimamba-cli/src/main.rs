@@ -23,6 +23,8 @@ enum Command {
     Eval(commands::eval::EvalCommand),
     /// Describe a model: configuration, parameter counts, bits per weight, file size, memory.
     Info(commands::info::InfoArgs),
+    /// Post-training quantization of a full-precision model: XNOR, GPTQ, BiLLM or PB-LLM.
+    Quantize(commands::quantize::QuantizeArgs),
     /// Convert a latent Bi-Mamba checkpoint into the packed 1-bit format.
     Pack(commands::pack::PackArgs),
 }
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Eval(c) => commands::eval::run(c),
         Command::Info(a) => commands::info::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
         Command::Pack(a) => commands::pack::run(a),
     };
     match result {
