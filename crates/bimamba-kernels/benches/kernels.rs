@@ -76,14 +76,15 @@ fn random_f32(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn make_case(shape: &'static str, rows: usize, cols: usize, kind: Kind) -> Case {
+fn make_case(shape: &'static str, rows: usize, cols: usize, kind: Kind, rotate: bool) -> Case {
     let w = random_f32(rows * cols, 17);
     let bytes = match kind {
         Kind::Binary => pack::packed_len(rows, cols),
         Kind::F32 => rows * cols * 4,
         Kind::Bf16 => rows * cols * 2,
     };
-    let copies = rotation_bytes().div_ceil(bytes).max(1);
+    // `cargo test --benches` runs each benchmark once: one copy is enough there.
+    let copies = if rotate { rotation_bytes().div_ceil(bytes).max(1) } else { 1 };
     let weights = match kind {
         Kind::Binary => Weights::Binary(vec![pack::pack_signs(&w, rows, cols); copies]),
         Kind::F32 => Weights::F32(vec![w; copies]),
@@ -170,7 +171,7 @@ fn main() {
     let mut table = Vec::new();
     for &(shape, rows, cols) in &SHAPES {
         for kind in [Kind::Binary, Kind::F32, Kind::Bf16] {
-            let case = make_case(shape, rows, cols, kind);
+            let case = make_case(shape, rows, cols, kind, bench_mode);
             for &t in &TOKENS {
                 let x = random_f32(t * cols, 5);
                 for (ti, &threads) in THREADS.iter().enumerate() {
