@@ -120,7 +120,9 @@ impl Model {
     /// # Shapes
     /// - returns [tokens.len(), vocab_size]
     pub fn forward(&self, state: &mut State, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.forward_observed(state, tokens, &mut |_, _, _| {})
+        // Run on a pool thread: the ~3 parallel sections per layer then fork by work stealing
+        // instead of each being injected into the pool from outside.
+        in_pool(|| self.forward_observed(state, tokens, &mut |_, _, _| {}))
     }
 
     /// As [`Model::forward`], calling `observe(site, x, t)` with the input `x` [t, in] of every
@@ -149,12 +151,14 @@ impl Model {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        let d = self.config.d_model;
-        let h = self.hidden(state, tokens, &mut |_, _, _| {})?;
-        let head = self.lm_head();
-        let mut logits = vec![0.0f32; head.rows()];
-        head.forward(&h[h.len() - d..], 1, &mut logits);
-        Ok(logits)
+        in_pool(|| {
+            let d = self.config.d_model;
+            let h = self.hidden(state, tokens, &mut |_, _, _| {})?;
+            let head = self.lm_head();
+            let mut logits = vec![0.0f32; head.rows()];
+            head.forward(&h[h.len() - d..], 1, &mut logits);
+            Ok(logits)
+        })
     }
 
     /// One decode step.
@@ -192,4 +196,14 @@ impl Model {
         }
         (binary, dense)
     }
+}
+
+/// Runs `f` on a thread of the global rayon pool (directly if already on one).
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.expect("rayon::scope runs its closure to completion")
 }
