@@ -27,6 +27,27 @@ enum Command {
     Quantize(commands::quantize::QuantizeArgs),
     /// Convert a latent Bi-Mamba checkpoint into the packed 1-bit format.
     Pack(commands::pack::PackArgs),
+    /// Measure decode/prefill speed against this machine's memory-bandwidth ceiling.
+    Bench(commands::bench::BenchArgs),
+    /// Train a Bi-Mamba or Mamba-2 model (runs the bimamba-train binary; see its --help).
+    #[command(disable_help_flag = true)]
+    Train(ExternalArgs),
+    /// Tokenize text files for training (runs `bimamba-train data ...`).
+    #[command(disable_help_flag = true)]
+    Data(ExternalArgs),
+    /// Export a training run as a model directory (runs `bimamba-train export ...`).
+    #[command(disable_help_flag = true)]
+    Export(ExternalArgs),
+    /// Precompute a teacher's top-k log-probabilities (runs `bimamba-train teacher-logits ...`).
+    #[command(disable_help_flag = true)]
+    TeacherLogits(ExternalArgs),
+}
+
+/// Arguments handed unchanged to the bimamba-train binary.
+#[derive(clap::Args)]
+struct ExternalArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -37,6 +58,11 @@ fn main() -> ExitCode {
         Command::Info(a) => commands::info::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Pack(a) => commands::pack::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+        Command::Train(a) => commands::external::run("train", &a.args),
+        Command::Data(a) => commands::external::run("data", &a.args),
+        Command::Export(a) => commands::external::run("export", &a.args),
+        Command::TeacherLogits(a) => commands::external::run("teacher-logits", &a.args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,6 @@
+pub mod bench;
 pub mod eval;
+pub mod external;
 pub mod generate;
 pub mod info;
 pub mod pack;
