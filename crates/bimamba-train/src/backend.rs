@@ -7,7 +7,9 @@ use std::str::FromStr;
 use burn::backend::{Autodiff, NdArray};
 
 use crate::data::Dataset;
-use crate::error::{Error, Result};
+#[cfg(not(feature = "cuda"))]
+use crate::error::Error;
+use crate::error::Result;
 use crate::run::{self, RunOptions, RunSummary};
 use crate::runconfig::TrainConfig;
 use crate::teacher;
@@ -43,6 +45,7 @@ impl FromStr for BackendKind {
     }
 }
 
+#[cfg(not(feature = "cuda"))]
 fn no_cuda() -> Error {
     Error::Config("this binary was built without the `cuda` feature (cargo build --release --features cuda)".into())
 }

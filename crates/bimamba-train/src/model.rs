@@ -133,13 +133,13 @@ impl<B: Backend> CausalConv<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, l, c] = x.dims();
         let k = self.weight.dims()[2];
-        let w = self.weight.val().reshape([c, k]).transpose(); // [K, C]
+        let w = self.weight.val().reshape([c, k]);
         let xp = Tensor::cat(vec![Tensor::zeros([b, k - 1, c], opts::<B>(&x.device())), x], 1);
-        let mut y = self.bias.val().reshape([1, 1, c]).expand([b, l, c]);
-        for j in 0..k {
-            y = y + xp.clone().narrow(1, j, l) * w.clone().narrow(0, j, 1).reshape([1, 1, c]);
+        let mut y = xp.clone().narrow(1, 0, l) * w.clone().narrow(1, 0, 1).reshape([1, 1, c]);
+        for j in 1..k {
+            y = y + xp.clone().narrow(1, j, l) * w.clone().narrow(1, j, 1).reshape([1, 1, c]);
         }
-        y
+        y + self.bias.val().reshape([1, 1, c])
     }
 }
 

@@ -233,9 +233,13 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
             .map_err(|e| Error::Config(e.to_string()))?,
     );
     pb.set_position(state.step);
+    // A hidden bar (no terminal) prints nothing, so evaluation lines go to stderr then.
     let say = |pb: &ProgressBar, s: String| {
-        if !opts.quiet {
-            pb.println(s)
+        if opts.quiet {
+        } else if pb.is_hidden() {
+            eprintln!("{s}");
+        } else {
+            pb.println(s);
         }
     };
 
