@@ -81,14 +81,14 @@ pub fn teacher_logits(
     let n = match kind {
         BackendKind::Ndarray => {
             let dev = Default::default();
-            let t = teacher::load_mamba_teacher::<Cpu>(teacher_dir, &data, &dev)?;
-            teacher::write_topk(&t, &data, out, seq_len, k, max_windows, batch, &dev, progress)?
+            let t = teacher::load_any::<Cpu>(teacher_dir, &data, &dev)?;
+            teacher::write_topk(t.as_ref(), &data, out, seq_len, k, max_windows, batch, &dev, progress)?
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
             let dev = burn::backend::cuda::CudaDevice::new(0);
-            let t = teacher::load_mamba_teacher::<CudaInfer>(teacher_dir, &data, &dev)?;
-            teacher::write_topk(&t, &data, out, seq_len, k, max_windows, batch, &dev, progress)?
+            let t = teacher::load_any::<CudaInfer>(teacher_dir, &data, &dev)?;
+            teacher::write_topk(t.as_ref(), &data, out, seq_len, k, max_windows, batch, &dev, progress)?
         }
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => return Err(no_cuda()),

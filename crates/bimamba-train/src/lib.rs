@@ -17,6 +17,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod llama;
 pub mod loss;
 pub mod model;
 pub mod modeldir;

@@ -85,7 +85,8 @@ struct ExportArgs {
 
 #[derive(Args, Debug)]
 struct TeacherArgs {
-    /// Full-precision Mamba-2 teacher model directory (config.json, model.safetensors, tokenizer.json).
+    /// The teacher: a full-precision Mamba-2 model directory (config.json, model.safetensors,
+    /// tokenizer.json) or a LLaMA-architecture .gguf file.
     #[arg(long)]
     teacher: PathBuf,
     /// Data directory from `data prepare` (made with the teacher's tokenizer).

@@ -25,7 +25,7 @@ use crate::model::Mamba2Lm;
 use crate::optim::AdamW;
 use crate::params;
 use crate::runconfig::{TeacherConfig, TrainConfig};
-use crate::teacher::{check_tokenizer, load_mamba_teacher, TopkFile};
+use crate::teacher::{check_tokenizer, load_llama_teacher, load_mamba_teacher, Frozen, TopkFile};
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -55,7 +55,7 @@ pub struct RunSummary {
 
 enum Teacher<B: Backend> {
     None,
-    Model(Box<Mamba2Lm<B>>),
+    Model(Box<dyn Frozen<B>>),
     Topk(TopkFile),
 }
 
@@ -145,6 +145,7 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
     let teacher: Teacher<B::InnerBackend> = match &cfg.teacher {
         TeacherConfig::None => Teacher::None,
         TeacherConfig::Mamba { path } => Teacher::Model(Box::new(load_mamba_teacher(path, &data, device)?)),
+        TeacherConfig::Gguf { path } => Teacher::Model(Box::new(load_llama_teacher(path, &data, device)?)),
         TeacherConfig::Topk { path } => {
             let f = TopkFile::open(path)?;
             check_tokenizer(&f.vocab_hash, &path.display().to_string(), &data)?;
@@ -272,7 +273,7 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
             let soft = match &teacher {
                 Teacher::None => None,
                 Teacher::Model(tm) => {
-                    let tl = tm.forward(inputs.inner());
+                    let tl = tm.logits(inputs.inner());
                     let v = tl.dims()[2].min(data.meta.vocab_size);
                     let tl = Tensor::<B, 3>::from_inner(tl.narrow(2, 0, v));
                     Some(soft_cross_entropy(logits, tl, temp))

@@ -42,6 +42,11 @@ pub enum TeacherConfig {
         /// The model directory (config.json, model.safetensors, tokenizer.json).
         path: PathBuf,
     },
+    /// A LLaMA-architecture GGUF file (e.g. SmolLM2-135M), dequantized to f32 and run in-process.
+    Gguf {
+        /// The .gguf file.
+        path: PathBuf,
+    },
     /// Top-k log-probabilities precomputed by `teacher-logits`.
     Topk {
         /// The file.
@@ -167,7 +172,7 @@ impl TrainConfig {
         fix(&mut cfg.data.dir);
         match &mut cfg.teacher {
             TeacherConfig::None => {}
-            TeacherConfig::Mamba { path } | TeacherConfig::Topk { path } => fix(path),
+            TeacherConfig::Mamba { path } | TeacherConfig::Gguf { path } | TeacherConfig::Topk { path } => fix(path),
         }
         if let Some(out) = &mut cfg.train.out {
             fix(out);

@@ -41,6 +41,43 @@ pub fn check_tokenizer(teacher_hash: &str, teacher_desc: &str, data: &Dataset) -
     Ok(())
 }
 
+/// A frozen model that gives next-token logits: what distillation needs from a teacher.
+pub trait Frozen<B: Backend> {
+    /// Logits of every position.
+    ///
+    /// # Shapes
+    /// - tokens: [b, L]; output: [b, L, vocab]
+    fn logits(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3>;
+}
+
+impl<B: Backend> Frozen<B> for Mamba2Lm<B> {
+    fn logits(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward(tokens)
+    }
+}
+
+impl<B: Backend> Frozen<B> for crate::llama::LlamaTeacher<B> {
+    fn logits(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward(tokens)
+    }
+}
+
+/// Loads a LLaMA-architecture GGUF teacher and checks its tokenizer (rebuilt from the GGUF).
+pub fn load_llama_teacher<B: Backend>(path: &Path, data: &Dataset, device: &B::Device) -> Result<crate::llama::LlamaTeacher<B>> {
+    let t = crate::llama::LlamaTeacher::<B>::load(path, device)?;
+    check_tokenizer(&vocab_hash(&t.tokenizer), &path.display().to_string(), data)?;
+    Ok(t)
+}
+
+/// Loads the teacher at `path`: a `.gguf` file (LLaMA architecture) or a Mamba-2 model directory.
+pub fn load_any<B: Backend>(path: &Path, data: &Dataset, device: &B::Device) -> Result<Box<dyn Frozen<B>>> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        Ok(Box::new(load_llama_teacher::<B>(path, data, device)?))
+    } else {
+        Ok(Box::new(load_mamba_teacher::<B>(path, data, device)?))
+    }
+}
+
 /// Loads a full-precision Mamba-2 teacher from a model directory and checks its tokenizer.
 pub fn load_mamba_teacher<B: Backend>(dir: &Path, data: &Dataset, device: &B::Device) -> Result<Mamba2Lm<B>> {
     let tpath = dir.join("tokenizer.json");
@@ -144,7 +181,7 @@ fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
 /// Runs `teacher` over the first `max_windows` aligned training windows of `data` and writes their
 /// top-k log-probabilities (over the tokenizer's vocabulary) to `out`. Returns the window count.
 pub fn write_topk<B: Backend>(
-    teacher: &Mamba2Lm<B>,
+    teacher: &dyn Frozen<B>,
     data: &Dataset,
     out: &Path,
     seq_len: usize,
@@ -181,7 +218,7 @@ pub fn write_topk<B: Backend>(
         let nb = batch.max(1).min(windows - done);
         let toks: Vec<i64> = (done..done + nb).flat_map(|w| data.train.window(w * seq_len, seq_len)).collect();
         let t = Tensor::<B, 2, Int>::from_data(TensorData::new(toks, [nb, seq_len]), device);
-        let logits = teacher.forward(t);
+        let logits = teacher.logits(t);
         let v = logits.dims()[2].min(vocab);
         let lp = log_softmax(logits.narrow(2, 0, v));
         let host: Vec<f32> = lp.to_data().iter::<f32>().collect();

@@ -137,3 +137,32 @@ fn distillation_from_model_and_from_topk_file_and_tokenizer_check() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tokenizer mismatch"), "{err}");
 }
+
+/// A LLaMA GGUF teacher in-process and through `teacher-logits`, with data tokenized by the
+/// tokenizer rebuilt from the same GGUF.
+#[test]
+fn distillation_from_a_gguf_llama_teacher() {
+    use bimamba_train::llama::LlamaTeacher;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gguf = tmp.path().join("teacher.gguf");
+    std::fs::write(&gguf, bimamba_llama::testing::tiny_llama_gguf(3)).expect("write gguf");
+    let teacher = LlamaTeacher::<burn::backend::NdArray<f32>>::load(&gguf, &Default::default()).expect("loads");
+    let tok = tmp.path().join("tokenizer.json");
+    teacher.tokenizer.save(&tok, false).expect("save tokenizer");
+    let data = prepare(tmp.path(), &tok);
+    let cfg = config(tmp.path(), &data, &format!("kind = \"gguf\"\npath = \"{}\"", gguf.display()));
+    let run = tmp.path().join("run-gguf");
+    ok(train(&cfg, &run));
+    assert!(last_loss(&run).is_finite());
+    let topk = tmp.path().join("gguf.topk");
+    let out = ok(bin()
+        .args(["teacher-logits", "--seq-len", "32", "--top-k", "4", "--max-windows", "3", "--teacher"])
+        .arg(&gguf)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&topk)
+        .output()
+        .expect("teacher-logits"));
+    assert!(out.contains("3 windows"), "{out}");
+}

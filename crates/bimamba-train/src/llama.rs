@@ -1,0 +1,224 @@
+//! A frozen LLaMA-architecture teacher read from GGUF (SmolLM2-135M and kin), run in Burn so it
+//! can share the student's device. Weights are dequantized to f32 at load (Q8_0/Q4_0/Q4_1 through
+//! `bimamba-formats`); the hyper-parameters and the tokenizer come from the GGUF metadata through
+//! `bimamba-llama`, whose CPU forward is the reference in the tests.
+//!
+//! Per block: `h += W_o · attn(RoPE(W_q x), RoPE(W_k x), W_v x)` with x = RMSNorm(h), causal
+//! grouped-query attention (query head h reads KV head h / (H / H_kv)); then
+//! `h += W_down · (SiLU(W_gate x) ⊙ W_up x)` with x = RMSNorm(h). RoPE rotates *adjacent* pairs
+//! (2i, 2i+1) of the first `rope_dim` channels of each head by angle pos · θ^(−2i/rope_dim): llama.cpp's
+//! converter permuted W_q and W_k so that this equals the half-split rotation of the original model.
+
+use std::path::Path;
+
+use bimamba_formats::{Checkpoint, Format};
+use bimamba_llama::LlamaConfig;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::ops::{log_softmax, opts, rms_normalize, silu};
+
+struct LlamaBlock<B: Backend> {
+    attn_norm: Tensor<B, 1>,
+    wq: Tensor<B, 2>,
+    wk: Tensor<B, 2>,
+    wv: Tensor<B, 2>,
+    wo: Tensor<B, 2>,
+    ffn_norm: Tensor<B, 1>,
+    w_gate: Tensor<B, 2>,
+    w_up: Tensor<B, 2>,
+    w_down: Tensor<B, 2>,
+}
+
+/// The teacher: configuration and f32 weights on a device.
+pub struct LlamaTeacher<B: Backend> {
+    /// Hyper-parameters from the GGUF.
+    pub config: LlamaConfig,
+    /// The tokenizer rebuilt from the GGUF's vocabulary and merges.
+    pub tokenizer: tokenizers::Tokenizer,
+    embedding: Tensor<B, 2>,
+    output: Option<Tensor<B, 2>>,
+    norm_f: Tensor<B, 1>,
+    blocks: Vec<LlamaBlock<B>>,
+}
+
+fn fmt_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::format(path, e.to_string())
+}
+
+/// y = x · Wᵀ over the last dimension.
+///
+/// # Shapes
+/// - x: [b, L, in]; w: [out, in]; output: [b, L, out]
+fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
+    let [b, l, i] = x.dims();
+    let o = w.dims()[0];
+    x.reshape([b * l, i]).matmul(w.clone().transpose()).reshape([b, l, o])
+}
+
+impl<B: Backend> LlamaTeacher<B> {
+    /// Loads a LLaMA-architecture GGUF file onto `device`.
+    pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
+        let ck = Checkpoint::open(path).map_err(|e| fmt_err(path, e))?;
+        let (Format::Gguf, Some(meta)) = (ck.format(), ck.gguf()) else {
+            return Err(Error::format(path, "not a GGUF file"));
+        };
+        let vocab = ck
+            .info("token_embd.weight")
+            .and_then(|t| t.shape.first().copied())
+            .ok_or_else(|| Error::format(path, "no token_embd.weight"))?;
+        let config = LlamaConfig::from_gguf(meta, vocab, path).map_err(|e| fmt_err(path, e))?;
+        let tokenizer = bimamba_llama::tokenizer::build(meta, path).map_err(|e| fmt_err(path, e))?;
+        let get = |name: &str, dims: &[usize]| -> Result<Vec<f32>> {
+            let info = ck.info(name).ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                source_desc: path.display().to_string(),
+            })?;
+            if info.shape != dims {
+                return Err(Error::Shape {
+                    name: name.to_string(),
+                    source_desc: path.display().to_string(),
+                    expected: dims.to_vec(),
+                    got: info.shape.clone(),
+                });
+            }
+            ck.to_f32(name).map_err(|e| fmt_err(path, e))
+        };
+        let t2 = |name: &str, r: usize, c: usize| -> Result<Tensor<B, 2>> {
+            Ok(Tensor::from_data(TensorData::new(get(name, &[r, c])?, [r, c]), opts::<B>(device)))
+        };
+        let t1 = |name: &str, n: usize| -> Result<Tensor<B, 1>> {
+            Ok(Tensor::from_data(TensorData::new(get(name, &[n])?, [n]), opts::<B>(device)))
+        };
+        let (d, ff, qd, kvd) = (config.d_model, config.d_ff, config.q_dim(), config.kv_dim());
+        let blocks = (0..config.n_layer)
+            .map(|i| {
+                let n = |t: &str| format!("blk.{i}.{t}.weight");
+                Ok(LlamaBlock {
+                    attn_norm: t1(&n("attn_norm"), d)?,
+                    wq: t2(&n("attn_q"), qd, d)?,
+                    wk: t2(&n("attn_k"), kvd, d)?,
+                    wv: t2(&n("attn_v"), kvd, d)?,
+                    wo: t2(&n("attn_output"), d, qd)?,
+                    ffn_norm: t1(&n("ffn_norm"), d)?,
+                    w_gate: t2(&n("ffn_gate"), ff, d)?,
+                    w_up: t2(&n("ffn_up"), ff, d)?,
+                    w_down: t2(&n("ffn_down"), d, ff)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output = match ck.info("output.weight") {
+            Some(_) => Some(t2("output.weight", vocab, d)?),
+            None => None,
+        };
+        Ok(Self {
+            embedding: t2("token_embd.weight", vocab, d)?,
+            output,
+            norm_f: t1("output_norm.weight", d)?,
+            blocks,
+            tokenizer,
+            config,
+        })
+    }
+
+    /// Rotates adjacent channel pairs of the first `rope_dim` channels of every head.
+    ///
+    /// # Shapes
+    /// - x: [b, L, heads, head_dim]; output: same
+    fn rope(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, l, h, hd] = x.dims();
+        let rd = self.config.rope_dim;
+        let device = x.device();
+        // angle[pos, i] = pos · θ^(−2i/rope_dim), computed in f64 on the host.
+        let theta = self.config.rope_theta as f64;
+        let (mut cos, mut sin) = (Vec::with_capacity(l * rd / 2), Vec::with_capacity(l * rd / 2));
+        for pos in 0..l {
+            for i in 0..rd / 2 {
+                let a = pos as f64 * theta.powf(-2.0 * i as f64 / rd as f64);
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let c = Tensor::<B, 4>::from_data(TensorData::new(cos, [1, l, 1, rd / 2]), opts::<B>(&device));
+        let s = Tensor::<B, 4>::from_data(TensorData::new(sin, [1, l, 1, rd / 2]), opts::<B>(&device));
+        let pairs = x.clone().narrow(3, 0, rd).reshape([b, l, h, rd / 2, 2]);
+        let x0 = pairs.clone().narrow(4, 0, 1).reshape([b, l, h, rd / 2]);
+        let x1 = pairs.narrow(4, 1, 1).reshape([b, l, h, rd / 2]);
+        let r0 = x0.clone() * c.clone() - x1.clone() * s.clone();
+        let r1 = x0 * s + x1 * c;
+        let rotated = Tensor::cat(vec![r0.unsqueeze_dim::<5>(4), r1.unsqueeze_dim::<5>(4)], 4).reshape([b, l, h, rd]);
+        if rd == hd {
+            rotated
+        } else {
+            Tensor::cat(vec![rotated, x.narrow(3, rd, hd - rd)], 3)
+        }
+    }
+
+    /// Logits of every position.
+    ///
+    /// # Shapes
+    /// - tokens: [b, L]; output: [b, L, vocab]
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let c = &self.config;
+        let [b, l] = tokens.dims();
+        let (h, kv, hd) = (c.n_head, c.n_kv_head, c.head_dim);
+        let eps = c.norm_eps as f64;
+        let device = tokens.device();
+        let mut x = burn::tensor::module::embedding(self.embedding.clone(), tokens);
+        let d = x.dims()[2];
+        // tril_mask(0) is true strictly above the diagonal: the keys after each query.
+        let future = Tensor::<B, 2, Bool>::tril_mask([l, l], 0, &device).unsqueeze::<4>().expand([b, h, l, l]);
+        let scale = 1.0 / (hd as f64).sqrt();
+        for blk in &self.blocks {
+            let u = rms_normalize(x.clone(), eps) * blk.attn_norm.clone().reshape([1, 1, d]);
+            let q = self.rope(linear(u.clone(), &blk.wq).reshape([b, l, h, hd])).swap_dims(1, 2); // [b,H,L,hd]
+            let k = self.rope(linear(u.clone(), &blk.wk).reshape([b, l, kv, hd]));
+            let v = linear(u, &blk.wv).reshape([b, l, kv, hd]);
+            // Consecutive query heads share a KV head: repeat each KV head H/H_kv times.
+            let rep = |t: Tensor<B, 4>| {
+                t.reshape([b, l, kv, 1, hd]).expand([b, l, kv, h / kv, hd]).reshape([b, l, h, hd]).swap_dims(1, 2)
+            };
+            let (k, v) = (rep(k), rep(v));
+            let scores = (q.matmul(k.swap_dims(2, 3)) * scale).mask_fill(future.clone(), f32::NEG_INFINITY);
+            let attn = log_softmax(scores).exp().matmul(v); // [b,H,L,hd]
+            x = x + linear(attn.swap_dims(1, 2).reshape([b, l, h * hd]), &blk.wo);
+            let u = rms_normalize(x.clone(), eps) * blk.ffn_norm.clone().reshape([1, 1, d]);
+            let gated = silu(linear(u.clone(), &blk.w_gate)) * linear(u, &blk.w_up);
+            x = x + linear(gated, &blk.w_down);
+        }
+        let x = rms_normalize(x, eps) * self.norm_f.clone().reshape([1, 1, d]);
+        linear(x, self.output.as_ref().unwrap_or(&self.embedding))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    type B = NdArray<f32>;
+
+    /// The Burn forward equals bimamba-llama's CPU forward on a tiny GGUF (Q8_0, Q4_1, F32).
+    #[test]
+    fn forward_matches_the_cpu_llama_engine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, bimamba_llama::testing::tiny_llama_gguf(5)).expect("write gguf");
+        let teacher = LlamaTeacher::<B>::load(&path, &Default::default()).expect("load");
+        let reference = bimamba_llama::LlamaModel::load(&path).expect("reference loads");
+        let ids: Vec<u32> = (0..23u32).map(|i| (i * 37 + 5) % teacher.config.vocab_size as u32).collect();
+        let mut cache = reference.new_cache();
+        let want = reference.forward(&mut cache, &ids).expect("reference forward");
+        let t = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, ids.len()]),
+            &Default::default(),
+        );
+        let got: Vec<f32> = teacher.forward(t).to_data().iter::<f32>().collect();
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(got.iter().all(|x| x.is_finite()), "non-finite logits");
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| if d.is_nan() || d > m { d } else { m }) / scale;
+        assert!(err < 1e-4, "max relative error {err}");
+    }
+}
