@@ -57,8 +57,14 @@ pub fn vocab_hash(tok: &tokenizers::Tokenizer) -> String {
     format!("{h:016x}")
 }
 
-/// Loads a tokenizer.json, with the file named in errors.
+/// Loads a tokenizer.json, or rebuilds the tokenizer stored in a `.gguf` file's metadata (so data
+/// for a GGUF teacher uses exactly its vocabulary); the file is named in errors.
 pub fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let ck = bimamba_formats::Checkpoint::open(path).map_err(|e| Error::format(path, e.to_string()))?;
+        let meta = ck.gguf().ok_or_else(|| Error::format(path, "not a GGUF file"))?;
+        return bimamba_llama::tokenizer::build(meta, path).map_err(|e| Error::format(path, e.to_string()));
+    }
     tokenizers::Tokenizer::from_file(path).map_err(|e| Error::format(path, e.to_string()))
 }
 
@@ -133,7 +139,12 @@ pub fn prepare(tokenizer_path: &Path, out: &Path, texts: &[PathBuf], val_fractio
     let width = if vocab_size <= 1 << 16 { 2 } else { 4 };
     write_tokens(&out.join("train.tok"), &train, width)?;
     write_tokens(&out.join("val.tok"), &val, width)?;
-    let tok_bytes = std::fs::read(tokenizer_path).map_err(Error::io(tokenizer_path))?;
+    // A tokenizer.json is copied byte for byte; one rebuilt from a GGUF is serialized.
+    let tok_bytes = if tokenizer_path.extension().is_some_and(|e| e == "gguf") {
+        tok.to_string(false).map_err(|e| Error::format(tokenizer_path, e.to_string()))?.into_bytes()
+    } else {
+        std::fs::read(tokenizer_path).map_err(Error::io(tokenizer_path))?
+    };
     write_atomic(&out.join("tokenizer.json"), &tok_bytes)?;
     let meta = DataMeta {
         version: VERSION,

@@ -59,7 +59,8 @@ enum DataCommand {
 
 #[derive(Args, Debug)]
 struct PrepareArgs {
-    /// The tokenizer.json to use (the teacher's, when distilling).
+    /// The tokenizer.json to use (the teacher's, when distilling), or a .gguf file whose
+    /// embedded tokenizer is used.
     #[arg(long)]
     tokenizer: PathBuf,
     /// Output directory.

@@ -147,9 +147,10 @@ fn distillation_from_a_gguf_llama_teacher() {
     let gguf = tmp.path().join("teacher.gguf");
     std::fs::write(&gguf, bimamba_llama::testing::tiny_llama_gguf(3)).expect("write gguf");
     let teacher = LlamaTeacher::<burn::backend::NdArray<f32>>::load(&gguf, &Default::default()).expect("loads");
-    let tok = tmp.path().join("tokenizer.json");
-    teacher.tokenizer.save(&tok, false).expect("save tokenizer");
-    let data = prepare(tmp.path(), &tok);
+    // `data prepare --tokenizer FILE.gguf` uses the tokenizer inside the GGUF.
+    let data = prepare(tmp.path(), &gguf);
+    let saved = bimamba_train::data::load_tokenizer(&data.join("tokenizer.json")).expect("saved tokenizer loads");
+    assert_eq!(bimamba_train::data::vocab_hash(&saved), bimamba_train::data::vocab_hash(&teacher.tokenizer));
     let cfg = config(tmp.path(), &data, &format!("kind = \"gguf\"\npath = \"{}\"", gguf.display()));
     let run = tmp.path().join("run-gguf");
     ok(train(&cfg, &run));
