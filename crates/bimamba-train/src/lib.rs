@@ -5,7 +5,10 @@
 //! of [`ssd`] and the FBI-Linear projections of [`bitlinear`]) → [`loss`] (soft-target and
 //! next-token cross-entropy) → [`optim`] (AdamW, warm-up + cosine, global-norm clipping) →
 //! [`run`] (the training loop, metrics, atomic checkpoints, exact resume) → [`export`] (the
-//! state-spaces model directory that the inference engine loads).
+//! state-spaces model directory that the inference engine loads). Teachers ([`teacher`]): a
+//! Mamba-2 model directory ([`modeldir`]), a LLaMA-architecture GGUF ([`llama`]), or top-k
+//! log-probabilities precomputed into a file. [`bench`] measures throughput and MFU; [`backend`]
+//! picks NdArray (CPU) or CUDA at run time.
 //!
 //! Only this crate depends on Burn; the inference crates read the exported files.
 

@@ -134,7 +134,11 @@ impl<B: Backend> CausalConv<B> {
         let [b, l, c] = x.dims();
         let k = self.weight.dims()[2];
         let w = self.weight.val().reshape([c, k]);
-        let xp = Tensor::cat(vec![Tensor::zeros([b, k - 1, c], opts::<B>(&x.device())), x], 1);
+        let xp = if k > 1 {
+            Tensor::cat(vec![Tensor::zeros([b, k - 1, c], opts::<B>(&x.device())), x], 1)
+        } else {
+            x
+        };
         let mut y = xp.clone().narrow(1, 0, l) * w.clone().narrow(1, 0, 1).reshape([1, 1, c]);
         for j in 1..k {
             y = y + xp.clone().narrow(1, j, l) * w.clone().narrow(1, j, 1).reshape([1, 1, c]);
