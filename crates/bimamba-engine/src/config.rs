@@ -42,7 +42,8 @@ pub struct Config {
     pub ngroups: usize,
     /// Number of heads H = d_inner / P.
     pub nheads: usize,
-    /// Chunk length of the training-time SSD; prefill here uses it as its token block.
+    /// Chunk length of the training-time chunked SSD (kept for export; the CPU prefill works in
+    /// blocks of `model::PREFILL_BLOCK` tokens and gives the same result for any chunking).
     pub chunk_size: usize,
     pub norm_eps: f64,
     /// Gated RMSNorm before out_proj (mamba_ssm `rmsnorm=True`).

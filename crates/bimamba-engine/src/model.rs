@@ -54,6 +54,17 @@ pub struct Model {
     pub lm_head: Option<Linear>,
 }
 
+/// Prefill runs over blocks of at most this many tokens: each projection's weights are read once
+/// per block, and the scratch memory stays bounded whatever the prompt length.
+pub const PREFILL_BLOCK: usize = 256;
+
+/// Which final hidden states [`Model::hidden`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    All,
+    Last,
+}
+
 /// Where calibration observers are told an input was seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProjSite {
@@ -100,19 +111,33 @@ impl Model {
         state: &mut State,
         tokens: &[u32],
         observe: &mut dyn FnMut(ProjSite, &[f32], usize),
+        keep: Keep,
     ) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
-        let t = tokens.len();
-        let mut h = self.embed(tokens);
-        for (li, (layer, ls)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
-            let mut obs = |proj: Proj, x: &[f32], n: usize| observe(ProjSite { layer: li, proj }, x, n);
-            layer.forward(&self.config, ls, &mut h, t, &mut obs);
+        let d = self.config.d_model;
+        let mut out = Vec::with_capacity(if keep == Keep::All { tokens.len() * d } else { d });
+        // Blocks bound the scratch memory; within a block every weight is read once.
+        for block in tokens.chunks(PREFILL_BLOCK) {
+            let t = block.len();
+            let mut h = self.embed(block);
+            for (li, (layer, ls)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
+                let mut obs = |proj: Proj, x: &[f32], n: usize| observe(ProjSite { layer: li, proj }, x, n);
+                layer.forward(&self.config, ls, &mut h, t, &mut obs);
+            }
+            state.position += t;
+            let rows = match keep {
+                Keep::All => &mut h[..],
+                Keep::Last => {
+                    out.clear();
+                    &mut h[(t - 1) * d..]
+                }
+            };
+            for row in rows.chunks_exact_mut(d) {
+                rms_norm(row, &self.norm_f, self.config.norm_eps);
+            }
+            out.extend_from_slice(rows);
         }
-        for row in h.chunks_exact_mut(self.config.d_model) {
-            rms_norm(row, &self.norm_f, self.config.norm_eps);
-        }
-        state.position += t;
-        Ok(h)
+        Ok(out)
     }
 
     /// Feeds `tokens` (prefill when more than one), returning the logits of every position.
@@ -136,7 +161,7 @@ impl Model {
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        let h = self.hidden(state, tokens, observe)?;
+        let h = self.hidden(state, tokens, observe, Keep::All)?;
         let head = self.lm_head();
         let mut logits = vec![0.0f32; tokens.len() * head.rows()];
         head.forward(&h, tokens.len(), &mut logits);
@@ -152,11 +177,10 @@ impl Model {
             return Ok(Vec::new());
         }
         in_pool(|| {
-            let d = self.config.d_model;
-            let h = self.hidden(state, tokens, &mut |_, _, _| {})?;
+            let h = self.hidden(state, tokens, &mut |_, _, _| {}, Keep::Last)?;
             let head = self.lm_head();
             let mut logits = vec![0.0f32; head.rows()];
-            head.forward(&h[h.len() - d..], 1, &mut logits);
+            head.forward(&h, 1, &mut logits);
             Ok(logits)
         })
     }

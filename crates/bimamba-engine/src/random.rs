@@ -146,4 +146,34 @@ mod tests {
             assert!(logits.iter().all(|x| x.is_finite()), "{f:?}");
         }
     }
+
+    /// Prefill longer than one block (PREFILL_BLOCK) leaves the state and logits of single steps.
+    #[test]
+    fn multi_block_prefill_equals_single_steps() {
+        let cfg = Config::from_json_str(
+            r#"{"d_model": 32, "n_layer": 2, "vocab_size": 50, "ssm_cfg": {"layer": "Mamba2", "d_state": 8, "headdim": 16}}"#,
+            Path::new("t"),
+        )
+        .unwrap();
+        let m = random_model(cfg, ProjFormat::Binary, 3).unwrap();
+        let n = 2 * crate::model::PREFILL_BLOCK + 37;
+        let v = m.vocab_size();
+        let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 7 + 3) % 50).collect();
+        let mut a = m.new_state();
+        let full = m.forward(&mut a, &tokens).unwrap();
+        let mut b = m.new_state();
+        for (k, &t) in tokens.iter().enumerate() {
+            let last = m.step(&mut b, t).unwrap();
+            let want = &full[k * v..(k + 1) * v];
+            let err = last.iter().zip(want).fold(0.0f32, |e, (x, y)| e.max((x - y).abs()));
+            assert!(err <= 1e-3 * (1.0 + want.iter().fold(0.0f32, |m, v| m.max(v.abs()))), "token {k}: {err}");
+        }
+        assert_eq!(a.position, n);
+        let last_only = m.forward_last(&mut m.new_state(), &tokens).unwrap();
+        assert_eq!(last_only, full[(n - 1) * v..].to_vec());
+        for (x, y) in a.layers.iter().zip(&b.layers) {
+            let e = x.ssm.iter().zip(&y.ssm).fold(0.0f32, |e, (p, q)| e.max((p - q).abs()));
+            assert!(e <= 1e-4, "state differs by {e}");
+        }
+    }
 }
