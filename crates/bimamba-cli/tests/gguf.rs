@@ -47,7 +47,17 @@ fn path(p: &std::path::Path) -> &str {
 #[test]
 fn eval_ppl_on_a_gguf_equals_the_library() {
     let (model_path, text_path) = setup("ppl");
-    let o = bimamba(&["eval", "ppl", "--model", path(&model_path), "--text", path(&text_path), "--seq-len", "16", "--json"]);
+    let o = bimamba(&[
+        "eval",
+        "ppl",
+        "--model",
+        path(&model_path),
+        "--text",
+        path(&text_path),
+        "--seq-len",
+        "16",
+        "--json",
+    ]);
     assert_eq!(o.code, 0, "stderr: {}", o.stderr);
     let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("one JSON object");
     assert_eq!(v["tokenizer"].as_str(), Some(path(&model_path)), "the tokenizer comes from the GGUF");
@@ -96,7 +106,17 @@ fn generate_on_a_gguf_is_the_greedy_continuation() {
 fn eval_tasks_run_on_a_gguf() {
     let (model_path, _) = setup("tasks");
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/eval");
-    let o = bimamba(&["eval", "tasks", "--model", path(&model_path), "--tasks", "all", "--data-dir", path(&data), "--json"]);
+    let o = bimamba(&[
+        "eval",
+        "tasks",
+        "--model",
+        path(&model_path),
+        "--tasks",
+        "all",
+        "--data-dir",
+        path(&data),
+        "--json",
+    ]);
     assert_eq!(o.code, 0, "stderr: {}", o.stderr);
     let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("one JSON object");
     let results = v["results"].as_object().expect("a results object");

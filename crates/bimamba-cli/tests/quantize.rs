@@ -84,7 +84,12 @@ fn every_method_writes_a_model_that_scores() {
         let o = bimamba(&args);
         assert_eq!(o.code, 0, "{method}: {}", o.stderr);
         assert!(o.stdout.contains("bits/weight"), "{method}: {}", o.stdout);
-        assert_eq!(o.stderr.lines().filter(|l| l.contains("in_proj")).count(), 2, "{method}: one line per projection: {}", o.stderr);
+        assert_eq!(
+            o.stderr.lines().filter(|l| l.contains("in_proj")).count(),
+            2,
+            "{method}: one line per projection: {}",
+            o.stderr
+        );
 
         let ck = Checkpoint::open(Path::new(&out)).expect("model.safetensors");
         let meta = ck.metadata();
@@ -120,17 +125,44 @@ fn mistakes_are_one_line_errors() {
 
     let fresh = dir.join("fresh").display().to_string();
     assert_user_error(&bimamba(&["quantize", "--method", "gptq", "--model", &src, "--out", &fresh]), &["--calib"]);
-    assert_user_error(&bimamba(&["quantize", "--method", "xnor", "--bits", "2", "--model", &src, "--out", &fresh]), &["--bits"]);
+    assert_user_error(
+        &bimamba(&["quantize", "--method", "xnor", "--bits", "2", "--model", &src, "--out", &fresh]),
+        &["--bits"],
+    );
     assert_user_error(
         &bimamba(&["quantize", "--method", "gptq", "--bits", "9", "--model", &src, "--out", &fresh, "--calib", &calib]),
         &["bits", "9"],
     );
     assert_user_error(
-        &bimamba(&["quantize", "--method", "pbllm", "--salient-fraction", "1.5", "--model", &src, "--out", &fresh, "--calib", &calib]),
+        &bimamba(&[
+            "quantize",
+            "--method",
+            "pbllm",
+            "--salient-fraction",
+            "1.5",
+            "--model",
+            &src,
+            "--out",
+            &fresh,
+            "--calib",
+            &calib,
+        ]),
         &["1.5"],
     );
     assert_user_error(
-        &bimamba(&["quantize", "--method", "billm", "--model", &src, "--out", &fresh, "--calib", &calib, "--calib-seq-len", "100000"]),
+        &bimamba(&[
+            "quantize",
+            "--method",
+            "billm",
+            "--model",
+            &src,
+            "--out",
+            &fresh,
+            "--calib",
+            &calib,
+            "--calib-seq-len",
+            "100000",
+        ]),
         &["pride_excerpt.txt", "100000"],
     );
     assert_user_error(

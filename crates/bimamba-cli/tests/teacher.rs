@@ -10,8 +10,9 @@ use std::process::Command;
 #[ignore = "needs the SmolLM2 GGUF: set BIMAMBA_SMOLLM2_GGUF (scripts/fetch_teacher.sh)"]
 fn smollm2_perplexity_on_the_opening_of_pride_and_prejudice() {
     let gguf = std::env::var("BIMAMBA_SMOLLM2_GGUF").expect("set BIMAMBA_SMOLLM2_GGUF to the .gguf path");
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/text/pride_excerpt.txt"))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/text/pride_excerpt.txt"))
+            .unwrap();
     // 2600 bytes hold between 512 and 1023 tokens: exactly the first window is scored.
     let cut = (0..=2600).rev().find(|&i| text.is_char_boundary(i)).unwrap();
     let file = std::env::temp_dir().join(format!("bimamba-teacher-{}.txt", std::process::id()));

@@ -26,10 +26,7 @@ fn main() {
         std::process::exit(2);
     };
     let all = args.iter().any(|a| a == "--all");
-    let dump = args
-        .iter()
-        .position(|a| a == "--dump")
-        .map(|i| (args.get(i + 1), args.get(i + 2)));
+    let dump = args.iter().position(|a| a == "--dump").map(|i| (args.get(i + 1), args.get(i + 2)));
     let ck = match Checkpoint::open(&path) {
         Ok(ck) => ck,
         Err(e) => {
@@ -37,13 +34,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!(
-        "{} ({:?}, {} bytes, {} tensors)",
-        ck.path().display(),
-        ck.format(),
-        ck.file_bytes(),
-        ck.tensors().len()
-    );
+    println!("{} ({:?}, {} bytes, {} tensors)", ck.path().display(), ck.format(), ck.file_bytes(), ck.tensors().len());
     for t in ck.tensors() {
         println!("  {:<48} {:<5} {:?}", t.name, t.dtype.name(), t.shape);
     }

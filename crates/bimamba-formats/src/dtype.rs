@@ -133,47 +133,23 @@ pub(crate) fn to_f32(dtype: DType, bytes: &[u8], numel: usize) -> Result<Vec<f32
     if !dtype.is_float() {
         return Err(ConvertError::NotFloat);
     }
-    let expected = dtype.byte_len(numel).ok_or(ConvertError::Length {
-        expected: usize::MAX,
-        actual: bytes.len(),
-    })?;
+    let expected = dtype.byte_len(numel).ok_or(ConvertError::Length { expected: usize::MAX, actual: bytes.len() })?;
     if bytes.len() != expected {
-        return Err(ConvertError::Length {
-            expected,
-            actual: bytes.len(),
-        });
+        return Err(ConvertError::Length { expected, actual: bytes.len() });
     }
     let mut out = Vec::with_capacity(numel);
     match dtype {
-        DType::F32 => out.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        ),
+        DType::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         DType::F64 => out.extend(bytes.chunks_exact(8).map(|c| {
             let mut a = [0u8; 8];
             a.copy_from_slice(c);
             f64::from_le_bytes(a) as f32
         })),
-        DType::F16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
-        DType::BF16 => out.extend(
-            bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
-        DType::Q8_0 => bytes
-            .chunks_exact(Q8_0_BYTES)
-            .for_each(|b| dequant_q8_0(b, &mut out)),
-        DType::Q4_0 => bytes
-            .chunks_exact(Q4_0_BYTES)
-            .for_each(|b| dequant_q4_0(b, &mut out)),
-        DType::Q4_1 => bytes
-            .chunks_exact(Q4_1_BYTES)
-            .for_each(|b| dequant_q4_1(b, &mut out)),
+        DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::Q8_0 => bytes.chunks_exact(Q8_0_BYTES).for_each(|b| dequant_q8_0(b, &mut out)),
+        DType::Q4_0 => bytes.chunks_exact(Q4_0_BYTES).for_each(|b| dequant_q4_0(b, &mut out)),
+        DType::Q4_1 => bytes.chunks_exact(Q4_1_BYTES).for_each(|b| dequant_q4_1(b, &mut out)),
         _ => return Err(ConvertError::NotFloat),
     }
     debug_assert_eq!(out.len(), numel);
@@ -234,32 +210,12 @@ mod tests {
 
     #[test]
     fn floats_and_errors() {
-        let bytes: Vec<u8> = [1.5f64, -2.25]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        assert_eq!(
-            to_f32(DType::F64, &bytes, 2).expect("f64"),
-            vec![1.5, -2.25]
-        );
-        let bytes: Vec<u8> = [bf16::from_f32(3.0), bf16::from_f32(-0.125)]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        assert_eq!(
-            to_f32(DType::BF16, &bytes, 2).expect("bf16"),
-            vec![3.0, -0.125]
-        );
-        assert!(matches!(
-            to_f32(DType::I32, &[0; 4], 1),
-            Err(ConvertError::NotFloat)
-        ));
-        assert!(matches!(
-            to_f32(DType::F32, &[0; 7], 2),
-            Err(ConvertError::Length {
-                expected: 8,
-                actual: 7
-            })
-        ));
+        let bytes: Vec<u8> = [1.5f64, -2.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(to_f32(DType::F64, &bytes, 2).expect("f64"), vec![1.5, -2.25]);
+        let bytes: Vec<u8> =
+            [bf16::from_f32(3.0), bf16::from_f32(-0.125)].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(to_f32(DType::BF16, &bytes, 2).expect("bf16"), vec![3.0, -0.125]);
+        assert!(matches!(to_f32(DType::I32, &[0; 4], 1), Err(ConvertError::NotFloat)));
+        assert!(matches!(to_f32(DType::F32, &[0; 7], 2), Err(ConvertError::Length { expected: 8, actual: 7 })));
     }
 }

@@ -19,12 +19,7 @@ pub enum FormatError {
     UnknownFormat { file: PathBuf, why: String },
 
     #[error("{file}: truncated: {what} needs {expected} bytes, only {actual} available")]
-    Truncated {
-        file: PathBuf,
-        what: String,
-        expected: u64,
-        actual: u64,
-    },
+    Truncated { file: PathBuf, what: String, expected: u64, actual: u64 },
 
     /// A structural problem that is not a simple truncation (bad magic, bad JSON, bad offsets).
     #[error("{file}: corrupt: {what}")]
@@ -40,19 +35,11 @@ pub enum FormatError {
         "{file}: zip entry `{entry}` is stored with compression {method}, expected Stored (torch.save \
          never compresses; this file was repacked: re-save it with torch.save or unzip and re-zip with -0)"
     )]
-    CompressedEntry {
-        file: PathBuf,
-        entry: String,
-        method: String,
-    },
+    CompressedEntry { file: PathBuf, entry: String, method: String },
 
     /// A malformed pickle stream (truncated, stack underflow, wrong operand types).
     #[error("{file}: data.pkl byte {offset}: {what}")]
-    Pickle {
-        file: PathBuf,
-        offset: usize,
-        what: String,
-    },
+    Pickle { file: PathBuf, offset: usize, what: String },
 
     /// A pickle that asks for something a weights-only loader must not do (an arbitrary global,
     /// an unknown opcode). Nothing in the file is ever executed.
@@ -63,50 +50,20 @@ pub enum FormatError {
     MissingTensor { file: PathBuf, tensor: String },
 
     #[error("{file}: tensor `{tensor}` is defined twice ({what})")]
-    DuplicateTensor {
-        file: PathBuf,
-        tensor: String,
-        what: String,
-    },
+    DuplicateTensor { file: PathBuf, tensor: String, what: String },
 
-    #[error(
-        "{file}: tensor `{tensor}`: storage `{storage}` has {actual} bytes, the tensor needs {expected}"
-    )]
-    StorageTooSmall {
-        file: PathBuf,
-        tensor: String,
-        storage: String,
-        expected: u64,
-        actual: u64,
-    },
+    #[error("{file}: tensor `{tensor}`: storage `{storage}` has {actual} bytes, the tensor needs {expected}")]
+    StorageTooSmall { file: PathBuf, tensor: String, storage: String, expected: u64, actual: u64 },
 
-    #[error(
-        "{file}: tensor `{tensor}` ({dtype}, shape {shape:?}): {actual} bytes, expected {expected}"
-    )]
-    SizeMismatch {
-        file: PathBuf,
-        tensor: String,
-        dtype: String,
-        shape: Vec<usize>,
-        expected: u64,
-        actual: u64,
-    },
+    #[error("{file}: tensor `{tensor}` ({dtype}, shape {shape:?}): {actual} bytes, expected {expected}")]
+    SizeMismatch { file: PathBuf, tensor: String, dtype: String, shape: Vec<usize>, expected: u64, actual: u64 },
 
     /// A tensor whose shape, strides or layout cannot be represented.
     #[error("{file}: tensor `{tensor}`: {what}")]
-    BadTensor {
-        file: PathBuf,
-        tensor: String,
-        what: String,
-    },
+    BadTensor { file: PathBuf, tensor: String, what: String },
 
     #[error("{file}: tensor `{tensor}`: dtype {dtype} is not supported ({what})")]
-    UnsupportedDType {
-        file: PathBuf,
-        tensor: String,
-        dtype: String,
-        what: String,
-    },
+    UnsupportedDType { file: PathBuf, tensor: String, dtype: String, what: String },
 
     #[error("{file}: invalid GGUF: {what}")]
     Gguf { file: PathBuf, what: String },
@@ -114,9 +71,6 @@ pub enum FormatError {
 
 impl FormatError {
     pub(crate) fn io(file: &std::path::Path, source: std::io::Error) -> Self {
-        FormatError::Io {
-            file: file.to_path_buf(),
-            source,
-        }
+        FormatError::Io { file: file.to_path_buf(), source }
     }
 }

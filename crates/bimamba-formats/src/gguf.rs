@@ -265,10 +265,7 @@ fn ggml_type(id: u32) -> Result<DType, String> {
                 (34, "TQ1_0"),
                 (35, "TQ2_0"),
             ];
-            let name = names
-                .iter()
-                .find(|(i, _)| *i == id)
-                .map_or("IQ*/other", |(_, n)| n);
+            let name = names.iter().find(|(i, _)| *i == id).map_or("IQ*/other", |(_, n)| n);
             return Err(format!("ggml type {id} ({name})"));
         }
     })
@@ -327,31 +324,17 @@ fn read_value(r: &mut Reader<'_>, ty: u32, key: &str, depth: u32) -> PResult<Ggu
 }
 
 fn read_bool(r: &mut Reader<'_>, key: &str) -> PResult<bool> {
-    match r
-        .u8()
-        .map_err(|s| PErr::Short(format!("value of `{key}`"), s))?
-    {
+    match r.u8().map_err(|s| PErr::Short(format!("value of `{key}`"), s))? {
         0 => Ok(false),
         1 => Ok(true),
-        b => Err(PErr::Bad(format!(
-            "`{key}`: bool byte {b}, expected 0 or 1"
-        ))),
+        b => Err(PErr::Bad(format!("`{key}`: bool byte {b}, expected 0 or 1"))),
     }
 }
 
 /// Reads `n` fixed-size elements in one bounds check.
-fn fixed<const N: usize, T>(
-    r: &mut Reader<'_>,
-    n: u64,
-    key: &str,
-    f: fn([u8; N]) -> T,
-) -> PResult<Vec<T>> {
-    let bytes = n
-        .checked_mul(N as u64)
-        .ok_or_else(|| PErr::Bad(format!("`{key}`: array count {n} overflows")))?;
-    let raw = r
-        .take(bytes)
-        .map_err(|s| PErr::Short(format!("array `{key}`"), s))?;
+fn fixed<const N: usize, T>(r: &mut Reader<'_>, n: u64, key: &str, f: fn([u8; N]) -> T) -> PResult<Vec<T>> {
+    let bytes = n.checked_mul(N as u64).ok_or_else(|| PErr::Bad(format!("`{key}`: array count {n} overflows")))?;
+    let raw = r.take(bytes).map_err(|s| PErr::Short(format!("array `{key}`"), s))?;
     Ok(raw
         .chunks_exact(N)
         .map(|c| {
@@ -364,9 +347,7 @@ fn fixed<const N: usize, T>(
 
 fn read_array(r: &mut Reader<'_>, key: &str, depth: u32) -> PResult<GgufArray> {
     if depth >= MAX_ARRAY_DEPTH {
-        return Err(PErr::Bad(format!(
-            "`{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"
-        )));
+        return Err(PErr::Bad(format!("`{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
     }
     let w = |s| PErr::Short(format!("array header of `{key}`"), s);
     let ty = r.u32().map_err(w)?;
@@ -374,11 +355,7 @@ fn read_array(r: &mut Reader<'_>, key: &str, depth: u32) -> PResult<GgufArray> {
     if n.saturating_mul(min_size(ty)) > r.remaining() as u64 {
         return Err(PErr::Short(
             format!("array `{key}` of {n} elements"),
-            Short {
-                at: r.pos(),
-                need: n.saturating_mul(min_size(ty)),
-                have: r.remaining() as u64,
-            },
+            Short { at: r.pos(), need: n.saturating_mul(min_size(ty)), have: r.remaining() as u64 },
         ));
     }
     let n_usize = n as usize; // bounded by the remaining bytes above
@@ -393,29 +370,13 @@ fn read_array(r: &mut Reader<'_>, key: &str, depth: u32) -> PResult<GgufArray> {
         10 => GgufArray::U64(fixed(r, n, key, u64::from_le_bytes)?),
         11 => GgufArray::I64(fixed(r, n, key, i64::from_le_bytes)?),
         12 => GgufArray::F64(fixed(r, n, key, f64::from_le_bytes)?),
-        7 => GgufArray::Bool(
-            (0..n_usize)
-                .map(|_| read_bool(r, key))
-                .collect::<PResult<_>>()?,
-        ),
+        7 => GgufArray::Bool((0..n_usize).map(|_| read_bool(r, key)).collect::<PResult<_>>()?),
         8 => {
             let what = format!("element of `{key}`");
-            GgufArray::String(
-                (0..n_usize)
-                    .map(|_| read_string(r, &what))
-                    .collect::<PResult<_>>()?,
-            )
+            GgufArray::String((0..n_usize).map(|_| read_string(r, &what)).collect::<PResult<_>>()?)
         }
-        9 => GgufArray::Array(
-            (0..n_usize)
-                .map(|_| read_array(r, key, depth + 1))
-                .collect::<PResult<_>>()?,
-        ),
-        _ => {
-            return Err(PErr::Bad(format!(
-                "array `{key}` has unknown element type {ty}"
-            )))
-        }
+        9 => GgufArray::Array((0..n_usize).map(|_| read_array(r, key, depth + 1)).collect::<PResult<_>>()?),
+        _ => return Err(PErr::Bad(format!("array `{key}` has unknown element type {ty}"))),
     })
 }
 
@@ -444,9 +405,7 @@ fn parse(buf: &[u8]) -> PResult<(GgufMetadata, Vec<RawTensor>, u64)> {
     let mut kv = BTreeMap::new();
     for _ in 0..n_kv {
         let key = read_string(&mut r, "metadata key")?;
-        let ty = r
-            .u32()
-            .map_err(|s| PErr::Short(format!("type of `{key}`"), s))?;
+        let ty = r.u32().map_err(|s| PErr::Short(format!("type of `{key}`"), s))?;
         let value = read_value(&mut r, ty, &key, 0)?;
         if kv.insert(key.clone(), value).is_some() {
             return Err(PErr::Bad(format!("metadata key `{key}` appears twice")));
@@ -456,11 +415,7 @@ fn parse(buf: &[u8]) -> PResult<(GgufMetadata, Vec<RawTensor>, u64)> {
         None => DEFAULT_ALIGNMENT,
         Some(v) => match v.as_u64() {
             Some(a) if a.is_power_of_two() => a,
-            _ => {
-                return Err(PErr::Bad(format!(
-                    "general.alignment = {v:?}, expected a power of two"
-                )))
-            }
+            _ => return Err(PErr::Bad(format!("general.alignment = {v:?}, expected a power of two"))),
         },
     };
 
@@ -470,24 +425,16 @@ fn parse(buf: &[u8]) -> PResult<(GgufMetadata, Vec<RawTensor>, u64)> {
         let sh = |s| PErr::Short(format!("info of tensor `{name}`"), s);
         let n_dims = r.u32().map_err(sh)?;
         if n_dims > MAX_DIMS {
-            return Err(PErr::Bad(format!(
-                "tensor `{name}` has {n_dims} dimensions, at most {MAX_DIMS} allowed"
-            )));
+            return Err(PErr::Bad(format!("tensor `{name}` has {n_dims} dimensions, at most {MAX_DIMS} allowed")));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
             let d = r.u64().map_err(sh)?;
-            ne.push(
-                usize::try_from(d)
-                    .map_err(|_| PErr::Bad(format!("tensor `{name}`: dimension {d} too large")))?,
-            );
+            ne.push(usize::try_from(d).map_err(|_| PErr::Bad(format!("tensor `{name}`: dimension {d} too large")))?);
         }
         let type_id = r.u32().map_err(sh)?;
         let offset = r.u64().map_err(sh)?;
-        let dtype = ggml_type(type_id).map_err(|dtype| PErr::Dtype {
-            tensor: name.clone(),
-            dtype,
-        })?;
+        let dtype = ggml_type(type_id).map_err(|dtype| PErr::Dtype { tensor: name.clone(), dtype })?;
         let numel = ne.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let ne0 = ne.first().copied().unwrap_or(1);
         // Quantized blocks never straddle rows: ne0 must be a multiple of the block size.
@@ -496,9 +443,7 @@ fn parse(buf: &[u8]) -> PResult<(GgufMetadata, Vec<RawTensor>, u64)> {
             _ => None,
         }
         .ok_or_else(|| {
-            PErr::Bad(format!(
-                "tensor `{name}`: ne {ne:?} is not a whole number of {dtype} blocks (or overflows)"
-            ))
+            PErr::Bad(format!("tensor `{name}`: ne {ne:?} is not a whole number of {dtype} blocks (or overflows)"))
         })?;
         if offset % alignment != 0 {
             return Err(PErr::Bad(format!(
@@ -506,26 +451,10 @@ fn parse(buf: &[u8]) -> PResult<(GgufMetadata, Vec<RawTensor>, u64)> {
             )));
         }
         ne.reverse(); // fastest-first -> row-major
-        tensors.push(RawTensor {
-            info: TensorInfo {
-                name,
-                dtype,
-                shape: ne,
-            },
-            offset,
-            nbytes: nbytes as u64,
-        });
+        tensors.push(RawTensor { info: TensorInfo { name, dtype, shape: ne }, offset, nbytes: nbytes as u64 });
     }
     let data_start = (r.pos() as u64).next_multiple_of(alignment);
-    Ok((
-        GgufMetadata {
-            version,
-            alignment,
-            kv,
-        },
-        tensors,
-        data_start,
-    ))
+    Ok((GgufMetadata { version, alignment, kv }, tensors, data_start))
 }
 
 pub(crate) fn load(mapped: MappedFile) -> Result<Loaded, FormatError> {
@@ -538,16 +467,12 @@ pub(crate) fn load(mapped: MappedFile) -> Result<Loaded, FormatError> {
             expected: s.need,
             actual: s.have,
         },
-        PErr::Bad(what) => FormatError::Gguf {
-            file: file.clone(),
-            what,
-        },
+        PErr::Bad(what) => FormatError::Gguf { file: file.clone(), what },
         PErr::Dtype { tensor, dtype } => FormatError::UnsupportedDType {
             file: file.clone(),
             tensor,
             dtype,
-            what: "supported GGUF tensor types: F32, F16, BF16, F64, I8-I64, Q8_0, Q4_0, Q4_1"
-                .into(),
+            what: "supported GGUF tensor types: F32, F16, BF16, F64, I8-I64, Q8_0, Q4_0, Q4_1".into(),
         },
     })?;
     let mut entries = Vec::with_capacity(raw.len());
@@ -557,30 +482,18 @@ pub(crate) fn load(mapped: MappedFile) -> Result<Loaded, FormatError> {
         match (start, end) {
             (Some(start), Some(end)) if end <= len => entries.push(Entry {
                 // end <= len, which is a usize, so both fit
-                data: Data::Mapped {
-                    file: 0,
-                    start: start as usize,
-                    len: t.nbytes as usize,
-                },
+                data: Data::Mapped { file: 0, start: start as usize, len: t.nbytes as usize },
                 info: t.info,
             }),
             _ => {
                 return Err(FormatError::Truncated {
                     file,
-                    what: format!(
-                        "data of tensor `{}` at offset {} of the data section",
-                        t.info.name, t.offset
-                    ),
+                    what: format!("data of tensor `{}` at offset {} of the data section", t.info.name, t.offset),
                     expected: t.nbytes,
                     actual: len.saturating_sub(data_start.saturating_add(t.offset)),
                 })
             }
         }
     }
-    Ok(Loaded {
-        files: vec![mapped],
-        entries,
-        metadata: BTreeMap::new(),
-        gguf: Some(meta),
-    })
+    Ok(Loaded { files: vec![mapped], entries, metadata: BTreeMap::new(), gguf: Some(meta) })
 }

@@ -70,11 +70,7 @@ pub(crate) struct MappedFile {
 /// Where a tensor's bytes live.
 pub(crate) enum Data {
     /// `len` bytes at `start` in `files[file]`; bounds checked when the checkpoint is opened.
-    Mapped {
-        file: usize,
-        start: usize,
-        len: usize,
-    },
+    Mapped { file: usize, start: usize, len: usize },
     /// A copy, made only for a non-contiguous PyTorch tensor.
     Owned(Vec<u8>),
 }
@@ -113,11 +109,7 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
-const DIR_CANDIDATES: [&str; 3] = [
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-];
+const DIR_CANDIDATES: [&str; 3] = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"];
 
 impl Checkpoint {
     /// A model directory (model.safetensors | model.safetensors.index.json shards |
@@ -131,10 +123,7 @@ impl Checkpoint {
                     return Self::open_file(&candidate, path);
                 }
             }
-            return Err(FormatError::NotFound {
-                file: path.to_path_buf(),
-                looked_for: DIR_CANDIDATES.join(", "),
-            });
+            return Err(FormatError::NotFound { file: path.to_path_buf(), looked_for: DIR_CANDIDATES.join(", ") });
         }
         Self::open_file(path, path)
     }
@@ -215,10 +204,7 @@ impl Checkpoint {
     fn entry(&self, name: &str) -> Result<&Entry, FormatError> {
         self.entries
             .get(name)
-            .ok_or_else(|| FormatError::MissingTensor {
-                file: self.path.clone(),
-                tensor: name.to_string(),
-            })
+            .ok_or_else(|| FormatError::MissingTensor { file: self.path.clone(), tensor: name.to_string() })
     }
 
     /// Raw little-endian data, zero-copy from the memory map (a non-contiguous PyTorch tensor
@@ -229,15 +215,12 @@ impl Checkpoint {
             Data::Mapped { file, start, len } => {
                 let f = &self.files[*file];
                 // Bounds were validated at open; re-check instead of trusting that invariant.
-                start
-                    .checked_add(*len)
-                    .and_then(|end| f.map.get(*start..end))
-                    .ok_or_else(|| FormatError::Truncated {
-                        file: f.path.clone(),
-                        what: format!("tensor `{name}` at byte {start}"),
-                        expected: *len as u64,
-                        actual: f.map.len().saturating_sub(*start) as u64,
-                    })
+                start.checked_add(*len).and_then(|end| f.map.get(*start..end)).ok_or_else(|| FormatError::Truncated {
+                    file: f.path.clone(),
+                    what: format!("tensor `{name}` at byte {start}"),
+                    expected: *len as u64,
+                    actual: f.map.len().saturating_sub(*start) as u64,
+                })
             }
         }
     }
@@ -289,8 +272,5 @@ pub(crate) fn map_file(path: &Path) -> Result<MappedFile, FormatError> {
     // not be truncated or rewritten while it is open; writers in this crate replace files by
     // rename, which leaves existing maps intact.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
-    Ok(MappedFile {
-        path: path.to_path_buf(),
-        map,
-    })
+    Ok(MappedFile { path: path.to_path_buf(), map })
 }

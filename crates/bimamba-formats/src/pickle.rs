@@ -76,14 +76,10 @@ fn resolve_global(module: &str, name: &str) -> Option<Global> {
         ("collections", "OrderedDict") => Some(Global::OrderedDict),
         ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensorV2),
         ("torch._utils", "_rebuild_parameter") => Some(Global::RebuildParameter),
-        ("torch._utils", "_rebuild_parameter_with_state") => {
-            Some(Global::RebuildParameterWithState)
-        }
+        ("torch._utils", "_rebuild_parameter_with_state") => Some(Global::RebuildParameterWithState),
         ("torch._tensor", "_rebuild_from_type_v2") => Some(Global::RebuildFromTypeV2),
         ("torch", "Tensor") | ("torch.nn.parameter", "Parameter") => Some(Global::TensorType),
-        ("torch", n) => storage(n)
-            .map(Global::Storage)
-            .or_else(|| dtype(n).map(Global::TorchDType)),
+        ("torch", n) => storage(n).map(Global::Storage).or_else(|| dtype(n).map(Global::TorchDType)),
         _ => None,
     }
 }
@@ -187,10 +183,7 @@ type Res<T> = Result<T, PickleError>;
 
 impl Vm {
     fn bad<T>(&self, what: impl Into<String>) -> Res<T> {
-        Err(PickleError::Malformed {
-            offset: self.at,
-            what: what.into(),
-        })
+        Err(PickleError::Malformed { offset: self.at, what: what.into() })
     }
 
     fn pop(&mut self) -> Res<Value> {
@@ -206,10 +199,7 @@ impl Vm {
             return self.bad("stack underflow");
         }
         let at = self.at;
-        self.stack.last_mut().ok_or(PickleError::Malformed {
-            offset: at,
-            what: "stack underflow".into(),
-        })
+        self.stack.last_mut().ok_or(PickleError::Malformed { offset: at, what: "stack underflow".into() })
     }
 
     fn pop_mark(&mut self) -> Res<Vec<Value>> {
@@ -236,11 +226,7 @@ impl Vm {
     }
 
     /// Copy-on-write access to a shared container, charging the copy to the work budget.
-    fn make_mut<'a, T: Clone>(
-        work: &mut usize,
-        rc: &'a mut Rc<T>,
-        len: usize,
-    ) -> Option<&'a mut T> {
+    fn make_mut<'a, T: Clone>(work: &mut usize, rc: &'a mut Rc<T>, len: usize) -> Option<&'a mut T> {
         if Rc::strong_count(rc) > 1 {
             *work += len;
             if *work > MAX_COPY_WORK {
@@ -260,10 +246,7 @@ impl Vm {
         };
         let len = list.items.len();
         let Some(list) = Self::make_mut(&mut work, list, len) else {
-            return Err(PickleError::Malformed {
-                offset: at,
-                what: "too much copy-on-write work".into(),
-            });
+            return Err(PickleError::Malformed { offset: at, what: "too much copy-on-write work".into() });
         };
         list.depth = list.depth.max(item_depth + 1);
         list.items.extend(items);
@@ -288,10 +271,7 @@ impl Vm {
         };
         let len = dict.items.len();
         let Some(dict) = Self::make_mut(&mut work, dict, len) else {
-            return Err(PickleError::Malformed {
-                offset: at,
-                what: "too much copy-on-write work".into(),
-            });
+            return Err(PickleError::Malformed { offset: at, what: "too much copy-on-write work".into() });
         };
         dict.depth = dict.depth.max(item_depth + 1);
         let mut it = flat.into_iter();
@@ -309,10 +289,7 @@ impl Vm {
     fn int(&self, v: &Value, what: &str) -> Res<u64> {
         match v {
             Value::Int(i) if *i >= 0 => Ok(*i as u64),
-            _ => self.bad(format!(
-                "{what}: expected a non-negative int, got {}",
-                v.kind()
-            )),
+            _ => self.bad(format!("{what}: expected a non-negative int, got {}", v.kind())),
         }
     }
 
@@ -326,31 +303,21 @@ impl Vm {
     /// BINPERSID: `('storage', storage_class, key, location, numel)` -> a storage reference.
     fn persistent_load(&self, pid: Value) -> Res<Value> {
         let Value::Tuple(t) = &pid else {
-            return self.bad(format!(
-                "persistent id is a {}, expected a tuple",
-                pid.kind()
-            ));
+            return self.bad(format!("persistent id is a {}, expected a tuple", pid.kind()));
         };
         match &t.items[..] {
-            [Value::Str(tag), Value::Global(Global::Storage(dtype)), key, _location, numel]
-                if &**tag == "storage" =>
-            {
+            [Value::Str(tag), Value::Global(Global::Storage(dtype)), key, _location, numel] if &**tag == "storage" => {
                 let key = match key {
                     Value::Str(s) => s.to_string(),
                     Value::Int(i) => i.to_string(),
                     _ => return self.bad("storage key is not a string"),
                 };
                 let numel = self.int(numel, "storage numel")?;
-                Ok(Value::Storage(Rc::new(StorageRef {
-                    key,
-                    dtype: *dtype,
-                    numel,
-                })))
+                Ok(Value::Storage(Rc::new(StorageRef { key, dtype: *dtype, numel })))
             }
             _ => Err(PickleError::Unsafe {
                 offset: self.at,
-                what: "persistent id is not ('storage', torch.<Type>Storage, key, location, numel)"
-                    .into(),
+                what: "persistent id is not ('storage', torch.<Type>Storage, key, location, numel)".into(),
             }),
         }
     }
@@ -358,10 +325,7 @@ impl Vm {
     /// REDUCE: apply one of the allowed callables. Nothing else can be called.
     fn call(&self, f: Global, args: &[Value]) -> Res<Value> {
         match (f, args) {
-            (Global::OrderedDict, []) => Ok(Value::Dict(Rc::new(Map {
-                depth: 1,
-                items: Vec::new(),
-            }))),
+            (Global::OrderedDict, []) => Ok(Value::Dict(Rc::new(Map { depth: 1, items: Vec::new() }))),
             (Global::OrderedDict, [Value::List(pairs) | Value::Tuple(pairs)]) => {
                 let mut items = Vec::with_capacity(pairs.items.len());
                 for p in &pairs.items {
@@ -372,31 +336,20 @@ impl Vm {
                         _ => return self.bad("OrderedDict argument is not a sequence of pairs"),
                     }
                 }
-                Ok(Value::Dict(Rc::new(Map {
-                    depth: pairs.depth,
-                    items,
-                })))
+                Ok(Value::Dict(Rc::new(Map { depth: pairs.depth, items })))
             }
             // _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
             //                    backward_hooks[, metadata])
-            (
-                Global::RebuildTensorV2,
-                [Value::Storage(s), offset, size, stride, _grad, _hooks, ..],
-            ) if args.len() <= 7 => {
+            (Global::RebuildTensorV2, [Value::Storage(s), offset, size, stride, _grad, _hooks, ..])
+                if args.len() <= 7 =>
+            {
                 let size = self.int_tuple(size, "tensor size")?;
                 let stride = self.int_tuple(stride, "tensor stride")?;
                 if size.len() != stride.len() {
-                    return self.bad(format!(
-                        "tensor size {size:?} and stride {stride:?} differ in rank"
-                    ));
+                    return self.bad(format!("tensor size {size:?} and stride {stride:?} differ in rank"));
                 }
                 let offset = self.int(offset, "storage offset")?;
-                Ok(Value::Tensor(Rc::new(TensorRef {
-                    storage: s.clone(),
-                    offset,
-                    size,
-                    stride,
-                })))
+                Ok(Value::Tensor(Rc::new(TensorRef { storage: s.clone(), offset, size, stride })))
             }
             // _rebuild_parameter(data, requires_grad, backward_hooks[, state])
             (Global::RebuildParameter, [t @ Value::Tensor(_), _, _])
@@ -407,9 +360,7 @@ impl Vm {
                 [Value::Global(func), Value::Global(Global::TensorType), Value::Tuple(a), _],
             ) if matches!(
                 func,
-                Global::RebuildTensorV2
-                    | Global::RebuildParameter
-                    | Global::RebuildParameterWithState
+                Global::RebuildTensorV2 | Global::RebuildParameter | Global::RebuildParameterWithState
             ) =>
             {
                 self.call(*func, &a.items)
@@ -418,15 +369,9 @@ impl Vm {
                 let kinds: Vec<&str> = args.iter().map(Value::kind).collect();
                 match f {
                     Global::Storage(_) | Global::TorchDType(_) | Global::TensorType => {
-                        Err(PickleError::Unsafe {
-                            offset: self.at,
-                            what: format!("calling {f:?} is not allowed"),
-                        })
+                        Err(PickleError::Unsafe { offset: self.at, what: format!("calling {f:?} is not allowed") })
                     }
-                    _ => self.bad(format!(
-                        "{f:?} called with unexpected arguments ({})",
-                        kinds.join(", ")
-                    )),
+                    _ => self.bad(format!("{f:?} called with unexpected arguments ({})", kinds.join(", "))),
                 }
             }
         }
@@ -443,13 +388,7 @@ fn utf8(vm: &Vm, b: &[u8]) -> Res<Rc<str>> {
 /// Runs the pickle in `data` and returns the value left by STOP.
 pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
     let mut r = Reader::new(data);
-    let mut vm = Vm {
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: HashMap::new(),
-        copy_work: 0,
-        at: 0,
-    };
+    let mut vm = Vm { stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), copy_work: 0, at: 0 };
     loop {
         vm.at = r.pos();
         let at = vm.at;
@@ -457,10 +396,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
             offset: at,
             what: format!("truncated: needs {} more bytes, {} left", s.need, s.have),
         };
-        let op = r.u8().map_err(|_| PickleError::Malformed {
-            offset: at,
-            what: "truncated: no STOP opcode".into(),
-        })?;
+        let op = r.u8().map_err(|_| PickleError::Malformed { offset: at, what: "truncated: no STOP opcode".into() })?;
         match op {
             0x80 => {
                 // PROTO
@@ -473,10 +409,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
                 r.u64().map_err(short)?; // FRAME: a length hint only
             }
             b'.' => return vm.pop(), // STOP
-            b'}' => vm.push(Value::Dict(Rc::new(Map {
-                depth: 1,
-                items: Vec::new(),
-            })))?,
+            b'}' => vm.push(Value::Dict(Rc::new(Map { depth: 1, items: Vec::new() })))?,
             b']' => vm.push(Value::List(Rc::new(Vm::seq(Vec::new()))))?,
             b')' => vm.push(Value::Tuple(Rc::new(Vm::seq(Vec::new()))))?,
             b'(' => {
@@ -509,11 +442,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
             }
             b'h' | b'j' => {
                 // BINGET, LONG_BINGET
-                let idx = if op == b'h' {
-                    u32::from(r.u8().map_err(short)?)
-                } else {
-                    r.u32().map_err(short)?
-                };
+                let idx = if op == b'h' { u32::from(r.u8().map_err(short)?) } else { r.u32().map_err(short)? };
                 match vm.memo.get(&idx) {
                     Some(v) => {
                         let v = v.clone();
@@ -547,23 +476,12 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
             b'M' => vm.push(Value::Int(r.u16().map_err(short)?.into()))?,
             0x8a | 0x8b => {
                 // LONG1, LONG4: little-endian two's complement of n bytes
-                let n = if op == 0x8a {
-                    u64::from(r.u8().map_err(short)?)
-                } else {
-                    u64::from(r.u32().map_err(short)?)
-                };
+                let n = if op == 0x8a { u64::from(r.u8().map_err(short)?) } else { u64::from(r.u32().map_err(short)?) };
                 let b = r.take(n).map_err(short)?;
                 if b.len() > 8 {
-                    return vm.bad(format!(
-                        "integer of {} bytes does not fit in 64 bits",
-                        b.len()
-                    ));
+                    return vm.bad(format!("integer of {} bytes does not fit in 64 bits", b.len()));
                 }
-                let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) {
-                    [0xFF; 8]
-                } else {
-                    [0; 8]
-                };
+                let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xFF; 8] } else { [0; 8] };
                 buf[..b.len()].copy_from_slice(b);
                 vm.push(Value::Int(i64::from_le_bytes(buf)))?;
             }
@@ -595,10 +513,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
             }
             b'd' => {
                 let flat = vm.pop_mark()?;
-                vm.push(Value::Dict(Rc::new(Map {
-                    depth: 1,
-                    items: Vec::new(),
-                })))?;
+                vm.push(Value::Dict(Rc::new(Map { depth: 1, items: Vec::new() })))?;
                 vm.set_items(flat)?;
             }
             b'Q' => {
@@ -622,9 +537,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
                     None => {
                         return Err(PickleError::Unsafe {
                             offset: at,
-                            what: format!(
-                                "global `{module}.{name}` is not allowed in a weights-only load"
-                            ),
+                            what: format!("global `{module}.{name}` is not allowed in a weights-only load"),
                         })
                     }
                 }
@@ -669,10 +582,7 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
             _ => {
                 return Err(PickleError::Unsafe {
                     offset: at,
-                    what: format!(
-                        "opcode 0x{op:02x} ({:?}) is not in the weights-only subset",
-                        op as char
-                    ),
+                    what: format!("opcode 0x{op:02x} ({:?}) is not in the weights-only subset", op as char),
                 })
             }
         }

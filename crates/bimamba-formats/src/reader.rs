@@ -31,11 +31,7 @@ impl<'a> Reader<'a> {
     pub fn take(&mut self, n: u64) -> Result<&'a [u8], Short> {
         let have = self.remaining() as u64;
         if n > have {
-            return Err(Short {
-                at: self.pos,
-                need: n,
-                have,
-            });
+            return Err(Short { at: self.pos, need: n, have });
         }
         let n = n as usize; // n <= remaining, so it fits
         let out = &self.buf[self.pos..self.pos + n];
@@ -89,11 +85,7 @@ impl<'a> Reader<'a> {
                 self.pos += i + 1;
                 Ok(&rest[..i])
             }
-            None => Err(Short {
-                at: self.pos,
-                need: rest.len() as u64 + 1,
-                have: rest.len() as u64,
-            }),
+            None => Err(Short { at: self.pos, need: rest.len() as u64 + 1, have: rest.len() as u64 }),
         }
     }
 }

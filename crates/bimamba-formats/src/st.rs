@@ -42,10 +42,7 @@ fn read_file(
 ) -> Result<(), FormatError> {
     let file = &mapped.path;
     let buf: &[u8] = &mapped.map;
-    let bad = |e: safetensors::SafeTensorError| FormatError::Safetensors {
-        file: file.clone(),
-        what: e.to_string(),
-    };
+    let bad = |e: safetensors::SafeTensorError| FormatError::Safetensors { file: file.clone(), what: e.to_string() };
     if buf.len() < 8 {
         return Err(FormatError::Truncated {
             file: file.clone(),
@@ -71,16 +68,8 @@ fn read_file(
         let data = view.data();
         let start = data.as_ptr() as usize - buf.as_ptr() as usize;
         entries.push(Entry {
-            info: TensorInfo {
-                name: name.to_string(),
-                dtype,
-                shape: view.shape().to_vec(),
-            },
-            data: Data::Mapped {
-                file: file_index,
-                start,
-                len: data.len(),
-            },
+            info: TensorInfo { name: name.to_string(), dtype, shape: view.shape().to_vec() },
+            data: Data::Mapped { file: file_index, start, len: data.len() },
         });
     }
     Ok(())
@@ -90,42 +79,24 @@ pub(crate) fn load_single(mapped: MappedFile) -> Result<Loaded, FormatError> {
     let mut entries = Vec::new();
     let mut metadata = BTreeMap::new();
     read_file(&mapped, 0, &mut entries, &mut metadata)?;
-    Ok(Loaded {
-        files: vec![mapped],
-        entries,
-        metadata,
-        gguf: None,
-    })
+    Ok(Loaded { files: vec![mapped], entries, metadata, gguf: None })
 }
 
 /// Reads `model.safetensors.index.json` (`{"metadata": {...}, "weight_map": {tensor: shard}}`)
 /// and every shard it names; each tensor must be in the shard the index names.
 pub(crate) fn load_sharded(index: &Path) -> Result<Loaded, FormatError> {
-    let corrupt = |what: String| FormatError::Corrupt {
-        file: index.to_path_buf(),
-        what,
-    };
+    let corrupt = |what: String| FormatError::Corrupt { file: index.to_path_buf(), what };
     let text = std::fs::read(index).map_err(|e| FormatError::io(index, e))?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|v| v.as_object())
-        .ok_or_else(|| corrupt("no \"weight_map\" object".into()))?;
+    let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
+    let map =
+        json.get("weight_map").and_then(|v| v.as_object()).ok_or_else(|| corrupt("no \"weight_map\" object".into()))?;
     let mut weight_map = BTreeMap::new();
     for (tensor, shard) in map {
-        let shard = shard
-            .as_str()
-            .ok_or_else(|| corrupt(format!("weight_map[\"{tensor}\"] is not a string")))?;
+        let shard = shard.as_str().ok_or_else(|| corrupt(format!("weight_map[\"{tensor}\"] is not a string")))?;
         // A shard must be a plain file name next to the index, never a path elsewhere.
         let mut comps = Path::new(shard).components();
-        if !matches!(
-            (comps.next(), comps.next()),
-            (Some(Component::Normal(_)), None)
-        ) {
-            return Err(corrupt(format!(
-                "shard name \"{shard}\" for `{tensor}` is not a plain file name"
-            )));
+        if !matches!((comps.next(), comps.next()), (Some(Component::Normal(_)), None)) {
+            return Err(corrupt(format!("shard name \"{shard}\" for `{tensor}` is not a plain file name")));
         }
         weight_map.insert(tensor.clone(), shard.to_string());
     }
@@ -150,25 +121,11 @@ pub(crate) fn load_sharded(index: &Path) -> Result<Loaded, FormatError> {
     for (tensor, shard) in &weight_map {
         match shard_of.get(tensor) {
             Some(s) if s == shard => {}
-            Some(s) => {
-                return Err(corrupt(format!(
-                    "`{tensor}` is listed in {shard} but found in {s}"
-                )))
-            }
-            None => {
-                return Err(FormatError::MissingTensor {
-                    file: dir.join(shard),
-                    tensor: tensor.clone(),
-                })
-            }
+            Some(s) => return Err(corrupt(format!("`{tensor}` is listed in {shard} but found in {s}"))),
+            None => return Err(FormatError::MissingTensor { file: dir.join(shard), tensor: tensor.clone() }),
         }
     }
-    Ok(Loaded {
-        files,
-        entries,
-        metadata,
-        gguf: None,
-    })
+    Ok(Loaded { files, entries, metadata, gguf: None })
 }
 
 fn st_name(d: DType) -> Option<&'static str> {
@@ -225,17 +182,13 @@ pub fn write_safetensors_atomic(
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by(|&a, &b| {
         let (ta, tb) = (&tensors[a], &tensors[b]);
-        tb.1.block_bytes()
-            .cmp(&ta.1.block_bytes())
-            .then_with(|| ta.0.cmp(&tb.0))
+        tb.1.block_bytes().cmp(&ta.1.block_bytes()).then_with(|| ta.0.cmp(&tb.0))
     });
 
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        let m: serde_json::Map<String, serde_json::Value> = metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
+        let m: serde_json::Map<String, serde_json::Value> =
+            metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
         header.insert("__metadata__".into(), serde_json::Value::Object(m));
     }
     let mut offset = 0usize;
@@ -248,12 +201,8 @@ pub fn write_safetensors_atomic(
         );
         offset = end;
     }
-    let mut header = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| {
-        FormatError::Corrupt {
-            file: file.clone(),
-            what: format!("cannot encode header: {e}"),
-        }
-    })?;
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| FormatError::Corrupt { file: file.clone(), what: format!("cannot encode header: {e}") })?;
     header.resize(header.len().next_multiple_of(8), b' ');
 
     let dir = match path.parent() {
@@ -267,11 +216,7 @@ pub fn write_safetensors_atomic(
     // Unique per process and call, so concurrent writers never share a temporary file.
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{}.tmp{}-{n}",
-        base.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = dir.join(format!(".{}.tmp{}-{n}", base.to_string_lossy(), std::process::id()));
     let write = || -> std::io::Result<()> {
         let f = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
@@ -303,8 +248,7 @@ mod tests {
     use crate::Checkpoint;
 
     fn tmpdir(tag: &str) -> std::path::PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("bimamba-formats-st-{tag}-{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!("bimamba-formats-st-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("create temp dir");
         d
     }
@@ -318,10 +262,8 @@ mod tests {
         let dir = tmpdir("rt");
         let path = dir.join("model.safetensors");
         let a = f32_bytes(&[1.0, -2.5, 3.25, 0.0, 5.0, -6.0]);
-        let h: Vec<u8> = [half::f16::from_f32(0.5), half::f16::from_f32(-1.0)]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
+        let h: Vec<u8> =
+            [half::f16::from_f32(0.5), half::f16::from_f32(-1.0)].iter().flat_map(|x| x.to_le_bytes()).collect();
         let b: Vec<u8> = [-3i8, 7].iter().map(|&x| x as u8).collect();
         let tensors = vec![
             ("w".to_string(), DType::F32, vec![2, 3], &a[..]),
@@ -338,37 +280,19 @@ mod tests {
         assert_eq!(ck.info("w").map(|t| t.shape.clone()), Some(vec![2, 3]));
         assert_eq!(ck.bytes("w").expect("w"), &a[..]);
         assert_eq!(ck.bytes("i").expect("i"), &b[..]);
-        assert_eq!(
-            ck.to_f32("w").expect("w"),
-            vec![1.0, -2.5, 3.25, 0.0, 5.0, -6.0]
-        );
+        assert_eq!(ck.to_f32("w").expect("w"), vec![1.0, -2.5, 3.25, 0.0, 5.0, -6.0]);
         assert_eq!(ck.to_f32("h").expect("h"), vec![0.5, -1.0]);
-        assert!(matches!(
-            ck.to_f32("i"),
-            Err(FormatError::UnsupportedDType { .. })
-        ));
-        assert!(matches!(
-            ck.bytes("nope"),
-            Err(FormatError::MissingTensor { .. })
-        ));
+        assert!(matches!(ck.to_f32("i"), Err(FormatError::UnsupportedDType { .. })));
+        assert!(matches!(ck.bytes("nope"), Err(FormatError::MissingTensor { .. })));
         assert_eq!(ck.metadata(), &meta);
         assert!(ck.gguf().is_none());
-        assert_eq!(
-            ck.file_bytes(),
-            std::fs::metadata(&path).expect("stat").len()
-        );
+        assert_eq!(ck.file_bytes(), std::fs::metadata(&path).expect("stat").len());
         // Layout by decreasing element size: F32 first, 8-aligned in the (page-aligned) map.
-        let (pw, ph) = (
-            ck.bytes("w").expect("w").as_ptr(),
-            ck.bytes("h").expect("h").as_ptr(),
-        );
+        let (pw, ph) = (ck.bytes("w").expect("w").as_ptr(), ck.bytes("h").expect("h").as_ptr());
         assert_eq!(pw as usize % 8, 0);
         assert!(pw < ph);
         // No temp file is left behind.
-        let leftovers: Vec<_> = std::fs::read_dir(&dir)
-            .expect("ls")
-            .filter_map(|e| e.ok())
-            .collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).expect("ls").filter_map(|e| e.ok()).collect();
         assert_eq!(leftovers.len(), 1);
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -382,25 +306,12 @@ mod tests {
         let short = [("w".to_string(), DType::F32, vec![3], &a[..])];
         assert!(matches!(
             write_safetensors_atomic(&path, &short, &none),
-            Err(FormatError::SizeMismatch {
-                expected: 12,
-                actual: 8,
-                ..
-            })
+            Err(FormatError::SizeMismatch { expected: 12, actual: 8, .. })
         ));
-        let dup = [
-            ("w".to_string(), DType::F32, vec![2], &a[..]),
-            ("w".to_string(), DType::F32, vec![2], &a[..]),
-        ];
-        assert!(matches!(
-            write_safetensors_atomic(&path, &dup, &none),
-            Err(FormatError::DuplicateTensor { .. })
-        ));
+        let dup = [("w".to_string(), DType::F32, vec![2], &a[..]), ("w".to_string(), DType::F32, vec![2], &a[..])];
+        assert!(matches!(write_safetensors_atomic(&path, &dup, &none), Err(FormatError::DuplicateTensor { .. })));
         let q = [("q".to_string(), DType::Q8_0, vec![32], &[0u8; 34][..])];
-        assert!(matches!(
-            write_safetensors_atomic(&path, &q, &none),
-            Err(FormatError::UnsupportedDType { .. })
-        ));
+        assert!(matches!(write_safetensors_atomic(&path, &q, &none), Err(FormatError::UnsupportedDType { .. })));
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -410,12 +321,8 @@ mod tests {
         let dir = tmpdir("corrupt");
         let good = dir.join("good.safetensors");
         let a = f32_bytes(&[1.0, 2.0, 3.0, 4.0]);
-        write_safetensors_atomic(
-            &good,
-            &[("w".to_string(), DType::F32, vec![4], &a[..])],
-            &BTreeMap::new(),
-        )
-        .expect("write");
+        write_safetensors_atomic(&good, &[("w".to_string(), DType::F32, vec![4], &a[..])], &BTreeMap::new())
+            .expect("write");
         let bytes = std::fs::read(&good).expect("read");
 
         let cut = dir.join("cut.safetensors");
@@ -433,10 +340,7 @@ mod tests {
         long[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
         let longp = dir.join("long.safetensors");
         std::fs::write(&longp, &long).expect("write");
-        assert!(matches!(
-            Checkpoint::open(&longp),
-            Err(FormatError::Safetensors { .. })
-        ));
+        assert!(matches!(Checkpoint::open(&longp), Err(FormatError::Safetensors { .. })));
 
         // Offsets that disagree with dtype × shape.
         let text = String::from_utf8_lossy(&bytes).replace("[4]", "[5]");
@@ -449,10 +353,7 @@ mod tests {
         garbage[9] = b'!';
         let gp = dir.join("garbage.safetensors");
         std::fs::write(&gp, &garbage).expect("write");
-        assert!(matches!(
-            Checkpoint::open(&gp),
-            Err(FormatError::Safetensors { .. })
-        ));
+        assert!(matches!(Checkpoint::open(&gp), Err(FormatError::Safetensors { .. })));
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -462,40 +363,25 @@ mod tests {
         let a = f32_bytes(&[1.0, 2.0]);
         let b = f32_bytes(&[3.0]);
         let none = BTreeMap::new();
-        write_safetensors_atomic(
-            &dir.join("s1.safetensors"),
-            &[("a".into(), DType::F32, vec![2], &a[..])],
-            &none,
-        )
-        .expect("write");
-        write_safetensors_atomic(
-            &dir.join("s2.safetensors"),
-            &[("b".into(), DType::F32, vec![1], &b[..])],
-            &none,
-        )
-        .expect("write");
-        let index = dir.join("model.safetensors.index.json");
-        std::fs::write(&index, r#"{"metadata":{"total_size":12},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#)
+        write_safetensors_atomic(&dir.join("s1.safetensors"), &[("a".into(), DType::F32, vec![2], &a[..])], &none)
             .expect("write");
+        write_safetensors_atomic(&dir.join("s2.safetensors"), &[("b".into(), DType::F32, vec![1], &b[..])], &none)
+            .expect("write");
+        let index = dir.join("model.safetensors.index.json");
+        std::fs::write(
+            &index,
+            r#"{"metadata":{"total_size":12},"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}}"#,
+        )
+        .expect("write");
         let ck = Checkpoint::open(&dir).expect("open");
         assert_eq!(ck.format(), crate::Format::ShardedSafetensors);
         assert_eq!(ck.to_f32("a").expect("a"), vec![1.0, 2.0]);
         assert_eq!(ck.to_f32("b").expect("b"), vec![3.0]);
 
-        std::fs::write(
-            &index,
-            r#"{"weight_map":{"a":"s2.safetensors","b":"s2.safetensors"}}"#,
-        )
-        .expect("write");
-        assert!(matches!(
-            Checkpoint::open(&dir),
-            Err(FormatError::MissingTensor { .. })
-        ));
+        std::fs::write(&index, r#"{"weight_map":{"a":"s2.safetensors","b":"s2.safetensors"}}"#).expect("write");
+        assert!(matches!(Checkpoint::open(&dir), Err(FormatError::MissingTensor { .. })));
         std::fs::write(&index, r#"{"weight_map":{"a":"../s1.safetensors"}}"#).expect("write");
-        assert!(matches!(
-            Checkpoint::open(&dir),
-            Err(FormatError::Corrupt { .. })
-        ));
+        assert!(matches!(Checkpoint::open(&dir), Err(FormatError::Corrupt { .. })));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

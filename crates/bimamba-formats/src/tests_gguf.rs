@@ -69,17 +69,13 @@ impl G {
     }
     fn tensor(&mut self, name: &str, ne: &[u64], ty: u32, bytes: &[u8]) -> &mut Self {
         put_str(&mut self.infos, name);
-        self.infos
-            .extend_from_slice(&(ne.len() as u32).to_le_bytes());
-        ne.iter()
-            .for_each(|d| self.infos.extend_from_slice(&d.to_le_bytes()));
+        self.infos.extend_from_slice(&(ne.len() as u32).to_le_bytes());
+        ne.iter().for_each(|d| self.infos.extend_from_slice(&d.to_le_bytes()));
         self.infos.extend_from_slice(&ty.to_le_bytes());
-        self.infos
-            .extend_from_slice(&(self.data.len() as u64).to_le_bytes());
+        self.infos.extend_from_slice(&(self.data.len() as u64).to_le_bytes());
         self.data.extend_from_slice(bytes);
         self.data_end = self.data.len();
-        self.data
-            .resize(self.data.len().next_multiple_of(self.align), 0);
+        self.data.resize(self.data.len().next_multiple_of(self.align), 0);
         self.n_tensors += 1;
         self
     }
@@ -139,11 +135,7 @@ fn tiny(version: u32, align: Option<u32>) -> Vec<u8> {
     g.key_str("general.architecture", "llama")
         .key("llama.block_count", 4, &2u32.to_le_bytes())
         .key("llama.rope.freq_base", 6, &10000f32.to_le_bytes())
-        .key(
-            "llama.attention.layer_norm_rms_epsilon",
-            6,
-            &1e-5f32.to_le_bytes(),
-        )
+        .key("llama.attention.layer_norm_rms_epsilon", 6, &1e-5f32.to_le_bytes())
         .key("general.file_type", 5, &3i32.to_le_bytes())
         .key("tokenizer.ggml.add_bos_token", 7, &[1])
         .key("general.size", 10, &(1u64 << 40).to_le_bytes())
@@ -154,24 +146,15 @@ fn tiny(version: u32, align: Option<u32>) -> Vec<u8> {
             "tokenizer.ggml.scores",
             6,
             3,
-            &[0f32, -1.5, 2.0]
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<_>>(),
+            &[0f32, -1.5, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
         )
         .key_array(
             "tokenizer.ggml.token_type",
             5,
             3,
-            &[3i32, 1, 1]
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<_>>(),
+            &[3i32, 1, 1].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>(),
         );
-    let norm: Vec<u8> = [1.0f32, -2.0, 0.5, 3.0]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
+    let norm: Vec<u8> = [1.0f32, -2.0, 0.5, 3.0].iter().flat_map(|x| x.to_le_bytes()).collect();
     let f16s: Vec<u8> = (0..6).flat_map(|i| h(i as f32 - 2.5)).collect();
     let mut q4_0 = h(0.5).to_vec();
     q4_0.extend([0x8Fu8; 16]); // low nibble 15 -> 0.5 * 7, high nibble 8 -> 0
@@ -198,27 +181,13 @@ fn tiny_gguf_reads_and_dequantizes() {
         assert_eq!(shape("h"), Some((DType::F16, vec![2, 3])));
         assert_eq!(ck.bytes("w").expect("w"), &q4_1_blocks()[..]);
 
-        assert_eq!(
-            ck.to_f32("norm.weight").expect("norm"),
-            vec![1.0, -2.0, 0.5, 3.0]
-        );
-        assert_eq!(
-            ck.to_f32("h").expect("h"),
-            vec![-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]
-        );
+        assert_eq!(ck.to_f32("norm.weight").expect("norm"), vec![1.0, -2.0, 0.5, 3.0]);
+        assert_eq!(ck.to_f32("h").expect("h"), vec![-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]);
         let e = ck.to_f32("embd").expect("q8_0");
         assert_eq!((e[0], e[16], e[31]), (-4.0, 0.0, 3.75));
-        assert_eq!(
-            e,
-            (0..32)
-                .map(|i| 0.25 * (i as f32 - 16.0))
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(e, (0..32).map(|i| 0.25 * (i as f32 - 16.0)).collect::<Vec<_>>());
         let w = ck.to_f32("w").expect("q4_1");
-        assert_eq!(
-            (w[0], w[15], w[16], w[31], w[32], w[63]),
-            (-1.0, 6.5, 6.5, -1.0, 0.25, 30.25)
-        );
+        assert_eq!((w[0], w[15], w[16], w[31], w[32], w[63]), (-1.0, 6.5, 6.5, -1.0, 0.25, 30.25));
         for j in 0..16 {
             assert_eq!(w[j], 0.5 * j as f32 - 1.0);
             assert_eq!(w[16 + j], 0.5 * (15 - j) as f32 - 1.0);
@@ -228,21 +197,12 @@ fn tiny_gguf_reads_and_dequantizes() {
         assert_eq!((w0[0], w0[15], w0[16], w0[31]), (3.5, 3.5, 0.0, 0.0));
 
         let m = ck.gguf().expect("gguf metadata");
-        assert_eq!(
-            (m.version, m.alignment),
-            (version, align.map_or(32, u64::from))
-        );
+        assert_eq!((m.version, m.alignment), (version, align.map_or(32, u64::from)));
         assert_eq!(m.architecture(), Some("llama"));
-        assert_eq!(
-            m.arch_get("block_count").and_then(GgufValue::as_u64),
-            Some(2)
-        );
+        assert_eq!(m.arch_get("block_count").and_then(GgufValue::as_u64), Some(2));
         assert_eq!(m.get_u32("llama.block_count"), Some(2));
         assert_eq!(m.get_f32("llama.rope.freq_base"), Some(10000.0));
-        assert_eq!(
-            m.get_f32("llama.attention.layer_norm_rms_epsilon"),
-            Some(1e-5)
-        );
+        assert_eq!(m.get_f32("llama.attention.layer_norm_rms_epsilon"), Some(1e-5));
         assert_eq!(m.get("general.file_type"), Some(&GgufValue::I32(3)));
         assert_eq!(m.get_bool("tokenizer.ggml.add_bos_token"), Some(true));
         assert_eq!(m.get_u64("general.size"), Some(1 << 40));
@@ -252,25 +212,10 @@ fn tiny_gguf_reads_and_dequantizes() {
             m.get_str_array("tokenizer.ggml.tokens"),
             Some(&["<s>".to_string(), "hello".into(), "wörld".into()][..])
         );
-        assert_eq!(
-            m.get_str_array("tokenizer.ggml.merges")
-                .map(<[String]>::len),
-            Some(2)
-        );
-        assert_eq!(
-            m.get_f32_array("tokenizer.ggml.scores"),
-            Some(&[0.0, -1.5, 2.0][..])
-        );
-        assert_eq!(
-            m.get_i32_array("tokenizer.ggml.token_type"),
-            Some(&[3, 1, 1][..])
-        );
-        assert_eq!(
-            m.get("tokenizer.ggml.tokens")
-                .map(GgufValue::type_name)
-                .as_deref(),
-            Some("array[string]")
-        );
+        assert_eq!(m.get_str_array("tokenizer.ggml.merges").map(<[String]>::len), Some(2));
+        assert_eq!(m.get_f32_array("tokenizer.ggml.scores"), Some(&[0.0, -1.5, 2.0][..]));
+        assert_eq!(m.get_i32_array("tokenizer.ggml.token_type"), Some(&[3, 1, 1][..]));
+        assert_eq!(m.get("tokenizer.ggml.tokens").map(GgufValue::type_name).as_deref(), Some("array[string]"));
     }
 }
 
@@ -281,11 +226,7 @@ fn every_truncation_is_an_error_not_a_panic() {
     for cut in 0..full.len() {
         std::fs::write(&path, &full[..cut]).expect("write");
         match Checkpoint::open(&path) {
-            Err(
-                FormatError::Truncated { .. }
-                | FormatError::UnknownFormat { .. }
-                | FormatError::Gguf { .. },
-            ) => {}
+            Err(FormatError::Truncated { .. } | FormatError::UnknownFormat { .. } | FormatError::Gguf { .. }) => {}
             Err(e) => panic!("cut {cut}: unexpected error kind: {e}"),
             Ok(_) => panic!("cut {cut} of {} opened", full.len()),
         }
@@ -324,15 +265,9 @@ fn corrupt_headers_are_errors() {
         f
     };
     let e = open_bytes("v1", &with(4, &1u32.to_le_bytes())).expect_err("v1");
-    assert!(
-        matches!(&e, FormatError::Gguf { what, .. } if what.contains("version 1")),
-        "{e}"
-    );
+    assert!(matches!(&e, FormatError::Gguf { what, .. } if what.contains("version 1")), "{e}");
     let e = open_bytes("be", &with(4, &3u32.to_be_bytes())).expect_err("big-endian");
-    assert!(
-        matches!(&e, FormatError::Gguf { what, .. } if what.contains("big-endian")),
-        "{e}"
-    );
+    assert!(matches!(&e, FormatError::Gguf { what, .. } if what.contains("big-endian")), "{e}");
     // A kv count far beyond the file: runs out of bytes, no giant allocation.
     let e = open_bytes("kv", &with(16, &u64::MAX.to_le_bytes())).expect_err("kv count");
     assert!(matches!(e, FormatError::Truncated { .. }), "{e}");
@@ -352,40 +287,25 @@ fn corrupt_headers_are_errors() {
 
     let mut g = G::new(3, None);
     g.tensor("odd", &[16, 2], 8, &[0; 34]); // ne0 = 16 is not a whole Q8_0 block
-    assert!(matches!(
-        open_bytes("odd", &g.finish()),
-        Err(FormatError::Gguf { .. })
-    ));
+    assert!(matches!(open_bytes("odd", &g.finish()), Err(FormatError::Gguf { .. })));
 
     let mut g = G::new(3, Some(48));
     g.tensor("x", &[1], 0, &[0; 4]);
-    assert!(matches!(
-        open_bytes("align", &g.finish()),
-        Err(FormatError::Gguf { .. })
-    ));
+    assert!(matches!(open_bytes("align", &g.finish()), Err(FormatError::Gguf { .. })));
 
     // Data that runs past the end of the file.
     let mut g = G::new(3, None);
     g.tensor("x", &[64], 0, &[0; 32]);
     let e = open_bytes("past", &g.finish()).expect_err("past the end");
-    assert!(
-        matches!(&e, FormatError::Truncated { what, expected: 256, .. } if what.contains("`x`")),
-        "{e}"
-    );
+    assert!(matches!(&e, FormatError::Truncated { what, expected: 256, .. } if what.contains("`x`")), "{e}");
 
     // Bool byte other than 0/1; unknown value type.
     let mut g = G::new(3, None);
     g.key("b", 7, &[2]);
-    assert!(matches!(
-        open_bytes("bool", &g.finish()),
-        Err(FormatError::Gguf { .. })
-    ));
+    assert!(matches!(open_bytes("bool", &g.finish()), Err(FormatError::Gguf { .. })));
     let mut g = G::new(3, None);
     g.key("t", 99, &[0; 8]);
-    assert!(matches!(
-        open_bytes("ty", &g.finish()),
-        Err(FormatError::Gguf { .. })
-    ));
+    assert!(matches!(open_bytes("ty", &g.finish()), Err(FormatError::Gguf { .. })));
 }
 
 #[test]
@@ -397,10 +317,7 @@ fn nested_arrays() {
     g.key_array("nested", 9, 1, &inner);
     let ck = open_bytes("nested", &g.finish()).expect("open");
     let m = ck.gguf().expect("gguf");
-    assert_eq!(
-        m.get_array("nested"),
-        Some(&GgufArray::Array(vec![GgufArray::U32(vec![7, 9])]))
-    );
+    assert_eq!(m.get_array("nested"), Some(&GgufArray::Array(vec![GgufArray::U32(vec![7, 9])])));
     assert!(ck.tensors().is_empty());
 }
 
@@ -412,38 +329,20 @@ fn nested_arrays() {
 #[test]
 #[ignore = "needs the SmolLM2 GGUF: set BIMAMBA_SMOLLM2_GGUF"]
 fn real_smollm2_gguf() {
-    let path = std::env::var_os("BIMAMBA_SMOLLM2_GGUF")
-        .expect("set BIMAMBA_SMOLLM2_GGUF to the .gguf path");
+    let path = std::env::var_os("BIMAMBA_SMOLLM2_GGUF").expect("set BIMAMBA_SMOLLM2_GGUF to the .gguf path");
     let ck = Checkpoint::open(std::path::Path::new(&path)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ck.tensors().len(), 272);
     let m = ck.gguf().expect("gguf");
-    assert_eq!(
-        (m.version, m.alignment, m.architecture()),
-        (3, 32, Some("llama"))
-    );
+    assert_eq!((m.version, m.alignment, m.architecture()), (3, 32, Some("llama")));
     let u = |k: &str| m.arch_get(k).and_then(GgufValue::as_u64);
     assert_eq!(u("block_count"), Some(30));
     assert_eq!(u("embedding_length"), Some(576));
     assert_eq!(u("feed_forward_length"), Some(1536));
-    assert_eq!(
-        (u("attention.head_count"), u("attention.head_count_kv")),
-        (Some(9), Some(3))
-    );
+    assert_eq!((u("attention.head_count"), u("attention.head_count_kv")), (Some(9), Some(3)));
     assert_eq!(m.get_f32("llama.rope.freq_base"), Some(100000.0));
-    assert_eq!(
-        m.get_f32("llama.attention.layer_norm_rms_epsilon"),
-        Some(1e-5)
-    );
-    assert_eq!(
-        m.get_str_array("tokenizer.ggml.tokens")
-            .map(<[String]>::len),
-        Some(49152)
-    );
-    assert_eq!(
-        m.get_str_array("tokenizer.ggml.merges")
-            .map(<[String]>::len),
-        Some(48900)
-    );
+    assert_eq!(m.get_f32("llama.attention.layer_norm_rms_epsilon"), Some(1e-5));
+    assert_eq!(m.get_str_array("tokenizer.ggml.tokens").map(<[String]>::len), Some(49152));
+    assert_eq!(m.get_str_array("tokenizer.ggml.merges").map(<[String]>::len), Some(48900));
     assert_eq!(m.get_str("tokenizer.ggml.model"), Some("gpt2"));
     assert!(ck.info("output.weight").is_none(), "tied embeddings");
 
@@ -451,11 +350,7 @@ fn real_smollm2_gguf() {
         let t = ck.info(name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!((t.dtype, t.shape.as_slice()), (dtype, shape), "{name}");
         let v = ck.to_f32(name).unwrap_or_else(|e| panic!("{e}"));
-        v[..4]
-            .iter()
-            .chain(&v[v.len() - 2..])
-            .map(|x| x.to_bits())
-            .collect()
+        v[..4].iter().chain(&v[v.len() - 2..]).map(|x| x.to_bits()).collect()
     };
     assert_eq!(
         bits("token_embd.weight", DType::Q8_0, &[49152, 576]),
@@ -469,8 +364,5 @@ fn real_smollm2_gguf() {
         bits("output_norm.weight", DType::F32, &[576]),
         [0x3fe10000, 0x3fe90000, 0x3fe40000, 0x3fcd0000, 0x3ff60000, 0x3ffe0000]
     );
-    assert_eq!(
-        ck.info("blk.29.ffn_down.weight").map(|t| t.shape.clone()),
-        Some(vec![576, 1536])
-    );
+    assert_eq!(ck.info("blk.29.ffn_down.weight").map(|t| t.shape.clone()), Some(vec![576, 1536]));
 }

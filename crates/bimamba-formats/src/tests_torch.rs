@@ -116,46 +116,24 @@ impl P {
             self.global("torch._utils", "_rebuild_parameter");
         }
         self.global("torch._utils", "_rebuild_tensor_v2");
-        self.op(b'(')
-            .op(b'(')
-            .str("storage")
-            .global("torch", kind)
-            .str(key)
-            .str("cpu")
-            .int(numel)
-            .op(b't');
+        self.op(b'(').op(b'(').str("storage").global("torch", kind).str(key).str("cpu").int(numel).op(b't');
         self.op(b'Q');
         self.int(offset).tuple(size).tuple(stride).op(0x89);
         self.global("collections", "OrderedDict").op(b')').op(b'R');
         self.op(b't').op(b'R');
         if param {
-            self.op(0x88)
-                .global("collections", "OrderedDict")
-                .op(b')')
-                .op(b'R');
+            self.op(0x88).global("collections", "OrderedDict").op(b')').op(b'R');
             self.op(0x87).op(b'R');
         }
         self
     }
     fn begin_dict(&mut self) -> &mut Self {
-        self.op(0x80)
-            .op(2)
-            .global("collections", "OrderedDict")
-            .op(b')')
-            .op(b'R')
-            .put()
-            .op(b'(')
+        self.op(0x80).op(2).global("collections", "OrderedDict").op(b')').op(b'R').put().op(b'(')
     }
     /// SETITEMS, then the `_metadata` BUILD that a real state dict carries, then STOP.
     fn end_dict(&mut self) -> Vec<u8> {
         self.op(b'u');
-        self.op(b'}')
-            .str("_metadata")
-            .global("collections", "OrderedDict")
-            .op(b')')
-            .op(b'R')
-            .op(b's')
-            .op(b'b');
+        self.op(b'}').str("_metadata").global("collections", "OrderedDict").op(b')').op(b'R').op(b's').op(b'b');
         self.op(b'.');
         std::mem::take(&mut self.b)
     }
@@ -181,8 +159,7 @@ fn write_zip(path: &Path, pkl: &[u8], storages: &[(&str, Vec<u8>)]) {
     z.start_file("archive/byteorder", opt).expect("entry");
     z.write_all(b"little").expect("write");
     for (key, bytes) in storages {
-        z.start_file(format!("archive/data/{key}"), opt)
-            .expect("entry");
+        z.start_file(format!("archive/data/{key}"), opt).expect("entry");
         z.write_all(bytes).expect("write");
     }
     z.start_file("archive/version", opt).expect("entry");
@@ -195,28 +172,18 @@ fn write_zip(path: &Path, pkl: &[u8], storages: &[(&str, Vec<u8>)]) {
 fn reference_pickle() -> Vec<u8> {
     let mut p = P::default();
     p.begin_dict();
-    p.str("w")
-        .tensor("FloatStorage", "0", 6, 0, &[2, 3], &[3, 1], false);
-    p.str("tail")
-        .tensor("FloatStorage", "0", 6, 3, &[3], &[1], false);
-    p.str("wt")
-        .tensor("FloatStorage", "0", 6, 0, &[3, 2], &[1, 3], false);
-    p.str("h")
-        .tensor("HalfStorage", "1", 2, 0, &[2], &[1], true);
+    p.str("w").tensor("FloatStorage", "0", 6, 0, &[2, 3], &[3, 1], false);
+    p.str("tail").tensor("FloatStorage", "0", 6, 3, &[3], &[1], false);
+    p.str("wt").tensor("FloatStorage", "0", 6, 0, &[3, 2], &[1, 3], false);
+    p.str("h").tensor("HalfStorage", "1", 2, 0, &[2], &[1], true);
     p.str("n").tensor("LongStorage", "2", 1, 0, &[], &[], false);
     p.end_dict()
 }
 
 fn reference_storages() -> Vec<(&'static str, Vec<u8>)> {
-    let h: Vec<u8> = [half::f16::from_f32(0.5), half::f16::from_f32(-2.0)]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    vec![
-        ("0", f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])),
-        ("1", h),
-        ("2", 1234567890123i64.to_le_bytes().to_vec()),
-    ]
+    let h: Vec<u8> =
+        [half::f16::from_f32(0.5), half::f16::from_f32(-2.0)].iter().flat_map(|x| x.to_le_bytes()).collect();
+    vec![("0", f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])), ("1", h), ("2", 1234567890123i64.to_le_bytes().to_vec())]
 }
 
 #[test]
@@ -228,32 +195,17 @@ fn reads_a_torch_style_archive() {
     assert_eq!(ck.format(), Format::PyTorch);
     let names: Vec<&str> = ck.tensors().iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["h", "n", "tail", "w", "wt"]);
-    assert_eq!(
-        ck.info("w").map(|t| (t.dtype, t.shape.clone())),
-        Some((DType::F32, vec![2, 3]))
-    );
-    assert_eq!(
-        ck.to_f32("w").expect("w"),
-        vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    );
+    assert_eq!(ck.info("w").map(|t| (t.dtype, t.shape.clone())), Some((DType::F32, vec![2, 3])));
+    assert_eq!(ck.to_f32("w").expect("w"), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     assert_eq!(ck.to_f32("tail").expect("tail"), vec![4.0, 5.0, 6.0]);
-    assert_eq!(
-        ck.to_f32("wt").expect("wt"),
-        vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
-    );
+    assert_eq!(ck.to_f32("wt").expect("wt"), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     assert_eq!(ck.to_f32("h").expect("h"), vec![0.5, -2.0]);
-    assert_eq!(
-        ck.info("n").map(|t| (t.dtype, t.shape.clone())),
-        Some((DType::I64, vec![]))
-    );
+    assert_eq!(ck.info("n").map(|t| (t.dtype, t.shape.clone())), Some((DType::I64, vec![])));
     assert_eq!(ck.bytes("n").expect("n"), &1234567890123i64.to_le_bytes());
     // Shared storage: `tail` is a zero-copy view 3 floats into `w`'s bytes.
     let (w, tail) = (ck.bytes("w").expect("w"), ck.bytes("tail").expect("tail"));
     assert_eq!(w.as_ptr().wrapping_add(12), tail.as_ptr());
-    assert_eq!(
-        ck.file_bytes(),
-        std::fs::metadata(&path).expect("stat").len()
-    );
+    assert_eq!(ck.file_bytes(), std::fs::metadata(&path).expect("stat").len());
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -265,17 +217,13 @@ fn nested_state_dict_under_model() {
     p.op(0x80).op(2).op(b'}').op(b'(');
     p.str("epoch").int(3);
     p.str("model").op(b'}').op(b'(');
-    p.str("w")
-        .tensor("FloatStorage", "0", 6, 0, &[6], &[1], false);
+    p.str("w").tensor("FloatStorage", "0", 6, 0, &[6], &[1], false);
     p.op(b'u');
     p.op(b'u').op(b'.');
     write_zip(&path, &p.b, &reference_storages());
     let ck = Checkpoint::open(&path).expect("open");
     assert_eq!(ck.tensors().len(), 1);
-    assert_eq!(
-        ck.to_f32("w").expect("w"),
-        vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    );
+    assert_eq!(ck.to_f32("w").expect("w"), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -284,10 +232,7 @@ fn open_with_pickle(tag: &str, pkl: &[u8], storages: &[(&str, Vec<u8>)]) -> Form
     let path = dir.join("model.pt");
     write_zip(&path, pkl, storages);
     let e = Checkpoint::open(&path).expect_err("must be refused");
-    assert!(
-        e.to_string().contains("model.pt"),
-        "error names the file: {e}"
-    );
+    assert!(e.to_string().contains("model.pt"), "error names the file: {e}");
     std::fs::remove_dir_all(&dir).ok();
     e
 }
@@ -296,48 +241,20 @@ fn open_with_pickle(tag: &str, pkl: &[u8], storages: &[(&str, Vec<u8>)]) -> Form
 fn malicious_global_is_refused() {
     // The classic payload: os.system("echo pwned") via GLOBAL + REDUCE.
     let mut p = P::default();
-    p.op(0x80)
-        .op(2)
-        .global("os", "system")
-        .str("echo pwned")
-        .op(0x85)
-        .op(b'R')
-        .op(b'.');
+    p.op(0x80).op(2).global("os", "system").str("echo pwned").op(0x85).op(b'R').op(b'.');
     let e = open_with_pickle("evil", &p.b, &[]);
-    assert!(
-        matches!(&e, FormatError::UnsafePickle { what, .. } if what.contains("os.system")),
-        "{e}"
-    );
+    assert!(matches!(&e, FormatError::UnsafePickle { what, .. } if what.contains("os.system")), "{e}");
 
     // The same through STACK_GLOBAL (protocol 4).
     let mut p = P::default();
-    p.op(0x80)
-        .op(4)
-        .str("builtins")
-        .str("eval")
-        .op(0x93)
-        .str("1")
-        .op(0x85)
-        .op(b'R')
-        .op(b'.');
+    p.op(0x80).op(4).str("builtins").str("eval").op(0x93).str("1").op(0x85).op(b'R').op(b'.');
     let e = open_with_pickle("evil4", &p.b, &[]);
-    assert!(
-        matches!(&e, FormatError::UnsafePickle { what, .. } if what.contains("builtins.eval")),
-        "{e}"
-    );
+    assert!(matches!(&e, FormatError::UnsafePickle { what, .. } if what.contains("builtins.eval")), "{e}");
 
     // An allowed class may still not be called.
     let mut p = P::default();
-    p.op(0x80)
-        .op(2)
-        .global("torch", "FloatStorage")
-        .op(b')')
-        .op(b'R')
-        .op(b'.');
-    assert!(matches!(
-        open_with_pickle("call", &p.b, &[]),
-        FormatError::UnsafePickle { .. }
-    ));
+    p.op(0x80).op(2).global("torch", "FloatStorage").op(b')').op(b'R').op(b'.');
+    assert!(matches!(open_with_pickle("call", &p.b, &[]), FormatError::UnsafePickle { .. }));
 }
 
 #[test]
@@ -347,10 +264,7 @@ fn unknown_opcode_is_refused() {
         let mut p = P::default();
         p.op(0x80).op(2).op(b'}').op(op).op(b'.');
         let e = open_with_pickle(&format!("op{i}"), &p.b, &[]);
-        assert!(
-            matches!(&e, FormatError::UnsafePickle { what, .. } if what.contains("opcode")),
-            "{e}"
-        );
+        assert!(matches!(&e, FormatError::UnsafePickle { what, .. } if what.contains("opcode")), "{e}");
     }
 }
 
@@ -372,14 +286,7 @@ fn malformed_pickles_are_errors() {
         deep.op(0x85);
     }
     deep.op(b'.');
-    for (i, pkl) in [
-        vec![0x80, 2, b'R', b'.'],
-        vec![0x80, 2, b'h', 7, b'.'],
-        deep.b,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, pkl) in [vec![0x80, 2, b'R', b'.'], vec![0x80, 2, b'h', 7, b'.'], deep.b].into_iter().enumerate() {
         let e = open_with_pickle(&format!("mal{i}"), &pkl, &[]);
         assert!(matches!(e, FormatError::Pickle { .. }), "{e}");
     }
@@ -392,51 +299,22 @@ fn malformed_pickles_are_errors() {
 fn storage_shorter_than_tensor() {
     // The entry holds 2 floats but the persistent id claims 6.
     let mut p = P::default();
-    p.begin_dict()
-        .str("w")
-        .tensor("FloatStorage", "0", 6, 0, &[6], &[1], false);
+    p.begin_dict().str("w").tensor("FloatStorage", "0", 6, 0, &[6], &[1], false);
     let e = open_with_pickle("short", &p.end_dict(), &[("0", f32s(&[1.0, 2.0]))]);
-    assert!(
-        matches!(
-            e,
-            FormatError::StorageTooSmall {
-                expected: 24,
-                actual: 8,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, FormatError::StorageTooSmall { expected: 24, actual: 8, .. }), "{e}");
     assert!(e.to_string().contains("`w`"), "{e}");
 
     // The view (offset 4, 4 elements) runs past a 6-element storage.
     let mut p = P::default();
-    p.begin_dict()
-        .str("w")
-        .tensor("FloatStorage", "0", 6, 4, &[4], &[1], false);
+    p.begin_dict().str("w").tensor("FloatStorage", "0", 6, 4, &[4], &[1], false);
     let e = open_with_pickle("extent", &p.end_dict(), &[("0", f32s(&[0.0; 6]))]);
-    assert!(
-        matches!(
-            e,
-            FormatError::StorageTooSmall {
-                expected: 32,
-                actual: 24,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, FormatError::StorageTooSmall { expected: 32, actual: 24, .. }), "{e}");
 
     // A storage entry that does not exist.
     let mut p = P::default();
-    p.begin_dict()
-        .str("w")
-        .tensor("FloatStorage", "9", 1, 0, &[1], &[1], false);
+    p.begin_dict().str("w").tensor("FloatStorage", "9", 1, 0, &[1], &[1], false);
     let e = open_with_pickle("missing", &p.end_dict(), &[("0", f32s(&[0.0]))]);
-    assert!(
-        matches!(&e, FormatError::Zip { what, .. } if what.contains("archive/data/9")),
-        "{e}"
-    );
+    assert!(matches!(&e, FormatError::Zip { what, .. } if what.contains("archive/data/9")), "{e}");
 }
 
 #[test]
@@ -450,10 +328,7 @@ fn broken_archives() {
     for cut in [10, bytes.len() / 2, bytes.len() - 10] {
         std::fs::write(&path, &bytes[..cut]).expect("write");
         let e = Checkpoint::open(&path).expect_err("truncated zip");
-        assert!(
-            matches!(e, FormatError::Zip { .. } | FormatError::Truncated { .. }),
-            "cut {cut}: {e}"
-        );
+        assert!(matches!(e, FormatError::Zip { .. } | FormatError::Truncated { .. }), "cut {cut}: {e}");
     }
 
     // Mark every entry as deflated (method 8) in the local and central headers.
@@ -467,10 +342,7 @@ fn broken_archives() {
     }
     std::fs::write(&path, &deflated).expect("write");
     let e = Checkpoint::open(&path).expect_err("compressed");
-    assert!(
-        matches!(&e, FormatError::CompressedEntry { entry, .. } if entry.starts_with("archive/")),
-        "{e}"
-    );
+    assert!(matches!(&e, FormatError::CompressedEntry { entry, .. } if entry.starts_with("archive/")), "{e}");
 
     // A zip that is not a torch archive.
     let f = std::fs::File::create(&path).expect("create");
@@ -479,10 +351,7 @@ fn broken_archives() {
     z.start_file("readme.txt", opt).expect("entry");
     z.write_all(b"hello").expect("write");
     z.finish().expect("finish");
-    assert!(matches!(
-        Checkpoint::open(&path),
-        Err(FormatError::Zip { .. })
-    ));
+    assert!(matches!(Checkpoint::open(&path), Err(FormatError::Zip { .. })));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -504,16 +373,7 @@ fn mutations_never_panic() {
     // Mutating data.pkl: build each archive in memory from the mutated pickle.
     let mut outcomes = [0usize; 2];
     for i in 0..pkl.len() {
-        for v in [
-            0x00,
-            0xFF,
-            pkl[i] ^ 0x01,
-            pkl[i].wrapping_add(1),
-            b'(',
-            b'.',
-            b'R',
-            b'b',
-        ] {
+        for v in [0x00, 0xFF, pkl[i] ^ 0x01, pkl[i].wrapping_add(1), b'(', b'.', b'R', b'b'] {
             let mut m = pkl.clone();
             m[i] = v;
             let ok = crate::pickle::unpickle(&m).is_ok();
@@ -537,9 +397,7 @@ fn mutations_never_panic() {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(name)
 }
 
 /// The state-spaces tensor list of fixtures/README.md (d_model 64, 2 layers, d_inner 128, 8 heads,
@@ -577,17 +435,11 @@ fn expected_shapes(bimamba_row: bool) -> Vec<(String, Vec<usize>)> {
 fn check_real_fixture(dir: &str, dtype: DType, bimamba_row: bool) -> Checkpoint {
     let ck = Checkpoint::open(&fixture(dir)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ck.format(), Format::PyTorch);
-    let got: Vec<(String, Vec<usize>)> = ck
-        .tensors()
-        .iter()
-        .map(|t| (t.name.clone(), t.shape.clone()))
-        .collect();
+    let got: Vec<(String, Vec<usize>)> = ck.tensors().iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
     assert_eq!(got, expected_shapes(bimamba_row));
     assert!(ck.tensors().iter().all(|t| t.dtype == dtype));
     // Tied: lm_head.weight views the embedding's storage, zero-copy.
-    let emb = ck
-        .bytes("backbone.embedding.weight")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let emb = ck.bytes("backbone.embedding.weight").unwrap_or_else(|e| panic!("{e}"));
     let head = ck.bytes("lm_head.weight").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(emb.as_ptr(), head.as_ptr());
     // Value ranges from the documented draws: A_log = log U[1, 16], norms 1 ± U(0.1),
@@ -595,15 +447,9 @@ fn check_real_fixture(dir: &str, dtype: DType, bimamba_row: bool) -> Checkpoint 
     let get = |n: &str| ck.to_f32(n).unwrap_or_else(|e| panic!("{e}"));
     for i in 0..2 {
         let a = get(&format!("backbone.layers.{i}.mixer.A_log"));
-        assert!(
-            a.iter().all(|&x| (-1e-3..=16f32.ln() + 1e-3).contains(&x)),
-            "A_log {a:?}"
-        );
+        assert!(a.iter().all(|&x| (-1e-3..=16f32.ln() + 1e-3).contains(&x)), "A_log {a:?}");
         let n = get(&format!("backbone.layers.{i}.norm.weight"));
-        assert!(
-            n.iter().all(|&x| (0.899..=1.101).contains(&x)),
-            "norm {n:?}"
-        );
+        assert!(n.iter().all(|&x| (0.899..=1.101).contains(&x)), "norm {n:?}");
     }
     let e = get("backbone.embedding.weight");
     let std = (e.iter().map(|x| x * x).sum::<f32>() / e.len() as f32).sqrt();
@@ -623,30 +469,12 @@ fn real_torch_save_bimamba_row_f16() {
         for proj in ["in_proj", "out_proj"] {
             let name = format!("backbone.layers.{i}.mixer.{proj}");
             // Each binarized latent matrix has exactly 3 entries +0.0 and 2 entries -0.0.
-            let w = ck
-                .bytes(&format!("{name}.weight"))
-                .unwrap_or_else(|e| panic!("{e}"));
-            let bits: Vec<u16> = w
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .collect();
-            assert_eq!(
-                bits.iter().filter(|&&b| b == 0x0000).count(),
-                3,
-                "{name}: +0.0 count"
-            );
-            assert_eq!(
-                bits.iter().filter(|&&b| b == 0x8000).count(),
-                2,
-                "{name}: -0.0 count"
-            );
-            let alpha = ck
-                .to_f32(&format!("{name}.wscale"))
-                .unwrap_or_else(|e| panic!("{e}"));
-            assert!(
-                alpha.iter().all(|&a| a > 0.0),
-                "{name}.wscale must be positive"
-            );
+            let w = ck.bytes(&format!("{name}.weight")).unwrap_or_else(|e| panic!("{e}"));
+            let bits: Vec<u16> = w.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+            assert_eq!(bits.iter().filter(|&&b| b == 0x0000).count(), 3, "{name}: +0.0 count");
+            assert_eq!(bits.iter().filter(|&&b| b == 0x8000).count(), 2, "{name}: -0.0 count");
+            let alpha = ck.to_f32(&format!("{name}.wscale")).unwrap_or_else(|e| panic!("{e}"));
+            assert!(alpha.iter().all(|&a| a > 0.0), "{name}.wscale must be positive");
         }
     }
 }

@@ -35,10 +35,7 @@ struct Archive<'a> {
 
 impl<'a> Archive<'a> {
     fn open(file: &'a std::path::Path, buf: &'a [u8]) -> Result<Self, FormatError> {
-        let zip_err = |e: zip::result::ZipError| FormatError::Zip {
-            file: file.to_path_buf(),
-            what: e.to_string(),
-        };
+        let zip_err = |e: zip::result::ZipError| FormatError::Zip { file: file.to_path_buf(), what: e.to_string() };
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(buf)).map_err(zip_err)?;
         let mut entries = HashMap::new();
         for i in 0..zip.len() {
@@ -60,30 +57,20 @@ impl<'a> Archive<'a> {
     /// Byte range of a stored (uncompressed) entry, checked against the file.
     fn range(&self, name: &str) -> Result<(usize, usize), FormatError> {
         let file = self.file.to_path_buf();
-        let e = self.entries.get(name).ok_or_else(|| FormatError::Zip {
-            file: file.clone(),
-            what: format!("entry `{name}` is missing"),
-        })?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| FormatError::Zip { file: file.clone(), what: format!("entry `{name}` is missing") })?;
         if e.encrypted {
-            return Err(FormatError::Zip {
-                file,
-                what: format!("entry `{name}` is encrypted"),
-            });
+            return Err(FormatError::Zip { file, what: format!("entry `{name}` is encrypted") });
         }
         if e.method != CompressionMethod::Stored {
-            return Err(FormatError::CompressedEntry {
-                file,
-                entry: name.into(),
-                method: e.method.to_string(),
-            });
+            return Err(FormatError::CompressedEntry { file, entry: name.into(), method: e.method.to_string() });
         }
         if e.size != e.compressed {
             return Err(FormatError::Zip {
                 file,
-                what: format!(
-                    "stored entry `{name}`: size {} differs from compressed size {}",
-                    e.size, e.compressed
-                ),
+                what: format!("stored entry `{name}`: size {} differs from compressed size {}", e.size, e.compressed),
             });
         }
         let start = e.start.ok_or_else(|| FormatError::Zip {
@@ -125,10 +112,7 @@ impl<'a> Archive<'a> {
             }),
             _ => Err(FormatError::Zip {
                 file: self.file.to_path_buf(),
-                what: format!(
-                    "several data.pkl entries ({}): ambiguous",
-                    found.join("data.pkl, ")
-                ),
+                what: format!("several data.pkl entries ({}): ambiguous", found.join("data.pkl, ")),
             }),
         }
     }
@@ -136,15 +120,10 @@ impl<'a> Archive<'a> {
 
 fn pickle_error(file: &std::path::Path, e: PickleError) -> FormatError {
     match e {
-        PickleError::Malformed { offset, what } => FormatError::Pickle {
-            file: file.to_path_buf(),
-            offset,
-            what,
-        },
-        PickleError::Unsafe { offset, what } => FormatError::UnsafePickle {
-            file: file.to_path_buf(),
-            what: format!("{what} (data.pkl byte {offset})"),
-        },
+        PickleError::Malformed { offset, what } => FormatError::Pickle { file: file.to_path_buf(), offset, what },
+        PickleError::Unsafe { offset, what } => {
+            FormatError::UnsafePickle { file: file.to_path_buf(), what: format!("{what} (data.pkl byte {offset})") }
+        }
     }
 }
 
@@ -155,25 +134,15 @@ fn has_tensor(m: &Map) -> bool {
 /// The state dict: the top-level dict, or the dict under "state_dict"/"model" when the top level
 /// holds no tensors itself (a training checkpoint). Non-tensor values (step counters, config
 /// strings) are skipped; later duplicates of a key win, as in Python.
-fn state_dict(
-    file: &std::path::Path,
-    top: &Value,
-) -> Result<BTreeMap<String, Rc<TensorRef>>, FormatError> {
-    let corrupt = |what: String| FormatError::Corrupt {
-        file: file.to_path_buf(),
-        what,
-    };
+fn state_dict(file: &std::path::Path, top: &Value) -> Result<BTreeMap<String, Rc<TensorRef>>, FormatError> {
+    let corrupt = |what: String| FormatError::Corrupt { file: file.to_path_buf(), what };
     let Value::Dict(top) = top else {
         return Err(corrupt("data.pkl does not hold a dict of tensors".into()));
     };
     let mut dict: &Map = top;
     if !has_tensor(top) {
         for key in ["state_dict", "model"] {
-            let nested = top
-                .items
-                .iter()
-                .rev()
-                .find(|(k, _)| matches!(k, Value::Str(s) if &**s == key));
+            let nested = top.items.iter().rev().find(|(k, _)| matches!(k, Value::Str(s) if &**s == key));
             if let Some((_, Value::Dict(inner))) = nested {
                 if has_tensor(inner) {
                     dict = inner;
@@ -187,19 +156,13 @@ fn state_dict(
         if let Value::Tensor(t) = v {
             let name = match k {
                 Value::Str(s) => s.to_string(),
-                _ => {
-                    return Err(corrupt(
-                        "a tensor is stored under a key that is not a string".into(),
-                    ))
-                }
+                _ => return Err(corrupt("a tensor is stored under a key that is not a string".into())),
             };
             out.insert(name, t.clone());
         }
     }
     if out.is_empty() {
-        return Err(corrupt(
-            "no tensors in the state dict (nor under \"state_dict\"/\"model\")".into(),
-        ));
+        return Err(corrupt("no tensors in the state dict (nor under \"state_dict\"/\"model\")".into()));
     }
     Ok(out)
 }
@@ -217,14 +180,7 @@ fn is_contiguous(size: &[u64], stride: &[u64]) -> bool {
 }
 
 /// Copies a strided view into row-major order, `es` bytes per element.
-fn gather(
-    storage: &[u8],
-    es: usize,
-    offset: u64,
-    size: &[u64],
-    stride: &[u64],
-    numel: usize,
-) -> Option<Vec<u8>> {
+fn gather(storage: &[u8], es: usize, offset: u64, size: &[u64], stride: &[u64], numel: usize) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     out.try_reserve_exact(numel.checked_mul(es)?).ok()?;
     let mut idx = vec![0u64; size.len()];
@@ -251,11 +207,7 @@ fn tensor_entry(
     name: String,
     t: &TensorRef,
 ) -> Result<Entry, FormatError> {
-    let bad = |what: String| FormatError::BadTensor {
-        file: file.to_path_buf(),
-        tensor: name.clone(),
-        what,
-    };
+    let bad = |what: String| FormatError::BadTensor { file: file.to_path_buf(), tensor: name.clone(), what };
     let storage_name = format!("{prefix}data/{}", t.storage.key);
     let (start, len) = archive.range(&storage_name)?;
     let dtype = t.storage.dtype;
@@ -282,43 +234,20 @@ fn tensor_entry(
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| bad(format!("size {:?} overflows", t.size)))?;
-    let info = TensorInfo {
-        name: name.clone(),
-        dtype,
-        shape,
-    };
+    let info = TensorInfo { name: name.clone(), dtype, shape };
     if numel == 0 {
-        return Ok(Entry {
-            info,
-            data: Data::Mapped {
-                file: 0,
-                start,
-                len: 0,
-            },
-        });
+        return Ok(Entry { info, data: Data::Mapped { file: 0, start, len: 0 } });
     }
     // Last element touched: offset + Σ (size_i − 1)·stride_i; it must lie inside the storage.
-    let last = t
-        .size
-        .iter()
-        .zip(&t.stride)
-        .try_fold(t.offset, |acc, (&n, &s)| {
-            (n - 1).checked_mul(s)?.checked_add(acc)
-        });
+    let last =
+        t.size.iter().zip(&t.stride).try_fold(t.offset, |acc, (&n, &s)| (n - 1).checked_mul(s)?.checked_add(acc));
     let extent = last.and_then(|l| l.checked_add(1));
     if extent.is_none_or(|e| e > storage_numel) {
-        return Err(too_small(
-            extent.and_then(|e| e.checked_mul(es as u64)),
-            storage_numel * es as u64,
-        ));
+        return Err(too_small(extent.and_then(|e| e.checked_mul(es as u64)), storage_numel * es as u64));
     }
     let data = if is_contiguous(&t.size, &t.stride) {
         // offset + numel <= extent <= storage_numel, so these fit in the entry
-        Data::Mapped {
-            file: 0,
-            start: start + t.offset as usize * es,
-            len: numel * es,
-        }
+        Data::Mapped { file: 0, start: start + t.offset as usize * es, len: numel * es }
     } else {
         // A non-overlapping view cannot have more elements than its storage; refusing overlap also
         // bounds the copy by the file size.
@@ -329,12 +258,8 @@ fn tensor_entry(
             )));
         }
         let storage = &archive.buf[start..start + len];
-        let copy = gather(storage, es, t.offset, &t.size, &t.stride, numel).ok_or_else(|| {
-            bad(format!(
-                "cannot copy the strided view {:?}/{:?}",
-                t.size, t.stride
-            ))
-        })?;
+        let copy = gather(storage, es, t.offset, &t.size, &t.stride, numel)
+            .ok_or_else(|| bad(format!("cannot copy the strided view {:?}/{:?}", t.size, t.stride)))?;
         Data::Owned(copy)
     };
     Ok(Entry { info, data })
@@ -350,10 +275,7 @@ pub(crate) fn entries(file: &std::path::Path, buf: &[u8]) -> Result<Vec<Entry>, 
         if order != b"little" {
             return Err(FormatError::Corrupt {
                 file: file.to_path_buf(),
-                what: format!(
-                    "byteorder is {:?}, only \"little\" is supported",
-                    String::from_utf8_lossy(order)
-                ),
+                what: format!("byteorder is {:?}, only \"little\" is supported", String::from_utf8_lossy(order)),
             });
         }
     }
@@ -369,12 +291,7 @@ pub(crate) fn entries(file: &std::path::Path, buf: &[u8]) -> Result<Vec<Entry>, 
 
 pub(crate) fn load(mapped: MappedFile) -> Result<Loaded, FormatError> {
     let entries = entries(&mapped.path, &mapped.map)?;
-    Ok(Loaded {
-        files: vec![mapped],
-        entries,
-        metadata: BTreeMap::new(),
-        gguf: None,
-    })
+    Ok(Loaded { files: vec![mapped], entries, metadata: BTreeMap::new(), gguf: None })
 }
 
 #[cfg(test)]
@@ -395,9 +312,6 @@ mod tests {
         let s = [0u8, 1, 2, 3, 4, 5];
         let out = gather(&s, 1, 0, &[3, 2], &[1, 3], 6).expect("in bounds");
         assert_eq!(out, vec![0, 3, 1, 4, 2, 5]);
-        assert!(
-            gather(&s, 1, 1, &[3, 2], &[1, 3], 6).is_none(),
-            "reads past the storage"
-        );
+        assert!(gather(&s, 1, 1, &[3, 2], &[1, 3], 6).is_none(), "reads past the storage");
     }
 }

@@ -148,13 +148,24 @@ fn time_case(case: &Case, x: &[f32], t: usize, budget: Duration) -> Timing {
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let isa = selected_isa();
-    let bw: Vec<f64> = THREADS.iter().map(|&n| if bench_mode { measure_read_bandwidth_gbs(BANDWIDTH_BYTES, n) } else { 0.0 }).collect();
+    let bw: Vec<f64> = THREADS
+        .iter()
+        .map(|&n| if bench_mode { measure_read_bandwidth_gbs(BANDWIDTH_BYTES, n) } else { 0.0 })
+        .collect();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("cpu: {cpu} ({} logical) | load average at start: {}", std::thread::available_parallelism().map_or(0, |n| n.get()), load.trim());
+    println!(
+        "cpu: {cpu} ({} logical) | load average at start: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.trim()
+    );
     println!("isa: {} | read bandwidth (512 MiB): {}", isa.name(), {
         let parts: Vec<String> = THREADS.iter().zip(&bw).map(|(n, g)| format!("{n} thr {g:.1} GB/s")).collect();
         parts.join(", ")

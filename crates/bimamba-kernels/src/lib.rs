@@ -81,13 +81,24 @@ fn binary_prep(isa: Isa, x: &[f32], cols: usize, t: usize) -> BinaryPrep {
 /// One ISA's binary kernel over `range` of output rows, `prep` from [`binary_prep`]. An ISA the
 /// CPU does not support runs the scalar kernel.
 #[allow(clippy::too_many_arguments)]
-fn binary_range(isa: Isa, bits: &[u8], cols: usize, x: &[f32], t: usize, prep: &BinaryPrep, range: Range<usize>, y: &mut [f32]) {
+fn binary_range(
+    isa: Isa,
+    bits: &[u8],
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    prep: &BinaryPrep,
+    range: Range<usize>,
+    y: &mut [f32],
+) {
     let _ = prep;
     match isa {
         // SAFETY (all arms): each per-ISA kernel requires exactly what `is_supported` checks;
         // `prep` was built for this isa, x, cols and t.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if isa.is_supported() => unsafe { x86::avx512_lut::binary_rows(bits, cols, t, &prep.tables, range, y) },
+        Isa::Avx512 if isa.is_supported() => unsafe {
+            x86::avx512_lut::binary_rows(bits, cols, t, &prep.tables, range, y)
+        },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_supported() => unsafe { x86::avx2_lut::binary_rows(bits, cols, t, &prep.tables, range, y) },
         #[cfg(target_arch = "aarch64")]
@@ -111,7 +122,15 @@ pub trait SimdElem: DenseElem {
 macro_rules! impl_simd_elem {
     ($ty:ty, $kernel:ident) => {
         impl SimdElem for $ty {
-            fn dense_rows_isa(isa: Isa, w: &[Self], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
+            fn dense_rows_isa(
+                isa: Isa,
+                w: &[Self],
+                cols: usize,
+                x: &[f32],
+                t: usize,
+                range: Range<usize>,
+                y: &mut [f32],
+            ) {
                 match isa {
                     // SAFETY (all arms): each per-ISA kernel requires exactly what
                     // `is_supported` checks.

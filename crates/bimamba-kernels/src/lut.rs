@@ -77,7 +77,11 @@ mod tests {
                     let want: f32 = (0..4)
                         .map(|b| {
                             let v = x[k * cols..(k + 1) * cols].get(4 * g + b).copied().unwrap_or(0.0);
-                            if (n >> b) & 1 == 1 { v } else { -v }
+                            if (n >> b) & 1 == 1 {
+                                v
+                            } else {
+                                -v
+                            }
                         })
                         .sum();
                     assert_eq!(tab[(k * groups(cols) + g) * 16 + n], want, "k={k} g={g} n={n}");

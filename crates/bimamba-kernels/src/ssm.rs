@@ -74,7 +74,15 @@ unsafe fn head_step_avx2(s: &mut [f32], x: &[f32], b: &[f32], c: &[f32], dt: f32
 /// - `s`: [P, N]; `x`, `y`: [P]; `b`, `c`: [N]
 pub fn head_step_with(isa: Isa, s: &mut [f32], x: &[f32], b: &[f32], c: &[f32], dt: f32, decay: f32, y: &mut [f32]) {
     let (p, n) = (x.len(), b.len());
-    assert!(s.len() == p * n && c.len() == n && y.len() == p, "ssm head_step: s {} x {} b {} c {} y {}", s.len(), p, n, c.len(), y.len());
+    assert!(
+        s.len() == p * n && c.len() == n && y.len() == p,
+        "ssm head_step: s {} x {} b {} c {} y {}",
+        s.len(),
+        p,
+        n,
+        c.len(),
+        y.len()
+    );
     match isa {
         Isa::Scalar => head_step_scalar(s, x, b, c, dt, decay, y),
         // SAFETY: the ISA was checked to be supported by this CPU when it was selected.
@@ -123,7 +131,12 @@ mod tests {
                 assert_eq!(s, s_ref, "{isa:?} p{p} n{n}: state");
                 for k in 0..p {
                     let mag: f32 = (0..n).map(|j| (s_ref[k * n + j] * c[j]).abs()).sum();
-                    assert!((y[k] - y_ref[k]).abs() <= 1e-5 * mag.max(1e-6), "{isa:?} p{p} n{n}: {} vs {}", y[k], y_ref[k]);
+                    assert!(
+                        (y[k] - y_ref[k]).abs() <= 1e-5 * mag.max(1e-6),
+                        "{isa:?} p{p} n{n}: {} vs {}",
+                        y[k],
+                        y_ref[k]
+                    );
                 }
             }
         }

@@ -45,7 +45,11 @@ fn shapes(rng: &mut Rng) -> Vec<(usize, usize, usize)> {
 fn check(isa: Isa, what: &str, shape: (usize, usize, usize), got: &[f32], want: &[f32], bound: &[f64]) {
     for (idx, ((g, w), b)) in got.iter().zip(want).zip(bound).enumerate() {
         let err = (*g as f64 - *w as f64).abs();
-        assert!(err <= REL_TOL * b + 1e-30, "{} {what} {shape:?} at {idx}: simd {g} scalar {w} (bound {b})", isa.name());
+        assert!(
+            err <= REL_TOL * b + 1e-30,
+            "{} {what} {shape:?} at {idx}: simd {g} scalar {w} (bound {b})",
+            isa.name()
+        );
     }
 }
 

@@ -47,11 +47,7 @@ fn run() -> Result<(), String> {
         best_decode = best_decode.min(t.elapsed().as_secs_f64());
     }
     println!("command: {}", args.join(" "));
-    println!(
-        "machine: {} threads, kernel ISA {:?}",
-        rayon::current_num_threads(),
-        bimamba_kernels::selected_isa()
-    );
+    println!("machine: {} threads, kernel ISA {:?}", rayon::current_num_threads(), bimamba_kernels::selected_isa());
     println!(
         "model: {} layers, d_model {}, {:.1} M parameters, {:.1} MB of weights in memory, loaded in {:.2} s",
         c.n_layer,

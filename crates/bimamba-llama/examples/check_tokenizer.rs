@@ -67,10 +67,7 @@ fn run() -> Result<bool, String> {
         }
         // The whole file at once as well (paragraph breaks and all).
         let whole = same(&text)?.is_none();
-        println!(
-            "{}: {n} paragraphs ({tokens} tokens) identical; whole file identical: {whole}",
-            path.display()
-        );
+        println!("{}: {n} paragraphs ({tokens} tokens) identical; whole file identical: {whole}", path.display());
         if !whole {
             return Ok(false);
         }

@@ -62,10 +62,7 @@ impl LlamaConfig {
         match meta.architecture() {
             Some("llama") => {}
             Some(other) => {
-                return Err(bad(
-                    "general.architecture",
-                    format!("`{other}` is not supported here (only `llama`)"),
-                ))
+                return Err(bad("general.architecture", format!("`{other}` is not supported here (only `llama`)")))
             }
             None => return Err(bad("general.architecture", "missing".into())),
         }
@@ -155,10 +152,7 @@ impl LlamaConfig {
         let context_length = need("context_length")?;
         if let Some(v) = uint("vocab_size")? {
             if v != vocab_size {
-                return Err(bad(
-                    "llama.vocab_size",
-                    format!("{v}, but token_embd.weight has {vocab_size} rows"),
-                ));
+                return Err(bad("llama.vocab_size", format!("{v}, but token_embd.weight has {vocab_size} rows")));
             }
         }
         Ok(LlamaConfig {

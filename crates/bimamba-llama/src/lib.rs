@@ -32,5 +32,5 @@ mod tests_tokenizer;
 
 pub use config::LlamaConfig;
 pub use model::{Block, KvCache, LayerCache, LlamaModel};
-pub use weights::{Matrix, Storage};
 pub use tokenizer::gguf_tokenizer;
+pub use weights::{Matrix, Storage};

@@ -86,14 +86,12 @@ impl KvCache {
 /// Every tensor name the loader reads: anything else in the file (biases, RoPE frequency
 /// factors, ...) belongs to a variant this forward does not implement and is refused.
 fn expected_names(n_layer: usize) -> Vec<String> {
-    let mut names: Vec<String> = ["token_embd.weight", "output_norm.weight", "output.weight"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut names: Vec<String> =
+        ["token_embd.weight", "output_norm.weight", "output.weight"].iter().map(|s| s.to_string()).collect();
     for i in 0..n_layer {
-        for t in [
-            "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
-        ] {
+        for t in
+            ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
+        {
             names.push(format!("blk.{i}.{t}.weight"));
         }
     }
@@ -177,12 +175,8 @@ impl LlamaModel {
         };
         let cfg = LlamaConfig::from_gguf(meta, vocab_size, &file)?;
         let known = expected_names(cfg.n_layer);
-        let unknown: Vec<&str> = ck
-            .tensors()
-            .into_iter()
-            .map(|t| t.name.as_str())
-            .filter(|n| !known.iter().any(|k| k == n))
-            .collect();
+        let unknown: Vec<&str> =
+            ck.tensors().into_iter().map(|t| t.name.as_str()).filter(|n| !known.iter().any(|k| k == n)).collect();
         if !unknown.is_empty() {
             return Err(EngineError::Invalid {
                 file,
@@ -229,10 +223,7 @@ impl LlamaModel {
 
     /// An empty cache (position 0).
     pub fn new_cache(&self) -> KvCache {
-        KvCache {
-            layers: vec![LayerCache { k: Vec::new(), v: Vec::new() }; self.config.n_layer],
-            position: 0,
-        }
+        KvCache { layers: vec![LayerCache { k: Vec::new(), v: Vec::new() }; self.config.n_layer], position: 0 }
     }
 
     /// Parameters in the file (the tied head counted once).
@@ -259,7 +250,10 @@ impl LlamaModel {
             .map(|b| {
                 vec(&b.attn_norm)
                     + vec(&b.ffn_norm)
-                    + [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down].iter().map(|x| x.bytes()).sum::<usize>()
+                    + [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]
+                        .iter()
+                        .map(|x| x.bytes())
+                        .sum::<usize>()
             })
             .sum();
         self.embedding.bytes() + self.output.as_ref().map_or(0, Matrix::bytes) + vec(&self.norm_f) + blocks
@@ -355,8 +349,7 @@ impl LlamaModel {
             return Ok(Vec::new());
         }
         let mut x = self.residual(cache, tokens)?;
-        x.chunks_exact_mut(self.config.d_model)
-            .for_each(|r| rms_norm(r, &self.norm_f, self.config.norm_eps));
+        x.chunks_exact_mut(self.config.d_model).for_each(|r| rms_norm(r, &self.norm_f, self.config.norm_eps));
         Ok(self.lm_head().forward(&x, tokens.len()))
     }
 

@@ -43,9 +43,7 @@ pub struct Rope {
 impl Rope {
     pub fn new(cfg: &LlamaConfig) -> Rope {
         let base = cfg.rope_theta as f64;
-        let inv_freq = (0..cfg.rope_dim / 2)
-            .map(|i| base.powf(-2.0 * i as f64 / cfg.rope_dim as f64))
-            .collect();
+        let inv_freq = (0..cfg.rope_dim / 2).map(|i| base.powf(-2.0 * i as f64 / cfg.rope_dim as f64)).collect();
         Rope { inv_freq, head_dim: cfg.head_dim }
     }
 
@@ -214,8 +212,7 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     // ROUND), which avoids a float-to-int conversion that does not vectorize (`as` saturates).
     let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
         * r
         + 5.000_000_1e-1;
     let er = p * r * r + r + 1.0;
@@ -356,10 +353,16 @@ mod tests {
                     let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
                     for e in 0..hd {
-                        let want: f64 =
-                            s.iter().enumerate().map(|(j, x)| (x - mx).exp() / z * v[j * kvd + g * hd + e] as f64).sum();
+                        let want: f64 = s
+                            .iter()
+                            .enumerate()
+                            .map(|(j, x)| (x - mx).exp() / z * v[j * kvd + g * hd + e] as f64)
+                            .sum();
                         let got = out[i * qd + h * hd + e] as f64;
-                        assert!((got - want).abs() < 1e-5, "pos0 {pos0} t {t} query {i} head {h} dim {e}: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "pos0 {pos0} t {t} query {i} head {h} dim {e}: {got} vs {want}"
+                        );
                     }
                 }
             }

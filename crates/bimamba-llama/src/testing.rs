@@ -154,10 +154,8 @@ pub fn q4_1(v: &[f32]) -> (Vec<u8>, Vec<f32>) {
         let hi = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let (d, m) = (f16::from_f32((hi - lo) / 15.0), f16::from_f32(lo));
         let (df, mf) = (d.to_f32(), m.to_f32());
-        let q: Vec<u8> = block
-            .iter()
-            .map(|&x| if df == 0.0 { 0 } else { ((x - mf) / df).round().clamp(0.0, 15.0) as u8 })
-            .collect();
+        let q: Vec<u8> =
+            block.iter().map(|&x| if df == 0.0 { 0 } else { ((x - mf) / df).round().clamp(0.0, 15.0) as u8 }).collect();
         bytes.extend_from_slice(&d.to_le_bytes());
         bytes.extend_from_slice(&m.to_le_bytes());
         bytes.extend(nibbles(&q));

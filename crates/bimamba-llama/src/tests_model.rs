@@ -148,7 +148,10 @@ impl Tiny {
                     let g = h / (N_HEAD / N_KV);
                     let qh = &q[i][h * HD..(h + 1) * HD];
                     let s: Vec<f64> = (0..=i)
-                        .map(|j| qh.iter().zip(&k[j][g * HD..(g + 1) * HD]).map(|(a, b)| a * b).sum::<f64>() / (HD as f64).sqrt())
+                        .map(|j| {
+                            qh.iter().zip(&k[j][g * HD..(g + 1) * HD]).map(|(a, b)| a * b).sum::<f64>()
+                                / (HD as f64).sqrt()
+                        })
                         .collect();
                     let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = s.iter().map(|sj| (sj - m).exp()).sum();
@@ -220,7 +223,8 @@ fn prefill_equals_steps() {
     for cache in [&stepped, &split] {
         assert_eq!(cache.position, whole.position);
         for (a, b) in cache.layers.iter().zip(&whole.layers) {
-            let d = a.k.iter().chain(&a.v).zip(b.k.iter().chain(&b.v)).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            let d =
+                a.k.iter().chain(&a.v).zip(b.k.iter().chain(&b.v)).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
             assert!(d < 1e-5, "KV caches differ by {d}");
         }
     }

@@ -30,10 +30,7 @@ fn bpe_merges_and_control_tokens() {
     assert_eq!(tok.vocab_size(), 2 + 256 + MERGES.len());
     assert_eq!(tok.encode("hello world").expect("encodes"), vec![id("hello"), id("Ġworld")]);
     // Control tokens are matched whole, even with no space around them.
-    assert_eq!(
-        tok.encode("<|im_start|>hello<|endoftext|>").expect("encodes"),
-        vec![1, id("hello"), 0]
-    );
+    assert_eq!(tok.encode("<|im_start|>hello<|endoftext|>").expect("encodes"), vec![1, id("hello"), 0]);
     // "wor" without the leading space has no merge path past "or".
     assert_eq!(tok.encode("wor").expect("encodes"), vec![id("w"), id("or")]);
     assert_eq!(tok.eos_id(), Some(0));
@@ -57,7 +54,10 @@ fn round_trips_bytes() {
         assert_eq!(tok.decode(&ids).expect("decodes"), text);
     }
     // 'é' is two bytes, so two byte tokens.
-    assert_eq!(tok.encode("é").expect("encodes"), vec![id(&byte_char(0xC3).to_string()), id(&byte_char(0xA9).to_string())]);
+    assert_eq!(
+        tok.encode("é").expect("encodes"),
+        vec![id(&byte_char(0xC3).to_string()), id(&byte_char(0xA9).to_string())]
+    );
 }
 
 #[test]

@@ -64,10 +64,7 @@ pub fn build(meta: &GgufMetadata, file: &Path) -> Result<tokenizers::Tokenizer> 
     let types = meta.get_i32_array("tokenizer.ggml.token_type");
     if let Some(ty) = types {
         if ty.len() != tokens.len() {
-            return Err(bad(
-                "tokenizer.ggml.token_type",
-                format!("{} entries for {} tokens", ty.len(), tokens.len()),
-            ));
+            return Err(bad("tokenizer.ggml.token_type", format!("{} entries for {} tokens", ty.len(), tokens.len())));
         }
     }
     let pre = meta.get_str("tokenizer.ggml.pre").unwrap_or("(missing)");
@@ -87,10 +84,7 @@ pub fn build(meta: &GgufMetadata, file: &Path) -> Result<tokenizers::Tokenizer> 
     for (id, tok) in tokens.iter().enumerate() {
         let id = u32::try_from(id).map_err(|_| bad("tokenizer.ggml.tokens", "more than 2^32 tokens".into()))?;
         if let Some(first) = vocab.insert(tok.clone(), id) {
-            return Err(bad(
-                "tokenizer.ggml.tokens",
-                format!("token {tok:?} appears twice (ids {first} and {id})"),
-            ));
+            return Err(bad("tokenizer.ggml.tokens", format!("token {tok:?} appears twice (ids {first} and {id})")));
         }
     }
     let merges = merges_raw

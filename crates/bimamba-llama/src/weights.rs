@@ -84,7 +84,13 @@ unsafe fn dequantize_avx2(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 #[inline(always)]
 fn dequantize_body(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     let bb = dtype.block_bytes();
-    assert_eq!(bytes.len() / bb * QK, out.len(), "dequantize: {} bytes of {dtype} for {} values", bytes.len(), out.len());
+    assert_eq!(
+        bytes.len() / bb * QK,
+        out.len(),
+        "dequantize: {} bytes of {dtype} for {} values",
+        bytes.len(),
+        out.len()
+    );
     // The const (bit-manipulation) conversion inlines into the block loops; `to_f32` would
     // make a call with a CPU-feature test per block.
     #[inline(always)]
@@ -174,7 +180,13 @@ impl Matrix {
     /// # Shapes
     /// - `x`: [t, cols]; returns [t, rows]
     pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
-        assert_eq!(x.len(), t * self.cols, "matrix product: x has {} elements, expected [{t} x {}]", x.len(), self.cols);
+        assert_eq!(
+            x.len(),
+            t * self.cols,
+            "matrix product: x has {} elements, expected [{t} x {}]",
+            x.len(),
+            self.cols
+        );
         let mut y = vec![0.0f32; t * self.rows];
         if let Storage::F32(w) = &self.storage {
             dense_gemm_f32(w, self.rows, self.cols, x, t, &mut y);
@@ -195,9 +207,7 @@ impl Matrix {
         };
         if t == 1 {
             // y is [1, rows]: panel p owns the contiguous slice y[p·PANEL ..].
-            y.par_chunks_mut(PANEL)
-                .enumerate()
-                .for_each_init(Vec::new, |scratch, (p, out)| panel(p, scratch, out));
+            y.par_chunks_mut(PANEL).enumerate().for_each_init(Vec::new, |scratch, (p, out)| panel(p, scratch, out));
             return y;
         }
         // y is [t, rows]: a panel is a strided column block, computed apart and copied in.
@@ -230,11 +240,9 @@ mod tests {
     #[test]
     fn quantized_product_equals_dense() {
         let mut rng = Lcg(42);
-        for (dtype, quant) in [
-            (DType::Q8_0, q8_0 as fn(&[f32]) -> (Vec<u8>, Vec<f32>)),
-            (DType::Q4_0, q4_0),
-            (DType::Q4_1, q4_1),
-        ] {
+        for (dtype, quant) in
+            [(DType::Q8_0, q8_0 as fn(&[f32]) -> (Vec<u8>, Vec<f32>)), (DType::Q4_0, q4_0), (DType::Q4_1, q4_1)]
+        {
             for &(rows, cols) in &[(1, 32), (63, 64), (64, 96), (130, 160), (200, 32)] {
                 let (bytes, deq) = quant(&rng.vec(rows * cols, 1.0));
                 let q = Matrix::quantized(dtype, bytes, rows, cols).expect("valid blocks");

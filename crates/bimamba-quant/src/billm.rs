@@ -182,18 +182,15 @@ pub fn billm(w: &[f32], rows: usize, cols: usize, hess: &Hessian, s: &Settings) 
         let plan = search_block(&sal, rows, nb);
         salient_cols += plan.salient.iter().filter(|&&b| b).count();
         let mut err = vec![0.0f64; rows * nb];
-        p.w.par_chunks_mut(cols)
-            .zip(err.par_chunks_mut(nb))
-            .zip(sal.par_chunks(nb))
-            .for_each(|((row, e), srow)| {
-                let wb = &mut row[st..ed];
-                let mut q = vec![0.0f64; nb];
-                binarize_row(wb, srow, &plan, &mut q);
-                for k in 0..nb {
-                    e[k] = (wb[k] - q[k]) / ud[st + k];
-                    wb[k] = q[k];
-                }
-            });
+        p.w.par_chunks_mut(cols).zip(err.par_chunks_mut(nb)).zip(sal.par_chunks(nb)).for_each(|((row, e), srow)| {
+            let wb = &mut row[st..ed];
+            let mut q = vec![0.0f64; nb];
+            binarize_row(wb, srow, &plan, &mut q);
+            for k in 0..nb {
+                e[k] = (wb[k] - q[k]) / ud[st + k];
+                wb[k] = q[k];
+            }
+        });
         propagate_block(&mut p.w, cols, &p.u, st, ed, &err);
     }
     let numel = (rows * cols).max(1) as f64;
@@ -204,10 +201,7 @@ pub fn billm(w: &[f32], rows: usize, cols: usize, hess: &Hessian, s: &Settings) 
     let extra = (numel - salient_weights) + cols as f64 + (rows * blocks * 8 * 16) as f64;
     Ok(Quantized {
         weight: p.into_weight(),
-        bits: Bits {
-            paper,
-            storage: paper + extra / numel,
-        },
+        bits: Bits { paper, storage: paper + extra / numel },
         salient_fraction: Some(salient_weights / numel),
     })
 }

@@ -90,22 +90,21 @@ pub fn windows_overlap(tokens: usize, n: usize, len: usize) -> bool {
 const CACHE_BYTES: usize = 2 << 30;
 
 fn fresh_state(cfg: &Config) -> LayerState {
-    LayerState {
-        conv: vec![0.0; cfg.conv_dim() * cfg.d_conv],
-        ssm: vec![0.0; cfg.nheads * cfg.headdim * cfg.d_state],
-    }
+    LayerState { conv: vec![0.0; cfg.conv_dim() * cfg.d_conv], ssm: vec![0.0; cfg.nheads * cfg.headdim * cfg.d_state] }
 }
 
 fn in_context(layer: usize, proj: Proj) -> impl FnOnce(QuantError) -> QuantError {
-    move |e| QuantError::Layer {
-        layer,
-        proj: proj_name(proj),
-        source: Box::new(e),
-    }
+    move |e| QuantError::Layer { layer, proj: proj_name(proj), source: Box::new(e) }
 }
 
 /// Quantizes one projection, returning the dequantized replacement and its report.
-fn quantize_proj(settings: &Settings, lin: &Linear, hess: Option<&Hessian>, layer: usize, proj: Proj) -> Result<(Linear, ProjReport)> {
+fn quantize_proj(
+    settings: &Settings,
+    lin: &Linear,
+    hess: Option<&Hessian>,
+    layer: usize,
+    proj: Proj,
+) -> Result<(Linear, ProjReport)> {
     let t0 = Instant::now();
     let (rows, cols) = (lin.rows(), lin.cols());
     let w = lin.to_dense_f32();
@@ -122,11 +121,7 @@ fn quantize_proj(settings: &Settings, lin: &Linear, hess: Option<&Hessian>, laye
         input_rms: hess.map(Hessian::input_rms),
         seconds: t0.elapsed().as_secs_f64(),
     };
-    let dense = Linear::Dense {
-        rows,
-        cols,
-        weight: DenseWeight::F32(q.weight),
-    };
+    let dense = Linear::Dense { rows, cols, weight: DenseWeight::F32(q.weight) };
     Ok((dense, report))
 }
 
@@ -156,7 +151,8 @@ fn quantize_model_with(
             if lin.is_binary() {
                 return Err(in_context(i, p)(QuantError::Setting {
                     name: "model",
-                    detail: "this projection is already 1-bit (a Bi-Mamba checkpoint); quantize a full-precision model".into(),
+                    detail: "this projection is already 1-bit (a Bi-Mamba checkpoint); quantize a full-precision model"
+                        .into(),
                 }));
             }
         }
@@ -186,7 +182,9 @@ fn quantize_model_with(
     if let Some(&id) = windows.iter().flatten().find(|&&id| id as usize >= vocab) {
         return Err(QuantError::Setting {
             name: "calibration",
-            detail: format!("token id {id} is outside the model's {vocab} embedding rows; use the model's own tokenizer"),
+            detail: format!(
+                "token id {id} is outside the model's {vocab} embedding rows; use the model's own tokenizer"
+            ),
         });
     }
     let cfg = model.config.clone();
@@ -294,7 +292,9 @@ pub(crate) mod tests {
 
     pub(crate) fn random_windows(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
         let mut r = Lcg(seed);
-        (0..n).map(|_| (0..len).map(|_| ((r.next() + 1.0) * 0.5 * vocab as f64) as u32 % vocab as u32).collect()).collect()
+        (0..n)
+            .map(|_| (0..len).map(|_| ((r.next() + 1.0) * 0.5 * vocab as f64) as u32 % vocab as u32).collect())
+            .collect()
     }
 
     /// Hessians of every projection's inputs when `model` runs `windows`.
@@ -360,13 +360,15 @@ pub(crate) mod tests {
         let fp = Model::load(&fixture("ss-mamba2-g1")).expect("fixture");
         let windows = random_windows(3, 48, fp.vocab_size(), 5);
         let mut q = fp.clone();
-        let reports = quantize_model(&mut q, &windows, &Settings::new(Method::Gptq { bits: 2 }), &mut |_| {}).expect("quantize");
+        let reports =
+            quantize_model(&mut q, &windows, &Settings::new(Method::Gptq { bits: 2 }), &mut |_| {}).expect("quantize");
         assert_eq!(reports.len(), 2 * fp.config.n_layer);
         let hq = observed_hessians(&q, &windows);
         let hf = observed_hessians(&fp, &windows);
         for rep in &reports {
             let site = ProjSite { layer: rep.layer, proj: rep.proj };
-            let pick = |hs: &[(ProjSite, Hessian)]| hs.iter().find(|(s, _)| *s == site).map(|(_, h)| h.clone()).expect("site");
+            let pick =
+                |hs: &[(ProjSite, Hessian)]| hs.iter().find(|(s, _)| *s == site).map(|(_, h)| h.clone()).expect("site");
             let m = &fp.layers[rep.layer].mixer;
             let w = if rep.proj == Proj::In { m.in_proj.to_dense_f32() } else { m.out_proj.to_dense_f32() };
             let qm = &q.layers[rep.layer].mixer;
@@ -374,7 +376,10 @@ pub(crate) mod tests {
             let reported = rep.rel_error.expect("calibrated");
             let with_q = relative_output_error(&w, &wq, rep.rows, rep.cols, &pick(&hq));
             let with_fp = relative_output_error(&w, &wq, rep.rows, rep.cols, &pick(&hf));
-            assert!((reported - with_q).abs() <= 1e-3 * reported, "{site:?}: reported {reported} vs quantized-model inputs {with_q}");
+            assert!(
+                (reported - with_q).abs() <= 1e-3 * reported,
+                "{site:?}: reported {reported} vs quantized-model inputs {with_q}"
+            );
             if !(rep.layer == 0 && rep.proj == Proj::In) {
                 assert!((reported - with_fp).abs() > 1e-2 * reported, "{site:?}: {reported} vs FP inputs {with_fp}");
             }
@@ -411,7 +416,8 @@ pub(crate) mod tests {
         assert_eq!(m.layers[1].mixer.out_proj.to_dense_f32(), want);
 
         let mut fp = Model::load(&fixture("ss-mamba2-g1")).expect("fixture");
-        let err = quantize_model(&mut fp, &[], &Settings::new(Method::Billm), &mut |_| {}).expect_err("needs calibration");
+        let err =
+            quantize_model(&mut fp, &[], &Settings::new(Method::Billm), &mut |_| {}).expect_err("needs calibration");
         assert!(err.to_string().contains("calibration"), "{err}");
 
         let mut bin = Model::load(&fixture("ss-bimamba-col")).expect("fixture");
@@ -420,7 +426,8 @@ pub(crate) mod tests {
 
         let mut fp = Model::load(&fixture("ss-mamba2-g1")).expect("fixture");
         let bad = vec![vec![0u32, 9999]];
-        let err = quantize_model(&mut fp, &bad, &Settings::new(Method::Gptq { bits: 3 }), &mut |_| {}).expect_err("token range");
+        let err = quantize_model(&mut fp, &bad, &Settings::new(Method::Gptq { bits: 3 }), &mut |_| {})
+            .expect_err("token range");
         assert!(err.to_string().contains("9999"), "{err}");
     }
 }

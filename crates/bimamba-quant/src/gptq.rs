@@ -34,11 +34,7 @@ impl Grid {
             hi = 1.0;
         }
         let scale = (hi - lo) / maxq;
-        Grid {
-            scale,
-            zero: (-lo / scale).round_ties_even(),
-            maxq,
-        }
+        Grid { scale, zero: (-lo / scale).round_ties_even(), maxq }
     }
 
     #[inline]
@@ -51,10 +47,7 @@ impl Grid {
 /// Bits of a `bits`-bit per-row grid: the codes, plus a 16-bit scale and a `bits`-bit zero per row.
 fn grid_bits(bits: u32, cols: usize) -> Bits {
     let b = bits as f64;
-    Bits {
-        paper: b,
-        storage: b + (16.0 + b) / cols.max(1) as f64,
-    }
+    Bits { paper: b, storage: b + (16.0 + b) / cols.max(1) as f64 }
 }
 
 /// Round-to-nearest on the same grid, without compensation (the baseline GPTQ improves on).
@@ -69,23 +62,16 @@ pub fn rtn(w: &[f32], rows: usize, cols: usize, bits: u32) -> Quantized {
             }
         });
     }
-    Quantized {
-        weight,
-        bits: grid_bits(bits, cols),
-        salient_fraction: None,
-    }
+    Quantized { weight, bits: grid_bits(bits, cols), salient_fraction: None }
 }
 
 /// GPTQ of `w: [rows, cols]` with the Hessian of its inputs.
 pub fn gptq(w: &[f32], rows: usize, cols: usize, hess: &Hessian, bits: u32, s: &Settings) -> Result<Quantized> {
-    let grids: Vec<Grid> = if cols == 0 { Vec::new() } else { w.chunks_exact(cols).map(|row| Grid::fit(row, bits)).collect() };
+    let grids: Vec<Grid> =
+        if cols == 0 { Vec::new() } else { w.chunks_exact(cols).map(|row| Grid::fit(row, bits)).collect() };
     let mut p = Prepared::new(w, rows, cols, hess, s.damp, s.act_order)?;
     sweep(&mut p, s.block, &|r, _c, x| grids[r].quantize(x));
-    Ok(Quantized {
-        weight: p.into_weight(),
-        bits: grid_bits(bits, cols),
-        salient_fraction: None,
-    })
+    Ok(Quantized { weight: p.into_weight(), bits: grid_bits(bits, cols), salient_fraction: None })
 }
 
 #[cfg(test)]
@@ -156,10 +142,7 @@ pub(crate) mod tests {
             let base = rtn(&w, rows, cols, bits);
             let e_rtn = output_error(&x, t, &w, &base.weight, rows, cols);
             for act_order in [true, false] {
-                let s = Settings {
-                    act_order,
-                    ..Settings::new(Method::Gptq { bits })
-                };
+                let s = Settings { act_order, ..Settings::new(Method::Gptq { bits }) };
                 let q = gptq(&w, rows, cols, &h, bits, &s).expect("gptq");
                 let e = output_error(&x, t, &w, &q.weight, rows, cols);
                 assert!(e < 0.8 * e_rtn, "{bits} bits, act_order={act_order}: gptq {e:.4e} vs rtn {e_rtn:.4e}");
@@ -168,7 +151,10 @@ pub(crate) mod tests {
                     for j in 0..cols {
                         let v = q.weight[i * cols + j] as f64;
                         let code = v / g.scale + g.zero;
-                        assert!((code - code.round()).abs() < 1e-4 && code.round() >= 0.0 && code.round() <= g.maxq, "({i},{j}) {v} off the grid");
+                        assert!(
+                            (code - code.round()).abs() < 1e-4 && code.round() >= 0.0 && code.round() <= g.maxq,
+                            "({i},{j}) {v} off the grid"
+                        );
                     }
                 }
                 // The H-based error agrees with the direct one.

@@ -100,12 +100,7 @@ pub struct Settings {
 impl Settings {
     /// The paper's settings for `method`: blocks of 128, damping 0.01, act-order on.
     pub fn new(method: Method) -> Settings {
-        Settings {
-            method,
-            block: 128,
-            damp: 0.01,
-            act_order: true,
-        }
+        Settings { method, block: 128, damp: 0.01, act_order: true }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -117,7 +112,9 @@ impl Settings {
             return bad("damp", format!("expected a finite number >= 0, got {}", self.damp));
         }
         match self.method {
-            Method::Gptq { bits } if !(2..=8).contains(&bits) => bad("bits", format!("expected 2 to 8 (the paper uses 2 and 3), got {bits}")),
+            Method::Gptq { bits } if !(2..=8).contains(&bits) => {
+                bad("bits", format!("expected 2 to 8 (the paper uses 2 and 3), got {bits}"))
+            }
             Method::Pbllm { salient_fraction: f } if !(0.0..1.0).contains(&f) => {
                 bad("salient fraction", format!("expected a fraction in [0, 1), got {f}"))
             }
@@ -151,7 +148,13 @@ pub struct Quantized {
 
 /// Quantizes one projection `w: [rows, cols]`; `hess` (over its `cols` inputs) is required by every
 /// method but XNOR.
-pub fn quantize_weight(settings: &Settings, w: &[f32], rows: usize, cols: usize, hess: Option<&Hessian>) -> Result<Quantized> {
+pub fn quantize_weight(
+    settings: &Settings,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    hess: Option<&Hessian>,
+) -> Result<Quantized> {
     settings.validate()?;
     assert_eq!(w.len(), rows * cols, "weight has {} elements, expected [{rows} x {cols}]", w.len());
     if let Some(i) = w.iter().position(|v| !v.is_finite()) {

@@ -25,12 +25,7 @@ pub struct Hessian {
 
 impl Hessian {
     pub fn new(n: usize) -> Hessian {
-        Hessian {
-            n,
-            sum: vec![0.0; n * n],
-            tokens: 0,
-            scratch: Vec::new(),
-        }
+        Hessian { n, sum: vec![0.0; n * n], tokens: 0, scratch: Vec::new() }
     }
 
     /// A Hessian of one batch of inputs (tests, single-shot use).
@@ -237,10 +232,7 @@ pub fn inverse_upper_cholesky(h: &[f64], n: usize) -> Result<Vec<f64>, NotPositi
             p[a * n + b] = h[rev(a) * n + rev(b)];
         }
     }
-    cholesky_in_place(&mut p, n).map_err(|e| NotPositiveDefinite {
-        column: rev(e.column),
-        pivot: e.pivot,
-    })?;
+    cholesky_in_place(&mut p, n).map_err(|e| NotPositiveDefinite { column: rev(e.column), pivot: e.pivot })?;
     let m = lower_inverse(&p, n);
     let mut u = vec![0.0f64; n * n];
     for a in 0..n {

@@ -21,7 +21,8 @@ pub const FORMAT: &str = "bimamba-quant";
 pub const FORMAT_VERSION: &str = "1";
 
 /// Files besides the weights that travel with a model directory when present.
-const SIDE_FILES: [&str; 4] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
+const SIDE_FILES: [&str; 4] =
+    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
 
 /// Where the calibration windows came from, for the metadata.
 #[derive(Clone, Debug)]
@@ -35,10 +36,7 @@ pub struct CalibInfo {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QuantError + '_ {
-    move |source| QuantError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| QuantError::Io { path: path.to_path_buf(), source }
 }
 
 /// Ok when `out` does not exist or is an empty directory; an error naming it otherwise.
@@ -46,12 +44,7 @@ pub fn check_out_dir(out: &Path) -> Result<()> {
     if !out.exists() {
         return Ok(());
     }
-    let refuse = |detail: &str| {
-        Err(QuantError::Output {
-            path: out.to_path_buf(),
-            detail: detail.into(),
-        })
-    };
+    let refuse = |detail: &str| Err(QuantError::Output { path: out.to_path_buf(), detail: detail.into() });
     if !out.is_dir() {
         return refuse("exists and is not a directory; choose another --out");
     }
@@ -70,12 +63,20 @@ fn proj_tensor(layer: usize, proj: Proj) -> String {
 /// Averages of (paper, storage) bits over all projection weights.
 fn mean_bits(reports: &[ProjReport]) -> (f64, f64) {
     let n: f64 = reports.iter().map(|r| (r.rows * r.cols) as f64).sum();
-    let avg = |f: &dyn Fn(&ProjReport) -> f64| reports.iter().map(|r| f(r) * (r.rows * r.cols) as f64).sum::<f64>() / n.max(1.0);
+    let avg = |f: &dyn Fn(&ProjReport) -> f64| {
+        reports.iter().map(|r| f(r) * (r.rows * r.cols) as f64).sum::<f64>() / n.max(1.0)
+    };
     (avg(&|r| r.bits.paper), avg(&|r| r.bits.storage))
 }
 
 /// The `__metadata__` of a quantized model.
-pub fn metadata(settings: &Settings, calib: Option<&CalibInfo>, reports: &[ProjReport], source: &Path, seconds: f64) -> BTreeMap<String, String> {
+pub fn metadata(
+    settings: &Settings,
+    calib: Option<&CalibInfo>,
+    reports: &[ProjReport],
+    source: &Path,
+    seconds: f64,
+) -> BTreeMap<String, String> {
     let mut s = json!({
         "method": settings.method.name(),
         "block": settings.block,
@@ -143,7 +144,13 @@ pub fn metadata(settings: &Settings, calib: Option<&CalibInfo>, reports: &[ProjR
 
 /// Writes `model` (quantized from the checkpoint in `source`) to the directory `out`, with
 /// `tokenizer` (else the source's tokenizer.json, when it has one) as `out/tokenizer.json`.
-pub fn write_model_dir(source: &Path, out: &Path, model: &Model, tokenizer: Option<&Path>, meta: &BTreeMap<String, String>) -> Result<()> {
+pub fn write_model_dir(
+    source: &Path,
+    out: &Path,
+    model: &Model,
+    tokenizer: Option<&Path>,
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
     check_out_dir(out)?;
     let name = out.file_name().ok_or_else(|| QuantError::Output {
         path: out.to_path_buf(),
@@ -173,7 +180,13 @@ pub fn write_model_dir(source: &Path, out: &Path, model: &Model, tokenizer: Opti
     result
 }
 
-fn fill_dir(source: &Path, dir: &Path, model: &Model, tokenizer: Option<&Path>, meta: &BTreeMap<String, String>) -> Result<()> {
+fn fill_dir(
+    source: &Path,
+    dir: &Path,
+    model: &Model,
+    tokenizer: Option<&Path>,
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
     let ckpt = Checkpoint::open(source)?;
     let mut replaced: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (i, layer) in model.layers.iter().enumerate() {
@@ -184,7 +197,12 @@ fn fill_dir(source: &Path, dir: &Path, model: &Model, tokenizer: Option<&Path>, 
                 Some(info) => {
                     return Err(QuantError::Output {
                         path: source.to_path_buf(),
-                        detail: format!("tensor `{name}` has shape {:?}, the model's is [{}, {}]", info.shape, lin.rows(), lin.cols()),
+                        detail: format!(
+                            "tensor `{name}` has shape {:?}, the model's is [{}, {}]",
+                            info.shape,
+                            lin.rows(),
+                            lin.cols()
+                        ),
                     })
                 }
                 None => {
@@ -206,7 +224,10 @@ fn fill_dir(source: &Path, dir: &Path, model: &Model, tokenizer: Option<&Path>, 
                 if info.dtype.is_quantized() {
                     return Err(QuantError::Output {
                         path: source.to_path_buf(),
-                        detail: format!("tensor `{}` is block-quantized ({}), which safetensors cannot hold", info.name, info.dtype),
+                        detail: format!(
+                            "tensor `{}` is block-quantized ({}), which safetensors cannot hold",
+                            info.name, info.dtype
+                        ),
                     });
                 }
                 tensors.push((info.name.clone(), info.dtype, info.shape.clone(), ckpt.bytes(&info.name)?));
@@ -214,9 +235,8 @@ fn fill_dir(source: &Path, dir: &Path, model: &Model, tokenizer: Option<&Path>, 
         }
     }
     bimamba_formats::write_safetensors_atomic(&dir.join("model.safetensors"), &tensors, meta)?;
-    let copy = |from: &Path, to: &str| -> Result<()> {
-        std::fs::copy(from, dir.join(to)).map(|_| ()).map_err(io_err(from))
-    };
+    let copy =
+        |from: &Path, to: &str| -> Result<()> { std::fs::copy(from, dir.join(to)).map(|_| ()).map_err(io_err(from)) };
     copy(&source.join("config.json"), "config.json")?;
     for f in SIDE_FILES {
         let from = match (f, tokenizer) {

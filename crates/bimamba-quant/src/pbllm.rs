@@ -55,7 +55,8 @@ fn top_k(v: &[f64], k: usize) -> Vec<bool> {
 
 /// PB-LLM of `w: [rows, cols]` keeping `fraction` of the weights in 8 bits.
 pub fn pbllm(w: &[f32], rows: usize, cols: usize, hess: &Hessian, fraction: f64, s: &Settings) -> Result<Quantized> {
-    let grids: Vec<Grid> = if cols == 0 { Vec::new() } else { w.chunks_exact(cols).map(|row| Grid::fit(row, HIGH_BITS)).collect() };
+    let grids: Vec<Grid> =
+        if cols == 0 { Vec::new() } else { w.chunks_exact(cols).map(|row| Grid::fit(row, HIGH_BITS)).collect() };
     let mut p = Prepared::new(w, rows, cols, hess, s.damp, false)?;
     let ud = p.u_diag();
     let numel = rows * cols;
@@ -87,11 +88,7 @@ pub fn pbllm(w: &[f32], rows: usize, cols: usize, hess: &Hessian, fraction: f64,
     let paper = (k as f64 * HIGH_BITS as f64 + (numel - k) as f64) / nf;
     // One mask bit per weight; per row α, μ and the 8-bit grid's scale at 16 bits, its zero at 8.
     let storage = paper + 1.0 + (3.0 * 16.0 + HIGH_BITS as f64) / cols.max(1) as f64;
-    Ok(Quantized {
-        weight: p.into_weight(),
-        bits: Bits { paper, storage },
-        salient_fraction: Some(k as f64 / nf),
-    })
+    Ok(Quantized { weight: p.into_weight(), bits: Bits { paper, storage }, salient_fraction: Some(k as f64 / nf) })
 }
 
 #[cfg(test)]
@@ -148,7 +145,10 @@ mod tests {
                     in_top2 += 1;
                 } else {
                     let code = v as f64 / g.scale + g.zero;
-                    assert!((code - code.round()).abs() < 1e-3, "row {r}: {v} is neither binarized nor on the 8-bit grid");
+                    assert!(
+                        (code - code.round()).abs() < 1e-3,
+                        "row {r}: {v} is neither binarized nor on the 8-bit grid"
+                    );
                 }
             }
         }

@@ -36,7 +36,14 @@ impl Prepared {
     /// As GPTQ: a column that no input ever touched (`H_jj = 0`) gets `H_jj = 1` and `W[:, j] = 0`;
     /// with `act_order` the columns are sorted by decreasing `H_jj`; then `H += damp · mean(diag H) · I`
     /// and `U = chol(H⁻¹)ᵀ`.
-    pub fn new(w: &[f32], rows: usize, cols: usize, hess: &Hessian, damp: f64, act_order: bool) -> Result<Prepared, QuantError> {
+    pub fn new(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        hess: &Hessian,
+        damp: f64,
+        act_order: bool,
+    ) -> Result<Prepared, QuantError> {
         assert_eq!(w.len(), rows * cols, "weight has {} elements, expected [{rows} x {cols}]", w.len());
         assert_eq!(hess.dim(), cols, "Hessian is {0}x{0}, the weight has {cols} columns", hess.dim());
         if hess.tokens() == 0 {
@@ -73,10 +80,8 @@ impl Prepared {
         for j in 0..cols {
             h[j * cols + j] += damp * mean_diag;
         }
-        let u = inverse_upper_cholesky(&h, cols).map_err(|e| QuantError::NotPositiveDefinite {
-            column: perm[e.column],
-            pivot: e.pivot,
-        })?;
+        let u = inverse_upper_cholesky(&h, cols)
+            .map_err(|e| QuantError::NotPositiveDefinite { column: perm[e.column], pivot: e.pivot })?;
         Ok(Prepared { w: wd, u, perm, rows, cols })
     }
 
@@ -108,7 +113,14 @@ pub(crate) fn sweep(p: &mut Prepared, block: usize, quant: &(dyn Fn(usize, usize
 }
 
 /// The sweep for rows `row0..` held in `wc: [r, cols]`.
-fn sweep_rows(wc: &mut [f64], row0: usize, cols: usize, u: &[f64], block: usize, quant: &(dyn Fn(usize, usize, f64) -> f64 + Sync)) {
+fn sweep_rows(
+    wc: &mut [f64],
+    row0: usize,
+    cols: usize,
+    u: &[f64],
+    block: usize,
+    quant: &(dyn Fn(usize, usize, f64) -> f64 + Sync),
+) {
     let r = wc.len() / cols;
     let mut err = vec![0.0f64; r * block]; // [r, nb]: e of each quantized column
     for st in (0..cols).step_by(block) {

@@ -204,12 +204,26 @@ pub fn run_cli(a: &BenchArgs) -> Result<()> {
     println!("backend: {}", r.backend);
     println!(
         "model: d_model {} n_layer {} vocab {} N {} P {} chunk {} {:?}, {:.1}M params",
-        r.model.d_model, r.model.n_layer, r.model.vocab_size, r.model.d_state, r.model.headdim,
-        r.model.chunk_size, r.model.precision, r.params as f64 / 1e6
+        r.model.d_model,
+        r.model.n_layer,
+        r.model.vocab_size,
+        r.model.d_state,
+        r.model.headdim,
+        r.model.chunk_size,
+        r.model.precision,
+        r.params as f64 / 1e6
     );
     println!("projection/head matmul dtype: {}", r.matmul_dtype);
-    println!("tokens/step {} | step {:.3} s (forward {:.3}, backward {:.3}, optimizer {:.3})", r.tokens_per_step, r.step_s, r.forward_s, r.backward_s, r.optimizer_s);
-    println!("throughput {:.0} tokens/s | model {:.2} TFLOP/s ({:.3} GFLOP/token)", r.tokens_per_s, r.model_tflops, r.flops_per_token / 1e9);
+    println!(
+        "tokens/step {} | step {:.3} s (forward {:.3}, backward {:.3}, optimizer {:.3})",
+        r.tokens_per_step, r.step_s, r.forward_s, r.backward_s, r.optimizer_s
+    );
+    println!(
+        "throughput {:.0} tokens/s | model {:.2} TFLOP/s ({:.3} GFLOP/token)",
+        r.tokens_per_s,
+        r.model_tflops,
+        r.flops_per_token / 1e9
+    );
     println!("peak matmul {:.1} TFLOP/s ({}) | MFU {:.1}%", r.peak_tflops, r.peak_dtype, 100.0 * r.mfu);
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(&r).map_err(|e| crate::error::Error::Config(e.to_string()))?;

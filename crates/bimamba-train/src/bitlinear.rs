@@ -47,10 +47,7 @@ pub fn xnor_column_scales(w: &[f32], out: usize, inp: usize) -> (Vec<f32>, Vec<f
         }
     }
     alpha.iter_mut().for_each(|a| *a /= out as f64);
-    (
-        alpha.into_iter().map(|a| a as f32).collect(),
-        beta.into_iter().map(|b| b as f32).collect(),
-    )
+    (alpha.into_iter().map(|a| a as f32).collect(), beta.into_iter().map(|b| b as f32).collect())
 }
 
 impl<B: Backend> Projection<B> {
@@ -67,12 +64,7 @@ impl<B: Backend> Projection<B> {
             }
             None => (None, None),
         };
-        Self {
-            weight: Param::from_tensor(weight),
-            wscale,
-            wbias,
-            matmul_dtype: None,
-        }
+        Self { weight: Param::from_tensor(weight), wscale, wbias, matmul_dtype: None }
     }
 
     /// Whether the projection is binarized.

@@ -50,7 +50,13 @@ fn step_dir(root: &Path, step: u64) -> PathBuf {
 }
 
 /// Writes a checkpoint under `run_dir/checkpoints` and keeps the newest `keep` of them.
-pub fn save(run_dir: &Path, model: &NamedTensors, optim: &NamedTensors, state: &TrainState, keep: usize) -> Result<PathBuf> {
+pub fn save(
+    run_dir: &Path,
+    model: &NamedTensors,
+    optim: &NamedTensors,
+    state: &TrainState,
+    keep: usize,
+) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(Error::io(&root))?;
     let fin = step_dir(&root, state.step);

@@ -122,18 +122,10 @@ impl ModelConfig {
             }
         }
         if self.d_inner() % self.headdim != 0 {
-            return Err(format!(
-                "d_inner {} is not a multiple of headdim {}",
-                self.d_inner(),
-                self.headdim
-            ));
+            return Err(format!("d_inner {} is not a multiple of headdim {}", self.d_inner(), self.headdim));
         }
         if self.nheads() % self.ngroups != 0 {
-            return Err(format!(
-                "heads {} are not a multiple of ngroups {}",
-                self.nheads(),
-                self.ngroups
-            ));
+            return Err(format!("heads {} are not a multiple of ngroups {}", self.nheads(), self.ngroups));
         }
         Ok(())
     }
@@ -145,13 +137,7 @@ impl ModelConfig {
             Precision::Binary => 2 * (d + di),
             Precision::Full => 0,
         };
-        let per_layer = d
-            + self.d_in_proj() * d
-            + self.conv_dim() * (self.d_conv + 1)
-            + 3 * h
-            + di
-            + d * di
-            + scales;
+        let per_layer = d + self.d_in_proj() * d + self.conv_dim() * (self.d_conv + 1) + 3 * h + di + d * di + scales;
         self.padded_vocab() * d + self.n_layer * per_layer + d
     }
 
@@ -165,13 +151,7 @@ impl ModelConfig {
     /// Forward FLOPs per token of the SSD matrix form (intra-chunk quadratic part and states),
     /// for a sequence chunked by `chunk_size`.
     pub fn ssd_flops_per_token(&self) -> usize {
-        let (h, p, n, g, t) = (
-            self.nheads(),
-            self.headdim,
-            self.d_state,
-            self.ngroups,
-            self.chunk_size,
-        );
+        let (h, p, n, g, t) = (self.nheads(), self.headdim, self.d_state, self.ngroups, self.chunk_size);
         // C·Bᵀ per group (t·n per token), scores·X per head (t·p), chunk states (p·n per head),
         // state outputs (p·n per head); the decay matrices are elementwise and not counted.
         self.n_layer * 2 * (g * t * n + h * t * p + 2 * h * p * n)
@@ -185,10 +165,9 @@ mod tests {
     #[test]
     fn derived_sizes_match_the_spec_table() {
         // SPEC §1: 780M has d_in_proj 6448, conv_dim 3328, 752.1M params with V=32000.
-        let c: ModelConfig = serde_json::from_str(
-            r#"{"d_model":1536,"n_layer":48,"vocab_size":32000,"precision":"full"}"#,
-        )
-        .expect("valid json");
+        let c: ModelConfig =
+            serde_json::from_str(r#"{"d_model":1536,"n_layer":48,"vocab_size":32000,"precision":"full"}"#)
+                .expect("valid json");
         assert_eq!(c.d_inner(), 3072);
         assert_eq!(c.nheads(), 48);
         assert_eq!(c.d_in_proj(), 6448);

@@ -70,9 +70,7 @@ pub fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
 
 /// The end-of-document id: the first special token among the usual names.
 pub fn find_eos(tok: &tokenizers::Tokenizer) -> Option<u32> {
-    ["<|endoftext|>", "</s>", "<|im_end|>", "<eos>", "<|end_of_text|>"]
-        .iter()
-        .find_map(|t| tok.token_to_id(t))
+    ["<|endoftext|>", "</s>", "<|im_end|>", "<eos>", "<|end_of_text|>"].iter().find_map(|t| tok.token_to_id(t))
 }
 
 fn write_tokens(path: &Path, ids: &[u32], width: u32) -> Result<()> {
@@ -118,9 +116,7 @@ pub fn prepare(tokenizer_path: &Path, out: &Path, texts: &[PathBuf], val_fractio
             rest = b;
         }
         pieces.push(rest);
-        let enc = tok
-            .encode_batch(pieces, false)
-            .map_err(|e| Error::format(path, format!("tokenizing: {e}")))?;
+        let enc = tok.encode_batch(pieces, false).map_err(|e| Error::format(path, format!("tokenizing: {e}")))?;
         let mut ids: Vec<u32> = enc.iter().flat_map(|e| e.get_ids().iter().copied()).collect();
         let n_val = if val_fraction > 0.0 && ids.len() as f64 * val_fraction >= 2.0 {
             (ids.len() as f64 * val_fraction) as usize

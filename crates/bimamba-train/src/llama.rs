@@ -218,7 +218,12 @@ mod tests {
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
         assert!(got.iter().all(|x| x.is_finite()), "non-finite logits");
-        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, |m, d| if d.is_nan() || d > m { d } else { m }) / scale;
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, |m, d| if d.is_nan() || d > m { d } else { m })
+            / scale;
         assert!(err < 1e-4, "max relative error {err}");
     }
 }

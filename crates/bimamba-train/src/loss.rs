@@ -109,7 +109,8 @@ mod tests {
             assert!((got - want).abs() < 1e-12, "T={t}: {got} vs {want}");
         }
         // Top-k with all columns kept equals the dense loss (up to the column order).
-        let idx = Tensor::<B, 3, Int>::from_data(TensorData::new(vec![2i64, 0, 1, 1, 2, 0], [1, 2, 3]), &Default::default());
+        let idx =
+            Tensor::<B, 3, Int>::from_data(TensorData::new(vec![2i64, 0, 1, 1, 2, 0], [1, 2, 3]), &Default::default());
         let tl = t3(vec![zt[2], zt[0], zt[1], zt[4], zt[5], zt[3]], [1, 2, 3]);
         let sparse = soft_cross_entropy_topk(student.clone(), idx, tl, 1.0).into_scalar();
         let dense = soft_cross_entropy(student, teacher, 1.0).into_scalar();

@@ -11,7 +11,11 @@ use bimamba_train::runconfig::TrainConfig;
 use bimamba_train::{bench, data, export, run};
 
 #[derive(Parser, Debug)]
-#[command(name = "bimamba-train", version, about = "Train Bi-Mamba (1-bit Mamba-2) models by autoregressive distillation")]
+#[command(
+    name = "bimamba-train",
+    version,
+    about = "Train Bi-Mamba (1-bit Mamba-2) models by autoregressive distillation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -163,7 +167,16 @@ fn main() -> Result<()> {
             if a.seq_len == 0 {
                 bail!("--seq-len must be positive");
             }
-            let n = backend::teacher_logits(a.backend, &a.teacher, &a.data, &a.out, a.seq_len, a.top_k, a.max_windows, a.batch)?;
+            let n = backend::teacher_logits(
+                a.backend,
+                &a.teacher,
+                &a.data,
+                &a.out,
+                a.seq_len,
+                a.top_k,
+                a.max_windows,
+                a.batch,
+            )?;
             println!("wrote {} ({n} windows of {} tokens, top {})", a.out.display(), a.seq_len, a.top_k);
         }
         Command::Bench(a) => bench::run_cli(&a)?,

@@ -134,11 +134,7 @@ impl<B: Backend> CausalConv<B> {
         let [b, l, c] = x.dims();
         let k = self.weight.dims()[2];
         let w = self.weight.val().reshape([c, k]);
-        let xp = if k > 1 {
-            Tensor::cat(vec![Tensor::zeros([b, k - 1, c], opts::<B>(&x.device())), x], 1)
-        } else {
-            x
-        };
+        let xp = if k > 1 { Tensor::cat(vec![Tensor::zeros([b, k - 1, c], opts::<B>(&x.device())), x], 1) } else { x };
         let mut y = xp.clone().narrow(1, 0, l) * w.clone().narrow(1, 0, 1).reshape([1, 1, c]);
         for j in 1..k {
             y = y + xp.clone().narrow(1, j, l) * w.clone().narrow(1, j, 1).reshape([1, 1, c]);
@@ -172,10 +168,7 @@ impl<B: Backend> Mixer<B> {
         let a_log: Vec<f32> = (0..h).map(|_| rng.uniform(1.0, 16.0).ln() as f32).collect();
         Self {
             in_proj: Projection::from_latent(w_in, cfg.d_in_proj(), d, binary, device),
-            conv1d: CausalConv {
-                weight: param(conv_w, [cd, 1, k], device),
-                bias: param(conv_b, [cd], device),
-            },
+            conv1d: CausalConv { weight: param(conv_w, [cd, 1, k], device), bias: param(conv_b, [cd], device) },
             dt_bias: param(dt_bias, [h], device),
             A_log: param(a_log, [h], device),
             D: param(vec![1.0; h], [h], device),
@@ -203,7 +196,7 @@ impl<B: Backend> Mixer<B> {
         let a = self.A_log.val().exp().neg();
         let (y, _) = ssd_chunked(x.clone(), dt, a, bm, cm, cfg.chunk_size, None);
         let y = y + x * self.D.val().reshape([1, 1, h, 1]); // [b,L,H,P]
-        // Gated grouped RMSNorm (norm_before_gate = False): normalize y·SiLU(z) per group.
+                                                            // Gated grouped RMSNorm (norm_before_gate = False): normalize y·SiLU(z) per group.
         let gated = y.reshape([b, l, di]) * silu(z);
         let normed = rms_normalize(gated.reshape([b, l, g, di / g]), cfg.norm_eps).reshape([b, l, di])
             * self.norm.weight.val().reshape([1, 1, di]);
@@ -218,10 +211,7 @@ impl<B: Backend> Mamba2Lm<B> {
         let (v, d) = (cfg.padded_vocab(), cfg.d_model);
         let emb: Vec<f32> = (0..v * d).map(|_| (0.02 * rng.normal()) as f32).collect();
         let layers = (0..cfg.n_layer)
-            .map(|_| Block {
-                norm: RmsNorm::ones(d, device),
-                mixer: Mixer::init(cfg, &mut rng, device),
-            })
+            .map(|_| Block { norm: RmsNorm::ones(d, device), mixer: Mixer::init(cfg, &mut rng, device) })
             .collect();
         Self {
             backbone: Backbone {
@@ -331,7 +321,10 @@ mod tests {
 
     /// A smooth scalar of the logits: Σ logits ⊙ R with a fixed random R.
     fn loss_of(model: &Mamba2Lm<Ad>, tokens: &[i64], r: &Tensor<Ad, 3>) -> Tensor<Ad, 1> {
-        let t = Tensor::<Ad, 2, Int>::from_data(TensorData::new(tokens.to_vec(), [2, tokens.len() / 2]), &Default::default());
+        let t = Tensor::<Ad, 2, Int>::from_data(
+            TensorData::new(tokens.to_vec(), [2, tokens.len() / 2]),
+            &Default::default(),
+        );
         (model.forward(t) * r.clone()).sum()
     }
 
@@ -402,7 +395,10 @@ mod tests {
         let dev = Default::default();
         let m32 = Mamba2Lm::<A>::init(&cfg, 4, &dev);
         let m16 = m32.clone().with_matmul_dtype(Some(DType::F64));
-        let toks = Tensor::<A, 2, Int>::from_data(TensorData::new((0..12i64).map(|i| i % 11).collect::<Vec<_>>(), [2, 6]), &dev);
+        let toks = Tensor::<A, 2, Int>::from_data(
+            TensorData::new((0..12i64).map(|i| i % 11).collect::<Vec<_>>(), [2, 6]),
+            &dev,
+        );
         let a = m32.forward(toks.clone());
         let b = m16.forward(toks);
         assert_eq!(b.dtype(), DType::F32);
@@ -430,7 +426,8 @@ mod tests {
         assert!((std(&v("backbone.embedding.weight")) - 0.02).abs() < 0.002);
         let a: Vec<f32> = v("backbone.layers.0.mixer.A_log").iter().map(|x| x.exp()).collect();
         assert!(a.iter().all(|&x| (1.0..=16.0).contains(&x)));
-        let dt: Vec<f64> = v("backbone.layers.0.mixer.dt_bias").iter().map(|&b| (1.0 + (b as f64).exp()).ln()).collect();
+        let dt: Vec<f64> =
+            v("backbone.layers.0.mixer.dt_bias").iter().map(|&b| (1.0 + (b as f64).exp()).ln()).collect();
         assert!(dt.iter().all(|&x| (0.99e-3..=0.101).contains(&x)), "{dt:?}");
         assert!(v("backbone.layers.1.mixer.D").iter().all(|&x| x == 1.0));
         let bound_out = 1.0 / (128f32).sqrt() / 2.0;

@@ -180,7 +180,8 @@ mod tests {
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
         assert!(got.iter().all(|x| x.is_finite()), "non-finite logits");
-        got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, |m, d| if d.is_nan() || d > m { d } else { m }) / scale
+        got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, |m, d| if d.is_nan() || d > m { d } else { m })
+            / scale
     }
 
     #[test]

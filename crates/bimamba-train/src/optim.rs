@@ -279,15 +279,27 @@ mod tests {
     #[test]
     fn adamw_matches_scalar_reference_and_state_round_trips() {
         let cfg = ModelConfig {
-            d_model: 4, n_layer: 1, vocab_size: 8, d_state: 2, d_conv: 2, expand: 2, headdim: 4,
-            ngroups: 1, chunk_size: 4, pad_vocab_size_multiple: 8, norm_eps: 1e-5, precision: Precision::Binary,
+            d_model: 4,
+            n_layer: 1,
+            vocab_size: 8,
+            d_state: 2,
+            d_conv: 2,
+            expand: 2,
+            headdim: 4,
+            ngroups: 1,
+            chunk_size: 4,
+            pad_vocab_size_multiple: 8,
+            norm_eps: 1e-5,
+            precision: Precision::Binary,
         };
         let dev = Default::default();
         let oc = OptimConfig { lr: 0.01, grad_clip: 0.01, ..Default::default() };
         let mut model = Mamba2Lm::<A>::init(&cfg, 3, &dev);
         let mut opt = AdamW::<B>::new(oc.clone());
         let tokens = burn::tensor::Tensor::<A, 2, burn::tensor::Int>::from_data(
-            burn::tensor::TensorData::new(vec![1i64, 2, 3, 4, 5], [1, 5]), &dev);
+            burn::tensor::TensorData::new(vec![1i64, 2, 3, 4, 5], [1, 5]),
+            &dev,
+        );
         let mut ref_p: NamedTensors = params::collect(&model);
         let mut ref_m: HashMap<String, (Vec<f64>, Vec<f64>)> = HashMap::new();
         for step in 1..=2 {
@@ -295,10 +307,18 @@ mod tests {
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             // Reference gradients by name, before the optimizer consumes them.
             let named_g: Vec<(String, Vec<f64>)> = {
-                struct G<'a> { path: Vec<String>, g: &'a GradientsParams, out: Vec<(String, Vec<f64>)> }
+                struct G<'a> {
+                    path: Vec<String>,
+                    g: &'a GradientsParams,
+                    out: Vec<(String, Vec<f64>)>,
+                }
                 impl ModuleVisitor<A> for G<'_> {
-                    fn enter_module(&mut self, n: &str, _c: &str) { self.path.push(n.into()); }
-                    fn exit_module(&mut self, _n: &str, _c: &str) { self.path.pop(); }
+                    fn enter_module(&mut self, n: &str, _c: &str) {
+                        self.path.push(n.into());
+                    }
+                    fn exit_module(&mut self, _n: &str, _c: &str) {
+                        self.path.pop();
+                    }
                     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<A, D>>) {
                         if let Some(t) = self.g.get::<B, D>(p.id) {
                             self.out.push((self.path.join("."), t.to_data().iter::<f64>().collect()));
@@ -334,7 +354,11 @@ mod tests {
             for (name, want) in &ref_p {
                 let a: Vec<f64> = got[name].iter::<f64>().collect();
                 let b: Vec<f64> = want.iter::<f64>().collect();
-                let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, |e, d| if d.is_nan() || d > e { d } else { e });
+                let err =
+                    a.iter()
+                        .zip(&b)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f64, |e, d| if d.is_nan() || d > e { d } else { e });
                 assert!(err < 1e-12, "step {step} {name}: {err}");
             }
             // Save and restore the moments: the next step must not notice.

@@ -83,12 +83,9 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_> {
         let expected = tensor.shape().to_vec();
         let replaced = match self.src.get(&name) {
             None => Err(Error::MissingTensor { name, source_desc: self.source_desc.to_string() }),
-            Some(d) if d.shape.to_vec() != expected => Err(Error::Shape {
-                name,
-                source_desc: self.source_desc.to_string(),
-                expected,
-                got: d.shape.to_vec(),
-            }),
+            Some(d) if d.shape.to_vec() != expected => {
+                Err(Error::Shape { name, source_desc: self.source_desc.to_string(), expected, got: d.shape.to_vec() })
+            }
             Some(d) => {
                 let device = tensor.device();
                 let t = Tensor::<B, D>::from_data(d.clone(), (&device, float_dtype::<B>()));
@@ -129,10 +126,8 @@ pub fn f32_bytes(data: &TensorData) -> Vec<u8> {
 
 /// Writes `tensors` as an f32 safetensors file, atomically (temporary file, fsync, rename).
 pub fn write_safetensors(path: &Path, tensors: &NamedTensors, metadata: Option<HashMap<String, String>>) -> Result<()> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(k, d)| (k.clone(), f32_bytes(d), d.shape.to_vec()))
-        .collect();
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
+        tensors.iter().map(|(k, d)| (k.clone(), f32_bytes(d), d.shape.to_vec())).collect();
     let views = bytes
         .iter()
         .map(|(k, b, s)| {
@@ -205,7 +200,6 @@ pub fn read_safetensors(path: &Path) -> Result<NamedTensors> {
 /// The metadata map of a safetensors file.
 pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
     let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, e.to_string()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, e.to_string()))?;
     Ok(meta.metadata().clone().unwrap_or_default())
 }

@@ -47,7 +47,13 @@ fn text_width(s: &str) -> i32 {
     s.chars().count() as i32 * 4 * SCALE
 }
 
-fn draw_text<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, s: &str, x: i32, y: i32, color: &RGBColor) -> Result<()> {
+fn draw_text<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    s: &str,
+    x: i32,
+    y: i32,
+    color: &RGBColor,
+) -> Result<()> {
     for (i, c) in s.chars().enumerate() {
         let g = glyph(c);
         for (row, bits) in g.iter().enumerate() {
@@ -69,7 +75,11 @@ fn fmt_tick(v: f64) -> String {
     let a = v.abs();
     if a >= 1000.0 {
         let k = v / 1000.0;
-        if (k - k.round()).abs() < 1e-9 { format!("{}k", k.round()) } else { format!("{k:.1}k") }
+        if (k - k.round()).abs() < 1e-9 {
+            format!("{}k", k.round())
+        } else {
+            format!("{k:.1}k")
+        }
     } else if a >= 10.0 || v == v.round() {
         format!("{v:.0}")
     } else if a >= 1.0 {
@@ -84,7 +94,15 @@ fn tick_step(span: f64, n: f64) -> f64 {
     let raw = (span / n).max(1e-12);
     let p = 10f64.powf(raw.log10().floor());
     let m = raw / p;
-    p * if m < 1.5 { 1.0 } else if m < 3.5 { 2.0 } else if m < 7.5 { 5.0 } else { 10.0 }
+    p * if m < 1.5 {
+        1.0
+    } else if m < 3.5 {
+        2.0
+    } else if m < 7.5 {
+        5.0
+    } else {
+        10.0
+    }
 }
 
 /// Reads `metrics.jsonl` and draws `png`.

@@ -88,7 +88,14 @@ fn int_tensor<B: Backend>(v: Vec<i64>, dims: [usize; 2], device: &B::Device) -> 
 
 /// Mean next-token cross-entropy of `model` on the first `windows` non-overlapping windows of the
 /// validation split (None when it holds no whole window).
-pub fn validation_loss<B: Backend>(model: &Mamba2Lm<B>, data: &Dataset, seq_len: usize, windows: usize, batch: usize, device: &B::Device) -> Option<f64> {
+pub fn validation_loss<B: Backend>(
+    model: &Mamba2Lm<B>,
+    data: &Dataset,
+    seq_len: usize,
+    windows: usize,
+    batch: usize,
+    device: &B::Device,
+) -> Option<f64> {
     let n = (data.val.len().saturating_sub(1) / seq_len).min(windows);
     if n == 0 {
         return None;
@@ -290,8 +297,8 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
                     None => s,
                 });
             }
-            let loss = loss.ok_or_else(|| Error::Config("the loss has no term: check [loss] weights".into()))?
-                / accum as f64;
+            let loss =
+                loss.ok_or_else(|| Error::Config("the loss has no term: check [loss] weights".into()))? / accum as f64;
             let value: f64 = loss.clone().into_scalar().elem();
             loss_sum += value;
             if !value.is_finite() {
@@ -336,14 +343,27 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
         append_line(&metrics, &line)?;
         pb.set_message(format!("loss {loss_sum:.4} {tps:.0} tok/s"));
         pb.set_position(state.step);
-        let ck_now = (cfg.train.checkpoint_every > 0 && state.step % cfg.train.checkpoint_every == 0) || state.step == total;
+        let ck_now =
+            (cfg.train.checkpoint_every > 0 && state.step % cfg.train.checkpoint_every == 0) || state.step == total;
         if ck_now {
-            checkpoint::save(&run_dir, &params::collect(&model), &optim.state_tensors(), &state, cfg.train.keep_checkpoints)?;
+            checkpoint::save(
+                &run_dir,
+                &params::collect(&model),
+                &optim.state_tensors(),
+                &state,
+                cfg.train.keep_checkpoints,
+            )?;
         }
     }
     pb.finish();
     if let Err(e) = crate::plot::plot_losses(&metrics, &run_dir.join("loss.png")) {
         say(&pb, format!("warning: no loss plot: {e}"));
     }
-    Ok(RunSummary { run_dir, steps: state.step, last_train_loss: last_loss, first_val_loss: first_val, last_val_loss: last_val })
+    Ok(RunSummary {
+        run_dir,
+        steps: state.step,
+        last_train_loss: last_loss,
+        first_val_loss: first_val,
+        last_val_loss: last_val,
+    })
 }

@@ -253,7 +253,11 @@ steps = 10
         std::fs::write(&p, "[model]\nd_model = 32\nn_layer = 2\nbogus = 1\n[data]\ndir='d'\nseq_len=8\nbatch_size=1\n[train]\nsteps=1\n[loss]\nsoft_weight=0.0\nhard_weight=1.0\ntemperature=1.0\n").expect("write");
         let e = TrainConfig::load(&p).expect("parses").model.resolve(10).expect_err("unknown key");
         assert!(e.to_string().contains("bogus"), "{e}");
-        std::fs::write(&p, "[model]\nd_model = 32\nn_layer = 2\n[data]\ndir='d'\nseq_len=8\nbatch_size=1\n[train]\nsteps=1\n").expect("write");
+        std::fs::write(
+            &p,
+            "[model]\nd_model = 32\nn_layer = 2\n[data]\ndir='d'\nseq_len=8\nbatch_size=1\n[train]\nsteps=1\n",
+        )
+        .expect("write");
         let e = TrainConfig::load(&p).expect_err("no teacher and no hard loss");
         assert!(e.to_string().contains("hard_weight"), "{e}");
     }

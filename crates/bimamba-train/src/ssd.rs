@@ -113,10 +113,7 @@ pub fn ssd_chunked<B: Backend>(
 
     // 3. States entering each chunk: segment decay over chunk totals, initial state first.
     let totals = last.reshape([b, c, h]).swap_dims(1, 2); // [b,H,c]
-    let excl = Tensor::cat(
-        vec![Tensor::zeros([b, h, 1], opts::<B>(&device)), cumsum_last(totals)],
-        2,
-    ); // Λ': [b,H,c+1]
+    let excl = Tensor::cat(vec![Tensor::zeros([b, h, 1], opts::<B>(&device)), cumsum_last(totals)], 2); // Λ': [b,H,c+1]
     let chunk_decay: Tensor<B, 4> = segment_decay(excl); // [b,H,c+1,c+1]
     let init = match initial_state {
         Some(s) => s.reshape([b, h, 1, p * n]),
@@ -159,12 +156,8 @@ pub fn ssd_recurrent<B: Backend>(
     let [b, l, h, p] = x.dims();
     let [_, _, g, n] = bm.dims();
     let hg = h / g;
-    let per_head = |m: Tensor<B, 4>, i: usize| {
-        m.narrow(1, i, 1)
-            .reshape([b, g, 1, n])
-            .expand([b, g, hg, n])
-            .reshape([b, h, 1, n])
-    };
+    let per_head =
+        |m: Tensor<B, 4>, i: usize| m.narrow(1, i, 1).reshape([b, g, 1, n]).expand([b, g, hg, n]).reshape([b, h, 1, n]);
     let mut state = initial_state.unwrap_or_else(|| Tensor::zeros([b, h, p, n], opts::<B>(&device)));
     let mut ys = Vec::with_capacity(l);
     for i in 0..l {
@@ -208,13 +201,9 @@ mod tests {
         let bm = rand(&mut rng, [b, l, g, n], -1.0, 1.0);
         let cm = rand(&mut rng, [b, l, g, n], -1.0, 1.0);
         let s0 = rand(&mut rng, [b, h, p, n], -1.0, 1.0);
-        let (y_ref, s_ref) = ssd_recurrent(
-            x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), Some(s0.clone()),
-        );
+        let (y_ref, s_ref) = ssd_recurrent(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), Some(s0.clone()));
         for chunk in [1, 4, 5, 13, 64] {
-            let (y, s) = ssd_chunked(
-                x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, Some(s0.clone()),
-            );
+            let (y, s) = ssd_chunked(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, Some(s0.clone()));
             assert_eq!(y.dims(), [b, l, h, p]);
             let dy = max_diff(y, y_ref.clone());
             let ds = max_diff(s, s_ref.clone());

@@ -63,7 +63,11 @@ impl<B: Backend> Frozen<B> for crate::llama::LlamaTeacher<B> {
 }
 
 /// Loads a LLaMA-architecture GGUF teacher and checks its tokenizer (rebuilt from the GGUF).
-pub fn load_llama_teacher<B: Backend>(path: &Path, data: &Dataset, device: &B::Device) -> Result<crate::llama::LlamaTeacher<B>> {
+pub fn load_llama_teacher<B: Backend>(
+    path: &Path,
+    data: &Dataset,
+    device: &B::Device,
+) -> Result<crate::llama::LlamaTeacher<B>> {
     let t = crate::llama::LlamaTeacher::<B>::load(path, device)?;
     check_tokenizer(&vocab_hash(&t.tokenizer), &path.display().to_string(), data)?;
     Ok(t)

@@ -173,7 +173,10 @@ fn train_resume_after_sigkill_export_and_nonfinite_stop() {
     let exported = md.build::<B>(&dev).expect("build");
     let ck = checkpoint::load(&checkpoint::latest(&run_a).expect("ok").expect("some")).expect("load");
     let trained = params::load(Mamba2Lm::<B>::init(&md.config, 0, &dev), &ck.model, "ckpt").expect("load");
-    let toks = Tensor::<B, 2, Int>::from_data(TensorData::new((0..40i64).map(|i| i * 11 % 451).collect::<Vec<_>>(), [1, 40]), &dev);
+    let toks = Tensor::<B, 2, Int>::from_data(
+        TensorData::new((0..40i64).map(|i| i * 11 % 451).collect::<Vec<_>>(), [1, 40]),
+        &dev,
+    );
     let d = (exported.forward(toks.clone()) - trained.forward(toks)).abs().max().into_scalar();
     assert_eq!(d, 0.0);
 

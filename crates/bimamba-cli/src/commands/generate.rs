@@ -73,7 +73,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 }
 
 /// Prefill, then sample and step until `max_tokens` or a stop token.
-fn generate<M: LanguageModel>(model: &M, tok: &Tokenizer, a: &GenerateArgs, temperature: f32, stops: &[u32]) -> Result<()> {
+fn generate<M: LanguageModel>(
+    model: &M,
+    tok: &Tokenizer,
+    a: &GenerateArgs,
+    temperature: f32,
+    stops: &[u32],
+) -> Result<()> {
     let prompt = tok.encode(&a.prompt)?;
     if prompt.is_empty() {
         bail!("--prompt: the prompt encodes to no tokens");

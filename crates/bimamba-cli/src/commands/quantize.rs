@@ -95,9 +95,7 @@ fn method(a: &QuantizeArgs) -> Result<Method> {
         MethodArg::Xnor => Method::Xnor,
         MethodArg::Gptq => Method::Gptq { bits: a.bits.unwrap_or(2) },
         MethodArg::Billm => Method::Billm,
-        MethodArg::Pbllm => Method::Pbllm {
-            salient_fraction: a.salient_fraction.unwrap_or(0.1),
-        },
+        MethodArg::Pbllm => Method::Pbllm { salient_fraction: a.salient_fraction.unwrap_or(0.1) },
     })
 }
 
@@ -119,12 +117,7 @@ fn report_line(r: &ProjReport, n_layer: usize) -> String {
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let method = method(&a)?;
-    let settings = Settings {
-        act_order: !a.no_act_order,
-        block: a.block_size,
-        damp: a.damp,
-        ..Settings::new(method)
-    };
+    let settings = Settings { act_order: !a.no_act_order, block: a.block_size, damp: a.damp, ..Settings::new(method) };
     settings.validate()?;
     if method.needs_calibration() && a.calib.is_none() {
         bail!("--method {} needs calibration text: pass --calib FILE", method.name());

@@ -140,7 +140,8 @@ impl Load4 for f16 {
         let h = vmovl_u16(vld1_u16(p.cast()));
         let em = vandq_u32(h, vdupq_n_u32(0x7fff));
         let shifted = vshlq_n_u32::<13>(em);
-        let scaled = vreinterpretq_u32_f32(vmulq_f32(vreinterpretq_f32_u32(shifted), vdupq_n_f32(f32::from_bits(0x7780_0000))));
+        let scaled =
+            vreinterpretq_u32_f32(vmulq_f32(vreinterpretq_f32_u32(shifted), vdupq_n_f32(f32::from_bits(0x7780_0000))));
         let special = vcgeq_u32(em, vdupq_n_u32(0x7c00));
         let mag = vbslq_u32(special, vorrq_u32(shifted, vdupq_n_u32(0x7f80_0000)), scaled);
         let sign = vshlq_n_u32::<16>(vandq_u32(h, vdupq_n_u32(0x8000)));
