@@ -21,6 +21,18 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// Parameters besides the two projections (norms, conv, dt_bias, A, D), all f32.
+    pub fn small_params(&self) -> usize {
+        let m = &self.mixer;
+        self.norm.len()
+            + m.conv_weight.len()
+            + m.conv_bias.len()
+            + m.dt_bias.len()
+            + m.a.len()
+            + m.d.len()
+            + m.norm_weight.len()
+    }
+
     /// One residual block, in place: h ← h + mixer(RMSNorm(h) ⊙ norm.weight).
     ///
     /// # Shapes
@@ -201,8 +213,7 @@ impl Model {
             dense += h.rows() * h.cols();
         }
         for l in &self.layers {
-            let m = &l.mixer;
-            for p in [&m.in_proj, &m.out_proj] {
+            for p in [&l.mixer.in_proj, &l.mixer.out_proj] {
                 let n = p.rows() * p.cols();
                 if p.is_binary() {
                     binary += n
@@ -210,15 +221,20 @@ impl Model {
                     dense += n
                 }
             }
-            dense += l.norm.len()
-                + m.conv_weight.len()
-                + m.conv_bias.len()
-                + m.dt_bias.len()
-                + m.a.len()
-                + m.d.len()
-                + m.norm_weight.len();
+            dense += l.small_params();
         }
         (binary, dense)
+    }
+
+    /// Bytes of all weights in memory (projections in their format, f32 small tensors).
+    pub fn weight_bytes(&self) -> usize {
+        let head = self.lm_head.as_ref().map_or(0, Linear::weight_bytes);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.mixer.in_proj.weight_bytes() + l.mixer.out_proj.weight_bytes() + 4 * l.small_params())
+            .sum();
+        self.embedding.weight_bytes() + head + layers + 4 * self.norm_f.len()
     }
 }
 

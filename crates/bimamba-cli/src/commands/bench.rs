@@ -55,16 +55,7 @@ pub fn bytes_per_token(m: &Model) -> usize {
         b += m.embedding.weight_bytes() / m.embedding.rows();
     }
     for l in &m.layers {
-        let x = &l.mixer;
-        b += x.in_proj.weight_bytes() + x.out_proj.weight_bytes();
-        b += 4
-            * (l.norm.len()
-                + x.conv_weight.len()
-                + x.conv_bias.len()
-                + x.dt_bias.len()
-                + x.a.len()
-                + x.d.len()
-                + x.norm_weight.len());
+        b += l.mixer.in_proj.weight_bytes() + l.mixer.out_proj.weight_bytes() + 4 * l.small_params();
     }
     b + 2 * m.new_state().bytes()
 }

@@ -32,15 +32,10 @@ pub fn run(a: InfoArgs) -> Result<()> {
         .iter()
         .map(|l| l.mixer.in_proj.rows() * l.mixer.in_proj.cols() + l.mixer.out_proj.rows() * l.mixer.out_proj.cols())
         .sum();
-    let embed_bytes = model.embedding.weight_bytes() + model.lm_head.as_ref().map_or(0, |h| h.weight_bytes());
-    let small: usize = dense
-        - model.embedding.rows() * model.embedding.cols()
-        - model.lm_head.as_ref().map_or(0, |h| h.rows() * h.cols())
-        - if binary == 0 { proj_params } else { 0 };
-    let weight_bytes = proj_bytes + embed_bytes + 4 * small;
+    let weight_bytes = model.weight_bytes();
     let state_bytes = model.new_state().bytes();
-    // Activations of a 2048-token prefill block dominate the scratch memory.
-    let scratch = 4 * 2048 * (c.d_in_proj() + c.conv_dim() + 2 * c.d_inner() + 3 * c.d_model);
+    // Activations of one prefill block dominate the scratch memory.
+    let scratch = 4 * bimamba_engine::model::PREFILL_BLOCK * (c.d_in_proj() + c.conv_dim() + 2 * c.d_inner() + 3 * c.d_model);
     let total = binary + dense;
     let bpw = 8.0 * weight_bytes as f64 / total as f64;
     let kind = if binary > 0 { "Bi-Mamba (1-bit in_proj/out_proj)" } else { "Mamba-2 (full precision)" };
