@@ -35,7 +35,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
     let weight_bytes = model.weight_bytes();
     let state_bytes = model.new_state().bytes();
     // Activations of one prefill block dominate the scratch memory.
-    let scratch = 4 * bimamba_engine::model::PREFILL_BLOCK * (c.d_in_proj() + c.conv_dim() + 2 * c.d_inner() + 3 * c.d_model);
+    let scratch =
+        4 * bimamba_engine::model::PREFILL_BLOCK * (c.d_in_proj() + c.conv_dim() + 2 * c.d_inner() + 3 * c.d_model);
     let total = binary + dense;
     let bpw = 8.0 * weight_bytes as f64 / total as f64;
     let kind = if binary > 0 { "Bi-Mamba (1-bit in_proj/out_proj)" } else { "Mamba-2 (full precision)" };
