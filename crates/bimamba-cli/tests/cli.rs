@@ -2,42 +2,18 @@
 //! mistakes produce: one clear line naming the file/tensor/field, a non-zero exit, no panic.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use bimamba_formats::Checkpoint;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+mod common;
+use common::{assert_user_error, bimamba, root, scratch};
+
+fn tmp(name: &str) -> PathBuf {
+    scratch("cli", name)
 }
 
 fn fixture(name: &str) -> PathBuf {
     root().join("fixtures").join(name)
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn bimamba(args: &[&str]) -> Out {
-    let o = Command::new(env!("CARGO_BIN_EXE_bimamba"))
-        .args(args)
-        .env_remove("BIMAMBA_MODEL")
-        .output()
-        .expect("the bimamba binary runs");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bimamba-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Copies a fixture model directory (config, weights, tokenizer) to a scratch place.
@@ -47,17 +23,6 @@ fn copy_model(name: &str, to: &Path) {
         if src.exists() {
             std::fs::copy(&src, to.join(f)).unwrap();
         }
-    }
-}
-
-/// A user error: non-zero exit, exactly one line on stderr that mentions every `needles`.
-fn assert_user_error(o: &Out, needles: &[&str]) {
-    assert_ne!(o.code, 0, "expected failure; stderr: {}", o.stderr);
-    assert!(!o.stderr.contains("panicked"), "panic: {}", o.stderr);
-    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {}", o.stderr);
-    for n in needles {
-        assert!(lines[0].contains(n), "`{n}` missing from: {}", lines[0]);
     }
 }
 

@@ -1,55 +1,26 @@
 //! `bimamba eval tasks` and `bimamba eval compare` end to end on the fixture models and the
 //! committed task fixtures (fixtures/eval: four real documents per task).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn path(rel: &str) -> String {
-    root().join(rel).display().to_string()
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+mod common;
+use common::{assert_user_error, bimamba_env, root, scratch, Out};
 
 fn bimamba(args: &[&str], data_env: Option<&str>) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bimamba"));
-    cmd.args(args).env_remove("BIMAMBA_MODEL").env_remove("BIMAMBA_EVAL_DATA");
-    if let Some(d) = data_env {
-        cmd.env("BIMAMBA_EVAL_DATA", d);
-    }
-    let o = cmd.output().expect("the bimamba binary runs");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    match data_env {
+        Some(d) => bimamba_env(args, &[("BIMAMBA_EVAL_DATA", d)]),
+        None => bimamba_env(args, &[]),
     }
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bimamba-eval-tasks-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir is writable");
-    d
+    scratch("eval-tasks", name)
 }
 
-/// Non-zero exit, one line on stderr mentioning every needle, no panic.
-fn assert_user_error(o: &Out, needles: &[&str]) {
-    assert_ne!(o.code, 0, "expected failure; stdout: {}", o.stdout);
-    assert!(!o.stderr.contains("panicked"), "panic: {}", o.stderr);
-    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {}", o.stderr);
-    for n in needles {
-        assert!(lines[0].contains(n), "`{n}` missing from: {}", lines[0]);
-    }
+fn path(rel: &str) -> String {
+    root().join(rel).display().to_string()
 }
 
 fn tasks_json(model: &str) -> Value {

@@ -3,30 +3,13 @@
 //! binary's numbers must equal the library's on the same file.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use bimamba_engine::LanguageModel;
 use bimamba_formats::Checkpoint;
 use bimamba_llama::{gguf_tokenizer, testing::tiny_llama_gguf, LlamaModel};
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn bimamba(args: &[&str]) -> Out {
-    let o = Command::new(env!("CARGO_BIN_EXE_bimamba"))
-        .args(args)
-        .env_remove("BIMAMBA_MODEL")
-        .output()
-        .expect("the bimamba binary runs");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
+mod common;
+use common::bimamba;
 
 /// A scratch directory holding the tiny GGUF model and a text file.
 fn setup(name: &str) -> (PathBuf, PathBuf) {

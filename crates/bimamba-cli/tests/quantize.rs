@@ -3,52 +3,18 @@
 //! one clear error line.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use bimamba_formats::Checkpoint;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+mod common;
+use common::{assert_user_error, bimamba, root, scratch};
+
+fn tmp(name: &str) -> PathBuf {
+    scratch("quantize", name)
 }
 
 fn fixture(name: &str) -> String {
     root().join("fixtures").join(name).display().to_string()
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn bimamba(args: &[&str]) -> Out {
-    let o = Command::new(env!("CARGO_BIN_EXE_bimamba"))
-        .args(args)
-        .env_remove("BIMAMBA_MODEL")
-        .output()
-        .expect("the bimamba binary runs");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bimamba-quantize-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch directory");
-    d
-}
-
-fn assert_user_error(o: &Out, needles: &[&str]) {
-    assert_ne!(o.code, 0, "expected failure; stderr: {}", o.stderr);
-    assert!(!o.stderr.contains("panicked"), "panic: {}", o.stderr);
-    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {}", o.stderr);
-    for n in needles {
-        assert!(lines[0].contains(n), "`{n}` missing from: {}", lines[0]);
-    }
 }
 
 fn ppl(model: &str) -> f64 {
