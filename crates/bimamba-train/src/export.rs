@@ -40,8 +40,10 @@ pub fn mamba_config_json(cfg: &ModelConfig) -> serde_json::Value {
 }
 
 /// Writes a model directory from a config, weights by name and a tokenizer file.
+///
+/// The files are written into a temporary sibling folder first and each is then renamed into
+/// `out`, so a failure (a missing tokenizer, a full disk) leaves `out` as it was.
 pub fn write_model_dir(out: &Path, cfg: &ModelConfig, tensors: &NamedTensors, tokenizer: &Path) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(Error::io(out))?;
     let has_scales = tensors.keys().any(|k| k.ends_with(".wscale"));
     if has_scales != (cfg.precision == Precision::Binary) {
         return Err(Error::Config(format!(
@@ -50,12 +52,25 @@ pub fn write_model_dir(out: &Path, cfg: &ModelConfig, tensors: &NamedTensors, to
             cfg.precision
         )));
     }
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&out.join("model.safetensors"), tensors, Some(meta))?;
-    let text = format!("{:#}\n", mamba_config_json(cfg));
-    write_atomic(&out.join("config.json"), text.as_bytes())?;
     let tok = std::fs::read(tokenizer).map_err(Error::io(tokenizer))?;
-    write_atomic(&out.join("tokenizer.json"), &tok)
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let staged = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        write_safetensors(&tmp.join("model.safetensors"), tensors, Some(meta))?;
+        write_atomic(&tmp.join("config.json"), format!("{:#}\n", mamba_config_json(cfg)).as_bytes())?;
+        write_atomic(&tmp.join("tokenizer.json"), &tok)?;
+        std::fs::create_dir_all(out).map_err(Error::io(out))?;
+        for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+            std::fs::rename(tmp.join(f), out.join(f)).map_err(Error::io(out.join(f)))?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    staged
 }
 
 /// Exports the latest checkpoint of `run_dir` to `out`.
@@ -71,6 +86,9 @@ pub fn export_run(run_dir: &Path, out: &Path) -> Result<ModelConfig> {
     let ck_dir = checkpoint::latest(run_dir)?
         .ok_or_else(|| Error::Config(format!("{} has no checkpoint to export", run_dir.display())))?;
     let ck = checkpoint::load(&ck_dir)?;
-    write_model_dir(out, &mcfg, &ck.model, &cfg.data.dir.join("tokenizer.json"))?;
+    // Runs keep a copy of their tokenizer; older runs point at their data directory.
+    let own = run_dir.join("tokenizer.json");
+    let tokenizer = if own.exists() { own } else { cfg.data.dir.join("tokenizer.json") };
+    write_model_dir(out, &mcfg, &ck.model, &tokenizer)?;
     Ok(mcfg)
 }

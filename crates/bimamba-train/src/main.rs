@@ -53,6 +53,9 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Stop after this many seconds of this process (checkpoint written; continue with --resume).
+    #[arg(long)]
+    max_seconds: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,9 +137,12 @@ fn main() -> Result<()> {
                 Some(k) => k,
                 None => cfg.train.backend.parse().map_err(anyhow::Error::msg)?,
             };
-            let opts = run::RunOptions { out, resume: a.resume, quiet: a.quiet };
+            let opts = run::RunOptions { out, resume: a.resume, quiet: a.quiet, max_seconds: a.max_seconds };
             let s = backend::train(kind, &cfg, &opts)?;
             let fmt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or("-".into());
+            if s.stopped_early {
+                println!("time limit reached: checkpoint at step {}; continue with --resume", s.steps);
+            }
             println!(
                 "trained {} steps in {}: last train loss {:.4}, val loss {} -> {}",
                 s.steps,

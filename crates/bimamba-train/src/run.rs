@@ -2,7 +2,7 @@
 //! exact resume, and the stop on a non-finite loss.
 //!
 //! Run directory: `config.toml` (resolved) and `run.json` (git commit, backend, parameter count),
-//! both written before step 0; `metrics.jsonl` (one JSON object per step; `val_loss` on the steps
+//! both written before step 0, with a copy of the data's `tokenizer.json`; `metrics.jsonl` (one JSON object per step; `val_loss` on the steps
 //! where it is measured); `checkpoints/`; `loss.png` at the end.
 
 use std::io::Write;
@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// No progress bar and no per-evaluation lines (tests).
     pub quiet: bool,
+    /// Stop (with a checkpoint) once this process has run this many seconds.
+    pub max_seconds: Option<f64>,
 }
 
 /// What a finished run reports.
@@ -51,6 +53,8 @@ pub struct RunSummary {
     pub first_val_loss: Option<f64>,
     /// Validation loss after the last step.
     pub last_val_loss: Option<f64>,
+    /// The run stopped at `--max-seconds` before `train.steps` (a checkpoint holds its state).
+    pub stopped_early: bool,
 }
 
 enum Teacher<B: Backend> {
@@ -212,6 +216,10 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
         "tokens_per_step": bs * accum * seq_len,
     });
     params::write_atomic(&run_dir.join("run.json"), format!("{run_info:#}\n").as_bytes())?;
+    // The run keeps its own tokenizer, so `export` needs nothing outside the run directory.
+    let tok_src = cfg.data.dir.join("tokenizer.json");
+    let tok = std::fs::read(&tok_src).map_err(Error::io(&tok_src))?;
+    params::write_atomic(&run_dir.join("tokenizer.json"), &tok)?;
 
     let matmul_dtype = crate::runconfig::parse_dtype(cfg.train.matmul_dtype.as_deref())?;
     let mut model = Mamba2Lm::<B>::init(&mcfg, cfg.train.seed, device).with_matmul_dtype(matmul_dtype);
@@ -235,6 +243,8 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
     }
 
     let total = cfg.train.steps;
+    let started = Instant::now();
+    let mut stopped_early = false;
     let pb = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
     pb.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {msg} ETA {eta}")
@@ -343,8 +353,10 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
         append_line(&metrics, &line)?;
         pb.set_message(format!("loss {loss_sum:.4} {tps:.0} tok/s"));
         pb.set_position(state.step);
-        let ck_now =
-            (cfg.train.checkpoint_every > 0 && state.step % cfg.train.checkpoint_every == 0) || state.step == total;
+        let out_of_time = opts.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() >= m) && state.step < total;
+        let ck_now = (cfg.train.checkpoint_every > 0 && state.step % cfg.train.checkpoint_every == 0)
+            || state.step == total
+            || out_of_time;
         if ck_now {
             checkpoint::save(
                 &run_dir,
@@ -353,6 +365,10 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
                 &state,
                 cfg.train.keep_checkpoints,
             )?;
+        }
+        if out_of_time {
+            stopped_early = true;
+            break;
         }
     }
     pb.finish();
@@ -365,5 +381,6 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
         last_train_loss: last_loss,
         first_val_loss: first_val,
         last_val_loss: last_val,
+        stopped_early,
     })
 }
