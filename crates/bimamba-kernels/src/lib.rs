@@ -1,8 +1,10 @@
-//! CPU kernels for Bi-Mamba (arXiv 2411.11843): the 1-bit packing spec, `y = sign(W) · x`, and
-//! dense f32 / bf16 / f16 matrix products, each with a portable scalar twin.
+//! CPU kernels for Bi-Mamba (arXiv 2411.11843): the 1-bit packing spec, `y = sign(W) · x`,
+//! dense f32 / bf16 / f16 matrix products and the 8-bit row-quantized ("q8") product of the
+//! embedding / LM head, each with a portable scalar twin.
 //!
 //! Layout of the crate (data flows top to bottom):
 //! - [`pack`]: the binarization and bit-packing spec (the on-disk and in-memory format).
+//! - [`q8`]: the 8-bit per-row quantization spec of the embedding / LM head.
 //! - [`scalar`]: single-threaded reference kernels, also the fallback on any CPU.
 //! - [`lut`]: the f32 lookup tables that turn 4 sign bits into one lookup (x86 binary kernels).
 //! - `x86::{avx512_lut, avx2_lut}` (binary), `x86::{avx512, avx2}` (dense), `aarch64::neon`:
@@ -13,13 +15,14 @@
 //! # Shapes
 //! Every product takes `x: [t, cols]` and writes `y: [t, rows]` (row-major, overwritten):
 //! `y[k, i] = Σ_j W[i, j] · x[k, j]`, where `W` is either the sign matrix of a packed
-//! `[rows, cols]` bit matrix or a dense `[rows, cols]` matrix. Shape mismatches are caller bugs
+//! `[rows, cols]` bit matrix, a dense `[rows, cols]` matrix, or `scales[i] · q[i, j]` (q8). Shape mismatches are caller bugs
 //! and panic with the shapes in the message (loaders validate files before calling kernels).
 
 pub mod bandwidth;
 pub mod isa;
 pub mod lut;
 pub mod pack;
+pub mod q8;
 pub mod scalar;
 pub mod ssm;
 
@@ -56,6 +59,12 @@ pub(crate) fn check_dense_shapes(w_len: usize, rows: usize, cols: usize, x: &[f3
     assert_eq!(w_len, rows * cols, "dense kernel: w has {w_len} elements, expected [{rows} x {cols}]");
     assert_eq!(x.len(), t * cols, "dense kernel: x has {} elements, expected [{t} x {cols}]", x.len());
     assert_eq!(y.len(), t * rows, "dense kernel: y has {} elements, expected [{t} x {rows}]", y.len());
+}
+
+/// Panics unless the q8-product shapes agree.
+pub(crate) fn check_q8_shapes(q: &[i8], scales: &[f32], rows: usize, cols: usize, x: &[f32], t: usize, y: &[f32]) {
+    assert_eq!(scales.len(), rows, "q8 kernel: {} scales, expected one per row ({rows})", scales.len());
+    check_dense_shapes(q.len(), rows, cols, x, t, y);
 }
 
 fn check_range(range: &Range<usize>, rows: usize, t: usize, y: &[f32]) {
@@ -112,7 +121,7 @@ fn dense_range<E: SimdElem>(isa: Isa, w: &[E], cols: usize, x: &[f32], t: usize,
     E::dense_rows_isa(isa, w, cols, x, t, range, y)
 }
 
-/// Dense weight element types with per-ISA kernels: f32, bf16 and f16.
+/// Dense weight element types with per-ISA kernels: f32, bf16, f16, and i8 (the q8 codes).
 pub trait SimdElem: DenseElem {
     /// `y: [t, range.len()] = x · W[range]ᵀ` with `isa`'s kernel (scalar if unsupported).
     #[doc(hidden)]
@@ -150,6 +159,21 @@ macro_rules! impl_simd_elem {
 impl_simd_elem!(f32, dense_rows_f32);
 impl_simd_elem!(bf16, dense_rows_bf16);
 impl_simd_elem!(f16, dense_rows_f16);
+impl_simd_elem!(i8, dense_rows_i8);
+
+/// One ISA's q8 kernel over `range` of output rows: the i8 dense kernel (codes widened exactly
+/// to f32 in registers), then each output times its row's scale, as `scalar::q8_rows` does.
+#[allow(clippy::too_many_arguments)]
+fn q8_range(isa: Isa, q: &[i8], scales: &[f32], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
+    let nr = range.len();
+    let s = &scales[range.clone()];
+    dense_range(isa, q, cols, x, t, range, y);
+    for yk in y.chunks_exact_mut(nr.max(1)).take(t) {
+        for (v, sc) in yk.iter_mut().zip(s) {
+            *v *= sc;
+        }
+    }
+}
 
 /// Single-threaded binary kernel of one ISA over output rows `range` of a packed `[rows, cols]`
 /// matrix: `y: [t, range.len()]`, `y[k, i - range.start] = Σ_j s_ij · x[k, j]`. An ISA this CPU
@@ -190,6 +214,26 @@ pub fn dense_gemm_with<E: SimdElem>(
     dense_range(isa, w, cols, x, t, range, y);
 }
 
+/// Single-threaded q8 kernel of one ISA over output rows `range` (see [`binary_gemm_with`]).
+#[allow(clippy::too_many_arguments)]
+pub fn q8_gemm_with(
+    isa: Isa,
+    q: &[i8],
+    scales: &[f32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    range: Range<usize>,
+    y: &mut [f32],
+) {
+    assert_eq!(q.len(), rows * cols, "q8 kernel: q has {} elements, expected [{rows} x {cols}]", q.len());
+    assert_eq!(scales.len(), rows, "q8 kernel: {} scales, expected one per row ({rows})", scales.len());
+    assert_eq!(x.len(), t * cols, "q8 kernel: x has {} elements, expected [{t} x {cols}]", x.len());
+    check_range(&range, rows, t, y);
+    q8_range(isa, q, scales, cols, x, t, range, y);
+}
+
 /// `y[k, i] = Σ_j s_ij · x[k, j]` for a packed sign matrix `bits: [rows, cols]`, `x: [t, cols]`,
 /// `y: [t, rows]`. Dispatches on [`selected_isa`] and splits rows over the rayon pool.
 pub fn binary_gemm(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
@@ -223,4 +267,13 @@ pub fn dense_gemm_bf16(w: &[bf16], rows: usize, cols: usize, x: &[f32], t: usize
 /// `y = x · Wᵀ` for f16 weights (widened to f32 in registers; activations stay f32).
 pub fn dense_gemm_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
     dense_gemm(w, rows, cols, x, t, y);
+}
+
+/// `y[k, i] = scales[i] · Σ_j q_ij · x[k, j]` for q8 codes `q: [rows, cols]` with per-row
+/// `scales: [rows]` (see [`q8`]), `x: [t, cols]` in f32, `y: [t, rows]`. The LM head of a q8
+/// model. Dispatches on [`selected_isa`] and splits rows over the rayon pool.
+pub fn q8_gemm(q: &[i8], scales: &[f32], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
+    check_q8_shapes(q, scales, rows, cols, x, t, y);
+    let isa = selected_isa();
+    parallel::for_row_chunks(rows, cols, t, y, |range, yc| q8_range(isa, q, scales, cols, x, t, range, yc));
 }

@@ -6,6 +6,8 @@
 //! - binary: `bits` is a packed sign matrix `[rows, cols]` (see [`crate::pack`]);
 //!   `y[k, i - r0] = Σ_j s_ij · x[k, j]`, `s_ij ∈ {+1, -1}`.
 //! - dense: `w: [rows, cols]`; `y[k, i - r0] = Σ_j w_ij · x[k, j]`, i.e. `y = x · Wᵀ`.
+//! - q8: `q: [rows, cols]` i8 and `scales: [rows]` (see [`crate::q8`]);
+//!   `y[k, i - r0] = scales[i] · Σ_j q_ij · x[k, j]`.
 //!
 //! # Summation order
 //! Sums run over eight interleaved lanes (lane `l` takes columns `j ≡ l mod 8`, each lane in
@@ -42,6 +44,13 @@ impl DenseElem for f16 {
     #[inline]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+}
+
+impl DenseElem for i8 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self as f32
     }
 }
 
@@ -124,6 +133,19 @@ pub fn dense_rows<E: DenseElem>(w: &[E], cols: usize, x: &[f32], t: usize, rows:
     }
 }
 
+/// q8 kernel over output rows `rows`: `y: [t, rows.len()]`, `y[k, i - r0] = scales[i] · Σ_j
+/// q_ij · x[k, j]` (the integer codes widen exactly to f32; the scale multiplies the sum once).
+pub fn q8_rows(q: &[i8], scales: &[f32], cols: usize, x: &[f32], t: usize, rows: Range<usize>, y: &mut [f32]) {
+    let nr = rows.len();
+    debug_assert!(q.len() >= rows.end * cols && scales.len() >= rows.end && x.len() == t * cols && y.len() == t * nr);
+    for (ii, i) in rows.enumerate() {
+        let row = &q[i * cols..(i + 1) * cols];
+        for k in 0..t {
+            y[k * nr + ii] = scales[i] * dense_dot(row, &x[k * cols..(k + 1) * cols]);
+        }
+    }
+}
+
 /// Single-threaded `y[k, i] = Σ_j s_ij · x[k, j]`; `x: [t, cols]`, `y: [t, rows]`.
 pub fn binary_gemm(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
     crate::check_binary_shapes(bits, rows, cols, x, t, y);
@@ -151,6 +173,12 @@ pub fn dense_gemm_bf16(w: &[bf16], rows: usize, cols: usize, x: &[f32], t: usize
 pub fn dense_gemm_f16(w: &[f16], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
     crate::check_dense_shapes(w.len(), rows, cols, x, t, y);
     dense_rows(w, cols, x, t, 0..rows, y);
+}
+
+/// Single-threaded q8 product: `y[k, i] = scales[i] · Σ_j q_ij · x[k, j]`.
+pub fn q8_gemm(q: &[i8], scales: &[f32], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
+    crate::check_q8_shapes(q, scales, rows, cols, x, t, y);
+    q8_rows(q, scales, cols, x, t, 0..rows, y);
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! Every SIMD kernel against its scalar twin over random shapes, including tails: cols that are
+//! Every SIMD kernel (binary, dense f32/bf16/f16/i8, q8) against its scalar twin over random shapes, including tails: cols that are
 //! not multiples of 8/16/32/64, odd row counts, row sub-ranges, and t = 1..9 tokens.
 //! Kernels this CPU cannot run are reported and skipped.
 
-use bimamba_kernels::{binary_gemm_with, dense_gemm_with, pack, scalar, Isa, SimdElem};
+use bimamba_kernels::{binary_gemm_with, dense_gemm_with, pack, q8, q8_gemm_with, scalar, Isa, SimdElem};
 use half::{bf16, f16};
 
 /// Float tolerance: |simd − scalar| ≤ REL_TOL · Σ_j |w_ij · x_kj| (for binary, |w| = 1).
@@ -155,6 +155,77 @@ fn dense_f16_simd_matches_scalar() {
     dense_case::<f16>("f16", |v| f16::from_f32(if v.abs() < 0.05 { v * 1e-4 } else { v * 1000.0 }));
 }
 
+#[test]
+fn dense_i8_simd_matches_scalar() {
+    // Every code, -128 included (the q8 rule never produces it; the kernel must still be exact).
+    dense_case::<i8>("i8", |v| (v * 128.0).floor().clamp(-128.0, 127.0) as i8);
+}
+
+/// Random q8 matrices: codes in [-127, 127], row scales spanning several binades.
+fn random_q8(rng: &mut Rng, rows: usize, cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+    let (q, mut scales) = q8::quantize_rows(&w, rows, cols);
+    for s in &mut scales {
+        *s *= 2f32.powi(rng.below(17) as i32 - 8);
+    }
+    (q, scales)
+}
+
+/// The effective (dequantized) weights `scales[i] · q[i, j]`, to bound the error by Σ|w x|.
+fn dequantize(q: &[i8], scales: &[f32], cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; q.len()];
+    if cols > 0 {
+        for ((qr, or), &s) in q.chunks_exact(cols).zip(out.chunks_exact_mut(cols)).zip(scales) {
+            q8::dequantize_row(qr, s, or);
+        }
+    }
+    out
+}
+
+#[test]
+fn q8_simd_matches_scalar() {
+    let mut rng = Rng(0x0808_0808_5eed);
+    for isa in SIMD {
+        if !isa.is_supported() {
+            eprintln!("skipping {} q8: not supported on this CPU", isa.name());
+            continue;
+        }
+        for shape @ (rows, cols, t) in shapes(&mut rng) {
+            let (q, scales) = random_q8(&mut rng, rows, cols);
+            let wf = dequantize(&q, &scales, cols);
+            let x = rng.vec(t * cols);
+            let r0 = rng.below(rows);
+            let r1 = r0 + 1 + rng.below(rows - r0);
+            for (a, b) in [(0, rows), (r0, r1)] {
+                let mut want = vec![0.0; t * (b - a)];
+                scalar::q8_rows(&q, &scales, cols, &x, t, a..b, &mut want);
+                let mut got = vec![f32::NAN; t * (b - a)];
+                q8_gemm_with(isa, &q, &scales, rows, cols, &x, t, a..b, &mut got);
+                check(isa, "q8", shape, &got, &want, &abs_bound(&wf, cols, &x, t, a, b));
+            }
+        }
+    }
+}
+
+/// The q8 product equals the dense f32 product with the dequantized matrix `scale_i · q_ij`
+/// (the same real-number sum; only the rounding of `scale · q` and the order differ).
+#[test]
+fn q8_matches_dequantized_f32() {
+    let mut rng = Rng(0x51_7e);
+    for isa in [Isa::Scalar, Isa::Avx512, Isa::Avx2, Isa::Neon].into_iter().filter(|i| i.is_supported()) {
+        for shape @ (rows, cols, t) in shapes(&mut rng).into_iter().take(30) {
+            let (q, scales) = random_q8(&mut rng, rows, cols);
+            let wf = dequantize(&q, &scales, cols);
+            let x = rng.vec(t * cols);
+            let mut want = vec![0.0; t * rows];
+            scalar::dense_gemm_f32(&wf, rows, cols, &x, t, &mut want);
+            let mut got = vec![f32::NAN; t * rows];
+            q8_gemm_with(isa, &q, &scales, rows, cols, &x, t, 0..rows, &mut got);
+            check(isa, "q8 vs dequantized f32", shape, &got, &want, &abs_bound(&wf, cols, &x, t, 0, rows));
+        }
+    }
+}
+
 /// The parallel entry points (selected ISA, rayon chunks, scattered t > 1 output) against the
 /// scalar twins, at sizes large enough to take the parallel path.
 #[test]
@@ -198,6 +269,11 @@ fn parallel_entry_points_match_scalar() {
         scalar::dense_gemm_f16(&wh, rows, cols, &x, t, &mut want);
         let got = run(&|y| bimamba_kernels::dense_gemm_f16(&wh, rows, cols, &x, t, y));
         check(isa, "dense_gemm_f16", shape, &got, &want, &abs_bound(&whf, cols, &x, t, 0, rows));
+
+        let (q, scales) = random_q8(&mut rng, rows, cols);
+        scalar::q8_gemm(&q, &scales, rows, cols, &x, t, &mut want);
+        let got = run(&|y| bimamba_kernels::q8_gemm(&q, &scales, rows, cols, &x, t, y));
+        check(isa, "q8_gemm", shape, &got, &want, &abs_bound(&dequantize(&q, &scales, cols), cols, &x, t, 0, rows));
     }
 }
 
@@ -216,6 +292,10 @@ fn degenerate_shapes() {
             let mut y = vec![f32::NAN; t * rows];
             dense_gemm_with(isa, &w, rows, cols, &x, t, 0..rows, &mut y);
             assert!(y.iter().all(|&v| v == 0.0), "{} dense ({rows},{cols},{t})", isa.name());
+            let (q, scales) = (vec![3i8; rows * cols], vec![0.5f32; rows]);
+            let mut y = vec![f32::NAN; t * rows];
+            q8_gemm_with(isa, &q, &scales, rows, cols, &x, t, 0..rows, &mut y);
+            assert!(y.iter().all(|&v| v == 0.0), "{} q8 ({rows},{cols},{t})", isa.name());
         }
     }
     let mut y = vec![f32::NAN; 6];

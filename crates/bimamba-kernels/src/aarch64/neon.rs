@@ -12,7 +12,8 @@
 //!
 //! # Dense product
 //! bf16 widens by a 16-bit left shift; f16 by the branch-free bit construction of
-//! `scalar::f16_to_f32_magic` (stable Rust has no f16 vector type to call `fcvtl` on).
+//! `scalar::f16_to_f32_magic` (stable Rust has no f16 vector type to call `fcvtl` on); i8 (the
+//! q8 codes) by two sign-extending `sxtl` (`vmovl_s8`, `vmovl_s16`) and `scvtf` (exact).
 
 // Register tiles index accumulators as acc[row][token]; explicit ranges read clearer.
 #![allow(clippy::needless_range_loop)]
@@ -152,6 +153,20 @@ impl Load4 for f16 {
     }
 }
 
+impl Load4 for i8 {
+    /// The 4 codes read as one unaligned u32 (exactly 4 bytes), sign-extended i8 → i16 → i32,
+    /// converted to f32 (exact for every i8).
+    #[inline(always)]
+    unsafe fn load4(p: *const i8) -> float32x4_t {
+        let word = std::ptr::read_unaligned(p.cast::<u32>());
+        let b = vreinterpret_s8_u32(vdup_n_u32(word));
+        vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b))))
+    }
+    fn widen(self) -> f32 {
+        self as f32
+    }
+}
+
 struct DenseCtx<'a, E> {
     w: &'a [E],
     cols: usize,
@@ -224,5 +239,13 @@ pub unsafe fn dense_rows_bf16(w: &[bf16], cols: usize, x: &[f32], t: usize, rang
 /// # Safety
 /// The CPU must support NEON.
 pub unsafe fn dense_rows_f16(w: &[f16], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
+    dense_rows(w, cols, x, t, range, y)
+}
+
+/// Dense product over i8 codes (the q8 kernel before its row scales; see `crate::q8_gemm`).
+///
+/// # Safety
+/// The CPU must support NEON.
+pub unsafe fn dense_rows_i8(w: &[i8], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
     dense_rows(w, cols, x, t, range, y)
 }

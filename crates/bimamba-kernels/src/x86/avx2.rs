@@ -2,8 +2,9 @@
 //! dispatcher in `lib.rs` checks [`crate::Isa::is_supported`] before calling. The AVX2 binary
 //! kernel is in `avx2_lut.rs`.
 //!
-//! bf16 widens by a 16-bit left shift, f16 by F16C `vcvtph2ps`; both in registers, then FMA over
-//! register tiles of 4 rows × 2 tokens (8 rows for one token; 16 ymm registers).
+//! bf16 widens by a 16-bit left shift, f16 by F16C `vcvtph2ps`, i8 (the q8 codes) by sign
+//! extension to i32 (`vpmovsxbd`) and `vcvtdq2ps` (exact: |q| ≤ 127); all in registers, then FMA
+//! over register tiles of 4 rows × 2 tokens (8 rows for one token; 16 ymm registers).
 
 // Register tiles index accumulators as acc[row][token]; explicit ranges read clearer.
 #![allow(clippy::needless_range_loop)]
@@ -60,6 +61,14 @@ impl Load8 for f16 {
     #[inline(always)]
     unsafe fn load8(p: *const f16) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+}
+
+impl Load8 for i8 {
+    /// Sign-extend 8 codes to i32, convert to f32 (exact for every i8).
+    #[inline(always)]
+    unsafe fn load8(p: *const i8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast())))
     }
 }
 
@@ -149,5 +158,13 @@ pub unsafe fn dense_rows_bf16(w: &[bf16], cols: usize, x: &[f32], t: usize, rang
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 pub unsafe fn dense_rows_f16(w: &[f16], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
+    dense_rows(w, cols, x, t, range, y)
+}
+
+/// Dense product over i8 codes (the q8 kernel before its row scales; see `crate::q8_gemm`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+pub unsafe fn dense_rows_i8(w: &[i8], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
     dense_rows(w, cols, x, t, range, y)
 }

@@ -2,7 +2,8 @@
 //! the dispatcher in `lib.rs` checks [`crate::Isa::is_supported`] before calling. The AVX-512
 //! binary kernel is in `avx512_lut.rs`.
 //!
-//! bf16 widens by a 16-bit left shift, f16 by `vcvtph2ps`; both in registers, then FMA over
+//! bf16 widens by a 16-bit left shift, f16 by `vcvtph2ps`, i8 (the q8 codes) by sign extension
+//! to i32 (`vpmovsxbd`) and `vcvtdq2ps` (exact: |q| ≤ 127); all in registers, then FMA over
 //! register tiles of 4 rows × 4 tokens (8 rows for one token).
 
 // Register tiles index accumulators as acc[row][token]; explicit ranges read clearer.
@@ -63,6 +64,15 @@ impl Load16 for f16 {
     #[inline(always)]
     unsafe fn load16(p: *const f16, lanes: u16) -> __m512 {
         _mm512_cvtph_ps(load16_u16(p.cast(), lanes))
+    }
+}
+
+impl Load16 for i8 {
+    /// Sign-extend 16 codes to i32, convert to f32 (exact for every i8).
+    #[inline(always)]
+    unsafe fn load16(p: *const i8, lanes: u16) -> __m512 {
+        let b = if lanes == 0xffff { _mm_loadu_si128(p.cast()) } else { _mm_maskz_loadu_epi8(lanes, p) };
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))
     }
 }
 
@@ -151,5 +161,13 @@ pub unsafe fn dense_rows_bf16(w: &[bf16], cols: usize, x: &[f32], t: usize, rang
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL.
 pub unsafe fn dense_rows_f16(w: &[f16], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
+    dense_rows(w, cols, x, t, range, y)
+}
+
+/// Dense product over i8 codes (the q8 kernel before its row scales; see `crate::q8_gemm`).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
+pub unsafe fn dense_rows_i8(w: &[i8], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
     dense_rows(w, cols, x, t, range, y)
 }
