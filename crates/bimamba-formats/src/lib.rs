@@ -138,6 +138,10 @@ impl Checkpoint {
             (Format::Gguf, gguf::load(mapped)?)
         } else if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
             (Format::PyTorch, torch::load(mapped)?)
+        } else if head.len() > 8 && head[8] == b'{' {
+            // Before the pickle test: a safetensors header length whose low byte is 0x80 would
+            // otherwise read as a pickle's PROTO opcode (a pickle never has `{` at byte 8 here).
+            (Format::Safetensors, st::load_single(mapped)?)
         } else if head.first() == Some(&0x80) {
             return Err(FormatError::UnknownFormat {
                 file: file.to_path_buf(),
@@ -145,8 +149,6 @@ impl Checkpoint {
                       re-save it with torch >= 1.6 (zip format)"
                     .into(),
             });
-        } else if head.len() > 8 && head[8] == b'{' {
-            (Format::Safetensors, st::load_single(mapped)?)
         } else {
             return Err(FormatError::UnknownFormat {
                 file: file.to_path_buf(),

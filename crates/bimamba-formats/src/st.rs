@@ -297,6 +297,21 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// Header lengths whose low byte is 0x80 (a pickle's first byte) are still safetensors.
+    #[test]
+    fn every_header_length_is_recognized() {
+        let dir = tmpdir("hdrlen");
+        let path = dir.join("m.safetensors");
+        let a = f32_bytes(&[1.0]);
+        for n in 0..300 {
+            let meta = BTreeMap::from([("k".to_string(), "x".repeat(n))]);
+            write_safetensors_atomic(&path, &[("w".to_string(), DType::F32, vec![1], &a[..])], &meta).expect("write");
+            let ck = Checkpoint::open(&path).unwrap_or_else(|e| panic!("metadata of {n} bytes: {e}"));
+            assert_eq!(ck.to_f32("w").expect("w"), vec![1.0]);
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn writer_rejects_bad_input() {
         let dir = tmpdir("bad");
