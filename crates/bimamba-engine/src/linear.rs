@@ -17,6 +17,26 @@ pub enum DenseWeight {
     F32(Vec<f32>),
     BF16(Vec<bf16>),
     F16(Vec<f16>),
+    /// 8-bit rows (`bimamba_kernels::q8`): W[i, j] = scales[i] · q[i, j]; the embedding / LM
+    /// head of a model packed with `--embed q8`.
+    Q8 {
+        /// [rows, cols]
+        q: Vec<i8>,
+        /// [rows]
+        scales: Vec<f32>,
+    },
+}
+
+impl DenseWeight {
+    /// The storage's short name: `f32`, `bf16`, `f16` or `q8`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DenseWeight::F32(_) => "f32",
+            DenseWeight::BF16(_) => "bf16",
+            DenseWeight::F16(_) => "f16",
+            DenseWeight::Q8 { .. } => "q8",
+        }
+    }
 }
 
 /// Per-column (α, β ∈ R^in) or per-row (α, β ∈ R^out) scales of a binary layer.
@@ -77,6 +97,8 @@ impl Linear {
                 DenseWeight::F32(w) => kernels::dense_gemm_f32(w, rows, cols, x, t, y),
                 DenseWeight::BF16(w) => kernels::dense_gemm_bf16(w, rows, cols, x, t, y),
                 DenseWeight::F16(w) => kernels::dense_gemm_f16(w, rows, cols, x, t, y),
+                // logits[k, v] = scale_v · Σ_d q[v, d] · x[k, d], x in f32.
+                DenseWeight::Q8 { q, scales } => kernels::q8_gemm(q, scales, rows, cols, x, t, y),
             },
             Linear::Binary { bits, scales, .. } => match scales {
                 BinaryScales::Column { alpha, beta } => {
@@ -116,6 +138,11 @@ impl Linear {
                     DenseWeight::F32(w) => w[r].to_vec(),
                     DenseWeight::BF16(w) => w[r].iter().map(|v| v.to_f32()).collect(),
                     DenseWeight::F16(w) => w[r].iter().map(|v| v.to_f32()).collect(),
+                    DenseWeight::Q8 { q, scales } => {
+                        let mut out = vec![0.0; cols];
+                        kernels::q8::dequantize_row(&q[r], scales[i], &mut out);
+                        out
+                    }
                 }
             }
             Linear::Binary { bits, scales, .. } => {
@@ -143,6 +170,7 @@ impl Linear {
                 DenseWeight::F32(w) => w.len() * 4,
                 DenseWeight::BF16(w) => w.len() * 2,
                 DenseWeight::F16(w) => w.len() * 2,
+                DenseWeight::Q8 { q, scales } => q.len() + scales.len() * 4,
             },
             Linear::Binary { bits, scales, .. } => {
                 let s = match scales {
@@ -163,11 +191,65 @@ impl Linear {
     pub fn is_binary(&self) -> bool {
         matches!(self, Linear::Binary { .. })
     }
+
+    /// How the weights are stored: `f32`, `bf16`, `f16`, `q8` or `1-bit`.
+    pub fn storage(&self) -> &'static str {
+        match self {
+            Linear::Dense { weight, .. } => weight.name(),
+            Linear::Binary { .. } => "1-bit",
+        }
+    }
+
+    /// The effective weight quantized row by row to q8 (`bimamba_kernels::q8`); a q8 layer is
+    /// returned unchanged.
+    pub fn to_q8(&self) -> Linear {
+        let (rows, cols) = (self.rows(), self.cols());
+        if let Linear::Dense { weight: DenseWeight::Q8 { .. }, .. } = self {
+            return self.clone();
+        }
+        let mut q = vec![0i8; rows * cols];
+        let mut scales = vec![1.0f32; rows];
+        if cols > 0 {
+            for (i, (qr, s)) in q.chunks_exact_mut(cols).zip(&mut scales).enumerate() {
+                *s = kernels::q8::quantize_row(&self.row_f32(i), qr);
+            }
+        }
+        Linear::Dense { rows, cols, weight: DenseWeight::Q8 { q, scales } }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A q8 layer: forward equals the f32 layer holding the dequantized matrix, and the row
+    /// lookup returns exactly that matrix's row.
+    #[test]
+    fn q8_matches_its_dequantized_f32_twin() {
+        let mut seed = 11;
+        for (rows, cols, t) in [(7, 33, 1), (130, 70, 5), (64, 128, 3)] {
+            let w: Vec<f32> = (0..rows * cols).map(|_| 0.3 * lcg(&mut seed)).collect();
+            let x: Vec<f32> = (0..t * cols).map(|_| lcg(&mut seed)).collect();
+            let q8 = Linear::Dense { rows, cols, weight: DenseWeight::F32(w) }.to_q8();
+            assert_eq!(q8.storage(), "q8");
+            assert_eq!(q8.weight_bytes(), rows * cols + 4 * rows);
+            let deq = Linear::Dense { rows, cols, weight: DenseWeight::F32(q8.to_dense_f32()) };
+            for i in [0, rows / 2, rows - 1] {
+                assert_eq!(q8.row_f32(i), deq.row_f32(i));
+            }
+            let (mut a, mut b) = (vec![0.0; t * rows], vec![0.0; t * rows]);
+            q8.forward(&x, t, &mut a);
+            deq.forward(&x, t, &mut b);
+            let dq = q8.to_dense_f32();
+            for k in 0..t {
+                for i in 0..rows {
+                    let bound: f32 = (0..cols).map(|j| (dq[i * cols + j] * x[k * cols + j]).abs()).sum();
+                    let (p, r) = (a[k * rows + i], b[k * rows + i]);
+                    assert!((p - r).abs() <= 1e-5 * bound, "({rows},{cols},{t}) [{k},{i}]: {p} vs {r}");
+                }
+            }
+        }
+    }
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

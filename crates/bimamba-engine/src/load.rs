@@ -6,6 +6,9 @@
 //! - `{prefix}.weight` + `wscale`/`wbias`: a latent Bi-Mamba weight, binarized here at load;
 //! - `{prefix}.weight` alone: full precision, kept in its stored dtype (f32, f16 or bf16).
 //! `wscale`/`wbias` of shape [1, in] are the column pattern, [out, 1] the row pattern.
+//!
+//! Vocabulary matrices (embedding, untied lm_head) are dense, or, in a packed version-2 file
+//! declaring `embedding_storage = q8`, I8 codes plus `{name}_scale` row scales (see `pack`).
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +20,7 @@ use crate::error::{EngineError, Result};
 use crate::linear::{BinaryScales, DenseWeight, Linear};
 use crate::mixer::Mixer;
 use crate::model::{Layer, Model};
+use crate::pack::{PackedMeta, EMBEDDING_STORAGE, PACKED_FORMAT, PACKED_VERSION_Q8, Q8_SCALE_SUFFIX};
 
 impl Model {
     /// Loads a model directory: `config.json` plus `model.safetensors` (or shards) or
@@ -52,7 +56,7 @@ impl Model {
         // The embedding decides the vocabulary rows; the config must agree with it.
         let emb_rows = ckpt.info(emb_name).map(|i| i.shape[0]).unwrap_or(0);
         let rows_ok = emb_rows == v || (emb_rows >= c.vocab_size && emb_rows <= v);
-        let embedding = ld.dense(emb_name, if rows_ok { emb_rows } else { v }, d)?;
+        let embedding = ld.vocab(emb_name, if rows_ok { emb_rows } else { v }, d)?;
 
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
@@ -90,7 +94,7 @@ impl Model {
                     hint: " (the config says the embeddings are not tied)".into(),
                 });
             }
-            Some(ld.dense("lm_head.weight", embedding.rows(), d)?)
+            Some(ld.vocab("lm_head.weight", embedding.rows(), d)?)
         };
         Ok(Model { config, embedding, layers, norm_f, lm_head })
     }
@@ -113,8 +117,8 @@ pub(crate) fn weights_file(ckpt: &Checkpoint) -> PathBuf {
 struct Loader<'a> {
     ckpt: &'a Checkpoint,
     file: PathBuf,
-    /// The checkpoint declares the packed format (and a version this build reads).
-    packed: bool,
+    /// What the checkpoint declares when it is in the packed format (a version this build reads).
+    packed: Option<PackedMeta>,
 }
 
 impl Loader<'_> {
@@ -162,6 +166,40 @@ impl Loader<'_> {
         Ok(Linear::Dense { rows, cols, weight })
     }
 
+    /// A vocabulary matrix (embedding, lm_head) [rows, cols]: dense, or q8 when the packed
+    /// metadata declares it (then the tensor must be I8 with `{name}_scale` [rows] next to it).
+    fn vocab(&self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+        let actual = self.shape_of(name)?;
+        let dtype = self.ckpt.info(name).expect("shape_of checked presence").dtype;
+        let declared = self.packed.is_some_and(|p| p.vocab_q8);
+        let invalid = |detail: String| EngineError::Invalid { file: self.file.clone(), detail };
+        match (dtype, declared) {
+            (DType::I8, true) => {}
+            (DType::I8, false) => {
+                return Err(invalid(format!(
+                    "tensor `{name}` is I8 but the metadata does not declare {EMBEDDING_STORAGE} \"q8\" (format \"{PACKED_FORMAT}\" version {PACKED_VERSION_Q8})"
+                )))
+            }
+            (other, true) => {
+                return Err(invalid(format!(
+                    "the metadata declares {EMBEDDING_STORAGE} \"q8\" but tensor `{name}` is {}, not I8",
+                    other.name()
+                )))
+            }
+            (_, false) => return self.dense(name, rows, cols),
+        }
+        if actual != [rows, cols] {
+            return Err(self.shape_err(name, &[rows, cols], actual));
+        }
+        let scale_name = format!("{name}{Q8_SCALE_SUFFIX}");
+        let scales = self.vector(&scale_name, rows)?;
+        if let Some((i, s)) = scales.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
+            return Err(invalid(format!("tensor `{scale_name}`: row {i} has scale {s}; q8 scales are finite and > 0")));
+        }
+        let q = self.ckpt.bytes(name)?.iter().map(|&b| b as i8).collect();
+        Ok(Linear::Dense { rows, cols, weight: DenseWeight::Q8 { q, scales } })
+    }
+
     /// A projection in any of the three formats (see the module doc).
     fn linear(&self, prefix: &str, rows: usize, cols: usize) -> Result<Linear> {
         let scale_name = format!("{prefix}.wscale");
@@ -201,7 +239,7 @@ impl Loader<'_> {
         let scales = if column { BinaryScales::Column { alpha, beta } } else { BinaryScales::Row { alpha, beta } };
         let bits_name = format!("{prefix}.bits");
         if self.ckpt.info(&bits_name).is_some() {
-            if !self.packed {
+            if self.packed.is_none() {
                 return Err(EngineError::Invalid {
                     file: self.file.clone(),
                     detail: format!(

@@ -57,7 +57,7 @@ impl Layer {
 #[derive(Clone, Debug)]
 pub struct Model {
     pub config: Config,
-    /// [padded_vocab, d_model], dense.
+    /// [padded_vocab, d_model], dense (f32, bf16, f16, or q8 rows).
     pub embedding: Linear,
     pub layers: Vec<Layer>,
     /// [d_model]
@@ -96,6 +96,13 @@ impl Model {
 
     pub fn lm_head(&self) -> &Linear {
         self.lm_head.as_ref().unwrap_or(&self.embedding)
+    }
+
+    /// Stores the embedding (and an untied lm_head) as 8-bit rows (`bimamba_kernels::q8`):
+    /// lookups then dequantize one row, the head runs the q8 kernel.
+    pub fn quantize_vocab_q8(&mut self) {
+        self.embedding = self.embedding.to_q8();
+        self.lm_head = self.lm_head.as_ref().map(Linear::to_q8);
     }
 
     /// Embedding rows of `tokens`: the residual stream entering layer 0.

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bimamba_engine::pack::{write_packed, KeepDType};
+use bimamba_engine::pack::{write_packed, EmbedStorage, KeepDType};
 use bimamba_engine::Model;
 use bimamba_formats::Checkpoint;
 
@@ -22,7 +22,7 @@ fn pack_fixture(name: &str, keep: KeepDType) -> (Model, Model, PathBuf) {
     let src_dir = fixture(name);
     let latent = Model::load(&src_dir).unwrap();
     let out = scratch(&format!("{name}-{keep:?}"));
-    write_packed(&latent, &Checkpoint::open(&src_dir).unwrap(), &out, keep).unwrap();
+    write_packed(&latent, &Checkpoint::open(&src_dir).unwrap(), &out, keep, EmbedStorage::Dense).unwrap();
     std::fs::copy(src_dir.join("config.json"), out.join("config.json")).unwrap();
     let packed = Model::load(&out).unwrap();
     (latent, packed, out)
@@ -62,7 +62,7 @@ fn unknown_version_and_undeclared_bits_are_refused() {
     let views: Vec<(String, bimamba_formats::DType, Vec<usize>, &[u8])> =
         infos.iter().map(|i| (i.name.clone(), i.dtype, i.shape.clone(), ck.bytes(&i.name).unwrap())).collect();
     for (meta, needle) in
-        [(vec![("format", "bimamba-packed"), ("version", "2")], "version"), (vec![], "does not declare")]
+        [(vec![("format", "bimamba-packed"), ("version", "3")], "version"), (vec![], "does not declare")]
     {
         let out = scratch(&format!("bad-{needle}"));
         std::fs::copy(dir.join("config.json"), out.join("config.json")).unwrap();
@@ -78,6 +78,8 @@ fn full_precision_models_cannot_be_packed() {
     let dir = fixture("ss-mamba2-g1");
     let m = Model::load(&dir).unwrap();
     let err =
-        write_packed(&m, &Checkpoint::open(&dir).unwrap(), &scratch("fp"), KeepDType::Source).unwrap_err().to_string();
+        write_packed(&m, &Checkpoint::open(&dir).unwrap(), &scratch("fp"), KeepDType::Source, EmbedStorage::Dense)
+            .unwrap_err()
+            .to_string();
     assert!(err.contains("wscale"), "{err}");
 }
