@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use bimamba_engine::pack::EmbedStorage;
 use bimamba_engine::random::{random_model, shape_config, ProjFormat, SHAPES};
 use bimamba_engine::sampling::Rng;
 use bimamba_engine::Model;
@@ -37,6 +38,11 @@ pub struct BenchArgs {
     /// Prompt length for the prefill timing.
     #[arg(long, default_value_t = 512)]
     pub prefill_tokens: usize,
+
+    /// Embedding / tied LM head storage: q8 quantizes it to 8-bit rows in memory before
+    /// measuring; dense (default) keeps it as built (bf16 for --shape) or as stored.
+    #[arg(long, value_name = "dense|q8", default_value = "dense")]
+    pub embed: String,
 
     /// Skip the dense f32 / bf16 comparison (it needs 4x / 2x the memory of the weights).
     #[arg(long)]
@@ -100,6 +106,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.decode_tokens == 0 || a.prefill_tokens == 0 {
         bail!("--decode-tokens and --prefill-tokens must be at least 1");
     }
+    let embed = EmbedStorage::from_name(&a.embed).map_err(|e| anyhow::anyhow!("--embed: {e}"))?;
+    let with_embed = |mut m: Model| {
+        if embed == EmbedStorage::Q8 {
+            m.quantize_vocab_q8();
+        }
+        m
+    };
     if let Some(name) = &a.isa {
         let isa = bimamba_kernels::Isa::from_name(name).map_err(|e| anyhow::anyhow!("--isa: {e}"))?;
         bimamba_kernels::set_isa(isa).map_err(|e| anyhow::anyhow!("--isa {name}: {e}"))?;
@@ -115,12 +128,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let cfg = shape_config(s).ok_or_else(|| {
                 anyhow::anyhow!("--shape: unknown shape \"{s}\"; expected one of {}", SHAPES.join(", "))
             })?;
-            (format!("shape {s} (random Bi-Mamba)"), random_model(cfg, ProjFormat::Binary, 1)?)
+            (format!("shape {s} (random Bi-Mamba)"), with_embed(random_model(cfg, ProjFormat::Binary, 1)?))
         }
-        (None, Some(dir)) => (dir.display().to_string(), Model::load(dir)?),
+        (None, Some(dir)) => (dir.display().to_string(), with_embed(Model::load(dir)?)),
         (None, None) => bail!("give --shape {} or --model DIR", SHAPES.join("|")),
     };
     let isa = bimamba_kernels::selected_isa().name();
+    let emb_storage = model.embedding.storage();
+    let model_tied = model.lm_head.is_none();
     let bpt = bytes_per_token(&model);
     let speed = measure(&model, a.prefill_tokens, a.decode_tokens, 7)?;
     // Read before the bandwidth probe, whose 1 GiB buffer would dominate it.
@@ -137,7 +152,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let n = a.decode_tokens.min(8);
         let mut out = serde_json::Map::new();
         for (key, f) in [("bf16", ProjFormat::DenseBF16), ("f32", ProjFormat::DenseF32)] {
-            let m = random_model(cfg.clone(), f, 1)?;
+            let m = with_embed(random_model(cfg.clone(), f, 1)?);
             let s = measure(&m, 16, n, 7)?;
             out.insert(key.into(), json!({ "decode_tok_s": s.decode_tok_s, "bytes_per_token": bytes_per_token(&m) }));
         }
@@ -150,6 +165,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "command": command,
         "isa": isa,
         "threads": threads,
+        "embedding": emb_storage,
         "decode_tok_s": speed.decode_tok_s,
         "prefill_tok_s": speed.prefill_tok_s,
         "prefill_over_decode": speed.prefill_tok_s / speed.decode_tok_s,
@@ -170,6 +186,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("command      {command}");
     println!("model        {label}");
     println!("isa/threads  {isa} / {threads}");
+    println!("embedding    {emb_storage} (tied LM head: {})", model_tied);
     println!("bandwidth    {bw:.2} GB/s (read, measured now)");
     println!("bytes/token  {:.1} MB  -> ceiling {ceiling:.2} tok/s", bpt as f64 / 1e6);
     println!("decode       {:.2} tok/s = {:.1}% of the ceiling", speed.decode_tok_s, 100.0 * fraction);

@@ -24,6 +24,14 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
 
+    /// Do not stop at end-of-sequence: generate exactly --max-tokens tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+
+    /// Print one JSON object (prompt and generated token ids, text, speeds) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+
     /// Always take the most likely token (the default when no --temperature is given).
     #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
     pub greedy: bool,
@@ -69,6 +77,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if let LoadedModel::Llama(m) = &model {
         stops.extend(m.eos_token_id);
     }
+    if a.ignore_eos {
+        stops.clear();
+    }
     with_model!(&model, m => generate(m, &tok, &a, temperature, &stops))
 }
 
@@ -100,6 +111,8 @@ fn generate<M: LanguageModel>(
     let mut history = prompt.clone();
     let mut decoder = StreamDecoder::new();
     let mut out = std::io::stdout().lock();
+    // With --json the text is collected and printed once at the end.
+    let mut text = String::new();
     let t1 = Instant::now();
     let mut generated = 0usize;
     for i in 0..a.max_tokens {
@@ -110,7 +123,9 @@ fn generate<M: LanguageModel>(
         history.push(next);
         generated += 1;
         let piece = decoder.push(&tok, next)?;
-        if out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_err() {
+        if a.json {
+            text.push_str(&piece);
+        } else if out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_err() {
             break; // stdout closed (e.g. piped into `head`): stop quietly
         }
         if i + 1 < a.max_tokens {
@@ -118,9 +133,21 @@ fn generate<M: LanguageModel>(
         }
     }
     let rest = decoder.finish(&tok)?;
+    let decode_s = t1.elapsed().as_secs_f64();
+    if a.json {
+        text.push_str(&rest);
+        let v = serde_json::json!({
+            "prompt_tokens": prompt,
+            "tokens": history[prompt.len()..],
+            "text": text,
+            "prefill_tok_s": prompt.len() as f64 / prefill_s.max(1e-9),
+            "decode_tok_s": generated as f64 / decode_s.max(1e-9),
+        });
+        let _ = writeln!(out, "{v}");
+        return Ok(());
+    }
     let _ = write!(out, "{rest}");
     let _ = writeln!(out);
-    let decode_s = t1.elapsed().as_secs_f64();
     eprintln!(
         "prefill: {} tokens in {:.3} s ({:.1} tok/s); decode: {} tokens in {:.3} s ({:.1} tok/s)",
         prompt.len(),

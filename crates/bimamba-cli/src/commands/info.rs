@@ -39,6 +39,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
         4 * bimamba_engine::model::PREFILL_BLOCK * (c.d_in_proj() + c.conv_dim() + 2 * c.d_inner() + 3 * c.d_model);
     let total = binary + dense;
     let bpw = 8.0 * weight_bytes as f64 / total as f64;
+    let emb = &model.embedding;
+    let mb = |b: usize| b as f64 / 1e6;
+    let head = model.lm_head.as_ref();
     let kind = if binary > 0 { "Bi-Mamba (1-bit in_proj/out_proj)" } else { "Mamba-2 (full precision)" };
     let v = json!({
         "model": dir.display().to_string(),
@@ -52,6 +55,10 @@ pub fn run(a: InfoArgs) -> Result<()> {
         "binary_fraction": binary as f64 / total as f64,
         "projection_bits_per_weight": 8.0 * proj_bytes as f64 / proj_params as f64,
         "bits_per_weight": bpw,
+        "embedding_storage": emb.storage(),
+        "embedding_bytes": emb.weight_bytes(),
+        "lm_head_storage": head.map_or("tied", |h| h.storage()),
+        "lm_head_bytes": head.map_or(0, |h| h.weight_bytes()),
         "weight_bytes_in_memory": weight_bytes,
         "file_bytes": file_bytes,
         "state_bytes": state_bytes,
@@ -61,7 +68,6 @@ pub fn run(a: InfoArgs) -> Result<()> {
         println!("{v}");
         return Ok(());
     }
-    let mb = |b: usize| b as f64 / 1e6;
     println!("model        {}", dir.display());
     println!("kind         {kind}, {:?} dialect", c.dialect);
     println!(
@@ -87,6 +93,18 @@ pub fn run(a: InfoArgs) -> Result<()> {
         "bits/weight  {:.3} overall, {:.3} in in_proj/out_proj",
         bpw,
         8.0 * proj_bytes as f64 / proj_params as f64
+    );
+    let head_line = match head {
+        None => "tied LM head".to_string(),
+        Some(h) => format!("LM head {} {:.2} MB", h.storage(), mb(h.weight_bytes())),
+    };
+    println!(
+        "embedding    {} [{} x {}], {:.2} MB ({:.1}% of the weights); {head_line}",
+        emb.storage(),
+        emb.rows(),
+        emb.cols(),
+        mb(emb.weight_bytes()),
+        100.0 * emb.weight_bytes() as f64 / weight_bytes as f64
     );
     println!("file size    {:.2} MB", file_bytes as f64 / 1e6);
     println!(

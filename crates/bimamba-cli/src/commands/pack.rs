@@ -1,10 +1,11 @@
-//! `bimamba pack`: a latent Bi-Mamba checkpoint (weights + wscale/wbias) into the packed 1-bit
-//! format (see `bimamba_engine::pack`). The output is a model directory every command accepts.
+//! `bimamba pack`: a latent Bi-Mamba checkpoint (weights + wscale/wbias), or an already packed
+//! one, into the packed 1-bit format (see `bimamba_engine::pack`), optionally with an 8-bit
+//! embedding / tied LM head (`--embed q8`). The output is a model directory every command accepts.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bimamba_engine::pack::{write_packed, KeepDType};
+use bimamba_engine::pack::{write_packed, EmbedStorage, KeepDType};
 use bimamba_engine::{Config, Model};
 use bimamba_formats::Checkpoint;
 use clap::{Args, ValueEnum};
@@ -31,9 +32,15 @@ pub struct PackArgs {
     /// Precision of the tensors that stay high precision (embedding, conv, norms, A_log, D, dt_bias).
     #[arg(long, value_enum, default_value = "source")]
     pub dtype: KeepArg,
+
+    /// Storage of the embedding / tied LM head (and an untied lm_head): dense (as --dtype says)
+    /// or q8 (8-bit rows with one f32 scale each; packed format version 2).
+    #[arg(long, value_name = "dense|q8", default_value = "dense")]
+    pub embed: String,
 }
 
 pub fn run(a: PackArgs) -> Result<()> {
+    let embed = EmbedStorage::from_name(&a.embed).map_err(|e| anyhow::anyhow!("--embed: {e}"))?;
     let model = Model::load(&a.model)?;
     let src = Checkpoint::open(&a.model)?;
     let keep = match a.dtype {
@@ -43,8 +50,8 @@ pub fn run(a: PackArgs) -> Result<()> {
         KeepArg::Bf16 => KeepDType::BF16,
     };
     let staging = staging_dir(&a.out)?;
-    let result = (|| -> Result<(usize, u64)> {
-        let r = write_packed(&model, &src, &staging, keep)?;
+    let result = (|| -> Result<(usize, u64, &'static str, usize)> {
+        let r = write_packed(&model, &src, &staging, keep, embed)?;
         copy_into(&a.model.join("config.json"), &staging)?;
         let tok = a.model.join("tokenizer.json");
         if tok.is_file() {
@@ -53,14 +60,15 @@ pub fn run(a: PackArgs) -> Result<()> {
         // The packed model must load and agree with its source before it replaces anything.
         let check = Model::load(&staging).context("the packed model does not load back")?;
         let _: &Config = &check.config;
-        Ok(r)
+        Ok((r.0, r.1, check.embedding.storage(), check.embedding.weight_bytes()))
     })();
     match result {
-        Ok((matrices, bytes)) => {
+        Ok((matrices, bytes, emb_storage, emb_bytes)) => {
             finish_dir(&staging, &a.out)?;
             let src_bytes = src.file_bytes();
             eprintln!(
-                "packed {matrices} projection matrices: {} -> {} ({:.2} MB -> {:.2} MB, {:.1}x smaller)",
+                "packed {matrices} projection matrices, embedding {emb_storage} ({:.2} MB): {} -> {} ({:.2} MB -> {:.2} MB, {:.1}x smaller)",
+                emb_bytes as f64 / 1e6,
                 a.model.display(),
                 a.out.display(),
                 src_bytes as f64 / 1e6,
