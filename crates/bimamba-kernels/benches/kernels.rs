@@ -1,6 +1,7 @@
 //! Kernel benchmarks at the Bi-Mamba 2.7B projection shapes (SPEC §1):
 //! in_proj `[10576 x 2560]` and out_proj `[2560 x 5120]`, for t = 1 (decode, gemv) and t = 64
-//! (prefill, gemm), binary vs dense f32 vs dense bf16, on 1 and 2 rayon threads.
+//! (prefill, gemm), binary vs dense f32 vs dense bf16, on 1 and 2 rayon threads; and the tied
+//! LM head `[32000 x 2560]` in bf16 and q8 (8-bit rows, `q8_gemm`).
 //!
 //! Throughput is reported as GB/s of weight bytes (10⁹ B/s; a call reads every weight once).
 //! Each iteration uses the next of several copies of the weights, together larger than the last
@@ -17,7 +18,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bimamba_kernels::{measure_read_bandwidth_gbs, pack, selected_isa};
+use bimamba_kernels::{measure_read_bandwidth_gbs, pack, q8, selected_isa};
 use criterion::{Criterion, Throughput};
 use half::bf16;
 
@@ -30,13 +31,18 @@ fn rotation_bytes() -> usize {
 const BANDWIDTH_BYTES: usize = 512 << 20;
 const THREADS: [usize; 2] = [1, 2];
 const TOKENS: [usize; 2] = [1, 64];
-const SHAPES: [(&str, usize, usize); 2] = [("in_proj", 10576, 2560), ("out_proj", 2560, 5120)];
+const SHAPES: [(&str, usize, usize, &[Kind]); 3] = [
+    ("in_proj", 10576, 2560, &[Kind::Binary, Kind::F32, Kind::Bf16]),
+    ("out_proj", 2560, 5120, &[Kind::Binary, Kind::F32, Kind::Bf16]),
+    ("lm_head", 32000, 2560, &[Kind::Bf16, Kind::Q8]),
+];
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Binary,
     F32,
     Bf16,
+    Q8,
 }
 
 impl Kind {
@@ -45,6 +51,7 @@ impl Kind {
             Kind::Binary => "binary",
             Kind::F32 => "dense_f32",
             Kind::Bf16 => "dense_bf16",
+            Kind::Q8 => "q8",
         }
     }
 }
@@ -54,6 +61,8 @@ enum Weights {
     Binary(Vec<Vec<u8>>),
     F32(Vec<Vec<f32>>),
     Bf16(Vec<Vec<bf16>>),
+    /// (codes, row scales)
+    Q8(Vec<(Vec<i8>, Vec<f32>)>),
 }
 
 struct Case {
@@ -82,6 +91,7 @@ fn make_case(shape: &'static str, rows: usize, cols: usize, kind: Kind, rotate: 
         Kind::Binary => pack::packed_len(rows, cols),
         Kind::F32 => rows * cols * 4,
         Kind::Bf16 => rows * cols * 2,
+        Kind::Q8 => rows * cols + rows * 4,
     };
     // `cargo test --benches` runs each benchmark once: one copy is enough there.
     let copies = if rotate { rotation_bytes().div_ceil(bytes).max(1) } else { 1 };
@@ -89,6 +99,7 @@ fn make_case(shape: &'static str, rows: usize, cols: usize, kind: Kind, rotate: 
         Kind::Binary => Weights::Binary(vec![pack::pack_signs(&w, rows, cols); copies]),
         Kind::F32 => Weights::F32(vec![w; copies]),
         Kind::Bf16 => Weights::Bf16(vec![w.iter().map(|&v| bf16::from_f32(v)).collect(); copies]),
+        Kind::Q8 => Weights::Q8(vec![q8::quantize_rows(&w, rows, cols); copies]),
     };
     Case { shape, rows, cols, weights, bytes }
 }
@@ -101,6 +112,10 @@ impl Case {
             Weights::Binary(v) => bimamba_kernels::binary_gemm(&v[i % v.len()], r, c, x, t, y),
             Weights::F32(v) => bimamba_kernels::dense_gemm_f32(&v[i % v.len()], r, c, x, t, y),
             Weights::Bf16(v) => bimamba_kernels::dense_gemm_bf16(&v[i % v.len()], r, c, x, t, y),
+            Weights::Q8(v) => {
+                let (q, s) = &v[i % v.len()];
+                bimamba_kernels::q8_gemm(q, s, r, c, x, t, y)
+            }
         }
     }
 }
@@ -180,8 +195,8 @@ fn main() {
     let only = std::env::var("BIMAMBA_BENCH_ONLY").ok();
     let pools: Vec<rayon::ThreadPool> = THREADS.iter().map(|&n| pool(n)).collect();
     let mut table = Vec::new();
-    for &(shape, rows, cols) in &SHAPES {
-        for kind in [Kind::Binary, Kind::F32, Kind::Bf16] {
+    for &(shape, rows, cols, kinds) in &SHAPES {
+        for &kind in kinds {
             let case = make_case(shape, rows, cols, kind, bench_mode);
             for &t in &TOKENS {
                 let x = random_f32(t * cols, 5);
