@@ -31,6 +31,9 @@ pub struct Config {
     pub vocab_size: usize,
     /// Rows of the embedding: `vocab_size` rounded up to `pad_vocab_size_multiple`.
     pub padded_vocab_size: usize,
+    /// The rounding of `padded_vocab_size` (state-spaces default 8; transformers: 1, its
+    /// `vocab_size` already counts the rows).
+    pub pad_vocab_size_multiple: usize,
     /// SSM state size N.
     pub d_state: usize,
     /// Depthwise causal conv width.
@@ -265,6 +268,7 @@ impl Fields {
             n_layer: self.usize_or(obj, "n_layer", None)?,
             vocab_size,
             padded_vocab_size: vocab_size.div_ceil(pad) * pad,
+            pad_vocab_size_multiple: pad,
             d_state: self.usize_or(ssm, "d_state", Some(128))?,
             d_conv: self.usize_or(ssm, "d_conv", Some(4))?,
             expand,
@@ -300,6 +304,7 @@ impl Fields {
             n_layer: self.usize_or(obj, "num_hidden_layers", None)?,
             vocab_size,
             padded_vocab_size: vocab_size,
+            pad_vocab_size_multiple: 1,
             d_state: self.usize_or(obj, "state_size", Some(128))?,
             d_conv: self.usize_or(obj, "conv_kernel", Some(4))?,
             expand,
@@ -334,7 +339,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.dialect, Dialect::StateSpaces);
-        assert_eq!(c.padded_vocab_size, 50288);
+        assert_eq!((c.padded_vocab_size, c.pad_vocab_size_multiple), (50288, 16));
         assert_eq!((c.d_inner(), c.nheads, c.d_state, c.ngroups), (1536, 24, 128, 1));
         assert_eq!(c.d_in_proj(), 2 * 1536 + 2 * 128 + 24);
         assert_eq!(c.conv_dim(), 1536 + 256);
@@ -362,6 +367,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.dialect, Dialect::Transformers);
+        assert_eq!((c.padded_vocab_size, c.pad_vocab_size_multiple), (512, 1));
         assert_eq!((c.nheads, c.ngroups, c.heads_per_group()), (8, 2, 4));
         assert!(!c.tie_embeddings);
         assert_eq!(c.norm_eps, 1e-6);
