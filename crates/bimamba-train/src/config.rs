@@ -1,7 +1,12 @@
 //! Model hyper-parameters (the state-spaces `MambaConfig` with a Mamba-2 `ssm_cfg`) and the
 //! sizes derived from them (SPEC §1).
 
+use std::path::Path;
+
+use bimamba_engine::{Config as EngineConfig, Dialect};
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
 
 /// Which kind of projection the mixers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -103,8 +108,47 @@ impl ModelConfig {
         self.vocab_size.div_ceil(m) * m
     }
 
+    /// The architecture of a model directory's `config.json`, as parsed (either dialect) and
+    /// validated by the engine, which already refuses what neither crate implements (Mamba-1,
+    /// MLP blocks, LayerNorm, biases, a per-channel D, ...). Here the knobs the engine runs but
+    /// this model does not are refused too, naming `file` and the field. Precision is `Full`:
+    /// the caller sets it from the tensors.
+    pub fn from_engine(c: &EngineConfig, file: &Path) -> Result<Self> {
+        let ss = c.dialect == Dialect::StateSpaces;
+        let refuse = |field: &str, detail: String| Error::format(file, format!("field `{field}`: {detail}"));
+        if !c.gated_norm {
+            return Err(refuse("ssm_cfg.rmsnorm", "false is not supported by the trainer; only true is".into()));
+        }
+        if c.norm_before_gate {
+            let field = if ss { "ssm_cfg.norm_before_gate" } else { "norm_before_gate" };
+            return Err(refuse(field, "true is not supported by the trainer; only false is".into()));
+        }
+        // dt is a softplus, so a lower bound of 0 and no upper bound leave it unclamped.
+        if c.dt_limit.0 > 0.0 || c.dt_limit.1.is_finite() {
+            let field = if ss { "ssm_cfg.dt_limit" } else { "time_step_limit" };
+            let (lo, hi) = c.dt_limit;
+            return Err(refuse(field, format!("[{lo}, {hi}] is not supported by the trainer; only [0, inf] is")));
+        }
+        let cfg = Self {
+            d_model: c.d_model,
+            n_layer: c.n_layer,
+            vocab_size: c.vocab_size,
+            d_state: c.d_state,
+            d_conv: c.d_conv,
+            expand: c.expand,
+            headdim: c.headdim,
+            ngroups: c.ngroups,
+            chunk_size: c.chunk_size,
+            pad_vocab_size_multiple: c.pad_vocab_size_multiple,
+            norm_eps: c.norm_eps,
+            precision: Precision::Full,
+        };
+        debug_assert_eq!((cfg.padded_vocab(), cfg.nheads()), (c.padded_vocab_size, c.nheads));
+        Ok(cfg)
+    }
+
     /// Checks the divisibility rules of the architecture.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), String> {
         let positive = [
             ("d_model", self.d_model),
             ("n_layer", self.n_layer),
@@ -176,5 +220,81 @@ mod tests {
         c.validate().expect("valid");
         let bad = ModelConfig { headdim: 100, ..c };
         assert!(bad.validate().is_err());
+    }
+
+    fn from_json(json: &str) -> Result<ModelConfig> {
+        let file = Path::new("dir/config.json");
+        ModelConfig::from_engine(&EngineConfig::from_json_str(json, file)?, file)
+    }
+
+    #[test]
+    fn export_config_parses_back_to_the_same_model() {
+        let c = ModelConfig {
+            d_model: 48,
+            n_layer: 3,
+            vocab_size: 451,
+            d_state: 8,
+            d_conv: 3,
+            expand: 2,
+            headdim: 12,
+            ngroups: 2,
+            chunk_size: 8,
+            pad_vocab_size_multiple: 16,
+            norm_eps: 1e-5,
+            precision: Precision::Full,
+        };
+        let json = crate::export::mamba_config_json(&c).to_string();
+        assert_eq!(from_json(&json).expect("exported config loads"), c);
+    }
+
+    #[test]
+    fn transformers_config_keeps_its_row_count() {
+        // fixtures/hf-mamba2-g2: vocab_size is the embedding's row count, so no padding.
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf-mamba2-g2/config.json"),
+        )
+        .expect("fixture config");
+        let c = from_json(&text).expect("fixture loads");
+        assert_eq!((c.vocab_size, c.pad_vocab_size_multiple, c.padded_vocab()), (464, 1, 464));
+        assert_eq!((c.d_model, c.n_layer, c.d_state, c.headdim, c.ngroups, c.chunk_size), (48, 3, 8, 12, 2, 8));
+        assert_eq!(c.norm_eps, 1e-5);
+    }
+
+    #[test]
+    fn refusals_are_one_line_naming_file_and_field() {
+        let ss = |extra: &str, ssm: &str| {
+            format!(
+                r#"{{"d_model": 64, "n_layer": 1, "vocab_size": 10{extra}, "ssm_cfg": {{"layer": "Mamba2"{ssm}}}}}"#
+            )
+        };
+        let cases = [
+            // Refused by the engine's parser.
+            (ss("", "").replace("Mamba2", "Mamba1"), "ssm_cfg.layer"),
+            (ss(r#", "d_intermediate": 128"#, ""), "d_intermediate"),
+            (ss(r#", "rms_norm": false"#, ""), "rms_norm"),
+            (ss("", r#", "bias": true"#), "bias"),
+            (ss("", r#", "D_has_hdim": true"#), "D_has_hdim"),
+            (ss("", r#", "headdim": 48"#), "headdim"),
+            // Run by the engine, refused by the trainer's model.
+            (ss("", r#", "norm_before_gate": true"#), "ssm_cfg.norm_before_gate"),
+            (ss("", r#", "rmsnorm": false"#), "ssm_cfg.rmsnorm"),
+            (ss("", r#", "dt_limit": [0.001, 0.1]"#), "ssm_cfg.dt_limit"),
+            (
+                concat!(
+                    r#"{"hidden_size": 48, "num_hidden_layers": 1, "vocab_size": 10, "head_dim": 12,"#,
+                    r#" "time_step_limit": [0.0, 1.0]}"#
+                )
+                .to_string(),
+                "time_step_limit",
+            ),
+        ];
+        for (json, field) in cases {
+            let msg = from_json(&json).expect_err(&json).to_string();
+            assert!(
+                msg.starts_with("dir/config.json: field `") && msg.contains(&format!("`{field}`")),
+                "{json}: {msg}"
+            );
+            assert!(!msg.contains('\n'), "{msg}");
+        }
     }
 }

@@ -42,6 +42,9 @@ pub enum Error {
         /// The file's shape.
         got: Vec<usize>,
     },
+    /// A model directory's `config.json` refused by the engine's parser (names the file and field).
+    #[error(transparent)]
+    ModelConfig(#[from] bimamba_engine::EngineError),
     /// An invalid configuration or argument.
     #[error("{0}")]
     Config(String),

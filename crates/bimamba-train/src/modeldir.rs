@@ -1,10 +1,11 @@
 //! Reading a model directory (config.json + model.safetensors [+ tokenizer.json]) in either
-//! dialect: state-spaces `MambaConfig` or transformers `Mamba2Config` (SPEC §1).
+//! dialect: state-spaces `MambaConfig` or transformers `Mamba2Config` (SPEC §1). The config is
+//! parsed by the inference engine's [`bimamba_engine::Config`], so both crates accept and refuse
+//! the same files.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use serde_json::Value;
 
 use crate::config::{ModelConfig, Precision};
 use crate::error::{Error, Result};
@@ -24,81 +25,12 @@ pub struct ModelDir {
     pub tensors: NamedTensors,
 }
 
-fn field<'a>(v: &'a Value, path: &Path, key: &str) -> Result<&'a Value> {
-    v.get(key).ok_or_else(|| Error::format(path, format!("missing field `{key}`")))
-}
-
-fn usize_of(v: &Value, path: &Path, key: &str) -> Result<usize> {
-    field(v, path, key)?
-        .as_u64()
-        .map(|x| x as usize)
-        .ok_or_else(|| Error::format(path, format!("field `{key}` is not a non-negative integer")))
-}
-
-fn usize_or(v: &Value, key: &str, default: usize) -> usize {
-    v.get(key).and_then(Value::as_u64).map(|x| x as usize).unwrap_or(default)
-}
-
-/// Parses config.json of either dialect. Precision is set to Full; callers fix it from the tensors.
-pub fn parse_config(text: &str, path: &Path) -> Result<(ModelConfig, bool)> {
-    let v: Value = serde_json::from_str(text).map_err(|e| Error::format(path, e.to_string()))?;
-    if v.get("d_model").is_some() {
-        // state-spaces MambaConfig.
-        let ssm = v.get("ssm_cfg").cloned().unwrap_or(Value::Null);
-        if let Some(layer) = ssm.get("layer").and_then(Value::as_str) {
-            if layer != "Mamba2" {
-                return Err(Error::format(path, format!("ssm_cfg.layer is {layer}; only Mamba2 is supported")));
-            }
-        }
-        if usize_or(&v, "d_intermediate", 0) != 0 {
-            return Err(Error::format(path, "d_intermediate > 0 (MLP blocks) is not supported"));
-        }
-        let cfg = ModelConfig {
-            d_model: usize_of(&v, path, "d_model")?,
-            n_layer: usize_of(&v, path, "n_layer")?,
-            vocab_size: usize_of(&v, path, "vocab_size")?,
-            d_state: usize_or(&ssm, "d_state", 128),
-            d_conv: usize_or(&ssm, "d_conv", 4),
-            expand: usize_or(&ssm, "expand", 2),
-            headdim: usize_or(&ssm, "headdim", 64),
-            ngroups: usize_or(&ssm, "ngroups", 1),
-            chunk_size: usize_or(&ssm, "chunk_size", 256),
-            pad_vocab_size_multiple: usize_or(&v, "pad_vocab_size_multiple", 8),
-            norm_eps: 1e-5,
-            precision: Precision::Full,
-        };
-        let tied = v.get("tie_embeddings").and_then(Value::as_bool).unwrap_or(true);
-        Ok((cfg, tied))
-    } else if v.get("hidden_size").is_some() {
-        // transformers Mamba2Config (vocab_size is already the padded row count).
-        let cfg = ModelConfig {
-            d_model: usize_of(&v, path, "hidden_size")?,
-            n_layer: usize_of(&v, path, "num_hidden_layers")?,
-            vocab_size: usize_of(&v, path, "vocab_size")?,
-            d_state: usize_or(&v, "state_size", 128),
-            d_conv: usize_or(&v, "conv_kernel", 4),
-            expand: usize_or(&v, "expand", 2),
-            headdim: usize_or(&v, "head_dim", 64),
-            ngroups: usize_or(&v, "n_groups", 1),
-            chunk_size: usize_or(&v, "chunk_size", 256),
-            pad_vocab_size_multiple: 1,
-            norm_eps: v.get("layer_norm_epsilon").and_then(Value::as_f64).unwrap_or(1e-5),
-            precision: Precision::Full,
-        };
-        let tied = v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true);
-        Ok((cfg, tied))
-    } else {
-        Err(Error::format(path, "neither a state-spaces nor a transformers Mamba-2 config"))
-    }
-}
-
 impl ModelDir {
     /// Reads `dir/config.json` and `dir/model.safetensors`.
     pub fn open(dir: &Path) -> Result<Self> {
         let cpath = dir.join("config.json");
-        let text = std::fs::read_to_string(&cpath).map_err(Error::io(&cpath))?;
-        let (mut config, tied) = parse_config(&text, &cpath)?;
-        config.validate().map_err(|m| Error::format(&cpath, m))?;
+        let parsed = bimamba_engine::Config::from_file(&cpath)?;
+        let mut config = ModelConfig::from_engine(&parsed, &cpath)?;
         let wpath = dir.join("model.safetensors");
         if !wpath.exists() && dir.join("pytorch_model.bin").exists() {
             return Err(Error::format(
@@ -115,7 +47,7 @@ impl ModelDir {
             config.precision = Precision::Binary;
         }
         // A tied checkpoint may still store lm_head.weight (shared storage): drop it.
-        let untied_head = !tied && tensors.contains_key("lm_head.weight");
+        let untied_head = !parsed.tie_embeddings && tensors.contains_key("lm_head.weight");
         if !untied_head {
             tensors.remove("lm_head.weight");
         }
@@ -188,6 +120,36 @@ mod tests {
     fn bimamba_column_fixture_matches_reference_logits() {
         let err = check_fixture("ss-bimamba-col");
         assert!(err < 1e-10, "max relative error {err}");
+    }
+
+    #[test]
+    fn every_fixture_config_is_accepted() {
+        for (name, precision, untied) in
+            [("ss-bimamba-col", Precision::Binary, false), ("hf-mamba2-g2", Precision::Full, true)]
+        {
+            let md = ModelDir::open(&fixture(name)).expect(name);
+            assert_eq!(
+                (md.config.precision, md.untied_head, md.config.padded_vocab()),
+                (precision, untied, 464),
+                "{name}"
+            );
+        }
+        // PyTorch-only fixtures: the config is accepted, then the weights file is refused.
+        for name in ["ss-bimamba-row", "ss-mamba2-g1"] {
+            let msg = ModelDir::open(&fixture(name)).expect_err(name).to_string();
+            assert!(msg.contains("pytorch_model.bin: the trainer reads model.safetensors only"), "{name}: {msg}");
+        }
+    }
+
+    #[test]
+    fn an_unsupported_config_is_refused_in_one_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cpath = dir.path().join("config.json");
+        std::fs::write(&cpath, r#"{"d_model": 64, "n_layer": 1, "vocab_size": 10, "ssm_cfg": {"layer": "Mamba1"}}"#)
+            .expect("write config");
+        let msg = ModelDir::open(dir.path()).expect_err("Mamba-1 is refused").to_string();
+        assert!(msg.starts_with(&format!("{}: field `ssm_cfg.layer`", cpath.display())), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
     }
 
     #[test]
