@@ -8,8 +8,30 @@
 //! eight independent partial sums so that the compiler vectorizes it, compiled once per ISA
 //! (`#[target_feature]`) and chosen by [`crate::selected_isa`]. Results differ from the scalar
 //! twin only by summation order.
+//!
+//! The bf16-state variant (`head_step_bf16*`) stores `S` as bf16 (the high half of an f32) and
+//! halves the state traffic of decode: each row is loaded once, widened to f32, updated, reduced
+//! against `C` in f32 (with the unrounded f32 values), and rounded to nearest even when stored.
+//! Its SIMD versions (`x86/ssm_bf16.rs`, `aarch64/ssm_bf16.rs`) store the scalar twin's bits.
 
 use crate::isa::Isa;
+
+/// bf16 bits → f32 (exact).
+#[inline(always)]
+pub fn bf16_widen(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// f32 → bf16 bits, rounded to nearest, ties to even; NaN stays NaN (quiet bit set);
+/// values beyond the largest bf16 round to ±inf.
+#[inline(always)]
+pub fn bf16_round(v: f32) -> u16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+}
 
 /// The specification: one head, one token.
 ///
@@ -99,9 +121,165 @@ pub fn head_step(s: &mut [f32], x: &[f32], b: &[f32], c: &[f32], dt: f32, decay:
     head_step_with(crate::selected_isa(), s, x, b, c, dt, decay, y)
 }
 
+/// The specification of the bf16-state step: as [`head_step_scalar`], with `S` stored as bf16.
+///
+/// # Shapes
+/// - `s`: [P, N] bf16 bits (updated in place); `x`, `y`: [P]; `b`, `c`: [N]
+pub fn head_step_bf16_scalar(s: &mut [u16], x: &[f32], b: &[f32], c: &[f32], dt: f32, decay: f32, y: &mut [f32]) {
+    let n = b.len();
+    if n == 0 {
+        y.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    for (p, row) in s.chunks_exact_mut(n).enumerate() {
+        let sx = dt * x[p];
+        let mut acc = 0.0f32;
+        for k in 0..n {
+            let v = decay * bf16_widen(row[k]) + sx * b[k];
+            row[k] = bf16_round(v);
+            acc += v * c[k];
+        }
+        y[p] = acc;
+    }
+}
+
+/// One head, one token, bf16 state, on the given ISA (falls back to the scalar spec).
+///
+/// # Shapes
+/// - `s`: [P, N] bf16 bits; `x`, `y`: [P]; `b`, `c`: [N]
+pub fn head_step_bf16_with(
+    isa: Isa,
+    s: &mut [u16],
+    x: &[f32],
+    b: &[f32],
+    c: &[f32],
+    dt: f32,
+    decay: f32,
+    y: &mut [f32],
+) {
+    let (p, n) = (x.len(), b.len());
+    assert!(
+        s.len() == p * n && c.len() == n && y.len() == p,
+        "ssm head_step_bf16: s {} x {} b {} c {} y {}",
+        s.len(),
+        p,
+        n,
+        c.len(),
+        y.len()
+    );
+    if n == 0 {
+        return head_step_bf16_scalar(s, x, b, c, dt, decay, y);
+    }
+    match isa {
+        // SAFETY: the ISA was checked to be supported by this CPU when it was selected; the
+        // shapes were checked above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { crate::x86::ssm_bf16::head_step_bf16_avx512(s, x, b, c, dt, decay, y) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { crate::x86::ssm_bf16::head_step_bf16_avx2(s, x, b, c, dt, decay, y) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => unsafe { crate::aarch64::ssm_bf16::head_step_bf16_neon(s, x, b, c, dt, decay, y) },
+        _ => head_step_bf16_scalar(s, x, b, c, dt, decay, y),
+    }
+}
+
+/// [`head_step_bf16_with`] on the selected ISA.
+pub fn head_step_bf16(s: &mut [u16], x: &[f32], b: &[f32], c: &[f32], dt: f32, decay: f32, y: &mut [f32]) {
+    head_step_bf16_with(crate::selected_isa(), s, x, b, c, dt, decay, y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_round_is_nearest_even() {
+        // Against the `half` crate on a sweep of bit patterns (it rounds to nearest even too).
+        let mut bits = 0u32;
+        for _ in 0..200_000 {
+            bits = bits.wrapping_mul(2654435761).wrapping_add(0x9E37_79B9);
+            let v = f32::from_bits(bits);
+            let ours = bf16_round(v);
+            let theirs = half::bf16::from_f32(v);
+            if v.is_nan() {
+                assert!(bf16_widen(ours).is_nan(), "{bits:#x}");
+            } else {
+                assert_eq!(ours, theirs.to_bits(), "{bits:#x} ({v})");
+            }
+            assert_eq!(bf16_round(bf16_widen(ours)), ours, "round trip {bits:#x}");
+        }
+        // Ties: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 → 1 (even); 1 + 3·2^-8 → 1 + 2^-6.
+        assert_eq!(bf16_widen(bf16_round(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(bf16_widen(bf16_round(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert_eq!(bf16_widen(bf16_round(f32::MAX)), f32::INFINITY);
+    }
+
+    #[test]
+    fn every_isa_matches_the_bf16_scalar_spec() {
+        let mut seed = 7u64;
+        let mut r = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let mut shapes = vec![(1, 1), (3, 7), (4, 8), (2, 15), (5, 16), (5, 17), (3, 31), (16, 128), (2, 130), (0, 8), (3, 0)];
+        for _ in 0..40 {
+            let p = 1 + ((r() + 1.0) * 10.0) as usize;
+            let n = 1 + ((r() + 1.0) * 150.0) as usize;
+            shapes.push((p, n));
+        }
+        for (p, n) in shapes {
+            let s0: Vec<u16> = (0..p * n).map(|_| bf16_round(r() * 4.0)).collect();
+            let x: Vec<f32> = (0..p).map(|_| r()).collect();
+            let b: Vec<f32> = (0..n).map(|_| r()).collect();
+            let c: Vec<f32> = (0..n).map(|_| r()).collect();
+            let (dt, decay) = (0.05 + 0.5 * r().abs(), 0.5 + 0.49 * r().abs());
+            let mut s_ref = s0.clone();
+            let mut y_ref = vec![0.0; p];
+            head_step_bf16_scalar(&mut s_ref, &x, &b, &c, dt, decay, &mut y_ref);
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon] {
+                if !isa.is_supported() {
+                    continue;
+                }
+                let mut s = s0.clone();
+                let mut y = vec![f32::NAN; p];
+                head_step_bf16_with(isa, &mut s, &x, &b, &c, dt, decay, &mut y);
+                // The update and its rounding are elementwise: identical bits. The readout
+                // differs only by summation order (and FMA): budget 1e-5 of Σ|v·C|.
+                assert_eq!(s, s_ref, "{isa:?} p{p} n{n}: state");
+                for k in 0..p {
+                    let mag: f32 = (0..n)
+                        .map(|j| ((decay * bf16_widen(s0[k * n + j]) + dt * x[k] * b[j]) * c[j]).abs())
+                        .sum();
+                    assert!(
+                        (y[k] - y_ref[k]).abs() <= 1e-5 * mag.max(1e-6),
+                        "{isa:?} p{p} n{n}: {} vs {}",
+                        y[k],
+                        y_ref[k]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_state_tracks_the_f32_state() {
+        // Same inputs, state starting from the same (bf16-representable) values: after one step
+        // each stored entry is the f32 one rounded once (relative error ≤ 2^-8, bf16's unit roundoff).
+        let (p, n) = (4, 33);
+        let s0: Vec<f32> = (0..p * n).map(|i| bf16_widen(bf16_round((i as f32 * 0.37).sin()))).collect();
+        let x: Vec<f32> = (0..p).map(|i| (i as f32).cos()).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).sin()).collect();
+        let c: Vec<f32> = (0..n).map(|i| (i as f32 * 0.23).cos()).collect();
+        let mut sf = s0.clone();
+        let mut sb: Vec<u16> = s0.iter().map(|&v| bf16_round(v)).collect();
+        let (mut yf, mut yb) = (vec![0.0; p], vec![0.0; p]);
+        head_step_scalar(&mut sf, &x, &b, &c, 0.1, 0.9, &mut yf);
+        head_step_bf16_scalar(&mut sb, &x, &b, &c, 0.1, 0.9, &mut yb);
+        assert_eq!(yf, yb, "the readout uses the unrounded f32 values");
+        for (f, h) in sf.iter().zip(&sb) {
+            assert!((bf16_widen(*h) - f).abs() <= f.abs() / 256.0, "{f} vs {}", bf16_widen(*h));
+        }
+    }
 
     #[test]
     fn every_isa_matches_the_scalar_spec() {

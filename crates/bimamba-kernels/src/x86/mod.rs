@@ -4,3 +4,4 @@ pub mod avx2;
 pub mod avx2_lut;
 pub mod avx512;
 pub mod avx512_lut;
+pub mod ssm_bf16;
