@@ -25,4 +25,4 @@ pub use linear::{BinaryScales, DenseWeight, Linear};
 pub use lm::LanguageModel;
 pub use mixer::Proj;
 pub use model::{Layer, Model, ProjSite};
-pub use state::State;
+pub use state::{SsmState, State, StateDtype};

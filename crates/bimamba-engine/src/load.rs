@@ -20,6 +20,7 @@ use crate::error::{EngineError, Result};
 use crate::linear::{BinaryScales, DenseWeight, Linear};
 use crate::mixer::Mixer;
 use crate::model::{Layer, Model};
+use crate::state::StateDtype;
 use crate::pack::{PackedMeta, EMBEDDING_STORAGE, PACKED_FORMAT, PACKED_VERSION_Q8, Q8_SCALE_SUFFIX};
 
 impl Model {
@@ -96,7 +97,7 @@ impl Model {
             }
             Some(ld.vocab("lm_head.weight", embedding.rows(), d)?)
         };
-        Ok(Model { config, embedding, layers, norm_f, lm_head })
+        Ok(Model { config, embedding, layers, norm_f, lm_head, state_dtype: StateDtype::F32 })
     }
 }
 

@@ -15,11 +15,12 @@
 //! out      = out_proj(y)
 //! ```
 
+use bimamba_kernels::ssm;
 use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::linear::Linear;
-use crate::state::LayerState;
+use crate::state::{LayerState, SsmState};
 
 /// Weights of one mixer. Shapes are checked at load.
 #[derive(Clone, Debug)]
@@ -108,30 +109,40 @@ impl Mixer {
 
         // Scan, parallel over heads; each head's [P, N] state stays in cache across the block.
         let hpg = cfg.heads_per_group();
-        let heads: Vec<Vec<f32>> = state
-            .ssm
-            .par_chunks_mut(p_n * n_n)
-            .enumerate()
-            .map(|(h, s)| {
-                let g = h / hpg;
-                let mut y = vec![0.0f32; t * p_n]; // [t, P]
-                for k in 0..t {
-                    let row = &xbc[k * conv_dim..(k + 1) * conv_dim];
-                    let x = &row[h * p_n..(h + 1) * p_n];
-                    let b = &row[d_inner + g * n_n..d_inner + (g + 1) * n_n];
-                    let c = &row[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
-                    let dtv = dt[k * h_n + h];
-                    let decay = (dtv * self.a[h]).exp();
-                    let yk = &mut y[k * p_n..(k + 1) * p_n];
-                    // S ← decay·S + dt·x⊗B and y = S·C, each state row touched once.
-                    bimamba_kernels::ssm::head_step(s, x, b, c, dtv, decay, yk);
-                    for (v, xv) in yk.iter_mut().zip(x) {
-                        *v += self.d[h] * xv;
-                    }
+        let scan_head = |h: usize, step: &mut dyn FnMut(&[f32], &[f32], &[f32], f32, f32, &mut [f32])| {
+            let g = h / hpg;
+            let mut y = vec![0.0f32; t * p_n]; // [t, P]
+            for k in 0..t {
+                let row = &xbc[k * conv_dim..(k + 1) * conv_dim];
+                let x = &row[h * p_n..(h + 1) * p_n];
+                let b = &row[d_inner + g * n_n..d_inner + (g + 1) * n_n];
+                let c = &row[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
+                let dtv = dt[k * h_n + h];
+                let decay = (dtv * self.a[h]).exp();
+                let yk = &mut y[k * p_n..(k + 1) * p_n];
+                // S ← decay·S + dt·x⊗B and y = S·C, each state row touched once.
+                step(x, b, c, dtv, decay, yk);
+                for (v, xv) in yk.iter_mut().zip(x) {
+                    *v += self.d[h] * xv;
                 }
-                y
-            })
-            .collect();
+            }
+            y
+        };
+        let heads: Vec<Vec<f32>> = match &mut state.ssm {
+            SsmState::F32(ssm) => ssm
+                .par_chunks_mut(p_n * n_n)
+                .enumerate()
+                .map(|(h, s)| scan_head(h, &mut |x, b, c, dtv, decay, yk| ssm::head_step(s, x, b, c, dtv, decay, yk)))
+                .collect(),
+            // Same recurrence, S stored as bf16 and rounded once per token (prefill included).
+            SsmState::Bf16(ssm) => ssm
+                .par_chunks_mut(p_n * n_n)
+                .enumerate()
+                .map(|(h, s)| {
+                    scan_head(h, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(s, x, b, c, dtv, decay, yk))
+                })
+                .collect(),
+        };
 
         // Gate and grouped RMSNorm, per token. y: [t, d_inner]
         let mut y = vec![0.0f32; t * d_inner];

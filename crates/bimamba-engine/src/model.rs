@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::linear::Linear;
 use crate::mixer::{rms_norm, Mixer, Proj};
-use crate::state::{LayerState, State};
+use crate::state::{LayerState, State, StateDtype};
 
 #[derive(Clone, Debug)]
 pub struct Layer {
@@ -64,6 +64,9 @@ pub struct Model {
     pub norm_f: Vec<f32>,
     /// [padded_vocab, d_model]; `None` when tied to the embedding.
     pub lm_head: Option<Linear>,
+    /// Storage precision of the SSM state that [`Model::new_state`] creates (a run-time choice,
+    /// not part of the weights; f32 unless set).
+    pub state_dtype: StateDtype,
 }
 
 /// Prefill runs over blocks of at most this many tokens: each projection's weights are read once
@@ -91,7 +94,12 @@ impl Model {
     }
 
     pub fn new_state(&self) -> State {
-        State::new(&self.config)
+        State::with_dtype(&self.config, self.state_dtype)
+    }
+
+    /// Chooses the SSM state's storage precision for the states [`Model::new_state`] creates.
+    pub fn set_state_dtype(&mut self, dtype: StateDtype) {
+        self.state_dtype = dtype;
     }
 
     pub fn lm_head(&self) -> &Linear {

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::linear::{BinaryScales, DenseWeight, Linear};
 use crate::mixer::Mixer;
 use crate::model::{Layer, Model};
+use crate::state::StateDtype;
 use crate::sampling::Rng;
 
 /// How the in_proj/out_proj weights are stored.
@@ -113,7 +114,7 @@ pub fn random_model(cfg: Config, format: ProjFormat, seed: u64) -> Result<Model>
             },
         })
         .collect();
-    Ok(Model { config: cfg, embedding, layers, norm_f: vec![1.0; d], lm_head: None })
+    Ok(Model { config: cfg, embedding, layers, norm_f: vec![1.0; d], lm_head: None, state_dtype: StateDtype::F32 })
 }
 
 #[cfg(test)]
@@ -172,7 +173,7 @@ mod tests {
         let last_only = m.forward_last(&mut m.new_state(), &tokens).unwrap();
         assert_eq!(last_only, full[(n - 1) * v..].to_vec());
         for (x, y) in a.layers.iter().zip(&b.layers) {
-            let e = x.ssm.iter().zip(&y.ssm).fold(0.0f32, |e, (p, q)| e.max((p - q).abs()));
+            let e = x.ssm.to_f32().iter().zip(&y.ssm.to_f32()).fold(0.0f32, |e, (p, q)| e.max((p - q).abs()));
             assert!(e <= 1e-4, "state differs by {e}");
         }
     }

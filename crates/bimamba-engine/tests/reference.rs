@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bimamba_engine::{Model, State};
+use bimamba_engine::{Model, State, StateDtype};
 use bimamba_formats::Checkpoint;
 
 /// Named error budget: f32 engine arithmetic against float64 references.
@@ -84,7 +84,8 @@ fn check_fixture(name: &str, compare_hf: bool) {
     for (l, (a, b)) in state.layers.iter().zip(&stepped_state.layers).enumerate() {
         let ssm_ref = r.f64(&format!("ssm_state.{l}"));
         let conv_ref = r.f64(&format!("conv_state.{l}"));
-        for (what, got, other, want) in [("ssm", &a.ssm, &b.ssm, &ssm_ref), ("conv", &a.conv, &b.conv, &conv_ref)] {
+        let (a_ssm, b_ssm) = (a.ssm.to_f32(), b.ssm.to_f32());
+        for (what, got, other, want) in [("ssm", &a_ssm, &b_ssm, &ssm_ref), ("conv", &a.conv, &b.conv, &conv_ref)] {
             let e = rel_err(got, want);
             assert!(e <= MAX_REL_ERR, "{name}: layer {l} {what} state after prefill vs reference: {e:.2e}");
             let e2 = rel_err(other, &got.iter().map(|&v| v as f64).collect::<Vec<_>>());
@@ -155,13 +156,13 @@ fn state_save_and_restore() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("state.safetensors");
     s.save(&model.config, &path).unwrap();
-    let mut restored = State::load(&model.config, &path).unwrap();
+    let mut restored = State::load(&model.config, StateDtype::F32, &path).unwrap();
     assert_eq!(restored, s);
     let a = model.forward(&mut s, &tokens[20..]).unwrap();
     let b = model.forward(&mut restored, &tokens[20..]).unwrap();
     assert_eq!(a, b);
     // A state of another model is refused with the tensor's name and both shapes.
     let other = Model::load(&fixture("hf-mamba2-g2")).unwrap();
-    let err = State::load(&other.config, &path).unwrap_err().to_string();
+    let err = State::load(&other.config, StateDtype::F32, &path).unwrap_err().to_string();
     assert!(err.contains("layers.0.conv") && err.contains("expected"), "{err}");
 }

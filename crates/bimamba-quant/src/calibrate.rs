@@ -16,7 +16,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use bimamba_engine::mixer::rms_norm;
-use bimamba_engine::state::LayerState;
+use bimamba_engine::state::{LayerState, StateDtype};
 use bimamba_engine::{Config, DenseWeight, Linear, Model, Proj};
 
 use crate::linalg::Hessian;
@@ -90,7 +90,7 @@ pub fn windows_overlap(tokens: usize, n: usize, len: usize) -> bool {
 const CACHE_BYTES: usize = 2 << 30;
 
 fn fresh_state(cfg: &Config) -> LayerState {
-    LayerState { conv: vec![0.0; cfg.conv_dim() * cfg.d_conv], ssm: vec![0.0; cfg.nheads * cfg.headdim * cfg.d_state] }
+    LayerState::new(cfg, StateDtype::F32)
 }
 
 fn in_context(layer: usize, proj: Proj) -> impl FnOnce(QuantError) -> QuantError {
