@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bimamba_engine::{LanguageModel, Model};
+use bimamba_engine::{LanguageModel, Model, StateDtype};
 use bimamba_formats::Checkpoint;
 use bimamba_llama::LlamaModel;
 use bimamba_text::Tokenizer;
@@ -97,6 +97,25 @@ impl ModelArgs {
         check_vocab(&model, &tok, &path)?;
         Ok((LoadedModel::Mamba(model), tok, path))
     }
+}
+
+/// Parses `--state-dtype` (one line on a bad value).
+pub fn parse_state_dtype(name: &str) -> Result<StateDtype> {
+    name.parse().map_err(|e| anyhow::anyhow!("--state-dtype: {e}"))
+}
+
+/// Applies `--state-dtype` to a loaded model; a LLaMA model has no SSM state, so only f32 (the
+/// default, meaning "unchanged") is accepted for it.
+pub fn apply_state_dtype(model: &mut LoadedModel, dtype: StateDtype, path: &Path) -> Result<()> {
+    match model {
+        LoadedModel::Mamba(m) => m.set_state_dtype(dtype),
+        LoadedModel::Llama(_) if dtype != StateDtype::F32 => bail!(
+            "--state-dtype {dtype}: {} is a LLaMA-architecture model, which has no SSM state",
+            path.display()
+        ),
+        LoadedModel::Llama(_) => {}
+    }
+    Ok(())
 }
 
 /// A file that starts with GGUF's magic bytes.

@@ -44,6 +44,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "dense|q8", default_value = "dense")]
     pub embed: String,
 
+    /// Storage precision of the SSM state: f32 (default) or bf16 (half the state traffic per
+    /// token; update and readout still in f32). Mamba-2 / Bi-Mamba models only.
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    pub state_dtype: String,
+
     /// Skip the dense f32 / bf16 comparison (it needs 4x / 2x the memory of the weights).
     #[arg(long)]
     pub no_dense: bool,
@@ -54,7 +59,8 @@ pub struct BenchArgs {
 }
 
 /// Bytes one decode step must move: every weight once (the embedding only one row, unless it is
-/// also the lm_head), and the f32 state read and written.
+/// also the lm_head), and the state (f32 conv windows, SSM state in its storage dtype) read
+/// and written.
 pub fn bytes_per_token(m: &Model) -> usize {
     let mut b = m.lm_head().weight_bytes();
     if m.lm_head.is_some() {
@@ -106,11 +112,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.decode_tokens == 0 || a.prefill_tokens == 0 {
         bail!("--decode-tokens and --prefill-tokens must be at least 1");
     }
+    let state_dtype = crate::model_args::parse_state_dtype(&a.state_dtype)?;
     let embed = EmbedStorage::from_name(&a.embed).map_err(|e| anyhow::anyhow!("--embed: {e}"))?;
     let with_embed = |mut m: Model| {
         if embed == EmbedStorage::Q8 {
             m.quantize_vocab_q8();
         }
+        m.set_state_dtype(state_dtype);
         m
     };
     if let Some(name) = &a.isa {
@@ -137,6 +145,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let emb_storage = model.embedding.storage();
     let model_tied = model.lm_head.is_none();
     let bpt = bytes_per_token(&model);
+    let model_state_bytes = model.new_state().bytes();
     let speed = measure(&model, a.prefill_tokens, a.decode_tokens, 7)?;
     // Read before the bandwidth probe, whose 1 GiB buffer would dominate it.
     let rss = peak_rss_mb();
@@ -166,6 +175,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "isa": isa,
         "threads": threads,
         "embedding": emb_storage,
+        "state_dtype": state_dtype.name(),
+        "state_bytes": model_state_bytes,
         "decode_tok_s": speed.decode_tok_s,
         "prefill_tok_s": speed.prefill_tok_s,
         "prefill_over_decode": speed.prefill_tok_s / speed.decode_tok_s,
@@ -187,6 +198,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("model        {label}");
     println!("isa/threads  {isa} / {threads}");
     println!("embedding    {emb_storage} (tied LM head: {})", model_tied);
+    println!("state        SSM state in {state_dtype}, {:.1} MB", model_state_bytes as f64 / 1e6);
     println!("bandwidth    {bw:.2} GB/s (read, measured now)");
     println!("bytes/token  {:.1} MB  -> ceiling {ceiling:.2} tok/s", bpt as f64 / 1e6);
     println!("decode       {:.2} tok/s = {:.1}% of the ceiling", speed.decode_tok_s, 100.0 * fraction);

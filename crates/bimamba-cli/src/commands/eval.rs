@@ -12,7 +12,7 @@ use bimamba_text::{read_text_file, Tokenizer};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::model_args::{with_model, ModelArgs};
+use crate::model_args::{apply_state_dtype, parse_state_dtype, with_model, ModelArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -42,6 +42,11 @@ pub struct TasksArgs {
     /// Score only the first N documents of each task.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+
+    /// Storage precision of the SSM state: f32 (default) or bf16 (half the state traffic per
+    /// token; update and readout still in f32). Mamba-2 / Bi-Mamba models only.
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    pub state_dtype: String,
 
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -76,6 +81,11 @@ pub struct PplArgs {
     #[arg(long, default_value_t = 2048)]
     pub seq_len: usize,
 
+    /// Storage precision of the SSM state: f32 (default) or bf16 (half the state traffic per
+    /// token; update and readout still in f32). Mamba-2 / Bi-Mamba models only.
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    pub state_dtype: String,
+
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
@@ -93,8 +103,10 @@ fn ppl(a: PplArgs) -> Result<()> {
     if a.seq_len < 2 {
         bail!("--seq-len: expected at least 2 tokens per window, got {}", a.seq_len);
     }
+    let state_dtype = parse_state_dtype(&a.state_dtype)?;
     let text = read_text_file(&a.text)?;
-    let (model, tok, dir) = a.model.load()?;
+    let (mut model, tok, dir) = a.model.load()?;
+    apply_state_dtype(&mut model, state_dtype, &dir)?;
     let (ids, ends) = tok.encode_with_ends(&text)?;
     let windows = ids.len() / a.seq_len;
     if windows == 0 {
@@ -126,6 +138,7 @@ fn ppl(a: PplArgs) -> Result<()> {
         v["tokenizer"] = tok.path().display().to_string().into();
         v["tokenizer_vocab"] = tok.vocab_size().into();
         v["elapsed_s"] = elapsed.into();
+        v["state_dtype"] = state_dtype.name().into();
         v["tokens_per_s"] = ((r.windows * r.seq_len) as f64 / elapsed.max(1e-9)).into();
         println!("{v}");
     } else {
@@ -139,6 +152,7 @@ fn ppl(a: PplArgs) -> Result<()> {
 
 fn tasks_cmd(a: TasksArgs) -> Result<()> {
     let list = Task::parse_list(&a.tasks)?;
+    let state_dtype = parse_state_dtype(&a.state_dtype)?;
     if a.limit == Some(0) {
         bail!("--limit: expected at least 1 document, got 0");
     }
@@ -147,7 +161,8 @@ fn tasks_cmd(a: TasksArgs) -> Result<()> {
     for &t in &list {
         tasks::task_file(&data_dir, t)?;
     }
-    let (model, tok, dir) = a.model.load()?;
+    let (mut model, tok, dir) = a.model.load()?;
+    apply_state_dtype(&mut model, state_dtype, &dir)?;
     with_model!(&model, m => run_tasks(m, &tok, &dir, &data_dir, &list, &a))
 }
 
@@ -192,6 +207,7 @@ fn run_tasks<M: LanguageModel>(
             "data_dir": data_dir.display().to_string(),
             "limit": a.limit,
             "elapsed_s": elapsed,
+            "state_dtype": a.state_dtype,
         });
         println!("{v}");
         return Ok(());

@@ -9,7 +9,7 @@ use bimamba_engine::LanguageModel;
 use bimamba_text::{StreamDecoder, Tokenizer};
 use clap::Args;
 
-use crate::model_args::{with_model, LoadedModel, ModelArgs};
+use crate::model_args::{apply_state_dtype, parse_state_dtype, with_model, LoadedModel, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -55,6 +55,11 @@ pub struct GenerateArgs {
     /// Repetition penalty applied to every token already seen (1: none).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
+
+    /// Storage precision of the SSM state: f32 (default) or bf16 (half the state traffic per
+    /// token; update and readout still in f32). Mamba-2 / Bi-Mamba models only.
+    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
+    pub state_dtype: String,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -71,7 +76,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if !(a.repeat_penalty > 0.0) || !a.repeat_penalty.is_finite() {
         bail!("--repeat-penalty: expected a number > 0, got {}", a.repeat_penalty);
     }
-    let (model, tok, _) = a.model.load()?;
+    let state_dtype = parse_state_dtype(&a.state_dtype)?;
+    let (mut model, tok, path) = a.model.load()?;
+    apply_state_dtype(&mut model, state_dtype, &path)?;
     // Stop at the tokenizer's end-of-sequence token and at the one the GGUF metadata names.
     let mut stops: Vec<u32> = tok.eos_id().into_iter().collect();
     if let LoadedModel::Llama(m) = &model {
@@ -142,6 +149,7 @@ fn generate<M: LanguageModel>(
             "text": text,
             "prefill_tok_s": prompt.len() as f64 / prefill_s.max(1e-9),
             "decode_tok_s": generated as f64 / decode_s.max(1e-9),
+            "state_dtype": a.state_dtype,
         });
         let _ = writeln!(out, "{v}");
         return Ok(());
