@@ -109,10 +109,9 @@ pub fn parse_state_dtype(name: &str) -> Result<StateDtype> {
 pub fn apply_state_dtype(model: &mut LoadedModel, dtype: StateDtype, path: &Path) -> Result<()> {
     match model {
         LoadedModel::Mamba(m) => m.set_state_dtype(dtype),
-        LoadedModel::Llama(_) if dtype != StateDtype::F32 => bail!(
-            "--state-dtype {dtype}: {} is a LLaMA-architecture model, which has no SSM state",
-            path.display()
-        ),
+        LoadedModel::Llama(_) if dtype != StateDtype::F32 => {
+            bail!("--state-dtype {dtype}: {} is a LLaMA-architecture model, which has no SSM state", path.display())
+        }
         LoadedModel::Llama(_) => {}
     }
     Ok(())

@@ -20,8 +20,8 @@ use crate::error::{EngineError, Result};
 use crate::linear::{BinaryScales, DenseWeight, Linear};
 use crate::mixer::Mixer;
 use crate::model::{Layer, Model};
-use crate::state::StateDtype;
 use crate::pack::{PackedMeta, EMBEDDING_STORAGE, PACKED_FORMAT, PACKED_VERSION_Q8, Q8_SCALE_SUFFIX};
+use crate::state::StateDtype;
 
 impl Model {
     /// Loads a model directory: `config.json` plus `model.safetensors` (or shards) or

@@ -11,8 +11,8 @@ use crate::error::Result;
 use crate::linear::{BinaryScales, DenseWeight, Linear};
 use crate::mixer::Mixer;
 use crate::model::{Layer, Model};
-use crate::state::StateDtype;
 use crate::sampling::Rng;
+use crate::state::StateDtype;
 
 /// How the in_proj/out_proj weights are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -257,7 +257,9 @@ impl State {
                     if info.dtype != DType::BF16 {
                         return Err(invalid(format!("tensor `{name}` is {}, expected BF16", info.dtype.name())));
                     }
-                    SsmState::Bf16(ckpt.bytes(&name)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+                    SsmState::Bf16(
+                        ckpt.bytes(&name)?.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect(),
+                    )
                 }
             };
         }

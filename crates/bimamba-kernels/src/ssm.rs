@@ -221,7 +221,8 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         };
-        let mut shapes = vec![(1, 1), (3, 7), (4, 8), (2, 15), (5, 16), (5, 17), (3, 31), (16, 128), (2, 130), (0, 8), (3, 0)];
+        let mut shapes =
+            vec![(1, 1), (3, 7), (4, 8), (2, 15), (5, 16), (5, 17), (3, 31), (16, 128), (2, 130), (0, 8), (3, 0)];
         for _ in 0..40 {
             let p = 1 + ((r() + 1.0) * 10.0) as usize;
             let n = 1 + ((r() + 1.0) * 150.0) as usize;
@@ -247,9 +248,8 @@ mod tests {
                 // differs only by summation order (and FMA): budget 1e-5 of Σ|v·C|.
                 assert_eq!(s, s_ref, "{isa:?} p{p} n{n}: state");
                 for k in 0..p {
-                    let mag: f32 = (0..n)
-                        .map(|j| ((decay * bf16_widen(s0[k * n + j]) + dt * x[k] * b[j]) * c[j]).abs())
-                        .sum();
+                    let mag: f32 =
+                        (0..n).map(|j| ((decay * bf16_widen(s0[k * n + j]) + dt * x[k] * b[j]) * c[j]).abs()).sum();
                     assert!(
                         (y[k] - y_ref[k]).abs() <= 1e-5 * mag.max(1e-6),
                         "{isa:?} p{p} n{n}: {} vs {}",

@@ -21,15 +21,7 @@ unsafe fn round4(v: float32x4_t) -> uint16x4_t {
 /// # Safety
 /// The CPU must support NEON; shapes as `head_step_bf16_with` checks them.
 #[target_feature(enable = "neon")]
-pub unsafe fn head_step_bf16_neon(
-    s: &mut [u16],
-    x: &[f32],
-    b: &[f32],
-    c: &[f32],
-    dt: f32,
-    decay: f32,
-    y: &mut [f32],
-) {
+pub unsafe fn head_step_bf16_neon(s: &mut [u16], x: &[f32], b: &[f32], c: &[f32], dt: f32, decay: f32, y: &mut [f32]) {
     const L: usize = 8;
     let n = b.len();
     let full = n / L * L;

@@ -37,10 +37,7 @@ pub unsafe fn head_step_bf16_avx512(
         while k < full {
             let raw = _mm256_loadu_si256(rp.add(k) as *const __m256i);
             let sv = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)));
-            let v = _mm512_add_ps(
-                _mm512_mul_ps(dec, sv),
-                _mm512_mul_ps(sxv, _mm512_loadu_ps(b.as_ptr().add(k))),
-            );
+            let v = _mm512_add_ps(_mm512_mul_ps(dec, sv), _mm512_mul_ps(sxv, _mm512_loadu_ps(b.as_ptr().add(k))));
             acc = _mm512_fmadd_ps(v, _mm512_loadu_ps(c.as_ptr().add(k)), acc);
             let bits = _mm512_castps_si512(v);
             let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), one);
@@ -64,15 +61,7 @@ pub unsafe fn head_step_bf16_avx512(
 /// # Safety
 /// The CPU must support AVX2 and FMA; shapes as `head_step_bf16_with` checks them.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn head_step_bf16_avx2(
-    s: &mut [u16],
-    x: &[f32],
-    b: &[f32],
-    c: &[f32],
-    dt: f32,
-    decay: f32,
-    y: &mut [f32],
-) {
+pub unsafe fn head_step_bf16_avx2(s: &mut [u16], x: &[f32], b: &[f32], c: &[f32], dt: f32, decay: f32, y: &mut [f32]) {
     const L: usize = 8;
     let n = b.len();
     let full = n / L * L;
@@ -89,10 +78,7 @@ pub unsafe fn head_step_bf16_avx2(
         while k < full {
             let raw = _mm_loadu_si128(rp.add(k) as *const __m128i);
             let sv = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)));
-            let v = _mm256_add_ps(
-                _mm256_mul_ps(dec, sv),
-                _mm256_mul_ps(sxv, _mm256_loadu_ps(b.as_ptr().add(k))),
-            );
+            let v = _mm256_add_ps(_mm256_mul_ps(dec, sv), _mm256_mul_ps(sxv, _mm256_loadu_ps(b.as_ptr().add(k))));
             acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(c.as_ptr().add(k)), acc);
             let bits = _mm256_castps_si256(v);
             let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), one);
