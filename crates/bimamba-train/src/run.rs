@@ -2,8 +2,9 @@
 //! exact resume, and the stop on a non-finite loss.
 //!
 //! Run directory: `config.toml` (resolved) and `run.json` (git commit, backend, parameter count),
-//! both written before step 0, with a copy of the data's `tokenizer.json`; `metrics.jsonl` (one JSON object per step; `val_loss` on the steps
-//! where it is measured); `checkpoints/`; `loss.png` at the end.
+//! both written before step 0, with a copy of the data's `tokenizer.json`; `metrics.jsonl` (one
+//! JSON object per step; `val_loss` on the steps where it is measured); `checkpoints/`; `loss.png`
+//! at the end. `--max-seconds` ends the loop early with a checkpoint, for `--resume` to continue.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! End-to-end tests of the `bimamba-train` binary on the repository's fixture text: data
-//! preparation, a training run whose validation loss falls, exact resume after SIGKILL, the stop on
-//! a non-finite loss, and the export round trip.
+//! preparation, a training run whose validation loss falls, exact resume after SIGKILL and after a
+//! `--max-seconds` stop, the stop on a non-finite loss, and the export round trip.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -137,6 +137,28 @@ fn train_resume_after_sigkill_export_and_nonfinite_stop() {
         assert_eq!(a.get("val_loss"), b.get("val_loss"), "step {}", a["step"]);
     }
 
+    // 2b. `--max-seconds 0` stops after one step with a checkpoint; `--resume` finishes the run
+    // with the same losses as the uninterrupted one.
+    let run_t = tmp.path().join("t");
+    let out = bin()
+        .args(["train", "--quiet", "--max-seconds", "0", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run_t)
+        .output()
+        .expect("run train");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("time limit reached"));
+    let st = checkpoint::load(&checkpoint::latest(&run_t).expect("ok").expect("some")).expect("load").state;
+    assert_eq!(st.step, 1);
+    let out = train(&cfg, &run_t, true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mt = metrics(&run_t);
+    assert_eq!(ma.len(), mt.len());
+    for (a, t) in ma.iter().zip(&mt) {
+        assert_eq!(a.get("train_loss"), t.get("train_loss"), "step {}", a["step"]);
+    }
+
     // 3. A resumed run refuses a changed configuration, and a fresh run refuses a used directory.
     let cfg2 = write_config(tmp.path(), &data, steps, 1e-3, 5);
     let out = train(&cfg2, &run_b, true);
@@ -144,10 +166,14 @@ fn train_resume_after_sigkill_export_and_nonfinite_stop() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("differs"));
     assert!(!train(&cfg, &run_b, false).status.success());
 
-    // 4. Export: the model directory loads and computes what the checkpoint computes.
+    // 4. Export: the model directory loads and computes what the checkpoint computes. The run
+    // keeps its own tokenizer, so the export does not need the data directory.
+    assert!(run_a.join("tokenizer.json").exists());
+    std::fs::rename(&data, tmp.path().join("data-moved")).expect("move the data away");
     let model_dir = tmp.path().join("export");
     let out = bin().args(["export", "--run"]).arg(&run_a).arg("--out").arg(&model_dir).output().expect("export");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(tmp.path().join("data-moved"), &data).expect("move the data back");
     let cfg_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).expect("config")).expect("json");
     assert_eq!(cfg_json["ssm_cfg"]["layer"], "Mamba2");
