@@ -1,14 +1,14 @@
 //! Speed of the LLaMA forward on a GGUF model: load time, prefill and decode tokens/s.
 //!
-//! `cargo run --release -p bimamba-llama --example bench_llama -- MODEL.gguf [PREFILL] [DECODE] [REPEATS]`
-//! (defaults 512, 64, 3; the best of the repeats is reported). The prompt is a fixed cycle of
+//! `cargo run --release -p bimamba-llama --example bench_llama -- MODEL.gguf [PREFILL] [DECODE] [REPEATS] [f32|q8]`
+//! (defaults 512, 64, 3, f32 activations; the best of the repeats is reported). The prompt is a fixed cycle of
 //! token ids, so the figures do not depend on a text file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use bimamba_llama::LlamaModel;
+use bimamba_llama::{Activations, LlamaModel};
 
 fn arg(args: &[String], i: usize, default: usize) -> Result<usize, String> {
     match args.get(i) {
@@ -20,11 +20,12 @@ fn arg(args: &[String], i: usize, default: usize) -> Result<usize, String> {
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
     let Some(path) = args.get(1).map(PathBuf::from) else {
-        return Err("usage: bench_llama MODEL.gguf [PREFILL] [DECODE] [REPEATS]".into());
+        return Err("usage: bench_llama MODEL.gguf [PREFILL] [DECODE] [REPEATS] [f32|q8]".into());
     };
     let (prefill, decode, repeats) = (arg(&args, 2, 512)?, arg(&args, 3, 64)?, arg(&args, 4, 3)?.max(1));
     let t0 = Instant::now();
-    let model = LlamaModel::load(&path).map_err(|e| e.to_string())?;
+    let act: Activations = args.get(5).map_or(Ok(Activations::F32), |s| s.parse())?;
+    let model = LlamaModel::load_with(&path, act).map_err(|e| e.to_string())?;
     let load_s = t0.elapsed().as_secs_f64();
     let c = &model.config;
     let vocab = c.vocab_size as u32;
@@ -47,7 +48,11 @@ fn run() -> Result<(), String> {
         best_decode = best_decode.min(t.elapsed().as_secs_f64());
     }
     println!("command: {}", args.join(" "));
-    println!("machine: {} threads, kernel ISA {:?}", rayon::current_num_threads(), bimamba_kernels::selected_isa());
+    println!(
+        "machine: {} threads, kernel ISA {:?}, activations {act}",
+        rayon::current_num_threads(),
+        bimamba_kernels::selected_isa()
+    );
     println!(
         "model: {} layers, d_model {}, {:.1} M parameters, {:.1} MB of weights in memory, loaded in {:.2} s",
         c.n_layer,

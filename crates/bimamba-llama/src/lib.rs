@@ -19,6 +19,7 @@
 pub mod config;
 pub mod model;
 pub mod ops;
+pub mod qdot;
 pub mod tokenizer;
 pub mod weights;
 
@@ -33,4 +34,4 @@ mod tests_tokenizer;
 pub use config::LlamaConfig;
 pub use model::{Block, KvCache, LayerCache, LlamaModel};
 pub use tokenizer::gguf_tokenizer;
-pub use weights::{Matrix, Storage};
+pub use weights::{Activations, Matrix, Storage};

@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 
 use bimamba_engine::{EngineError, LanguageModel, Result};
 use bimamba_formats::{Checkpoint, Format};
+use rayon::prelude::*;
 
 use crate::config::LlamaConfig;
 use crate::ops::{attention, rms_norm, swiglu, Rope};
-use crate::weights::Matrix;
+use crate::weights::{forward_shared, Activations, Matrix};
 
 /// The weights of one transformer block.
 #[derive(Clone, Debug)]
@@ -56,6 +57,8 @@ pub struct LlamaModel {
     pub blocks: Vec<Block>,
     /// `tokenizer.ggml.eos_token_id`, where the file names one (generation stops there).
     pub eos_token_id: Option<u32>,
+    /// How the products treat activations ([`LlamaModel::set_activations`]).
+    activations: Activations,
     rope: Rope,
 }
 
@@ -145,13 +148,27 @@ impl Loader<'_> {
 }
 
 impl LlamaModel {
-    /// Opens a GGUF file and loads the model (the tokenizer is read by [`crate::gguf_tokenizer`]).
+    /// Opens a GGUF file and loads the model with f32 activations (the tokenizer is read by
+    /// [`crate::gguf_tokenizer`]).
     pub fn load(path: &Path) -> Result<LlamaModel> {
-        LlamaModel::from_checkpoint(&Checkpoint::open(path)?)
+        LlamaModel::load_with(path, Activations::F32)
     }
 
-    /// Loads from an opened GGUF checkpoint; quantized tensors are dequantized to f32.
+    /// Opens a GGUF file and loads the model for products with `act` activations.
+    pub fn load_with(path: &Path, act: Activations) -> Result<LlamaModel> {
+        LlamaModel::from_checkpoint_with(&Checkpoint::open(path)?, act)
+    }
+
+    /// Loads from an opened GGUF checkpoint, with f32 activations.
     pub fn from_checkpoint(ck: &Checkpoint) -> Result<LlamaModel> {
+        LlamaModel::from_checkpoint_with(ck, Activations::F32)
+    }
+
+    /// Loads from an opened GGUF checkpoint; the block-quantized matrices are stored for `act`
+    /// ([`Matrix::prepare`]): dequantized to f32 for [`Activations::F32`] (up to
+    /// [`crate::weights::DEQUANTIZE_AT_LOAD_MAX_BYTES`] per matrix), re-laid for 8-bit dot
+    /// products for [`Activations::Q8`].
+    pub fn from_checkpoint_with(ck: &Checkpoint, act: Activations) -> Result<LlamaModel> {
         let file = ck.path().to_path_buf();
         let (Format::Gguf, Some(meta)) = (ck.format(), ck.gguf()) else {
             return Err(EngineError::Invalid {
@@ -213,7 +230,35 @@ impl LlamaModel {
             .collect::<Result<Vec<_>>>()?;
         let rope = Rope::new(&cfg);
         let eos_token_id = meta.get_u32("tokenizer.ggml.eos_token_id").filter(|&id| (id as usize) < vocab_size);
-        Ok(LlamaModel { config: cfg, path: file, embedding, output, norm_f, blocks, eos_token_id, rope })
+        let mut model = LlamaModel {
+            config: cfg,
+            path: file,
+            embedding,
+            output,
+            norm_f,
+            blocks,
+            eos_token_id,
+            activations: act,
+            rope,
+        };
+        model.prepare(act);
+        Ok(model)
+    }
+
+    /// Re-stores every block-quantized matrix for `act`, in parallel.
+    fn prepare(&mut self, act: Activations) {
+        let mats = self
+            .blocks
+            .iter_mut()
+            .flat_map(|b| [&mut b.wq, &mut b.wk, &mut b.wv, &mut b.wo, &mut b.w_gate, &mut b.w_up, &mut b.w_down]);
+        let all: Vec<&mut Matrix> =
+            mats.chain(std::iter::once(&mut self.embedding)).chain(self.output.as_mut()).collect();
+        all.into_par_iter().for_each(|m| m.prepare(act));
+    }
+
+    /// How the products treat activations.
+    pub fn activations(&self) -> Activations {
+        self.activations
     }
 
     /// The output projection (the embedding when tied).
@@ -317,9 +362,8 @@ impl LlamaModel {
         for (b, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             n.copy_from_slice(&x);
             n.chunks_exact_mut(d).for_each(|r| rms_norm(r, &b.attn_norm, c.norm_eps));
-            let mut q = b.wq.forward(&n, t); // [t, n_head · head_dim]
-            let mut k = b.wk.forward(&n, t); // [t, n_kv_head · head_dim]
-            let v = b.wv.forward(&n, t); // [t, n_kv_head · head_dim]
+            // q: [t, n_head · head_dim]; k, v: [t, n_kv_head · head_dim]
+            let [mut q, mut k, v] = forward_shared([&b.wq, &b.wk, &b.wv], &n, t);
             self.rope.apply(&mut q, c.n_head, pos0);
             self.rope.apply(&mut k, c.n_kv_head, pos0);
             lc.k.extend_from_slice(&k);
@@ -330,8 +374,7 @@ impl LlamaModel {
 
             n.copy_from_slice(&x);
             n.chunks_exact_mut(d).for_each(|r| rms_norm(r, &b.ffn_norm, c.norm_eps));
-            let mut g = b.w_gate.forward(&n, t); // [t, d_ff]
-            let u = b.w_up.forward(&n, t); // [t, d_ff]
+            let [mut g, u] = forward_shared([&b.w_gate, &b.w_up], &n, t); // [t, d_ff] each
             swiglu(&mut g, &u);
             let down = b.w_down.forward(&g, t); // [t, d_model]
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);

@@ -201,6 +201,40 @@ fn forward_matches_reference() {
     }
 }
 
+/// With 8-bit activations (llama.cpp's arithmetic) the quantized matrices are re-laid, the f32
+/// ones stay, and the logits stay within the activation rounding of the f64 reference.
+#[test]
+fn q8_activations_stay_close_to_reference() {
+    use crate::{Activations, Storage};
+    for tied in [true, false] {
+        let tiny = Tiny::new(tied, 21 + tied as u64);
+        let path = tiny.write(&format!("q8-{tied}"));
+        let model = LlamaModel::load_with(&path, Activations::Q8).expect("the tiny model loads");
+        let exact = LlamaModel::load(&path).expect("the tiny model loads");
+        std::fs::remove_file(&path).ok();
+        assert_eq!(model.activations(), Activations::Q8);
+        let b = &model.blocks[0];
+        assert!(matches!(b.wq.storage, Storage::Qdot(_)) && matches!(b.w_down.storage, Storage::Qdot(_)));
+        assert!(matches!(b.wk.storage, Storage::F32(_)), "an F32 tensor stays f32");
+        assert!(matches!(exact.blocks[0].wq.storage, Storage::F32(_)), "f32 mode dequantizes at load");
+        let got = model.forward(&mut model.new_cache(), &TOKENS).expect("forward");
+        let want = tiny.reference(&TOKENS);
+        let err = max_rel_err(&got, &want);
+        // Rounding errors of about 1/254 per block compound over two layers and the head; a wrong
+        // kernel gives errors of order 1.
+        assert!(err < 8e-2, "tied {tied}: max relative error {err}");
+        let f32_err = max_rel_err(&exact.forward(&mut exact.new_cache(), &TOKENS).expect("forward"), &want);
+        assert!(err > f32_err, "8-bit activations should round more than f32 ({err} vs {f32_err})");
+        // Prefill and single steps agree in this mode too (each token is quantized on its own).
+        let mut stepped = model.new_cache();
+        for (i, &t) in TOKENS.iter().enumerate() {
+            let row = model.forward(&mut stepped, &[t]).expect("step");
+            let w: Vec<f64> = got[i * VOCAB..(i + 1) * VOCAB].iter().map(|&x| x as f64).collect();
+            assert!(max_rel_err(&row, &w) < 1e-5, "position {i}");
+        }
+    }
+}
+
 /// Prefilling a block leaves the same logits and KV cache as feeding the tokens one at a time
 /// (and as any split of the block).
 #[test]

@@ -1,5 +1,6 @@
 //! One weight-matrix type for every GGUF format the loader accepts: f32 (plain and F16/BF16/F64,
-//! converted at load) or the Q8_0 / Q4_0 / Q4_1 blocks kept as they are in the file.
+//! converted at load), the Q8_0 / Q4_0 / Q4_1 blocks kept as they are in the file, or those blocks
+//! re-laid for 8-bit dot products ([`crate::qdot`], [`Activations::Q8`]).
 //!
 //! A quantized product `y = x · Wᵀ` runs panel by panel: each task dequantizes [`PANEL`] rows
 //! into an f32 scratch buffer (64 rows × 1536 columns = 384 KiB at most for SmolLM2, so it stays
@@ -14,6 +15,8 @@ use bimamba_formats::{DType, QK};
 use bimamba_kernels::{dense_gemm_f32, dense_gemm_with, selected_isa};
 use half::f16;
 
+use crate::qdot::QdotMatrix;
+
 /// Rows dequantized at once by one task.
 pub const PANEL: usize = 64;
 
@@ -24,7 +27,47 @@ pub enum Storage {
     F32(Vec<f32>),
     /// GGUF blocks of [`QK`] consecutive elements of a row, rows one after another.
     Quant { dtype: DType, bytes: Vec<u8> },
+    /// GGUF blocks re-laid for products with 8-bit activations.
+    Qdot(QdotMatrix),
 }
+
+/// How the products of a model with block-quantized (Q8_0 / Q4_0 / Q4_1) weights treat the
+/// activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activations {
+    /// f32 activations against the exactly dequantized weights: the result of an f32 (or
+    /// Hugging Face `transformers`) forward on the GGUF's values. The default.
+    #[default]
+    F32,
+    /// Activations quantized to 8 bits per block of 32 and integer dot products, as llama.cpp's
+    /// CPU backend computes (Q8_1 / Q8_0 activations). Faster; slightly different numbers.
+    Q8,
+}
+
+impl std::str::FromStr for Activations {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Activations::F32),
+            "q8" => Ok(Activations::Q8),
+            _ => Err(format!("unknown activation precision '{s}' (expected f32 or q8)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Activations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Activations::F32 => "f32",
+            Activations::Q8 => "q8",
+        })
+    }
+}
+
+/// Block-quantized matrices whose f32 copy stays under this size are dequantized once at load in
+/// [`Activations::F32`] mode (same numbers, no per-product dequantization); larger ones are
+/// dequantized panel by panel inside each product, so memory stays near the file's size.
+pub const DEQUANTIZE_AT_LOAD_MAX_BYTES: usize = 1 << 30;
 
 /// A weight matrix of `rows × cols`, multiplied as `y = x · Wᵀ`.
 #[derive(Clone, Debug)]
@@ -152,6 +195,32 @@ impl Matrix {
         match &self.storage {
             Storage::F32(w) => 4 * w.len(),
             Storage::Quant { bytes, .. } => bytes.len(),
+            Storage::Qdot(m) => m.bytes(),
+        }
+    }
+
+    /// Re-stores a block-quantized matrix for `act`: [`Activations::Q8`] re-lays the blocks for
+    /// 8-bit dot products; [`Activations::F32`] dequantizes to f32 when that copy is at most
+    /// [`DEQUANTIZE_AT_LOAD_MAX_BYTES`] (else the GGUF blocks stay; a re-laid matrix always goes
+    /// back to f32). f32 matrices stay as they are in both modes.
+    pub fn prepare(&mut self, act: Activations) {
+        let (rows, cols) = (self.rows, self.cols);
+        let f32_bytes = 4 * rows * cols;
+        let new = match (&self.storage, act) {
+            (Storage::F32(_), _) => None,
+            (Storage::Quant { dtype, bytes }, Activations::Q8) => {
+                QdotMatrix::from_gguf(*dtype, bytes, rows, cols).map(Storage::Qdot)
+            }
+            (Storage::Qdot(_), Activations::Q8) => None,
+            (Storage::Quant { .. }, Activations::F32) if f32_bytes > DEQUANTIZE_AT_LOAD_MAX_BYTES => None,
+            (_, Activations::F32) => {
+                let mut w = vec![0.0f32; rows * cols];
+                self.rows_into(0..rows, &mut w);
+                Some(Storage::F32(w))
+            }
+        };
+        if let Some(s) = new {
+            self.storage = s;
         }
     }
 
@@ -172,6 +241,11 @@ impl Matrix {
                 let rb = c / QK * dtype.block_bytes();
                 dequantize(*dtype, &bytes[range.start * rb..range.end * rb], out);
             }
+            Storage::Qdot(m) => {
+                for (r, o) in range.zip(out.chunks_exact_mut(c)) {
+                    m.row_into(r, o);
+                }
+            }
         }
     }
 
@@ -188,9 +262,13 @@ impl Matrix {
             self.cols
         );
         let mut y = vec![0.0f32; t * self.rows];
-        if let Storage::F32(w) = &self.storage {
-            dense_gemm_f32(w, self.rows, self.cols, x, t, &mut y);
-            return y;
+        match &self.storage {
+            Storage::F32(w) => {
+                dense_gemm_f32(w, self.rows, self.cols, x, t, &mut y);
+                return y;
+            }
+            Storage::Qdot(m) => return m.forward(x, t),
+            Storage::Quant { .. } => {}
         }
         let isa = selected_isa();
         let (rows, cols) = (self.rows, self.cols);
@@ -226,6 +304,28 @@ impl Matrix {
             }
         }
         y
+    }
+}
+
+/// `x · Wᵀ` for several matrices that share their input: when all are re-laid for 8-bit products,
+/// `x` is quantized once for all of them.
+///
+/// # Shapes
+/// - `x`: [t, cols]; returns [t, rows of each matrix]
+pub fn forward_shared<const N: usize>(mats: [&Matrix; N], x: &[f32], t: usize) -> [Vec<f32>; N] {
+    let quantized: Option<Vec<&QdotMatrix>> = mats
+        .iter()
+        .map(|m| match &m.storage {
+            Storage::Qdot(q) => Some(q),
+            _ => None,
+        })
+        .collect();
+    match quantized {
+        Some(qs) if N > 0 && qs.iter().all(|q| q.cols == qs[0].cols) => {
+            let a = crate::qdot::QActs::quantize(x, t, qs[0].cols);
+            std::array::from_fn(|i| qs[i].forward_q(&a))
+        }
+        _ => mats.map(|m| m.forward(x, t)),
     }
 }
 
