@@ -30,16 +30,25 @@ fn rotation_bytes() -> usize {
 /// Buffer for the bandwidth probe.
 const BANDWIDTH_BYTES: usize = 512 << 20;
 const THREADS: [usize; 2] = [1, 2];
-const TOKENS: [usize; 2] = [1, 64];
+/// Token counts per call; `BIMAMBA_BENCH_TOKENS=1,64,256` overrides them.
+fn tokens() -> Vec<usize> {
+    std::env::var("BIMAMBA_BENCH_TOKENS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect::<Vec<usize>>())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| vec![1, 64])
+}
 const SHAPES: [(&str, usize, usize, &[Kind]); 3] = [
-    ("in_proj", 10576, 2560, &[Kind::Binary, Kind::F32, Kind::Bf16]),
-    ("out_proj", 2560, 5120, &[Kind::Binary, Kind::F32, Kind::Bf16]),
+    ("in_proj", 10576, 2560, &[Kind::Binary, Kind::BinaryI8, Kind::F32, Kind::Bf16]),
+    ("out_proj", 2560, 5120, &[Kind::Binary, Kind::BinaryI8, Kind::F32, Kind::Bf16]),
     ("lm_head", 32000, 2560, &[Kind::Bf16, Kind::Q8]),
 ];
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Binary,
+    /// The same sign bits, int8 activations (`binary_gemm_i8`, quantization included).
+    BinaryI8,
     F32,
     Bf16,
     Q8,
@@ -49,6 +58,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Binary => "binary",
+            Kind::BinaryI8 => "binary_i8",
             Kind::F32 => "dense_f32",
             Kind::Bf16 => "dense_bf16",
             Kind::Q8 => "q8",
@@ -59,6 +69,7 @@ impl Kind {
 /// Copies of one weight matrix in one format.
 enum Weights {
     Binary(Vec<Vec<u8>>),
+    BinaryI8(Vec<Vec<u8>>),
     F32(Vec<Vec<f32>>),
     Bf16(Vec<Vec<bf16>>),
     /// (codes, row scales)
@@ -88,7 +99,7 @@ fn random_f32(n: usize, seed: u64) -> Vec<f32> {
 fn make_case(shape: &'static str, rows: usize, cols: usize, kind: Kind, rotate: bool) -> Case {
     let w = random_f32(rows * cols, 17);
     let bytes = match kind {
-        Kind::Binary => pack::packed_len(rows, cols),
+        Kind::Binary | Kind::BinaryI8 => pack::packed_len(rows, cols),
         Kind::F32 => rows * cols * 4,
         Kind::Bf16 => rows * cols * 2,
         Kind::Q8 => rows * cols + rows * 4,
@@ -97,6 +108,7 @@ fn make_case(shape: &'static str, rows: usize, cols: usize, kind: Kind, rotate: 
     let copies = if rotate { rotation_bytes().div_ceil(bytes).max(1) } else { 1 };
     let weights = match kind {
         Kind::Binary => Weights::Binary(vec![pack::pack_signs(&w, rows, cols); copies]),
+        Kind::BinaryI8 => Weights::BinaryI8(vec![pack::pack_signs(&w, rows, cols); copies]),
         Kind::F32 => Weights::F32(vec![w; copies]),
         Kind::Bf16 => Weights::Bf16(vec![w.iter().map(|&v| bf16::from_f32(v)).collect(); copies]),
         Kind::Q8 => Weights::Q8(vec![q8::quantize_rows(&w, rows, cols); copies]),
@@ -110,6 +122,7 @@ impl Case {
         let (r, c) = (self.rows, self.cols);
         match &self.weights {
             Weights::Binary(v) => bimamba_kernels::binary_gemm(&v[i % v.len()], r, c, x, t, y),
+            Weights::BinaryI8(v) => bimamba_kernels::binary_gemm_i8(&v[i % v.len()], r, c, x, t, y),
             Weights::F32(v) => bimamba_kernels::dense_gemm_f32(&v[i % v.len()], r, c, x, t, y),
             Weights::Bf16(v) => bimamba_kernels::dense_gemm_bf16(&v[i % v.len()], r, c, x, t, y),
             Weights::Q8(v) => {
@@ -198,7 +211,7 @@ fn main() {
     for &(shape, rows, cols, kinds) in &SHAPES {
         for &kind in kinds {
             let case = make_case(shape, rows, cols, kind, bench_mode);
-            for &t in &TOKENS {
+            for &t in &tokens() {
                 let x = random_f32(t * cols, 5);
                 for (ti, &threads) in THREADS.iter().enumerate() {
                     let name = format!("{}/{}/t{}/thr{}", case.shape, kind.name(), t, threads);

@@ -6,6 +6,8 @@
 //! - [`pack`]: the binarization and bit-packing spec (the on-disk and in-memory format).
 //! - [`q8`]: the 8-bit per-row quantization spec of the embedding / LM head.
 //! - [`scalar`]: single-threaded reference kernels, also the fallback on any CPU.
+//! - [`act8`]: the opt-in int8-activation binary product (spec and scalar twin);
+//!   `x86::avx512_vnni` is its fast path.
 //! - [`lut`]: the f32 lookup tables that turn 4 sign bits into one lookup (x86 binary kernels).
 //! - `x86::{avx512_lut, avx2_lut}` (binary), `x86::{avx512, avx2}` (dense), `aarch64::neon`:
 //!   per-ISA single-threaded kernels, chosen at runtime, each with a scalar twin.
@@ -18,6 +20,7 @@
 //! `[rows, cols]` bit matrix, a dense `[rows, cols]` matrix, or `scales[i] · q[i, j]` (q8). Shape mismatches are caller bugs
 //! and panic with the shapes in the message (loaders validate files before calling kernels).
 
+pub mod act8;
 pub mod bandwidth;
 pub mod isa;
 pub mod lut;
@@ -114,6 +117,28 @@ fn binary_range(
         Isa::Neon if isa.is_supported() => unsafe { aarch64::neon::binary_rows(bits, cols, x, t, range, y) },
         _ => scalar::binary_rows(bits, cols, x, t, range, y),
     }
+}
+
+/// Whether the int8-activation binary product has a SIMD kernel for `isa` on this CPU
+/// (AVX-512 with VNNI and VBMI: Ice Lake, Zen 4 and later); otherwise it runs the scalar twin.
+pub fn act8_has_simd(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && isa.is_supported() {
+        return is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vbmi");
+    }
+    let _ = isa;
+    false
+}
+
+/// One ISA's int8-activation binary kernel over `range` of output rows.
+fn act8_range(isa: Isa, bits: &[u8], cols: usize, a: &act8::Act8, range: Range<usize>, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if act8_has_simd(isa) {
+        // SAFETY: AVX-512 F/BW (`is_supported`), VNNI and VBMI were checked by `act8_has_simd`.
+        return unsafe { x86::avx512_vnni::binary_rows(bits, cols, a, range, y) };
+    }
+    let _ = isa;
+    act8::binary_rows_scalar(bits, cols, a, range, y)
 }
 
 /// One ISA's dense kernel over `range` of output rows.
@@ -232,6 +257,36 @@ pub fn q8_gemm_with(
     assert_eq!(x.len(), t * cols, "q8 kernel: x has {} elements, expected [{t} x {cols}]", x.len());
     check_range(&range, rows, t, y);
     q8_range(isa, q, scales, cols, x, t, range, y);
+}
+
+/// Single-threaded int8-activation binary kernel of one ISA over output rows `range` (see
+/// [`binary_gemm_with`] and [`act8`]); the activations are quantized here. For tests and
+/// benchmarks.
+#[allow(clippy::too_many_arguments)]
+pub fn binary_gemm_i8_with(
+    isa: Isa,
+    bits: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    range: Range<usize>,
+    y: &mut [f32],
+) {
+    assert_eq!(bits.len(), pack::packed_len(rows, cols), "act8 kernel: packed size does not match [{rows} x {cols}]");
+    check_range(&range, rows, t, y);
+    let a = act8::quantize(x, cols, t);
+    act8_range(isa, bits, cols, &a, range, y);
+}
+
+/// `y[k, i] ≈ Σ_j s_ij · x[k, j]` with `x` quantized to int8 per token ([`act8`]): the opt-in
+/// `--binary-act int8` product. Same shapes as [`binary_gemm`]; dispatches on [`selected_isa`]
+/// (AVX512-VNNI, else the scalar twin) and splits rows over the rayon pool.
+pub fn binary_gemm_i8(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
+    check_binary_shapes(bits, rows, cols, x, t, y);
+    let isa = selected_isa();
+    let a = act8::quantize(x, cols, t);
+    parallel::for_row_chunks(rows, cols, t, y, |range, yc| act8_range(isa, bits, cols, &a, range, yc));
 }
 
 /// `y[k, i] = Σ_j s_ij · x[k, j]` for a packed sign matrix `bits: [rows, cols]`, `x: [t, cols]`,

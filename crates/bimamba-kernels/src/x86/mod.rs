@@ -4,4 +4,5 @@ pub mod avx2;
 pub mod avx2_lut;
 pub mod avx512;
 pub mod avx512_lut;
+pub mod avx512_vnni;
 pub mod ssm_bf16;
