@@ -8,8 +8,49 @@
 //! i.e. scale the input by α, one ±1 matrix-vector product, then add one scalar (β·x) to every
 //! output. Row pattern: W̃[i,j] = α_i·s_ij + β_i, so y_i = α_i Σ_j s_ij x_j + β_i Σ_j x_j.
 
+use std::fmt;
+use std::str::FromStr;
+
 use bimamba_kernels as kernels;
 use half::{bf16, f16};
+
+/// Precision of the activations entering a 1-bit product (a run-time choice, not part of the
+/// weights). `F32` is Bi-Mamba's own arithmetic (SPEC §2: activations stay high precision);
+/// `Int8` quantizes the (α-scaled) input per token to int8 (`bimamba_kernels::act8`) and runs
+/// integer dot products: opt-in, with its perplexity change measured in
+/// crates/bimamba-kernels/KERNELS.md. Dense layers ignore it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BinaryAct {
+    #[default]
+    F32,
+    Int8,
+}
+
+impl BinaryAct {
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryAct::F32 => "f32",
+            BinaryAct::Int8 => "int8",
+        }
+    }
+}
+
+impl fmt::Display for BinaryAct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BinaryAct {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(BinaryAct::F32),
+            "int8" => Ok(BinaryAct::Int8),
+            other => Err(format!("unknown binary-product activation precision {other:?}, expected f32 or int8")),
+        }
+    }
+}
 
 /// Dense weights in the dtype they were stored in (row-major [rows, cols]).
 #[derive(Clone, Debug)]
@@ -83,12 +124,25 @@ impl Linear {
         Linear::Binary { rows, cols, bits: kernels::pack::pack_signs(latent, rows, cols), scales }
     }
 
-    /// y = x · Wᵀ.
+    /// y = x · Wᵀ, activations in f32.
     ///
     /// # Shapes
     /// - `x`: [t, cols]
     /// - `y`: [t, rows] (overwritten)
     pub fn forward(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        self.forward_act(x, t, y, BinaryAct::F32)
+    }
+
+    /// y = x · Wᵀ with the 1-bit product's activations in `act` (dense layers ignore it).
+    ///
+    /// # Shapes
+    /// - `x`: [t, cols]
+    /// - `y`: [t, rows] (overwritten)
+    pub fn forward_act(&self, x: &[f32], t: usize, y: &mut [f32], act: BinaryAct) {
+        let binary_gemm = match act {
+            BinaryAct::F32 => kernels::binary_gemm,
+            BinaryAct::Int8 => kernels::binary_gemm_i8,
+        };
         let (rows, cols) = (self.rows(), self.cols());
         debug_assert_eq!(x.len(), t * cols);
         debug_assert_eq!(y.len(), t * rows);
@@ -109,14 +163,14 @@ impl Linear {
                             *v *= a;
                         }
                     }
-                    kernels::binary_gemm(bits, rows, cols, &xs, t, y);
+                    binary_gemm(bits, rows, cols, &xs, t, y);
                     for (xt, yt) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
                         let bx: f32 = xt.iter().zip(beta).map(|(a, b)| a * b).sum();
                         yt.iter_mut().for_each(|v| *v += bx);
                     }
                 }
                 BinaryScales::Row { alpha, beta } => {
-                    kernels::binary_gemm(bits, rows, cols, x, t, y);
+                    binary_gemm(bits, rows, cols, x, t, y);
                     for (xt, yt) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
                         let sx: f32 = xt.iter().sum();
                         for ((v, a), b) in yt.iter_mut().zip(alpha).zip(beta) {

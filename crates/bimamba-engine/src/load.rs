@@ -17,7 +17,7 @@ use half::{bf16, f16};
 
 use crate::config::{Config, Dialect};
 use crate::error::{EngineError, Result};
-use crate::linear::{BinaryScales, DenseWeight, Linear};
+use crate::linear::{BinaryAct, BinaryScales, DenseWeight, Linear};
 use crate::mixer::Mixer;
 use crate::model::{Layer, Model};
 use crate::pack::{PackedMeta, EMBEDDING_STORAGE, PACKED_FORMAT, PACKED_VERSION_Q8, Q8_SCALE_SUFFIX};
@@ -64,8 +64,11 @@ impl Model {
             let p = format!("backbone.layers.{i}");
             let m = format!("{p}.mixer");
             let a_log = ld.vector(&format!("{m}.A_log"), c.nheads)?;
-            let conv_weight =
-                ld.f32_any(&format!("{m}.conv1d.weight"), &[&[c.conv_dim(), 1, c.d_conv], &[c.conv_dim(), c.d_conv]])?;
+            // Stored [conv_dim, d_conv]; kept tap-major [d_conv, conv_dim] (see `Mixer::conv_weight`).
+            let conv_weight = crate::mixer::conv_taps_major(
+                &ld.f32_any(&format!("{m}.conv1d.weight"), &[&[c.conv_dim(), 1, c.d_conv], &[c.conv_dim(), c.d_conv]])?,
+                c.d_conv,
+            );
             layers.push(Layer {
                 norm: ld.vector(&format!("{p}.norm.weight"), d)?,
                 mixer: Mixer {
@@ -97,7 +100,15 @@ impl Model {
             }
             Some(ld.vocab("lm_head.weight", embedding.rows(), d)?)
         };
-        Ok(Model { config, embedding, layers, norm_f, lm_head, state_dtype: StateDtype::F32 })
+        Ok(Model {
+            config,
+            embedding,
+            layers,
+            norm_f,
+            lm_head,
+            state_dtype: StateDtype::F32,
+            binary_act: BinaryAct::F32,
+        })
     }
 }
 

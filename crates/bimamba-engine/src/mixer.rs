@@ -19,7 +19,7 @@ use bimamba_kernels::ssm;
 use rayon::prelude::*;
 
 use crate::config::Config;
-use crate::linear::Linear;
+use crate::linear::{BinaryAct, Linear};
 use crate::state::{LayerState, SsmState};
 
 /// Weights of one mixer. Shapes are checked at load.
@@ -27,7 +27,8 @@ use crate::state::{LayerState, SsmState};
 pub struct Mixer {
     /// [d_in_proj, d_model]
     pub in_proj: Linear,
-    /// [conv_dim, d_conv]
+    /// [d_conv, conv_dim]: tap-major (checkpoints store [conv_dim, d_conv]; see
+    /// [`conv_taps_major`]), so that each tap is one contiguous, vectorizable row.
     pub conv_weight: Vec<f32>,
     /// [conv_dim]
     pub conv_bias: Vec<f32>,
@@ -63,6 +64,18 @@ pub fn softplus(v: f32) -> f32 {
     }
 }
 
+/// A checkpoint's conv weight [conv_dim, d_conv] in the mixer's tap-major layout [d_conv, conv_dim].
+pub fn conv_taps_major(w: &[f32], d_conv: usize) -> Vec<f32> {
+    let conv_dim = if d_conv == 0 { 0 } else { w.len() / d_conv };
+    let mut t = vec![0.0; w.len()];
+    for c in 0..conv_dim {
+        for j in 0..d_conv {
+            t[j * conv_dim + c] = w[c * d_conv + j];
+        }
+    }
+    t
+}
+
 /// In-place RMSNorm of one vector: v ← v / sqrt(mean(v²) + eps) ⊙ w.
 pub fn rms_norm(v: &mut [f32], w: &[f32], eps: f64) {
     let ms: f64 = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / v.len() as f64;
@@ -73,7 +86,8 @@ pub fn rms_norm(v: &mut [f32], w: &[f32], eps: f64) {
 }
 
 impl Mixer {
-    /// Runs the mixer over `t` tokens, updating `state` in place.
+    /// Runs the mixer over `t` tokens, updating `state` in place; `act` is the activation
+    /// precision of the 1-bit projections.
     ///
     /// # Shapes
     /// - `u`: [t, d_model] (already RMS-normed)
@@ -84,6 +98,7 @@ impl Mixer {
         state: &mut LayerState,
         u: &[f32],
         t: usize,
+        act: BinaryAct,
         observe: &mut dyn FnMut(Proj, &[f32], usize),
     ) -> Vec<f32> {
         let d_inner = cfg.d_inner();
@@ -93,7 +108,7 @@ impl Mixer {
 
         observe(Proj::In, u, t);
         let mut zxbcdt = vec![0.0f32; t * dip]; // [t, d_in_proj]
-        self.in_proj.forward(u, t, &mut zxbcdt);
+        self.in_proj.forward_act(u, t, &mut zxbcdt, act);
 
         // Causal depthwise conv over [old window | new tokens], then SiLU. xbc: [t, conv_dim].
         let xbc = self.conv(cfg, state, &zxbcdt, t);
@@ -170,50 +185,54 @@ impl Mixer {
 
         observe(Proj::Out, &y, t);
         let mut out = vec![0.0f32; t * cfg.d_model];
-        self.out_proj.forward(&y, t, &mut out);
+        self.out_proj.forward_act(&y, t, &mut out, act);
         out
     }
 
     /// Causal depthwise conv with the carried window, SiLU applied; updates the window.
     ///
+    /// `out[k, c] = SiLU(bias[c] + Σ_j w[j, c] · in[k − (kw−1) + j, c])`, the taps added in
+    /// order j = 0, 1, ... (as the f32 reference does), where inputs before the block come from the
+    /// carried window (`state.conv`: [conv_dim, kw], oldest first).
+    ///
     /// # Shapes
     /// - `zxbcdt`: [t, d_in_proj]; returns xBC [t, conv_dim]
     fn conv(&self, cfg: &Config, state: &mut LayerState, zxbcdt: &[f32], t: usize) -> Vec<f32> {
         let (conv_dim, kw, dip, off) = (cfg.conv_dim(), cfg.d_conv, cfg.d_in_proj(), cfg.d_inner());
-        // Input of token k (k may be negative: the carried window supplies the last kw-1 inputs).
-        let input = |k: isize, c: usize, window: &[f32]| -> f32 {
-            if k >= 0 {
-                zxbcdt[k as usize * dip + off + c]
-            } else {
-                window[c * kw + (kw as isize + k) as usize]
+        let input = |k: usize| &zxbcdt[k * dip + off..k * dip + off + conv_dim];
+        // The window's inputs, tap-major: past[p] = [conv_dim] input p of the kw carried ones.
+        let mut past = vec![0.0f32; kw * conv_dim];
+        for (c, win) in state.conv.chunks_exact(kw.max(1)).enumerate().take(conv_dim) {
+            for (p, v) in win.iter().enumerate() {
+                past[p * conv_dim + c] = *v;
             }
-        };
-        // Row-major over tokens so every access to zxbcdt and out is sequential.
+        }
         let mut out = vec![0.0f32; t * conv_dim];
-        for k in 0..t {
-            let row = &mut out[k * conv_dim..(k + 1) * conv_dim];
+        for (k, row) in out.chunks_exact_mut(conv_dim.max(1)).enumerate().take(t) {
             row.copy_from_slice(&self.conv_bias);
             for j in 0..kw {
-                // Tap j multiplies the input kw-1-j tokens back.
-                let src = k as isize - (kw - 1 - j) as isize;
-                if src >= 0 {
-                    let x = &zxbcdt[src as usize * dip + off..src as usize * dip + off + conv_dim];
-                    for (c, (o, xv)) in row.iter_mut().zip(x).enumerate() {
-                        *o += self.conv_weight[c * kw + j] * xv;
-                    }
-                } else {
-                    for (c, o) in row.iter_mut().enumerate() {
-                        *o += self.conv_weight[c * kw + j] * input(src, c, &state.conv);
-                    }
+                // Tap j multiplies the input kw-1-j tokens back: token k + j - (kw-1), or window
+                // slot kw + (k + j - (kw-1)) when that is before the block.
+                let x = match (k + j).checked_sub(kw - 1) {
+                    Some(src) => input(src),
+                    None => &past[(k + j + 1) * conv_dim..(k + j + 2) * conv_dim],
+                };
+                let w = &self.conv_weight[j * conv_dim..(j + 1) * conv_dim];
+                for ((o, xv), wv) in row.iter_mut().zip(x).zip(w) {
+                    *o += wv * xv;
                 }
             }
             row.iter_mut().for_each(|v| *v = silu(*v));
         }
         // New window: the last kw inputs of each channel, oldest first.
-        let old = state.conv.clone();
-        for c in 0..conv_dim {
-            for j in 0..kw {
-                state.conv[c * kw + j] = input(t as isize - kw as isize + j as isize, c, &old);
+        for p in 0..kw {
+            // Input p of the new window is token t - kw + p (or an older window slot).
+            let src: &[f32] = match (t + p).checked_sub(kw) {
+                Some(k) => input(k),
+                None => &past[(t + p) * conv_dim..(t + p + 1) * conv_dim],
+            };
+            for (c, v) in src.iter().enumerate() {
+                state.conv[c * kw + p] = *v;
             }
         }
         out

@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::error::{EngineError, Result};
-use crate::linear::Linear;
+use crate::linear::{BinaryAct, Linear};
 use crate::mixer::{rms_norm, Mixer, Proj};
 use crate::state::{LayerState, State, StateDtype};
 
@@ -33,7 +33,8 @@ impl Layer {
             + m.norm_weight.len()
     }
 
-    /// One residual block, in place: h ← h + mixer(RMSNorm(h) ⊙ norm.weight).
+    /// One residual block, in place: h ← h + mixer(RMSNorm(h) ⊙ norm.weight), 1-bit products
+    /// with f32 activations.
     ///
     /// # Shapes
     /// - `h`: [t, d_model]
@@ -45,11 +46,27 @@ impl Layer {
         t: usize,
         observe: &mut dyn FnMut(Proj, &[f32], usize),
     ) {
+        self.forward_act(cfg, state, h, t, BinaryAct::F32, observe)
+    }
+
+    /// [`Layer::forward`] with the 1-bit products' activations in `act`.
+    ///
+    /// # Shapes
+    /// - `h`: [t, d_model]
+    pub fn forward_act(
+        &self,
+        cfg: &Config,
+        state: &mut LayerState,
+        h: &mut [f32],
+        t: usize,
+        act: BinaryAct,
+        observe: &mut dyn FnMut(Proj, &[f32], usize),
+    ) {
         let mut u = h.to_vec();
         for row in u.chunks_exact_mut(cfg.d_model) {
             rms_norm(row, &self.norm, cfg.norm_eps);
         }
-        let out = self.mixer.forward(cfg, state, &u, t, observe);
+        let out = self.mixer.forward(cfg, state, &u, t, act, observe);
         h.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
     }
 }
@@ -67,6 +84,8 @@ pub struct Model {
     /// Storage precision of the SSM state that [`Model::new_state`] creates (a run-time choice,
     /// not part of the weights; f32 unless set).
     pub state_dtype: StateDtype,
+    /// Activation precision of the 1-bit projections (a run-time choice; f32 unless set).
+    pub binary_act: BinaryAct,
 }
 
 /// Prefill runs over blocks of at most this many tokens: each projection's weights are read once
@@ -104,6 +123,11 @@ impl Model {
 
     pub fn lm_head(&self) -> &Linear {
         self.lm_head.as_ref().unwrap_or(&self.embedding)
+    }
+
+    /// Chooses the activation precision of the 1-bit projections (`BinaryAct::Int8` is opt-in).
+    pub fn set_binary_act(&mut self, act: BinaryAct) {
+        self.binary_act = act;
     }
 
     /// Stores the embedding (and an untied lm_head) as 8-bit rows (`bimamba_kernels::q8`):
@@ -149,7 +173,7 @@ impl Model {
             let mut h = self.embed(block);
             for (li, (layer, ls)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
                 let mut obs = |proj: Proj, x: &[f32], n: usize| observe(ProjSite { layer: li, proj }, x, n);
-                layer.forward(&self.config, ls, &mut h, t, &mut obs);
+                layer.forward_act(&self.config, ls, &mut h, t, self.binary_act, &mut obs);
             }
             state.position += t;
             let rows = match keep {

@@ -8,7 +8,7 @@ use half::bf16;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::linear::{BinaryScales, DenseWeight, Linear};
+use crate::linear::{BinaryAct, BinaryScales, DenseWeight, Linear};
 use crate::mixer::Mixer;
 use crate::model::{Layer, Model};
 use crate::sampling::Rng;
@@ -114,7 +114,15 @@ pub fn random_model(cfg: Config, format: ProjFormat, seed: u64) -> Result<Model>
             },
         })
         .collect();
-    Ok(Model { config: cfg, embedding, layers, norm_f: vec![1.0; d], lm_head: None, state_dtype: StateDtype::F32 })
+    Ok(Model {
+        config: cfg,
+        embedding,
+        layers,
+        norm_f: vec![1.0; d],
+        lm_head: None,
+        state_dtype: StateDtype::F32,
+        binary_act: BinaryAct::F32,
+    })
 }
 
 #[cfg(test)]
