@@ -17,6 +17,7 @@ pub mod model;
 pub mod pack;
 pub mod random;
 pub mod sampling;
+pub mod softmax;
 pub mod state;
 
 pub use config::{Config, Dialect};

@@ -47,12 +47,7 @@ impl LanguageModel for Model {
     }
 }
 
-/// log Σ exp(v), stable.
-pub fn log_sum_exp(v: &[f32]) -> f64 {
-    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let s: f64 = v.iter().map(|&x| (x as f64 - m).exp()).sum();
-    m + s.ln()
-}
+pub use crate::softmax::log_sum_exp;
 
 /// log p(target) under the softmax of one row of logits.
 pub fn log_prob(logits: &[f32], target: u32) -> f64 {

@@ -1,6 +1,7 @@
 //! The per-token math of a LLaMA block that is not a matrix product: RMSNorm, rotary position
 //! embedding (GGUF convention), causal grouped-query attention over the KV cache, SwiGLU.
 
+use bimamba_engine::softmax::{exp_nonpositive, lane_max, lane_sum};
 use bimamba_kernels::{dense_gemm_with, selected_isa};
 use rayon::prelude::*;
 
@@ -165,68 +166,20 @@ pub fn attention(cfg: &LlamaConfig, q: &[f32], k_cache: &[f32], v_cache: &[f32],
     }
 }
 
-/// Maximum over eight interleaved lanes (a plain fold with `f32::max` does not vectorize).
-fn lane_max(v: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let chunks = v.chunks_exact(8);
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a = if x > *a { x } else { *a };
-        }
-    }
-    acc.iter().fold(tail, |a, &x| if x > a { x } else { a })
-}
-
-/// Sum over eight interleaved lanes (vectorizes; a sequential f32 sum cannot be reordered).
-fn lane_sum(v: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = v.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += x;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// e^x for x ≤ 0 (softmax after subtracting the maximum), straight-line code the compiler
-/// vectorizes: Cephes' `expf`. With n = round(x · log2 e) and r = x − n · ln 2 (ln 2 split in a
-/// high part exact in f32 and a low correction), e^x = 2^n · e^r, |r| ≤ ln 2 / 2, where
-/// e^r ≈ 1 + r + r² · p(r) with Cephes' degree-5 minimax p (relative error about 1e-7), and 2^n
-/// is built in the exponent bits. Inputs below −87 (where 2^n would leave the normal range) are
-/// clamped: e^−87 ≈ 1.6e−38 instead of a smaller number, harmless next to the maximum's 1.
-#[inline(always)]
-pub fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_375;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer (the default rounding
-    // mode) without a call to roundf.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 0.0);
-    let shifted = x * LOG2E + ROUND;
-    let n = shifted - ROUND;
-    // The integer n also sits in the low mantissa bits of `shifted` (its exponent is fixed by
-    // ROUND), which avoids a float-to-int conversion that does not vectorize (`as` saturates).
-    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
-        * r
-        + 5.000_000_1e-1;
-    let er = p * r * r + r + 1.0;
-    er * f32::from_bits((n_int.wrapping_add(127) as u32) << 23)
-}
-
-/// SwiGLU's gate: `gate ← silu(gate) ⊙ up`, silu(x) = x / (1 + e^(−x)).
+/// SwiGLU's gate: `gate ← silu(gate) ⊙ up`, silu(x) = x · σ(x), σ(x) = 1 / (1 + e^(−x)).
+///
+/// With e = e^(−|x|) ≤ 1 (the vectorizable [`exp_nonpositive`]), σ(x) = 1 / (1 + e) for x ≥ 0
+/// and e / (1 + e) for x < 0: no overflow on either side.
 ///
 /// # Shapes
 /// - `gate`, `up`: [t, d_ff]
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     debug_assert_eq!(gate.len(), up.len());
     for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        let x = *g;
+        let e = exp_nonpositive(-x.abs());
+        let sigma = if x >= 0.0 { 1.0 } else { e } / (1.0 + e);
+        *g = x * sigma * u;
     }
 }
 
@@ -294,29 +247,16 @@ mod tests {
     }
 
     #[test]
-    fn lane_reductions_handle_tails() {
-        for n in [1usize, 7, 8, 9, 17, 64, 67] {
-            let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.5).collect();
-            let want_max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            assert_eq!(lane_max(&v), want_max, "n = {n}");
-            let want_sum: f64 = v.iter().map(|&x| x as f64).sum();
-            assert!((lane_sum(&v) as f64 - want_sum).abs() < 1e-5, "n = {n}");
+    fn swiglu_matches_f64() {
+        let gate: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.25).collect();
+        let up: Vec<f32> = gate.iter().map(|&x| 1.0 - 0.01 * x).collect();
+        let mut got = gate.clone();
+        swiglu(&mut got, &up);
+        for ((&x, &u), &g) in gate.iter().zip(&up).zip(&got) {
+            let (x, u) = (x as f64, u as f64);
+            let want = x / (1.0 + (-x).exp()) * u;
+            assert!((g as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "silu({x}) · {u}: {g} vs {want}");
         }
-    }
-
-    /// The vectorizable exp against f64 over its whole domain: relative error below 4e-7.
-    #[test]
-    fn exp_nonpositive_is_accurate() {
-        let mut worst = 0.0f64;
-        for i in 0..=870_000 {
-            let x = -(i as f32) * 1e-4;
-            let got = exp_nonpositive(x) as f64;
-            let want = (x as f64).exp();
-            worst = worst.max((got - want).abs() / want);
-        }
-        assert!(worst < 4e-7, "worst relative error {worst}");
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert!(exp_nonpositive(-1000.0) < 2e-38 && exp_nonpositive(f32::NEG_INFINITY) < 2e-38);
     }
 
     /// Attention against a plain f64 loop, with a cache already holding `pos0` positions, over

@@ -139,6 +139,7 @@ fn ppl(a: PplArgs) -> Result<()> {
         v["tokenizer_vocab"] = tok.vocab_size().into();
         v["elapsed_s"] = elapsed.into();
         v["state_dtype"] = state_dtype.name().into();
+        v["gguf_act"] = a.model.gguf_act.clone().into();
         v["tokens_per_s"] = ((r.windows * r.seq_len) as f64 / elapsed.max(1e-9)).into();
         println!("{v}");
     } else {
@@ -208,6 +209,7 @@ fn run_tasks<M: LanguageModel>(
             "limit": a.limit,
             "elapsed_s": elapsed,
             "state_dtype": a.state_dtype,
+            "gguf_act": a.model.gguf_act,
         });
         println!("{v}");
         return Ok(());

@@ -16,7 +16,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bimamba_engine::lm::LanguageModel;
+use bimamba_engine::lm::{log_sum_exp, LanguageModel};
+use bimamba_engine::softmax::lane_max;
 use bimamba_engine::{EngineError, Result};
 use rayon::prelude::*;
 
@@ -105,15 +106,10 @@ impl RowScore {
         if t >= row.len() {
             return Err(EngineError::TokenOutOfRange { id: target, vocab: row.len() });
         }
-        let mut best = 0usize;
-        for (j, &x) in row.iter().enumerate() {
-            if x > row[best] {
-                best = j;
-            }
-        }
-        let m = row[best] as f64;
-        let sum: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
-        self.loglik += row[t] as f64 - m - sum.ln();
+        // The first index holding the maximum (NaN entries are never the maximum).
+        let max = lane_max(row);
+        let best = row.iter().position(|&x| x == max).unwrap_or(0);
+        self.loglik += row[t] as f64 - log_sum_exp(row);
         self.greedy &= best == t;
         Ok(())
     }
