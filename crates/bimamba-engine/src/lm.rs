@@ -29,6 +29,16 @@ pub trait LanguageModel: Sync {
         let all = self.forward(state, tokens)?;
         Ok(all[all.len() - v..].to_vec())
     }
+
+    /// The logits of several independent continuations of `state`, each as if fed to its own
+    /// copy of it; `state` is not changed. Models may batch the branches (the LLaMA forward runs
+    /// them through one product per matrix); the default feeds each to a clone.
+    ///
+    /// # Shapes
+    /// - returns one [branches[i].len(), vocab_size] block per branch
+    fn forward_branches(&self, state: &Self::State, branches: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        branches.iter().map(|b| self.forward(&mut state.clone(), b)).collect()
+    }
 }
 
 impl LanguageModel for Model {

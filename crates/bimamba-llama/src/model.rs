@@ -351,7 +351,57 @@ impl LlamaModel {
     fn residual(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
         self.check(cache, tokens)?;
         let c = &self.config;
-        let (t, d, pos0) = (tokens.len(), c.d_model, cache.position);
+        let pos0 = cache.position;
+        let x = self.blocks_forward(tokens, |layer, q, k, v, att| {
+            let lc = &mut cache.layers[layer];
+            self.rope.apply(q, c.n_head, pos0);
+            self.rope.apply(k, c.n_kv_head, pos0);
+            lc.k.extend_from_slice(k);
+            lc.v.extend_from_slice(v);
+            attention(c, q, &lc.k, &lc.v, pos0, att);
+        });
+        cache.position += tokens.len();
+        Ok(x)
+    }
+
+    /// The residual stream of several independent continuations of the cached sequence, run
+    /// through the blocks together (one product per matrix for all of them). Continuation `b`
+    /// attends to the cache and to its own earlier tokens only; the cache is left as it is.
+    ///
+    /// # Shapes
+    /// - returns [Σ branch lengths, d_model], the branches one after another
+    fn branches_residual(&self, cache: &KvCache, branches: &[&[u32]]) -> Result<Vec<f32>> {
+        for b in branches {
+            self.check(cache, b)?;
+        }
+        let c = &self.config;
+        let (pos0, kvd, qd) = (cache.position, c.kv_dim(), c.q_dim());
+        let tokens: Vec<u32> = branches.concat();
+        Ok(self.blocks_forward(&tokens, |layer, q, k, v, att| {
+            let lc = &cache.layers[layer];
+            let mut start = 0;
+            for b in branches {
+                let (s, e) = (start, start + b.len());
+                start = e;
+                let (qb, kb) = (&mut q[s * qd..e * qd], &mut k[s * kvd..e * kvd]);
+                self.rope.apply(qb, c.n_head, pos0);
+                self.rope.apply(kb, c.n_kv_head, pos0);
+                let keys = [&lc.k[..], kb].concat();
+                let values = [&lc.v[..], &v[s * kvd..e * kvd]].concat();
+                attention(c, qb, &keys, &values, pos0, &mut att[s * qd..e * qd]);
+            }
+        }))
+    }
+
+    /// The blocks over `tokens`: embedding, then per block the pre-norm attention (its queries,
+    /// keys and values handed to `attend(layer, q, k, v, out)`, which rotates them, attends and
+    /// writes `out: [t, q_dim]`) and the SwiGLU feed-forward. Returns the residual stream.
+    fn blocks_forward<F>(&self, tokens: &[u32], mut attend: F) -> Vec<f32>
+    where
+        F: FnMut(usize, &mut [f32], &mut [f32], &[f32], &mut [f32]),
+    {
+        let c = &self.config;
+        let (t, d) = (tokens.len(), c.d_model);
         // x: [t, d_model]
         let mut x = vec![0.0f32; t * d];
         for (row, &id) in x.chunks_exact_mut(d).zip(tokens) {
@@ -359,16 +409,12 @@ impl LlamaModel {
         }
         let mut n = vec![0.0f32; t * d];
         let mut att = vec![0.0f32; t * c.q_dim()];
-        for (b, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+        for (layer, b) in self.blocks.iter().enumerate() {
             n.copy_from_slice(&x);
             n.chunks_exact_mut(d).for_each(|r| rms_norm(r, &b.attn_norm, c.norm_eps));
             // q: [t, n_head · head_dim]; k, v: [t, n_kv_head · head_dim]
             let [mut q, mut k, v] = forward_shared([&b.wq, &b.wk, &b.wv], &n, t);
-            self.rope.apply(&mut q, c.n_head, pos0);
-            self.rope.apply(&mut k, c.n_kv_head, pos0);
-            lc.k.extend_from_slice(&k);
-            lc.v.extend_from_slice(&v);
-            attention(c, &q, &lc.k, &lc.v, pos0, &mut att);
+            attend(layer, &mut q, &mut k, &v, &mut att);
             let o = b.wo.forward(&att, t); // [t, d_model]
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
@@ -379,8 +425,31 @@ impl LlamaModel {
             let down = b.w_down.forward(&g, t); // [t, d_model]
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
-        cache.position += t;
-        Ok(x)
+        x
+    }
+
+    /// The logits of several independent continuations of the cached sequence, computed together
+    /// (see [`LanguageModel::forward_branches`]); the cache is not changed.
+    ///
+    /// # Shapes
+    /// - returns one [branch length, vocab_size] block per branch
+    pub fn forward_branches(&self, cache: &KvCache, branches: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let total: usize = branches.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Ok(branches.iter().map(|_| Vec::new()).collect());
+        }
+        let d = self.config.d_model;
+        let mut x = self.branches_residual(cache, branches)?;
+        x.chunks_exact_mut(d).for_each(|r| rms_norm(r, &self.norm_f, self.config.norm_eps));
+        let logits = self.lm_head().forward(&x, total);
+        let v = self.config.vocab_size;
+        let mut out = Vec::with_capacity(branches.len());
+        let mut start = 0;
+        for b in branches {
+            out.push(logits[start * v..(start + b.len()) * v].to_vec());
+            start += b.len();
+        }
+        Ok(out)
     }
 
     /// Feeds `tokens` (prefill when more than one), returning the logits of every position.
@@ -425,5 +494,8 @@ impl LanguageModel for LlamaModel {
     }
     fn forward_last(&self, state: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>> {
         LlamaModel::forward_last(self, state, tokens)
+    }
+    fn forward_branches(&self, state: &KvCache, branches: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        LlamaModel::forward_branches(self, state, branches)
     }
 }

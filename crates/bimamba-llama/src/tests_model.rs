@@ -235,6 +235,31 @@ fn q8_activations_stay_close_to_reference() {
     }
 }
 
+/// Branches run together give each continuation the logits of feeding it to its own copy of the
+/// cache (different lengths, one empty), in both activation modes; the cache is unchanged.
+#[test]
+fn branches_equal_separate_forks() {
+    use crate::Activations;
+    let tiny = Tiny::new(false, 31);
+    let path = tiny.write("branches");
+    for act in [Activations::F32, Activations::Q8] {
+        let model = LlamaModel::load_with(&path, act).expect("the tiny model loads");
+        let mut cache = model.new_cache();
+        model.forward(&mut cache, &TOKENS[..5]).expect("context");
+        let before = cache.clone();
+        let branches: [&[u32]; 4] = [&[7, 1, 2], &[], &[39], &[5, 5, 6, 0, 12]];
+        let got = model.forward_branches(&cache, &branches).expect("branches");
+        assert_eq!(cache, before, "the cache is left as it was");
+        for (b, rows) in branches.iter().zip(&got) {
+            let want = model.forward(&mut cache.clone(), b).expect("fork");
+            assert_eq!(rows.len(), want.len());
+            let want: Vec<f64> = want.iter().map(|&x| x as f64).collect();
+            assert!(max_rel_err(rows, &want) < 1e-5, "{act}: branch {b:?}");
+        }
+    }
+    std::fs::remove_file(&path).ok();
+}
+
 /// Prefilling a block leaves the same logits and KV cache as feeding the tokens one at a time
 /// (and as any split of the block).
 #[test]

@@ -5,9 +5,8 @@
 //!
 //! ```text
 //! state, last = forward_last(new_state, context_enc)   // last: logits predicting cont[0]
-//! for each continuation c (n tokens):
-//!     s = state.clone()
-//!     rows = [last] ++ forward(s, c[..n-1])            // row k predicts c[k]
+//! for each continuation c (n tokens), all together as branches of `state`:
+//!     rows = [last] ++ forward(state.clone(), c[..n-1]) // row k predicts c[k]
 //!     loglik = Σ_k log_softmax(rows[k])[c[k]];  greedy = ∀k argmax(rows[k]) == c[k]
 //! ```
 //!
@@ -37,29 +36,22 @@ pub fn score_group<M: LanguageModel>(model: &M, g: &Group) -> Result<Vec<ContSco
     let v = model.vocab_size();
     let mut state = model.new_state();
     let last = model.forward_last(&mut state, &g.context)?;
+    // The fed part of each continuation (all but its last token); those that feed anything run
+    // together as branches of the context state.
+    let fed: Vec<&[u32]> = g.continuations.iter().map(|c| c.split_last().map_or(&[][..], |(_, f)| f)).collect();
+    let busy: Vec<&[u32]> = fed.iter().copied().filter(|f| !f.is_empty()).collect();
+    let mut rows = if busy.is_empty() { Vec::new() } else { model.forward_branches(&state, &busy)? }.into_iter();
     let mut out = Vec::with_capacity(g.continuations.len());
-    let n = g.continuations.len();
-    let mut state = Some(state);
-    for (i, cont) in g.continuations.iter().enumerate() {
+    for (cont, f) in g.continuations.iter().zip(&fed) {
         let mut score = RowScore::default();
         // An empty continuation scores 0 and counts as greedy, as in lm-eval (request building
         // rejects them, so only direct callers can pass one).
-        let Some((&final_tok, fed)) = cont.split_last() else {
-            out.push(ContScore { loglik: score.loglik, greedy: score.greedy });
-            continue;
-        };
-        if fed.is_empty() {
-            score.add(&last, final_tok)?;
-        } else {
-            // The last continuation may consume the context state instead of copying it.
-            let mut s = if i + 1 == n {
-                state.take().expect("the context state is taken only by the last continuation")
-            } else {
-                state.as_ref().expect("the context state is present until the last continuation").clone()
-            };
-            let rows = model.forward(&mut s, fed)?; // [fed.len(), v]
-            score.add(&last, cont[0])?;
-            for (row, &target) in rows.chunks_exact(v).zip(&cont[1..]) {
+        if let Some(&first) = cont.first() {
+            score.add(&last, first)?;
+        }
+        if !f.is_empty() {
+            let r = rows.next().expect("one block of rows per continuation that feeds tokens"); // [f.len(), v]
+            for (row, &target) in r.chunks_exact(v).zip(&cont[1..]) {
                 score.add(row, target)?;
             }
         }
