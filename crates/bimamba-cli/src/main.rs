@@ -1,5 +1,6 @@
 //! `bimamba`: run, evaluate and inspect Mamba-2 and Bi-Mamba language models on the CPU.
 
+mod binary_act;
 mod commands;
 mod model_args;
 

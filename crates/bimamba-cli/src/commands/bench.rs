@@ -49,6 +49,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "f32|bf16", default_value = "f32")]
     pub state_dtype: String,
 
+    #[arg(long, value_name = "f32|int8", default_value = "f32", help = crate::binary_act::HELP)]
+    pub binary_act: String,
+
     /// Skip the dense f32 / bf16 comparison (it needs 4x / 2x the memory of the weights).
     #[arg(long)]
     pub no_dense: bool,
@@ -113,12 +116,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--decode-tokens and --prefill-tokens must be at least 1");
     }
     let state_dtype = crate::model_args::parse_state_dtype(&a.state_dtype)?;
+    let binary_act = crate::binary_act::parse(&a.binary_act)?;
     let embed = EmbedStorage::from_name(&a.embed).map_err(|e| anyhow::anyhow!("--embed: {e}"))?;
     let with_embed = |mut m: Model| {
         if embed == EmbedStorage::Q8 {
             m.quantize_vocab_q8();
         }
         m.set_state_dtype(state_dtype);
+        m.set_binary_act(binary_act);
         m
     };
     if let Some(name) = &a.isa {
@@ -176,6 +181,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "threads": threads,
         "embedding": emb_storage,
         "state_dtype": state_dtype.name(),
+        "binary_act": binary_act.name(),
+        "binary_act_simd": bimamba_kernels::act8_has_simd(bimamba_kernels::selected_isa()),
         "state_bytes": model_state_bytes,
         "decode_tok_s": speed.decode_tok_s,
         "prefill_tok_s": speed.prefill_tok_s,
@@ -199,6 +206,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("isa/threads  {isa} / {threads}");
     println!("embedding    {emb_storage} (tied LM head: {})", model_tied);
     println!("state        SSM state in {state_dtype}, {:.1} MB", model_state_bytes as f64 / 1e6);
+    println!(
+        "1-bit acts   {binary_act}{}",
+        match (binary_act, bimamba_kernels::act8_has_simd(bimamba_kernels::selected_isa())) {
+            (bimamba_engine::linear::BinaryAct::Int8, true) => " (AVX512-VNNI kernel)",
+            (bimamba_engine::linear::BinaryAct::Int8, false) => " (scalar kernel: no AVX512-VNNI/VBMI on this ISA)",
+            _ => "",
+        }
+    );
     println!("bandwidth    {bw:.2} GB/s (read, measured now)");
     println!("bytes/token  {:.1} MB  -> ceiling {ceiling:.2} tok/s", bpt as f64 / 1e6);
     println!("decode       {:.2} tok/s = {:.1}% of the ceiling", speed.decode_tok_s, 100.0 * fraction);

@@ -48,6 +48,9 @@ pub struct TasksArgs {
     #[arg(long, value_name = "f32|bf16", default_value = "f32")]
     pub state_dtype: String,
 
+    #[arg(long, value_name = "f32|int8", default_value = "f32", help = crate::binary_act::HELP)]
+    pub binary_act: String,
+
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -86,6 +89,9 @@ pub struct PplArgs {
     #[arg(long, value_name = "f32|bf16", default_value = "f32")]
     pub state_dtype: String,
 
+    #[arg(long, value_name = "f32|int8", default_value = "f32", help = crate::binary_act::HELP)]
+    pub binary_act: String,
+
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
@@ -104,9 +110,11 @@ fn ppl(a: PplArgs) -> Result<()> {
         bail!("--seq-len: expected at least 2 tokens per window, got {}", a.seq_len);
     }
     let state_dtype = parse_state_dtype(&a.state_dtype)?;
+    let binary_act = crate::binary_act::parse(&a.binary_act)?;
     let text = read_text_file(&a.text)?;
     let (mut model, tok, dir) = a.model.load()?;
     apply_state_dtype(&mut model, state_dtype, &dir)?;
+    crate::binary_act::apply(&mut model, binary_act, &dir)?;
     let (ids, ends) = tok.encode_with_ends(&text)?;
     let windows = ids.len() / a.seq_len;
     if windows == 0 {
@@ -139,6 +147,7 @@ fn ppl(a: PplArgs) -> Result<()> {
         v["tokenizer_vocab"] = tok.vocab_size().into();
         v["elapsed_s"] = elapsed.into();
         v["state_dtype"] = state_dtype.name().into();
+        v["binary_act"] = binary_act.name().into();
         v["gguf_act"] = a.model.gguf_act.clone().into();
         v["tokens_per_s"] = ((r.windows * r.seq_len) as f64 / elapsed.max(1e-9)).into();
         println!("{v}");
@@ -154,6 +163,7 @@ fn ppl(a: PplArgs) -> Result<()> {
 fn tasks_cmd(a: TasksArgs) -> Result<()> {
     let list = Task::parse_list(&a.tasks)?;
     let state_dtype = parse_state_dtype(&a.state_dtype)?;
+    let binary_act = crate::binary_act::parse(&a.binary_act)?;
     if a.limit == Some(0) {
         bail!("--limit: expected at least 1 document, got 0");
     }
@@ -164,6 +174,7 @@ fn tasks_cmd(a: TasksArgs) -> Result<()> {
     }
     let (mut model, tok, dir) = a.model.load()?;
     apply_state_dtype(&mut model, state_dtype, &dir)?;
+    crate::binary_act::apply(&mut model, binary_act, &dir)?;
     with_model!(&model, m => run_tasks(m, &tok, &dir, &data_dir, &list, &a))
 }
 
@@ -209,6 +220,7 @@ fn run_tasks<M: LanguageModel>(
             "limit": a.limit,
             "elapsed_s": elapsed,
             "state_dtype": a.state_dtype,
+            "binary_act": a.binary_act,
             "gguf_act": a.model.gguf_act,
         });
         println!("{v}");

@@ -60,6 +60,9 @@ pub struct GenerateArgs {
     /// token; update and readout still in f32). Mamba-2 / Bi-Mamba models only.
     #[arg(long, value_name = "f32|bf16", default_value = "f32")]
     pub state_dtype: String,
+
+    #[arg(long, value_name = "f32|int8", default_value = "f32", help = crate::binary_act::HELP)]
+    pub binary_act: String,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -77,8 +80,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("--repeat-penalty: expected a number > 0, got {}", a.repeat_penalty);
     }
     let state_dtype = parse_state_dtype(&a.state_dtype)?;
+    let binary_act = crate::binary_act::parse(&a.binary_act)?;
     let (mut model, tok, path) = a.model.load()?;
     apply_state_dtype(&mut model, state_dtype, &path)?;
+    crate::binary_act::apply(&mut model, binary_act, &path)?;
     // Stop at the tokenizer's end-of-sequence token and at the one the GGUF metadata names.
     let mut stops: Vec<u32> = tok.eos_id().into_iter().collect();
     if let LoadedModel::Llama(m) = &model {
@@ -150,6 +155,7 @@ fn generate<M: LanguageModel>(
             "prefill_tok_s": prompt.len() as f64 / prefill_s.max(1e-9),
             "decode_tok_s": generated as f64 / decode_s.max(1e-9),
             "state_dtype": a.state_dtype,
+            "binary_act": a.binary_act,
         });
         let _ = writeln!(out, "{v}");
         return Ok(());
