@@ -124,47 +124,43 @@ impl Mixer {
 
         // Scan, parallel over heads; each head's [P, N] state stays in cache across the block.
         let hpg = cfg.heads_per_group();
-        let scan_head = |h: usize, step: &mut dyn FnMut(&[f32], &[f32], &[f32], f32, f32, &mut [f32])| {
-            let g = h / hpg;
-            let mut y = vec![0.0f32; t * p_n]; // [t, P]
-            for k in 0..t {
-                let row = &xbc[k * conv_dim..(k + 1) * conv_dim];
-                let x = &row[h * p_n..(h + 1) * p_n];
-                let b = &row[d_inner + g * n_n..d_inner + (g + 1) * n_n];
-                let c = &row[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
-                let dtv = dt[k * h_n + h];
-                let decay = (dtv * self.a[h]).exp();
-                let yk = &mut y[k * p_n..(k + 1) * p_n];
-                // S ← decay·S + dt·x⊗B and y = S·C, each state row touched once.
-                step(x, b, c, dtv, decay, yk);
-                for (v, xv) in yk.iter_mut().zip(x) {
-                    *v += self.d[h] * xv;
+        // ys: [H, t, P], written by the scan in place (no per-head allocation on the workers).
+        let mut ys = vec![0.0f32; h_n * t * p_n];
+        let scan_head =
+            |h: usize, y: &mut [f32], step: &mut dyn FnMut(&[f32], &[f32], &[f32], f32, f32, &mut [f32])| {
+                let g = h / hpg;
+                for k in 0..t {
+                    let row = &xbc[k * conv_dim..(k + 1) * conv_dim];
+                    let x = &row[h * p_n..(h + 1) * p_n];
+                    let b = &row[d_inner + g * n_n..d_inner + (g + 1) * n_n];
+                    let c = &row[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
+                    let dtv = dt[k * h_n + h];
+                    let decay = (dtv * self.a[h]).exp();
+                    let yk = &mut y[k * p_n..(k + 1) * p_n];
+                    // S ← decay·S + dt·x⊗B and y = S·C, each state row touched once.
+                    step(x, b, c, dtv, decay, yk);
+                    for (v, xv) in yk.iter_mut().zip(x) {
+                        *v += self.d[h] * xv;
+                    }
                 }
-            }
-            y
-        };
-        let heads: Vec<Vec<f32>> = match &mut state.ssm {
-            SsmState::F32(ssm) => ssm
-                .par_chunks_mut(p_n * n_n)
-                .enumerate()
-                .map(|(h, s)| scan_head(h, &mut |x, b, c, dtv, decay, yk| ssm::head_step(s, x, b, c, dtv, decay, yk)))
-                .collect(),
+            };
+        let y_heads = ys.par_chunks_mut((t * p_n).max(1));
+        match &mut state.ssm {
+            SsmState::F32(ssm) => ssm.par_chunks_mut(p_n * n_n).zip(y_heads).enumerate().for_each(|(h, (s, y))| {
+                scan_head(h, y, &mut |x, b, c, dtv, decay, yk| ssm::head_step(s, x, b, c, dtv, decay, yk))
+            }),
             // Same recurrence, S stored as bf16 and rounded once per token (prefill included).
-            SsmState::Bf16(ssm) => ssm
-                .par_chunks_mut(p_n * n_n)
-                .enumerate()
-                .map(|(h, s)| {
-                    scan_head(h, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(s, x, b, c, dtv, decay, yk))
-                })
-                .collect(),
-        };
+            SsmState::Bf16(ssm) => ssm.par_chunks_mut(p_n * n_n).zip(y_heads).enumerate().for_each(|(h, (s, y))| {
+                scan_head(h, y, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(s, x, b, c, dtv, decay, yk))
+            }),
+        }
 
         // Gate and grouped RMSNorm, per token. y: [t, d_inner]
         let mut y = vec![0.0f32; t * d_inner];
         let gsize = d_inner / g_n;
         for k in 0..t {
             let yk = &mut y[k * d_inner..(k + 1) * d_inner];
-            for (h, hy) in heads.iter().enumerate() {
+            for (h, hy) in ys.chunks_exact((t * p_n).max(1)).enumerate().take(h_n) {
                 yk[h * p_n..(h + 1) * p_n].copy_from_slice(&hy[k * p_n..(k + 1) * p_n]);
             }
             let z = &zxbcdt[k * dip..k * dip + d_inner];
