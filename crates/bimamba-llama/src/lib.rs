@@ -1,4 +1,4 @@
-//! A LLaMA-architecture forward for GGUF models on the CPU, with f32 activations: the
+//! A LLaMA-architecture forward for GGUF models on the CPU, with f32 or 8-bit activations: the
 //! SmolLM2-135M teacher of the distillation (and a reference point for evaluation).
 //!
 //! LLaMA: Touvron et al., "LLaMA: Open and Efficient Foundation Language Models" (arXiv
@@ -6,15 +6,21 @@
 //! 2104.09864), grouped-query attention (Ainslie et al., arXiv 2305.13245), SwiGLU feed-forward.
 //!
 //! Layout: [`config`] (the `llama.*` GGUF keys), [`ops`] (RMSNorm, RoPE in llama.cpp's
-//! adjacent-pair convention, attention over the cache, SwiGLU), [`model`] (weights by GGUF key,
-//! the [`KvCache`] state, the forward), [`tokenizer`] (the GGUF's own BPE tokenizer). The model
+//! adjacent-pair convention, attention over the cache, SwiGLU), [`weights`] and [`qdot`] (the
+//! matrix products), [`model`] (weights by GGUF key, the [`KvCache`] state, the forward, batched
+//! branches of one cache), [`tokenizer`] (the GGUF's own BPE tokenizer). The model
 //! implements [`bimamba_engine::LanguageModel`], so perplexity, the zero-shot tasks and
 //! generation run on it unchanged.
 //!
-//! Weights: Q8_0 / Q4_0 / Q4_1 matrices stay in their GGUF blocks and are dequantized panel by
-//! panel inside the product ([`weights`]; SmolLM2-135M Q4_1 takes about 100 MB); other float
-//! types are converted to f32 at load. Activations are f32 throughout, and every product runs on
-//! the dense f32 SIMD kernel of `bimamba_kernels`.
+//! Weights and activations ([`Activations`], chosen at load): with f32 activations (the
+//! default) Q8_0 / Q4_0 / Q4_1 matrices are dequantized to f32 once at load (SmolLM2-135M Q4_1:
+//! 538 MB; a model whose f32 copy would pass 2 GiB keeps its GGUF blocks and dequantizes them
+//! panel by panel inside each product, [`weights`]) and every product runs on the dense f32 SIMD
+//! kernel of `bimamba_kernels`: the exact result on the file's values. With 8-bit activations
+//! ([`qdot`], llama.cpp's CPU arithmetic) the blocks are re-laid for `vpdpbusd` (165 MB) and
+//! each product quantizes its input per block of 32: about 3x faster on AVX-512 VNNI, perplexity
+//! +0.3-0.6% on SmolLM2 (crates/bimamba-llama/KERNELS.md). Other float types are converted to
+//! f32 at load in both modes.
 
 pub mod config;
 pub mod model;

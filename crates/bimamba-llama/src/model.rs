@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::config::LlamaConfig;
 use crate::ops::{attention, rms_norm, swiglu, Rope};
-use crate::weights::{forward_shared, Activations, Matrix};
+use crate::weights::{forward_shared, Activations, Matrix, DEQUANTIZE_AT_LOAD_MAX_BYTES};
 
 /// The weights of one transformer block.
 #[derive(Clone, Debug)]
@@ -165,9 +165,9 @@ impl LlamaModel {
     }
 
     /// Loads from an opened GGUF checkpoint; the block-quantized matrices are stored for `act`
-    /// ([`Matrix::prepare`]): dequantized to f32 for [`Activations::F32`] (up to
-    /// [`crate::weights::DEQUANTIZE_AT_LOAD_MAX_BYTES`] per matrix), re-laid for 8-bit dot
-    /// products for [`Activations::Q8`].
+    /// ([`Matrix::prepare`]): dequantized to f32 for [`Activations::F32`] (when the whole model
+    /// fits in [`DEQUANTIZE_AT_LOAD_MAX_BYTES`] as f32), re-laid for 8-bit dot products for
+    /// [`Activations::Q8`].
     pub fn from_checkpoint_with(ck: &Checkpoint, act: Activations) -> Result<LlamaModel> {
         let file = ck.path().to_path_buf();
         let (Format::Gguf, Some(meta)) = (ck.format(), ck.gguf()) else {
@@ -253,7 +253,9 @@ impl LlamaModel {
             .flat_map(|b| [&mut b.wq, &mut b.wk, &mut b.wv, &mut b.wo, &mut b.w_gate, &mut b.w_up, &mut b.w_down]);
         let all: Vec<&mut Matrix> =
             mats.chain(std::iter::once(&mut self.embedding)).chain(self.output.as_mut()).collect();
-        all.into_par_iter().for_each(|m| m.prepare(act));
+        let f32_bytes: usize = all.iter().map(|m| m.dequantized_bytes()).sum();
+        let dequantize = f32_bytes <= DEQUANTIZE_AT_LOAD_MAX_BYTES;
+        all.into_par_iter().for_each(|m| m.prepare(act, dequantize));
     }
 
     /// How the products treat activations.

@@ -64,10 +64,11 @@ impl std::fmt::Display for Activations {
     }
 }
 
-/// Block-quantized matrices whose f32 copy stays under this size are dequantized once at load in
-/// [`Activations::F32`] mode (same numbers, no per-product dequantization); larger ones are
-/// dequantized panel by panel inside each product, so memory stays near the file's size.
-pub const DEQUANTIZE_AT_LOAD_MAX_BYTES: usize = 1 << 30;
+/// In [`Activations::F32`] mode a model whose block-quantized matrices would take at most this
+/// much as f32 is dequantized once at load (same numbers, no per-product dequantization: SmolLM2
+/// -135M takes 538 MB); a larger model keeps its GGUF blocks and dequantizes them panel by panel
+/// inside each product, so its memory stays near the file's size.
+pub const DEQUANTIZE_AT_LOAD_MAX_BYTES: usize = 2 << 30;
 
 /// A weight matrix of `rows × cols`, multiplied as `y = x · Wᵀ`.
 #[derive(Clone, Debug)]
@@ -199,20 +200,27 @@ impl Matrix {
         }
     }
 
+    /// Bytes an f32 copy of a block-quantized matrix would take (0 for f32 storage).
+    pub fn dequantized_bytes(&self) -> usize {
+        match self.storage {
+            Storage::F32(_) => 0,
+            _ => 4 * self.rows * self.cols,
+        }
+    }
+
     /// Re-stores a block-quantized matrix for `act`: [`Activations::Q8`] re-lays the blocks for
-    /// 8-bit dot products; [`Activations::F32`] dequantizes to f32 when that copy is at most
-    /// [`DEQUANTIZE_AT_LOAD_MAX_BYTES`] (else the GGUF blocks stay; a re-laid matrix always goes
-    /// back to f32). f32 matrices stay as they are in both modes.
-    pub fn prepare(&mut self, act: Activations) {
+    /// 8-bit dot products; [`Activations::F32`] dequantizes GGUF blocks to f32 when `dequantize`
+    /// says so (else they stay; a re-laid matrix always goes back to f32). f32 matrices stay as
+    /// they are in both modes.
+    pub fn prepare(&mut self, act: Activations, dequantize: bool) {
         let (rows, cols) = (self.rows, self.cols);
-        let f32_bytes = 4 * rows * cols;
         let new = match (&self.storage, act) {
             (Storage::F32(_), _) => None,
             (Storage::Quant { dtype, bytes }, Activations::Q8) => {
                 QdotMatrix::from_gguf(*dtype, bytes, rows, cols).map(Storage::Qdot)
             }
             (Storage::Qdot(_), Activations::Q8) => None,
-            (Storage::Quant { .. }, Activations::F32) if f32_bytes > DEQUANTIZE_AT_LOAD_MAX_BYTES => None,
+            (Storage::Quant { .. }, Activations::F32) if !dequantize => None,
             (_, Activations::F32) => {
                 let mut w = vec![0.0f32; rows * cols];
                 self.rows_into(0..rows, &mut w);
