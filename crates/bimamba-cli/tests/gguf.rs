@@ -123,3 +123,56 @@ fn a_bad_gguf_is_one_clear_line() {
     assert_eq!(lines.len(), 1, "expected one line, got: {}", o.stderr);
     assert!(lines[0].contains("tiny.gguf"), "the file is named: {}", lines[0]);
 }
+
+#[test]
+fn gguf_act_q8_equals_the_library_and_bad_values_are_one_line() {
+    let (model_path, text_path) = setup("q8");
+    let args = |act: &str| -> Vec<String> {
+        ["eval", "ppl", "--model", path(&model_path), "--text", path(&text_path), "--seq-len", "16", "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--gguf-act".to_string(), act.to_string()])
+            .collect()
+    };
+    let run = |act: &str| bimamba(&args(act).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run("q8");
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("one JSON object");
+    assert_eq!(v["gguf_act"].as_str(), Some("q8"));
+    let ck = Checkpoint::open(&model_path).expect("opens");
+    let model = LlamaModel::from_checkpoint_with(&ck, bimamba_llama::Activations::Q8).expect("loads");
+    let tok = gguf_tokenizer(&ck).expect("tokenizer");
+    let (ids, ends) = tok.encode_with_ends(&std::fs::read_to_string(&text_path).expect("readable")).expect("encodes");
+    let r = bimamba_eval::perplexity(&model, &ids, &ends, 16, |_| {}).expect("scores").expect("two windows at least");
+    let ppl = v["ppl"].as_f64().expect("ppl is a number");
+    assert!((ppl - r.ppl).abs() < 1e-9 * r.ppl, "binary {ppl} vs library {}", r.ppl);
+    let f32_ppl: serde_json::Value = serde_json::from_str(run("f32").stdout.trim()).expect("one JSON object");
+    assert_ne!(f32_ppl["ppl"].as_f64(), Some(ppl), "q8 rounds the activations, so the figure moves");
+
+    let bad = run("q4");
+    assert_ne!(bad.code, 0);
+    let lines: Vec<&str> = bad.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {}", bad.stderr);
+    assert!(lines[0].contains("--gguf-act") && lines[0].contains("q4"), "{}", lines[0]);
+}
+
+#[test]
+fn gguf_act_q8_on_a_mamba_model_is_refused() {
+    let (_, text_path) = setup("q8-mamba");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-austen");
+    let o = bimamba(&[
+        "eval",
+        "ppl",
+        "--model",
+        root.to_str().expect("UTF-8 path"),
+        "--text",
+        path(&text_path),
+        "--seq-len",
+        "16",
+        "--gguf-act",
+        "q8",
+    ]);
+    assert_ne!(o.code, 0);
+    assert!(!o.stderr.contains("panicked"), "panic: {}", o.stderr);
+    assert!(o.stderr.contains("--gguf-act q8") && o.stderr.contains("not a .gguf model"), "{}", o.stderr);
+}
