@@ -100,7 +100,10 @@ impl ModelArgs {
             return Ok((LoadedModel::Llama(model), tok, path));
         }
         if act != Activations::F32 {
-            bail!("--gguf-act {act}: {} is not a .gguf model (the option applies to GGUF LLaMA models only)", path.display());
+            bail!(
+                "--gguf-act {act}: {} is not a .gguf model (the option applies to GGUF LLaMA models only)",
+                path.display()
+            );
         }
         let model = Model::load(&path)?;
         let tok = Tokenizer::for_model(&path, self.tokenizer.as_deref())?;
