@@ -146,8 +146,26 @@ impl Mixer {
             };
         let y_heads = ys.par_chunks_mut((t * p_n).max(1));
         match &mut state.ssm {
+            // Several tokens per state row load (`head_steps`, bit-identical to token by token).
             SsmState::F32(ssm) => ssm.par_chunks_mut(p_n * n_n).zip(y_heads).enumerate().for_each(|(h, (s, y))| {
-                scan_head(h, y, &mut |x, b, c, dtv, decay, yk| ssm::head_step(s, x, b, c, dtv, decay, yk))
+                let g = h / hpg;
+                let dts: Vec<f32> = (0..t).map(|k| dt[k * h_n + h]).collect();
+                let decays: Vec<f32> = dts.iter().map(|&dtv| (dtv * self.a[h]).exp()).collect();
+                let blk = ssm::HeadBlock {
+                    xbc: &xbc,
+                    stride: conv_dim,
+                    x_off: h * p_n,
+                    b_off: d_inner + g * n_n,
+                    c_off: d_inner + g_n * n_n + g * n_n,
+                    dt: &dts,
+                    decay: &decays,
+                };
+                ssm::head_steps(s, p_n, n_n, &blk, y);
+                for (yk, row) in y.chunks_exact_mut(p_n.max(1)).zip(xbc.chunks_exact(conv_dim.max(1))) {
+                    for (v, xv) in yk.iter_mut().zip(&row[h * p_n..(h + 1) * p_n]) {
+                        *v += self.d[h] * xv;
+                    }
+                }
             }),
             // Same recurrence, S stored as bf16 and rounded once per token (prefill included).
             SsmState::Bf16(ssm) => ssm.par_chunks_mut(p_n * n_n).zip(y_heads).enumerate().for_each(|(h, (s, y))| {

@@ -121,6 +121,124 @@ pub fn head_step(s: &mut [f32], x: &[f32], b: &[f32], c: &[f32], dt: f32, decay:
     head_step_with(crate::selected_isa(), s, x, b, c, dt, decay, y)
 }
 
+/// The inputs of one head over a block of `t` tokens, read in place from the mixer's
+/// `xBC: [t, stride]` rows: token `k`'s `x` is `xbc[k·stride + x_off ..][..P]`, its `B` and `C`
+/// start at `b_off` and `c_off` (`N` values each).
+#[derive(Clone, Copy, Debug)]
+pub struct HeadBlock<'a> {
+    pub xbc: &'a [f32],
+    pub stride: usize,
+    pub x_off: usize,
+    pub b_off: usize,
+    pub c_off: usize,
+    /// [t]
+    pub dt: &'a [f32],
+    /// [t]: `exp(dt·A)`
+    pub decay: &'a [f32],
+}
+
+/// Tokens per block of [`head_steps_with`]: their `B` and `C` (2 · 16 · N floats, 16 KiB at
+/// N = 128) stay in L1 while every state row passes through them.
+const STEPS_BLOCK: usize = 16;
+
+/// `t` tokens of one head, with the loop order turned around: for each block of
+/// [`STEPS_BLOCK`] tokens, each state row is loaded once and taken through all of them (the
+/// per-token order reads and writes the whole `[P, N]` state once per token). Every state element
+/// sees the same operations in the same token order, and each readout is [`head_step_lanes`]'s
+/// sum, so results are bit-identical to calling [`head_step_with`] token by token.
+#[inline(always)]
+fn head_steps_lanes(s: &mut [f32], n: usize, blk: &HeadBlock, y: &mut [f32]) {
+    const L: usize = 8;
+    let t = blk.dt.len();
+    let p_n = if n == 0 { 0 } else { s.len() / n };
+    let full = n / L * L;
+    let mut k0 = 0;
+    while k0 < t {
+        let k1 = (k0 + STEPS_BLOCK).min(t);
+        for (p, row) in s.chunks_exact_mut(n.max(1)).enumerate().take(p_n) {
+            for k in k0..k1 {
+                let base = k * blk.stride;
+                let b = &blk.xbc[base + blk.b_off..base + blk.b_off + n];
+                let c = &blk.xbc[base + blk.c_off..base + blk.c_off + n];
+                let (dt, decay) = (blk.dt[k], blk.decay[k]);
+                let sx = dt * blk.xbc[base + blk.x_off + p];
+                let mut acc = [0.0f32; L];
+                let (head, tail) = row.split_at_mut(full);
+                for ((r, bb), cc) in head.chunks_exact_mut(L).zip(b.chunks_exact(L)).zip(c.chunks_exact(L)) {
+                    for l in 0..L {
+                        let v = decay * r[l] + sx * bb[l];
+                        r[l] = v;
+                        acc[l] += v * cc[l];
+                    }
+                }
+                let mut total: f32 = acc.iter().sum();
+                for (j, r) in tail.iter_mut().enumerate() {
+                    let v = decay * *r + sx * b[full + j];
+                    *r = v;
+                    total += v * c[full + j];
+                }
+                y[k * p_n + p] = total;
+            }
+        }
+        k0 = k1;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn head_steps_avx512(s: &mut [f32], n: usize, blk: &HeadBlock, y: &mut [f32]) {
+    head_steps_lanes(s, n, blk, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn head_steps_avx2(s: &mut [f32], n: usize, blk: &HeadBlock, y: &mut [f32]) {
+    head_steps_lanes(s, n, blk, y)
+}
+
+/// `t = blk.dt.len()` tokens of one head on the given ISA: the state `s: [P, N]` is updated in
+/// place and `y: [t, P]` receives each token's readout, exactly as `t` calls of
+/// [`head_step_with`] would (the scalar ISA runs those calls).
+pub fn head_steps_with(isa: Isa, s: &mut [f32], p_n: usize, n: usize, blk: &HeadBlock, y: &mut [f32]) {
+    let t = blk.dt.len();
+    assert!(
+        s.len() == p_n * n && blk.decay.len() == t && y.len() == t * p_n,
+        "ssm head_steps: s {} for [{p_n} x {n}], {t} tokens, {} decays, y {}",
+        s.len(),
+        blk.decay.len(),
+        y.len()
+    );
+    let need = |off: usize, len: usize| t == 0 || (t - 1) * blk.stride + off + len <= blk.xbc.len();
+    assert!(need(blk.x_off, p_n) && need(blk.b_off, n) && need(blk.c_off, n), "ssm head_steps: xBC rows too short");
+    match isa {
+        Isa::Scalar => {
+            for k in 0..t {
+                let row = &blk.xbc[k * blk.stride..];
+                head_step_scalar(
+                    s,
+                    &row[blk.x_off..blk.x_off + p_n],
+                    &row[blk.b_off..blk.b_off + n],
+                    &row[blk.c_off..blk.c_off + n],
+                    blk.dt[k],
+                    blk.decay[k],
+                    &mut y[k * p_n..(k + 1) * p_n],
+                );
+            }
+        }
+        // SAFETY: the ISA was checked to be supported by this CPU when it was selected.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { head_steps_avx512(s, n, blk, y) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { head_steps_avx2(s, n, blk, y) },
+        _ => head_steps_lanes(s, n, blk, y),
+    }
+}
+
+/// [`head_steps_with`] on the selected ISA.
+pub fn head_steps(s: &mut [f32], p_n: usize, n: usize, blk: &HeadBlock, y: &mut [f32]) {
+    head_steps_with(crate::selected_isa(), s, p_n, n, blk, y)
+}
+
 /// The specification of the bf16-state step: as [`head_step_scalar`], with `S` stored as bf16.
 ///
 /// # Shapes
@@ -278,6 +396,48 @@ mod tests {
         assert_eq!(yf, yb, "the readout uses the unrounded f32 values");
         for (f, h) in sf.iter().zip(&sb) {
             assert!((bf16_widen(*h) - f).abs() <= f.abs() / 256.0, "{f} vs {}", bf16_widen(*h));
+        }
+    }
+
+    #[test]
+    fn multi_token_steps_equal_single_steps_bit_for_bit() {
+        let mut seed = 3u64;
+        let mut r = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        // (P, N, t): tails in N, token counts around the block size.
+        for (p, n, t) in [(1, 1, 1), (3, 7, 5), (4, 8, 16), (5, 17, 17), (16, 128, 40), (2, 130, 3), (3, 9, 0)] {
+            let (x_off, b_off, c_off) = (2, 2 + p + 1, 2 + p + 1 + n + 3);
+            let stride = c_off + n + 1;
+            let xbc: Vec<f32> = (0..t * stride).map(|_| r()).collect();
+            let dt: Vec<f32> = (0..t).map(|_| 0.01 + 0.1 * r().abs()).collect();
+            let decay: Vec<f32> = (0..t).map(|_| 0.5 + 0.49 * r().abs()).collect();
+            let s0: Vec<f32> = (0..p * n).map(|_| r()).collect();
+            let blk = HeadBlock { xbc: &xbc, stride, x_off, b_off, c_off, dt: &dt, decay: &decay };
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon] {
+                if !isa.is_supported() {
+                    continue;
+                }
+                let (mut s1, mut y1) = (s0.clone(), vec![0.0; t * p]);
+                for k in 0..t {
+                    let row = &xbc[k * stride..];
+                    head_step_with(
+                        isa,
+                        &mut s1,
+                        &row[x_off..x_off + p],
+                        &row[b_off..b_off + n],
+                        &row[c_off..c_off + n],
+                        dt[k],
+                        decay[k],
+                        &mut y1[k * p..(k + 1) * p],
+                    );
+                }
+                let (mut s2, mut y2) = (s0.clone(), vec![f32::NAN; t * p]);
+                head_steps_with(isa, &mut s2, p, n, &blk, &mut y2);
+                assert_eq!(s2, s1, "{isa:?} ({p},{n},{t}): state");
+                assert_eq!(y2, y1, "{isa:?} ({p},{n},{t}): readout");
+            }
         }
     }
 
