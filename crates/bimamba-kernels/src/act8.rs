@@ -22,7 +22,12 @@
 
 use std::ops::Range;
 
+use rayon::prelude::*;
+
 use crate::pack::row_bytes;
+
+/// Tokens per rayon task in [`quantize`] (decode's single token stays on the calling thread).
+const PAR_MIN_TOKENS: usize = 16;
 
 /// Largest quantized magnitude.
 pub const QMAX: f32 = 127.0;
@@ -88,9 +93,10 @@ pub fn quantize(x: &[f32], cols: usize, t: usize) -> Act8 {
     let mut scales = vec![0.0f32; t];
     let mut sums = vec![0i32; t];
     if cols > 0 {
-        for (k, (xr, qr)) in x.chunks_exact(cols).zip(q.chunks_exact_mut(stride)).enumerate() {
-            (scales[k], sums[k]) = quantize_row(xr, qr);
-        }
+        // Tokens are independent: split them over the rayon pool when there are many (prefill).
+        let rows = x.par_chunks_exact(cols).zip(q.par_chunks_exact_mut(stride));
+        let out = scales.par_iter_mut().zip(sums.par_iter_mut());
+        rows.zip(out).with_min_len(PAR_MIN_TOKENS).for_each(|((xr, qr), (sc, su))| (*sc, *su) = quantize_row(xr, qr));
     }
     Act8 { cols, stride, q, scales, sums }
 }

@@ -11,6 +11,8 @@
 //! `y[k, i] = Σ_g T_k[g][nibble_g(row i)]`: one lookup and one add per 4 weights, instead of 4
 //! adds. Tables are built once per call and shared by every row and thread.
 
+use rayon::prelude::*;
+
 use crate::pack::row_bytes;
 
 /// Number of 4-column groups covered by a packed row, padding included.
@@ -33,7 +35,9 @@ pub fn build_tables(x: &[f32], cols: usize, t: usize, tab: &mut [f32]) {
         tab.fill(0.0);
         return;
     }
-    for (xr, tk) in x.chunks_exact(cols).take(t).zip(tab.chunks_exact_mut(g_n * 16)) {
+    // Tokens are independent: split them over the rayon pool when there are many (prefill).
+    let x = &x[..t * cols];
+    x.par_chunks_exact(cols).zip(tab.par_chunks_exact_mut(g_n * 16)).with_min_len(16).for_each(|(xr, tk)| {
         for (g, tg) in tk.chunks_exact_mut(16).enumerate() {
             let xs: [f32; 4] = std::array::from_fn(|b| xr.get(4 * g + b).copied().unwrap_or(0.0));
             // Multiplying by ±1 is exact, so this is ((±x0 ± x1) ± x2) ± x3, written so that
@@ -42,7 +46,7 @@ pub fn build_tables(x: &[f32], cols: usize, t: usize, tab: &mut [f32]) {
                 *e = ((SIGNS[0][n] * xs[0] + SIGNS[1][n] * xs[1]) + SIGNS[2][n] * xs[2]) + SIGNS[3][n] * xs[3];
             }
         }
-    }
+    });
 }
 
 /// `SIGNS[b][n]` = +1 if bit `b` of `n` is set, else −1.
