@@ -64,6 +64,9 @@ pub fn softplus(v: f32) -> f32 {
     }
 }
 
+/// Channels per task of the decode-step conv (a multiple of 64; 3 tasks at conv_dim 5376).
+const CONV_SEGMENT: usize = 2048;
+
 /// A checkpoint's conv weight [conv_dim, d_conv] in the mixer's tap-major layout [d_conv, conv_dim].
 pub fn conv_taps_major(w: &[f32], d_conv: usize) -> Vec<f32> {
     let conv_dim = if d_conv == 0 { 0 } else { w.len() / d_conv };
@@ -173,11 +176,10 @@ impl Mixer {
             }),
         }
 
-        // Gate and grouped RMSNorm, per token. y: [t, d_inner]
+        // Gate and grouped RMSNorm, per token (tokens in parallel in prefill). y: [t, d_inner]
         let mut y = vec![0.0f32; t * d_inner];
         let gsize = d_inner / g_n;
-        for k in 0..t {
-            let yk = &mut y[k * d_inner..(k + 1) * d_inner];
+        let gate = |k: usize, yk: &mut [f32]| {
             for (h, hy) in ys.chunks_exact((t * p_n).max(1)).enumerate().take(h_n) {
                 yk[h * p_n..(h + 1) * p_n].copy_from_slice(&hy[k * p_n..(k + 1) * p_n]);
             }
@@ -195,6 +197,11 @@ impl Mixer {
                     rms_norm(yg, wg, cfg.norm_eps);
                 }
             }
+        };
+        if t == 1 {
+            gate(0, &mut y);
+        } else {
+            y.par_chunks_mut(d_inner.max(1)).enumerate().for_each(|(k, yk)| gate(k, yk));
         }
 
         observe(Proj::Out, &y, t);
@@ -222,21 +229,30 @@ impl Mixer {
             }
         }
         let mut out = vec![0.0f32; t * conv_dim];
-        for (k, row) in out.chunks_exact_mut(conv_dim.max(1)).enumerate().take(t) {
-            row.copy_from_slice(&self.conv_bias);
+        // Channels [c0, c0 + seg.len()) of token k; every element's sum runs in the same order
+        // however the work is split, so the split does not change any bit.
+        let conv_segment = |k: usize, c0: usize, seg: &mut [f32]| {
+            let c1 = c0 + seg.len();
+            seg.copy_from_slice(&self.conv_bias[c0..c1]);
             for j in 0..kw {
                 // Tap j multiplies the input kw-1-j tokens back: token k + j - (kw-1), or window
                 // slot kw + (k + j - (kw-1)) when that is before the block.
                 let x = match (k + j).checked_sub(kw - 1) {
-                    Some(src) => input(src),
-                    None => &past[(k + j + 1) * conv_dim..(k + j + 2) * conv_dim],
+                    Some(src) => &input(src)[c0..c1],
+                    None => &past[(k + j + 1) * conv_dim + c0..(k + j + 1) * conv_dim + c1],
                 };
-                let w = &self.conv_weight[j * conv_dim..(j + 1) * conv_dim];
-                for ((o, xv), wv) in row.iter_mut().zip(x).zip(w) {
+                let w = &self.conv_weight[j * conv_dim + c0..j * conv_dim + c1];
+                for ((o, xv), wv) in seg.iter_mut().zip(x).zip(w) {
                     *o += wv * xv;
                 }
             }
-            row.iter_mut().for_each(|v| *v = silu(*v));
+            seg.iter_mut().for_each(|v| *v = silu(*v));
+        };
+        if t == 1 {
+            // Decode: channel segments over the pool (SiLU's exp dominates this section).
+            out.par_chunks_mut(CONV_SEGMENT).enumerate().for_each(|(i, seg)| conv_segment(0, i * CONV_SEGMENT, seg));
+        } else {
+            out.par_chunks_mut(conv_dim.max(1)).enumerate().for_each(|(k, row)| conv_segment(k, 0, row));
         }
         // New window: the last kw inputs of each channel, oldest first.
         for p in 0..kw {
