@@ -57,7 +57,7 @@ pub struct LlamaModel {
     pub blocks: Vec<Block>,
     /// `tokenizer.ggml.eos_token_id`, where the file names one (generation stops there).
     pub eos_token_id: Option<u32>,
-    /// How the products treat activations ([`LlamaModel::set_activations`]).
+    /// How the products treat activations (chosen at load: [`LlamaModel::load_with`]).
     activations: Activations,
     rope: Rope,
 }
