@@ -7,7 +7,7 @@
 //! - [`q8`]: the 8-bit per-row quantization spec of the embedding / LM head.
 //! - [`scalar`]: single-threaded reference kernels, also the fallback on any CPU.
 //! - [`act8`]: the opt-in int8-activation binary product (spec and scalar twin);
-//!   `x86::avx512_vnni` is its fast path.
+//!   `x86::avx512_vnni` and `x86::avx2_i8` are its fast paths.
 //! - [`lut`]: the f32 lookup tables that turn 4 sign bits into one lookup (x86 binary kernels).
 //! - `x86::{avx512_lut, avx2_lut}` (binary), `x86::{avx512, avx2}` (dense), `aarch64::neon`:
 //!   per-ISA single-threaded kernels, chosen at runtime, each with a scalar twin.
@@ -119,26 +119,41 @@ fn binary_range(
     }
 }
 
-/// Whether the int8-activation binary product has a SIMD kernel for `isa` on this CPU
-/// (AVX-512 with VNNI and VBMI: Ice Lake, Zen 4 and later); otherwise it runs the scalar twin.
+/// Whether the int8-activation binary product has a SIMD kernel for `isa` on this CPU: AVX-512
+/// with VNNI and VBMI (Ice Lake, Zen 4 and later) or AVX2; otherwise (NEON, scalar) it runs the
+/// scalar twin.
 pub fn act8_has_simd(isa: Isa) -> bool {
+    act8_kernel(isa).is_some()
+}
+
+/// The int8-activation kernel family `isa` runs on this CPU, by name (`avx512-vnni`, `avx2`).
+pub fn act8_kernel(isa: Isa) -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && isa.is_supported() {
-        return is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vbmi");
+    if isa.is_supported() {
+        return match isa {
+            Isa::Avx512 if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vbmi") => {
+                Some("avx512-vnni")
+            }
+            // An AVX-512 CPU without VNNI/VBMI has AVX2.
+            Isa::Avx512 | Isa::Avx2 => Some("avx2"),
+            _ => None,
+        };
     }
     let _ = isa;
-    false
+    None
 }
 
 /// One ISA's int8-activation binary kernel over `range` of output rows.
 fn act8_range(isa: Isa, bits: &[u8], cols: usize, a: &act8::Act8, range: Range<usize>, y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if act8_has_simd(isa) {
-        // SAFETY: AVX-512 F/BW (`is_supported`), VNNI and VBMI were checked by `act8_has_simd`.
-        return unsafe { x86::avx512_vnni::binary_rows(bits, cols, a, range, y) };
+    match act8_kernel(isa) {
+        // SAFETY (both arms): `act8_kernel` names a kernel only after checking `is_supported` (AVX-512
+        // F/BW/VL resp. AVX2) and, for the VNNI kernel, VNNI and VBMI.
+        #[cfg(target_arch = "x86_64")]
+        Some("avx512-vnni") => unsafe { x86::avx512_vnni::binary_rows(bits, cols, a, range, y) },
+        #[cfg(target_arch = "x86_64")]
+        Some("avx2") => unsafe { x86::avx2_i8::binary_rows(bits, cols, a, range, y) },
+        _ => act8::binary_rows_scalar(bits, cols, a, range, y),
     }
-    let _ = isa;
-    act8::binary_rows_scalar(bits, cols, a, range, y)
 }
 
 /// One ISA's dense kernel over `range` of output rows.
@@ -281,7 +296,7 @@ pub fn binary_gemm_i8_with(
 
 /// `y[k, i] ≈ Σ_j s_ij · x[k, j]` with `x` quantized to int8 per token ([`act8`]): the opt-in
 /// `--binary-act int8` product. Same shapes as [`binary_gemm`]; dispatches on [`selected_isa`]
-/// (AVX512-VNNI, else the scalar twin) and splits rows over the rayon pool.
+/// (AVX512-VNNI, AVX2, else the scalar twin) and splits rows over the rayon pool.
 pub fn binary_gemm_i8(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
     check_binary_shapes(bits, rows, cols, x, t, y);
     let isa = selected_isa();

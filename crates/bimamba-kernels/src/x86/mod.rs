@@ -1,6 +1,7 @@
 //! x86-64 kernels, selected at runtime by [`crate::Isa`].
 
 pub mod avx2;
+pub mod avx2_i8;
 pub mod avx2_lut;
 pub mod avx512;
 pub mod avx512_lut;
