@@ -1,6 +1,6 @@
 //! `--binary-act f32|int8`: the activation precision of the 1-bit projections (generate, eval
 //! ppl, eval tasks, bench). f32 is Bi-Mamba's own arithmetic and the default; int8 quantizes each
-//! token's input to int8 and runs integer dot products (AVX512-VNNI; the scalar twin elsewhere),
+//! token's input to int8 and runs integer dot products (AVX512-VNNI or AVX2; the scalar twin elsewhere),
 //! with the perplexity change measured in crates/bimamba-kernels/KERNELS.md.
 
 use std::path::Path;
@@ -12,7 +12,7 @@ use crate::model_args::LoadedModel;
 
 /// Help text shared by every command that takes the flag.
 pub const HELP: &str = "Activations of the 1-bit projections: f32 (default; exact Bi-Mamba arithmetic) or int8 \
-    (per-token int8 and integer dot products, faster with AVX512-VNNI; changes perplexity slightly, \
+    (per-token int8 and integer dot products, faster with AVX512-VNNI or AVX2; changes perplexity slightly, \
     see crates/bimamba-kernels/KERNELS.md). Mamba-2 / Bi-Mamba models only.";
 
 /// Parses `--binary-act` (one line on a bad value).

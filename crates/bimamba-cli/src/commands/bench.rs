@@ -182,7 +182,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "embedding": emb_storage,
         "state_dtype": state_dtype.name(),
         "binary_act": binary_act.name(),
-        "binary_act_simd": bimamba_kernels::act8_has_simd(bimamba_kernels::selected_isa()),
+        "binary_act_kernel": bimamba_kernels::act8_kernel(bimamba_kernels::selected_isa()).unwrap_or("scalar"),
         "state_bytes": model_state_bytes,
         "decode_tok_s": speed.decode_tok_s,
         "prefill_tok_s": speed.prefill_tok_s,
@@ -208,10 +208,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("state        SSM state in {state_dtype}, {:.1} MB", model_state_bytes as f64 / 1e6);
     println!(
         "1-bit acts   {binary_act}{}",
-        match (binary_act, bimamba_kernels::act8_has_simd(bimamba_kernels::selected_isa())) {
-            (bimamba_engine::linear::BinaryAct::Int8, true) => " (AVX512-VNNI kernel)",
-            (bimamba_engine::linear::BinaryAct::Int8, false) => " (scalar kernel: no AVX512-VNNI/VBMI on this ISA)",
-            _ => "",
+        match (binary_act, bimamba_kernels::act8_kernel(bimamba_kernels::selected_isa())) {
+            (bimamba_engine::linear::BinaryAct::Int8, Some(k)) => format!(" ({k} kernel)"),
+            (bimamba_engine::linear::BinaryAct::Int8, None) => " (scalar kernel on this ISA)".to_string(),
+            _ => String::new(),
         }
     );
     println!("bandwidth    {bw:.2} GB/s (read, measured now)");
