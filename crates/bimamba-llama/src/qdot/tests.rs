@@ -92,7 +92,7 @@ fn rejects_other_types_and_sizes() {
 
 #[test]
 fn activation_quantization_hand_checked() {
-    // amax 1.27 → dx 0.01; −0.635 / 0.01 = −63.5 rounds half to even, to −64; 0.025 → 2.5 → 2.
+    // amax 1.27 → dx 0.01; −0.635 / 0.01 = −63.5 rounds half to even, to −64.
     let mut x = vec![0.0f32; 64];
     x[0] = 1.27;
     x[1] = -0.635;
