@@ -38,8 +38,9 @@ struct Ctx<'a> {
     nr: usize,
 }
 
-/// How many tiles ahead the sign words are prefetched (see [`tile`]).
-const PREFETCH_TILES: usize = 4;
+/// How many tiles ahead the sign words are prefetched (see [`tile`]): 12 tiles of 8 rows are
+/// 30-60 KiB at SSM shapes, far enough to hide DRAM latency at the kernel's pace.
+const PREFETCH_TILES: usize = 12;
 
 /// `vpermb` indices: byte `8m + i` ← byte `8i + m` (an 8×8 byte transpose).
 const TRANSPOSE8: [u8; 64] = {
@@ -82,7 +83,7 @@ unsafe fn tile<const R: usize, const K: usize>(c: &Ctx, row0: usize, n: usize, k
     // of the matrix is harmless (never faults).
     let ahead = c.bits.as_ptr().wrapping_add((row0 + PREFETCH_TILES * R) * c.words * 8);
     for w in 0..c.words {
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(w * R * 8).cast());
+        _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(w * R * 8).cast());
         let qv: [__m512i; K] = std::array::from_fn(|kk| {
             _mm512_permutexvar_epi8(transpose, _mm512_loadu_si512(q.add((k0 + kk) * c.a.stride + 64 * w).cast()))
         });
@@ -136,6 +137,13 @@ pub unsafe fn binary_rows(bits: &[u8], cols: usize, a: &Act8, range: Range<usize
     assert!(a.cols == cols && a.stride == 8 * rb && a.q.len() == t * a.stride, "act8 kernel: activation shape");
     assert_eq!(y.len(), t * range.len(), "act8 kernel: y has the wrong length");
     let c = Ctx { bits, words: rb / 8, a, r0: range.start, nr: range.len() };
+    // The tiles prefetch PREFETCH_TILES ahead of themselves; request the range's first
+    // PREFETCH_TILES tiles (in decode each range is one of a few row chunks) before starting.
+    let head = (range.len().min(PREFETCH_TILES * 8) * rb).div_ceil(64);
+    let first = bits.as_ptr().add(range.start * rb);
+    for line in 0..head {
+        _mm_prefetch::<_MM_HINT_T1>(first.add(64 * line).cast());
+    }
     let full = t / 4 * 4;
     for k in (0..full).step_by(4) {
         rows_k4(&c, range.clone(), k, y);
