@@ -7,6 +7,7 @@
 //! lives in [`Linear`]. The decoding state ([`State`]) is separate from the weights; prefill and
 //! decode are one code path over a block of tokens (see `mixer`).
 
+pub mod activation;
 pub mod config;
 pub mod error;
 pub mod linear;
@@ -15,6 +16,7 @@ mod load;
 pub mod mixer;
 pub mod model;
 pub mod pack;
+pub mod profile;
 pub mod random;
 pub mod sampling;
 pub mod softmax;

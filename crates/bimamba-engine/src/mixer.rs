@@ -18,8 +18,10 @@
 use bimamba_kernels::ssm;
 use rayon::prelude::*;
 
+use crate::activation::{mul_silu, silu_in_place};
 use crate::config::Config;
 use crate::linear::{BinaryAct, Linear};
+use crate::profile::{Section, Timer};
 use crate::state::{LayerState, SsmState};
 
 /// Weights of one mixer. Shapes are checked at load.
@@ -51,10 +53,6 @@ pub enum Proj {
     Out,
 }
 
-pub fn silu(v: f32) -> f32 {
-    v / (1.0 + (-v).exp())
-}
-
 pub fn softplus(v: f32) -> f32 {
     // As torch: linear above 20 to avoid overflow.
     if v > 20.0 {
@@ -63,9 +61,6 @@ pub fn softplus(v: f32) -> f32 {
         v.exp().ln_1p()
     }
 }
-
-/// Channels per task of the decode-step conv (a multiple of 64; 3 tasks at conv_dim 5376).
-const CONV_SEGMENT: usize = 2048;
 
 /// A checkpoint's conv weight [conv_dim, d_conv] in the mixer's tap-major layout [d_conv, conv_dim].
 pub fn conv_taps_major(w: &[f32], d_conv: usize) -> Vec<f32> {
@@ -80,8 +75,17 @@ pub fn conv_taps_major(w: &[f32], d_conv: usize) -> Vec<f32> {
 }
 
 /// In-place RMSNorm of one vector: v ← v / sqrt(mean(v²) + eps) ⊙ w.
+/// The sum of squares runs in f64 over eight interleaved lanes (vectorizes).
 pub fn rms_norm(v: &mut [f32], w: &[f32], eps: f64) {
-    let ms: f64 = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / v.len() as f64;
+    let mut lanes = [0.0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&x| (x as f64) * (x as f64)).sum();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += (x as f64) * (x as f64);
+        }
+    }
+    let ms = (lanes.iter().sum::<f64>() + tail) / v.len() as f64;
     let inv = (1.0 / (ms + eps).sqrt()) as f32;
     for (x, g) in v.iter_mut().zip(w) {
         *x = *x * inv * g;
@@ -109,12 +113,15 @@ impl Mixer {
         let conv_dim = cfg.conv_dim();
         let dip = cfg.d_in_proj();
 
+        let mut timer = Timer::start();
         observe(Proj::In, u, t);
         let mut zxbcdt = vec![0.0f32; t * dip]; // [t, d_in_proj]
         self.in_proj.forward_act(u, t, &mut zxbcdt, act);
+        timer.lap(Section::InProj);
 
         // Causal depthwise conv over [old window | new tokens], then SiLU. xbc: [t, conv_dim].
         let xbc = self.conv(cfg, state, &zxbcdt, t);
+        timer.lap(Section::Conv);
 
         // dt: [t, H]
         let mut dt = vec![0.0f32; t * h_n];
@@ -124,6 +131,8 @@ impl Mixer {
                 dt[k * h_n + h] = (softplus(raw) as f64).clamp(cfg.dt_limit.0, cfg.dt_limit.1) as f32;
             }
         }
+
+        timer.lap(Section::Dt);
 
         // Scan, parallel over heads; each head's [P, N] state stays in cache across the block.
         let hpg = cfg.heads_per_group();
@@ -176,6 +185,8 @@ impl Mixer {
             }),
         }
 
+        timer.lap(Section::Scan);
+
         // Gate and grouped RMSNorm, per token (tokens in parallel in prefill). y: [t, d_inner]
         let mut y = vec![0.0f32; t * d_inner];
         let gsize = d_inner / g_n;
@@ -185,14 +196,14 @@ impl Mixer {
             }
             let z = &zxbcdt[k * dip..k * dip + d_inner];
             if !cfg.gated_norm {
-                yk.iter_mut().zip(z).for_each(|(v, &zv)| *v *= silu(zv));
+                mul_silu(yk, z);
             } else if cfg.norm_before_gate {
                 for (yg, wg) in yk.chunks_exact_mut(gsize).zip(self.norm_weight.chunks_exact(gsize)) {
                     rms_norm(yg, wg, cfg.norm_eps);
                 }
-                yk.iter_mut().zip(z).for_each(|(v, &zv)| *v *= silu(zv));
+                mul_silu(yk, z);
             } else {
-                yk.iter_mut().zip(z).for_each(|(v, &zv)| *v *= silu(zv));
+                mul_silu(yk, z);
                 for (yg, wg) in yk.chunks_exact_mut(gsize).zip(self.norm_weight.chunks_exact(gsize)) {
                     rms_norm(yg, wg, cfg.norm_eps);
                 }
@@ -204,9 +215,11 @@ impl Mixer {
             y.par_chunks_mut(d_inner.max(1)).enumerate().for_each(|(k, yk)| gate(k, yk));
         }
 
+        timer.lap(Section::Gate);
         observe(Proj::Out, &y, t);
         let mut out = vec![0.0f32; t * cfg.d_model];
         self.out_proj.forward_act(&y, t, &mut out, act);
+        timer.lap(Section::OutProj);
         out
     }
 
@@ -214,24 +227,18 @@ impl Mixer {
     ///
     /// `out[k, c] = SiLU(bias[c] + Σ_j w[j, c] · in[k − (kw−1) + j, c])`, the taps added in
     /// order j = 0, 1, ... (as the f32 reference does), where inputs before the block come from the
-    /// carried window (`state.conv`: [conv_dim, kw], oldest first).
+    /// carried window (`state.conv`: [kw, conv_dim], oldest first).
     ///
     /// # Shapes
     /// - `zxbcdt`: [t, d_in_proj]; returns xBC [t, conv_dim]
     fn conv(&self, cfg: &Config, state: &mut LayerState, zxbcdt: &[f32], t: usize) -> Vec<f32> {
         let (conv_dim, kw, dip, off) = (cfg.conv_dim(), cfg.d_conv, cfg.d_in_proj(), cfg.d_inner());
         let input = |k: usize| &zxbcdt[k * dip + off..k * dip + off + conv_dim];
-        // The window's inputs, tap-major: past[p] = [conv_dim] input p of the kw carried ones.
-        let mut past = vec![0.0f32; kw * conv_dim];
-        for (c, win) in state.conv.chunks_exact(kw.max(1)).enumerate().take(conv_dim) {
-            for (p, v) in win.iter().enumerate() {
-                past[p * conv_dim + c] = *v;
-            }
-        }
+        let past = &state.conv;
         let mut out = vec![0.0f32; t * conv_dim];
         // Channels [c0, c0 + seg.len()) of token k; every element's sum runs in the same order
-        // however the work is split, so the split does not change any bit.
-        let conv_segment = |k: usize, c0: usize, seg: &mut [f32]| {
+        // however the work is split.
+        let conv_part = |k: usize, c0: usize, seg: &mut [f32]| {
             let c1 = c0 + seg.len();
             seg.copy_from_slice(&self.conv_bias[c0..c1]);
             for j in 0..kw {
@@ -246,24 +253,23 @@ impl Mixer {
                     *o += wv * xv;
                 }
             }
-            seg.iter_mut().for_each(|v| *v = silu(*v));
+            silu_in_place(seg);
         };
+        let conv_seg = |c0: usize, seg: &mut [f32]| conv_part(0, c0, seg);
+        let conv_row = |k: usize, row: &mut [f32]| conv_part(k, 0, row);
         if t == 1 {
-            // Decode: channel segments over the pool (SiLU's exp dominates this section).
-            out.par_chunks_mut(CONV_SEGMENT).enumerate().for_each(|(i, seg)| conv_segment(0, i * CONV_SEGMENT, seg));
+            // Decode: channel halves on two threads (the weights and window come from DRAM).
+            let half = conv_dim.div_ceil(2).next_multiple_of(16).max(16);
+            out.par_chunks_mut(half).enumerate().for_each(|(i, seg)| conv_seg(i * half, seg));
         } else {
-            out.par_chunks_mut(conv_dim.max(1)).enumerate().for_each(|(k, row)| conv_segment(k, 0, row));
+            out.par_chunks_mut(conv_dim.max(1)).enumerate().for_each(|(k, row)| conv_row(k, row));
         }
-        // New window: the last kw inputs of each channel, oldest first.
-        for p in 0..kw {
-            // Input p of the new window is token t - kw + p (or an older window slot).
-            let src: &[f32] = match (t + p).checked_sub(kw) {
-                Some(k) => input(k),
-                None => &past[(t + p) * conv_dim..(t + p + 1) * conv_dim],
-            };
-            for (c, v) in src.iter().enumerate() {
-                state.conv[c * kw + p] = *v;
-            }
+        // New window: the last kw inputs, oldest first. Old slots t.. move down to 0..kw-t; the
+        // rest are the block's last inputs.
+        let keep = kw.saturating_sub(t);
+        state.conv.copy_within(t.min(kw) * conv_dim..kw * conv_dim, 0);
+        for p in keep..kw {
+            state.conv[p * conv_dim..(p + 1) * conv_dim].copy_from_slice(input(t + p - kw));
         }
         out
     }

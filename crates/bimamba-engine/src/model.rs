@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::linear::{BinaryAct, Linear};
 use crate::mixer::{rms_norm, Mixer, Proj};
+use crate::profile::{Section, Timer};
 use crate::state::{LayerState, State, StateDtype};
 
 #[derive(Clone, Debug)]
@@ -62,12 +63,16 @@ impl Layer {
         act: BinaryAct,
         observe: &mut dyn FnMut(Proj, &[f32], usize),
     ) {
+        let mut timer = Timer::start();
         let mut u = h.to_vec();
         for row in u.chunks_exact_mut(cfg.d_model) {
             rms_norm(row, &self.norm, cfg.norm_eps);
         }
+        timer.lap(Section::Norms);
         let out = self.mixer.forward(cfg, state, &u, t, act, observe);
+        let mut timer = Timer::start();
         h.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+        timer.lap(Section::Norms);
     }
 }
 
@@ -231,7 +236,9 @@ impl Model {
             let h = self.hidden(state, tokens, &mut |_, _, _| {}, Keep::Last)?;
             let head = self.lm_head();
             let mut logits = vec![0.0f32; head.rows()];
+            let mut timer = Timer::start();
             head.forward(&h, 1, &mut logits);
+            timer.lap(Section::LmHead);
             Ok(logits)
         })
     }

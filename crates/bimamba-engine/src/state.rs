@@ -126,7 +126,9 @@ impl SsmState {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerState {
-    /// [conv_dim, d_conv]: the last d_conv conv inputs of each channel, oldest first (as mamba_ssm).
+    /// [d_conv, conv_dim]: the last d_conv conv inputs, oldest first, one row per input (so the
+    /// conv reads each tap as one contiguous row). Saved state files and mamba_ssm use the
+    /// transpose, [conv_dim, d_conv]: see [`LayerState::conv_channel_major`].
     pub conv: Vec<f32>,
     /// [H, P, N]: S[h,p,n].
     pub ssm: SsmState,
@@ -140,6 +142,23 @@ impl LayerState {
             ssm: SsmState::zeros(dtype, cfg.nheads * cfg.headdim * cfg.d_state),
         }
     }
+
+    /// The conv window as mamba_ssm and state files hold it: [conv_dim, d_conv].
+    pub fn conv_channel_major(&self, d_conv: usize) -> Vec<f32> {
+        transpose(&self.conv, d_conv)
+    }
+}
+
+/// [a, b] row-major → [b, a] row-major, where `a` = `rows`.
+fn transpose(v: &[f32], rows: usize) -> Vec<f32> {
+    let cols = if rows == 0 { 0 } else { v.len() / rows };
+    let mut out = vec![0.0; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -180,7 +199,7 @@ impl State {
         };
         let mut owned: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            let conv: Vec<u8> = l.conv.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let conv: Vec<u8> = l.conv_channel_major(cfg.d_conv).iter().flat_map(|x| x.to_le_bytes()).collect();
             owned.push((format!("layers.{i}.conv"), DType::F32, vec![cfg.conv_dim(), cfg.d_conv], conv));
             let shape = vec![cfg.nheads, cfg.headdim, cfg.d_state];
             owned.push((format!("layers.{i}.ssm"), st_dtype, shape, l.ssm.le_bytes()));
@@ -248,7 +267,7 @@ impl State {
                     });
                 }
             }
-            l.conv = ckpt.to_f32(&format!("layers.{i}.conv"))?;
+            l.conv = transpose(&ckpt.to_f32(&format!("layers.{i}.conv"))?, cfg.conv_dim());
             let name = format!("layers.{i}.ssm");
             l.ssm = match dtype {
                 StateDtype::F32 => SsmState::F32(ckpt.to_f32(&name)?),

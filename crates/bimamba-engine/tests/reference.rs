@@ -85,7 +85,8 @@ fn check_fixture(name: &str, compare_hf: bool) {
         let ssm_ref = r.f64(&format!("ssm_state.{l}"));
         let conv_ref = r.f64(&format!("conv_state.{l}"));
         let (a_ssm, b_ssm) = (a.ssm.to_f32(), b.ssm.to_f32());
-        for (what, got, other, want) in [("ssm", &a_ssm, &b_ssm, &ssm_ref), ("conv", &a.conv, &b.conv, &conv_ref)] {
+        let (a_conv, b_conv) = (a.conv_channel_major(model.config.d_conv), b.conv_channel_major(model.config.d_conv));
+        for (what, got, other, want) in [("ssm", &a_ssm, &b_ssm, &ssm_ref), ("conv", &a_conv, &b_conv, &conv_ref)] {
             let e = rel_err(got, want);
             assert!(e <= MAX_REL_ERR, "{name}: layer {l} {what} state after prefill vs reference: {e:.2e}");
             let e2 = rel_err(other, &got.iter().map(|&v| v as f64).collect::<Vec<_>>());

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use bimamba_engine::pack::EmbedStorage;
+use bimamba_engine::profile;
 use bimamba_engine::random::{random_model, shape_config, ProjFormat, SHAPES};
 use bimamba_engine::sampling::Rng;
 use bimamba_engine::Model;
@@ -56,6 +57,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_dense: bool,
 
+    /// Also report the milliseconds per token spent in each section of the forward pass
+    /// (in_proj, conv, scan, ...), for prefill and for decode.
+    #[arg(long)]
+    pub profile: bool,
+
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -90,25 +96,45 @@ pub fn peak_rss_mb() -> f64 {
 struct Speed {
     prefill_tok_s: f64,
     decode_tok_s: f64,
+    /// Milliseconds per token by section (`--profile`), prefill then decode; empty otherwise.
+    prefill_profile: Vec<(&'static str, f64)>,
+    decode_profile: Vec<(&'static str, f64)>,
 }
 
-fn measure(m: &Model, prefill: usize, decode: usize, seed: u64) -> Result<Speed> {
+/// Seconds per section → milliseconds per token.
+fn per_token_ms(sections: Vec<(&'static str, f64)>, tokens: usize) -> Vec<(&'static str, f64)> {
+    sections.into_iter().map(|(n, s)| (n, s * 1e3 / tokens as f64)).collect()
+}
+
+fn measure(m: &Model, prefill: usize, decode: usize, seed: u64, profile: bool) -> Result<Speed> {
     let mut rng = Rng::new(seed);
     let vocab = m.vocab_size() as u64;
     let prompt: Vec<u32> = (0..prefill).map(|_| (rng.next_u64() % vocab) as u32).collect();
     // Warm-up: page in every weight once.
     m.forward_last(&mut m.new_state(), &prompt[..prompt.len().min(8)])?;
     let mut state = m.new_state();
+    profile::enable(profile);
+    profile::take();
     let t0 = Instant::now();
     let mut logits = m.forward_last(&mut state, &prompt)?;
     let prefill_s = t0.elapsed().as_secs_f64();
+    let prefill_profile = per_token_ms(profile::take(), prefill);
     let t1 = Instant::now();
     for _ in 0..decode {
         let next = bimamba_engine::sampling::argmax(&logits) as u32;
         logits = m.step(&mut state, next)?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
-    Ok(Speed { prefill_tok_s: prefill as f64 / prefill_s, decode_tok_s: decode as f64 / decode_s })
+    let decode_profile = per_token_ms(profile::take(), decode);
+    profile::enable(false);
+    let (prefill_profile, decode_profile) =
+        if profile { (prefill_profile, decode_profile) } else { (Vec::new(), Vec::new()) };
+    Ok(Speed {
+        prefill_tok_s: prefill as f64 / prefill_s,
+        decode_tok_s: decode as f64 / decode_s,
+        prefill_profile,
+        decode_profile,
+    })
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -151,7 +177,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let model_tied = model.lm_head.is_none();
     let bpt = bytes_per_token(&model);
     let model_state_bytes = model.new_state().bytes();
-    let speed = measure(&model, a.prefill_tokens, a.decode_tokens, 7)?;
+    let speed = measure(&model, a.prefill_tokens, a.decode_tokens, 7, a.profile)?;
     // Read before the bandwidth probe, whose 1 GiB buffer would dominate it.
     let rss = peak_rss_mb();
     let bw = bimamba_kernels::measure_read_bandwidth_gbs(1 << 30, threads);
@@ -167,7 +193,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let mut out = serde_json::Map::new();
         for (key, f) in [("bf16", ProjFormat::DenseBF16), ("f32", ProjFormat::DenseF32)] {
             let m = with_embed(random_model(cfg.clone(), f, 1)?);
-            let s = measure(&m, 16, n, 7)?;
+            let s = measure(&m, 16, n, 7, false)?;
             out.insert(key.into(), json!({ "decode_tok_s": s.decode_tok_s, "bytes_per_token": bytes_per_token(&m) }));
         }
         dense = serde_json::Value::Object(out);
@@ -196,6 +222,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "speedup_vs_dense_bf16": dense_tok("bf16").map(|d| speed.decode_tok_s / d),
         "peak_rss_mb": rss,
         "dense": dense,
+        "profile_ms_per_token": if a.profile {
+            let obj = |p: &[(&str, f64)]| p.iter().map(|&(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>();
+            json!({ "prefill": obj(&speed.prefill_profile), "decode": obj(&speed.decode_profile) })
+        } else {
+            json!(null)
+        },
     });
     if a.json {
         println!("{v}");
@@ -224,6 +256,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         speed.prefill_tok_s / speed.decode_tok_s
     );
     println!("peak RSS     {rss:.0} MB");
+    if a.profile {
+        println!("profile      ms/token   prefill   decode");
+        for ((name, p), (_, d)) in speed.prefill_profile.iter().zip(&speed.decode_profile) {
+            println!("  {name:10}            {p:8.3} {d:8.3}");
+        }
+    }
     if let (Some(b), Some(f)) = (dense_tok("bf16"), dense_tok("f32")) {
         println!("dense bf16   {b:.2} tok/s  (1-bit is {:.1}x faster)", speed.decode_tok_s / b);
         println!("dense f32    {f:.2} tok/s  (1-bit is {:.1}x faster)", speed.decode_tok_s / f);
