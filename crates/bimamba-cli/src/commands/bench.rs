@@ -81,7 +81,8 @@ pub fn bytes_per_token(m: &Model) -> usize {
     b + 2 * m.new_state().bytes()
 }
 
-/// Peak resident memory of this process so far (VmHWM), in MB; 0 where /proc is absent.
+/// Peak resident memory of this process so far (VmHWM), in MiB (2^20 bytes: VmHWM's kB / 1024);
+/// 0 where /proc is absent.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -255,7 +256,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.prefill_tokens,
         speed.prefill_tok_s / speed.decode_tok_s
     );
-    println!("peak RSS     {rss:.0} MB");
+    println!("peak RSS     {rss:.0} MiB");
     if a.profile {
         println!("profile      ms/token   prefill   decode");
         for ((name, p), (_, d)) in speed.prefill_profile.iter().zip(&speed.decode_profile) {
