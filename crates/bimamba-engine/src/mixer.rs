@@ -255,14 +255,12 @@ impl Mixer {
             }
             silu_in_place(seg);
         };
-        let conv_seg = |c0: usize, seg: &mut [f32]| conv_part(0, c0, seg);
-        let conv_row = |k: usize, row: &mut [f32]| conv_part(k, 0, row);
         if t == 1 {
             // Decode: channel halves on two threads (the weights and window come from DRAM).
             let half = conv_dim.div_ceil(2).next_multiple_of(16).max(16);
-            out.par_chunks_mut(half).enumerate().for_each(|(i, seg)| conv_seg(i * half, seg));
+            out.par_chunks_mut(half).enumerate().for_each(|(i, seg)| conv_part(0, i * half, seg));
         } else {
-            out.par_chunks_mut(conv_dim.max(1)).enumerate().for_each(|(k, row)| conv_row(k, row));
+            out.par_chunks_mut(conv_dim.max(1)).enumerate().for_each(|(k, row)| conv_part(k, 0, row));
         }
         // New window: the last kw inputs, oldest first. Old slots t.. move down to 0..kw-t; the
         // rest are the block's last inputs.
