@@ -185,12 +185,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let ceiling = bw * 1e9 / bpt as f64;
     let fraction = speed.decode_tok_s / ceiling;
 
-    // The same engine with dense projections, in the same run (after the peak RSS reading).
+    // The same engine with dense projections, in the same run (after the peak RSS reading), with
+    // the same embedding storage and state dtype, decoding the same number of tokens (up to 32).
     let mut dense = json!(null);
     if !a.no_dense {
         let cfg = model.config.clone();
         drop(model);
-        let n = a.decode_tokens.min(8);
+        let n = a.decode_tokens.min(32);
         let mut out = serde_json::Map::new();
         for (key, f) in [("bf16", ProjFormat::DenseBF16), ("f32", ProjFormat::DenseF32)] {
             let m = with_embed(random_model(cfg.clone(), f, 1)?);
