@@ -107,14 +107,23 @@ pub fn dequantize(pos_sum: i32, k: usize, a: &Act8) -> f32 {
     (2 * pos_sum - a.sums[k]) as f32 * a.scales[k]
 }
 
-/// The scalar twin: binary product with int8 activations over output rows `range` of a packed
-/// `[rows, cols]` sign matrix; `y: [t, range.len()]`.
-pub fn binary_rows_scalar(bits: &[u8], cols: usize, a: &Act8, range: Range<usize>, y: &mut [f32]) {
+/// The argument checks every int8-activation kernel makes before it reads (the SIMD ones index
+/// with raw pointers, so these bounds make every access in range).
+pub(crate) fn check_rows(bits: &[u8], cols: usize, a: &Act8, range: &Range<usize>, y: &[f32]) {
     let rb = row_bytes(cols);
     let (t, nr) = (a.tokens(), range.len());
     assert_eq!(a.cols, cols, "act8 kernel: activations have {} columns, weights {cols}", a.cols);
+    assert!(a.stride == 8 * rb && a.q.len() == t * a.stride, "act8 kernel: activation layout");
     assert!(bits.len() >= range.end * rb, "act8 kernel: packed bits too short for rows {range:?}");
     assert_eq!(y.len(), t * nr, "act8 kernel: y has {} elements, expected [{t} x {nr}]", y.len());
+}
+
+/// The scalar twin: binary product with int8 activations over output rows `range` of a packed
+/// `[rows, cols]` sign matrix; `y: [t, range.len()]`.
+pub fn binary_rows_scalar(bits: &[u8], cols: usize, a: &Act8, range: Range<usize>, y: &mut [f32]) {
+    check_rows(bits, cols, a, &range, y);
+    let rb = row_bytes(cols);
+    let (t, nr) = (a.tokens(), range.len());
     for (ii, i) in range.enumerate() {
         let row = &bits[i * rb..(i + 1) * rb];
         for k in 0..t {

@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::act8::{dequantize, Act8};
+use crate::act8::{check_rows, dequantize, Act8};
 use crate::pack::row_bytes;
 
 /// How many tiles ahead the sign words are prefetched.
@@ -138,12 +138,9 @@ unsafe fn rows_k4(c: &Ctx, range: Range<usize>, k: usize, y: &mut [f32]) {
 /// # Safety
 /// The CPU must support AVX2.
 pub unsafe fn binary_rows(bits: &[u8], cols: usize, a: &Act8, range: Range<usize>, y: &mut [f32]) {
+    check_rows(bits, cols, a, &range, y);
     let rb = row_bytes(cols);
     let t = a.tokens();
-    // The tiles index with raw pointers; these bounds make every access in range.
-    assert!(bits.len() >= range.end * rb, "act8 kernel: packed bits too short for rows {range:?}");
-    assert!(a.cols == cols && a.stride == 8 * rb && a.q.len() == t * a.stride, "act8 kernel: activation shape");
-    assert_eq!(y.len(), t * range.len(), "act8 kernel: y has the wrong length");
     let c = Ctx { bits, words: rb / 4, a, r0: range.start, nr: range.len() };
     let full = t / 4 * 4;
     for k in (0..full).step_by(4) {

@@ -25,7 +25,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::act8::{dequantize, Act8};
+use crate::act8::{check_rows, dequantize, Act8};
 use crate::pack::row_bytes;
 
 struct Ctx<'a> {
@@ -130,12 +130,9 @@ unsafe fn rows_k4(c: &Ctx, range: Range<usize>, k: usize, y: &mut [f32]) {
 /// # Safety
 /// The CPU must support AVX-512 F, BW, VNNI and VBMI.
 pub unsafe fn binary_rows(bits: &[u8], cols: usize, a: &Act8, range: Range<usize>, y: &mut [f32]) {
+    check_rows(bits, cols, a, &range, y);
     let rb = row_bytes(cols);
     let t = a.tokens();
-    // The tiles index with raw pointers; these bounds make every access in range.
-    assert!(bits.len() >= range.end * rb, "act8 kernel: packed bits too short for rows {range:?}");
-    assert!(a.cols == cols && a.stride == 8 * rb && a.q.len() == t * a.stride, "act8 kernel: activation shape");
-    assert_eq!(y.len(), t * range.len(), "act8 kernel: y has the wrong length");
     let c = Ctx { bits, words: rb / 8, a, r0: range.start, nr: range.len() };
     // The tiles prefetch PREFETCH_TILES ahead of themselves; request the range's first
     // PREFETCH_TILES tiles (in decode each range is one of a few row chunks) before starting.
