@@ -13,8 +13,8 @@ What it writes (one folder per fixture, see fixtures/README.md):
 Each holds config.json, tokenizer.json, reference.safetensors and reference.json.
 
 Two independent implementations produce the reference outputs:
-  * `RefModel`: a plain float64 NumPy recurrence written from SPEC.md section 1, one token at a
-    time (this is `logits_ref`, the authority: it follows mamba_ssm semantics, including the
+  * `RefModel`: a plain float64 NumPy recurrence written from docs/ARCHITECTURE.md §1.2, one token
+    at a time (this is `logits_ref`, the authority: it follows mamba_ssm semantics, including the
     grouped gated RMSNorm);
   * transformers' `Mamba2ForCausalLM` (torch path, CPU, float64), full-sequence chunked forward
     (`logits_hf`) and one token at a time with its cache (`logits_hf_step`).
@@ -228,7 +228,7 @@ def effective_params(p: dict, c: Cfg) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# The float64 reference: SPEC section 1, one token at a time
+# The float64 reference: docs/ARCHITECTURE.md §1.2, one token at a time
 # --------------------------------------------------------------------------------------------
 
 def softplus(x):

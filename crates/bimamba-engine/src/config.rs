@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn spec_table_shapes() {
-        // SPEC §1 table: d_in_proj and conv_dim of the three Bi-Mamba sizes.
+        // ARCHITECTURE.md §1.1 table: d_in_proj and conv_dim of the three Bi-Mamba sizes.
         for (d, dip, cd) in [(1536, 6448, 3328), (2048, 8512, 4352), (2560, 10576, 5376)] {
             let c = parse(&format!(
                 r#"{{"d_model": {d}, "n_layer": 2, "vocab_size": 32000, "ssm_cfg": {{"layer": "Mamba2"}}}}"#

@@ -1,7 +1,7 @@
 //! One linear-layer abstraction for every weight format, so that one model definition serves
 //! full-precision and 1-bit checkpoints alike.
 //!
-//! FBI-Linear (SPEC §2), column pattern: W̃[i,j] = α_j·s_ij + β_j with s = sign(W) ∈ {±1}, so
+//! FBI-Linear (ARCHITECTURE.md §2.1), column pattern: W̃[i,j] = α_j·s_ij + β_j with s = sign(W) ∈ {±1}, so
 //! ```text
 //! y_i = Σ_j W̃_ij x_j = Σ_j s_ij (α_j x_j) + (β · x)
 //! ```
@@ -15,7 +15,7 @@ use bimamba_kernels as kernels;
 use half::{bf16, f16};
 
 /// Precision of the activations entering a 1-bit product (a run-time choice, not part of the
-/// weights). `F32` is Bi-Mamba's own arithmetic (SPEC §2: activations stay high precision);
+/// weights). `F32` is Bi-Mamba's own arithmetic (ARCHITECTURE.md §2: activations stay high precision);
 /// `Int8` quantizes the (α-scaled) input per token to int8 (`bimamba_kernels::act8`) and runs
 /// integer dot products: opt-in, with its perplexity change measured in
 /// crates/bimamba-kernels/KERNELS.md. Dense layers ignore it.

@@ -1,4 +1,4 @@
-//! The Mamba-2 mixer (SPEC §1), one code path for a block of T tokens: T = 1 is a decode step,
+//! The Mamba-2 mixer (ARCHITECTURE.md §1.2), one code path for a block of T tokens: T = 1 is a decode step,
 //! T > 1 is prefill. Prefill gains by reading every projection weight once per block of tokens
 //! (a matrix-matrix product) and by running the scan with each head's state kept in cache
 //! ("blocked scan"); the recurrence itself is applied token by token, so prefilling N tokens

@@ -23,7 +23,7 @@ pub enum ProjFormat {
     DenseBF16,
 }
 
-/// The Bi-Mamba shapes of SPEC §1 (LLaMA-2 vocabulary of 32000, tied embeddings).
+/// The Bi-Mamba shapes of ARCHITECTURE.md §1.1 (LLaMA-2 vocabulary of 32000, tied embeddings).
 pub fn shape_config(name: &str) -> Option<Config> {
     let (d_model, n_layer) = match name {
         "130m" => (768, 24),
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn shapes_match_the_spec_parameter_counts() {
-        // SPEC §1: 752.1M / 1306.3M / 2655.8M parameters with V = 32000, tied.
+        // ARCHITECTURE.md §1.1: 752.1M / 1306.3M / 2655.8M parameters with V = 32000, tied.
         for (name, want) in [("780m", 752.1e6), ("1.3b", 1306.3e6), ("2.7b", 2655.8e6)] {
             let c = shape_config(name).unwrap();
             let d = c.d_model;

@@ -1,5 +1,5 @@
 //! The engine against implementations nobody here wrote: transformers' `Mamba2ForCausalLM` and a
-//! float64 NumPy recurrence from SPEC §1 (see fixtures/README.md and scripts/make_fixtures.py).
+//! float64 NumPy recurrence from ARCHITECTURE.md §1.2 (see fixtures/README.md and scripts/make_fixtures.py).
 //! Four checkpoints in both dialects and both file types, f32/f16/bf16, ngroups 1 and 2, and
 //! Bi-Mamba in the column and row patterns.
 
@@ -121,7 +121,7 @@ fn state_spaces_pytorch_bin_f32_ngroups1() {
     check_fixture("ss-mamba2-g1", true);
 }
 
-/// transformers normalizes the gated RMSNorm over all of d_inner; mamba_ssm (and SPEC §1) per
+/// transformers normalizes the gated RMSNorm over all of d_inner; mamba_ssm (and ARCHITECTURE.md §1.2) per
 /// group, so for ngroups 2 only the float64 reference is authoritative.
 #[test]
 fn transformers_safetensors_bf16_ngroups2() {

@@ -1,4 +1,4 @@
-//! Kernel benchmarks at the Bi-Mamba 2.7B projection shapes (SPEC §1):
+//! Kernel benchmarks at the Bi-Mamba 2.7B projection shapes (ARCHITECTURE.md §1.1):
 //! in_proj `[10576 x 2560]` and out_proj `[2560 x 5120]`, for t = 1 (decode, gemv) and t = 64
 //! (prefill, gemm), binary vs dense f32 vs dense bf16, on 1 and 2 rayon threads; and the tied
 //! LM head `[32000 x 2560]` in bf16 and q8 (8-bit rows, `q8_gemm`).

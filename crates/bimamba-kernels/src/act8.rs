@@ -1,6 +1,6 @@
 //! The opt-in int8-activation binary product (`--binary-act int8`): the spec and its scalar twin.
 //!
-//! Bi-Mamba keeps activations in high precision (SPEC §2); this path trades a small, measured
+//! Bi-Mamba keeps activations in high precision (ARCHITECTURE.md §2); this path trades a small, measured
 //! accuracy loss (crates/bimamba-kernels/KERNELS.md) for integer dot-product instructions
 //! (AVX512-VNNI `vpdpbusd`: 64 byte products per instruction).
 //!

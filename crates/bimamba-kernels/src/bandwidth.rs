@@ -1,7 +1,7 @@
 //! A STREAM-style read-bandwidth probe: the denominator of every speed we report.
 //!
 //! Batch-1 decoding reads every weight once per token, so tokens/s is bounded by
-//! `read bandwidth / bytes per token` (SPEC §7). This measures the read side only: each thread
+//! `read bandwidth / bytes per token` (ARCHITECTURE.md §7). This measures the read side only: each thread
 //! XOR-reduces its own contiguous part of a buffer as 8 interleaved sequential streams (wide
 //! loads, no stores); passes are timed in 16 MiB segments and the fastest segment is reported.
 //! Use a buffer much larger than the last level cache (e.g. 512 MiB - 1 GiB) to measure DRAM

@@ -12,7 +12,7 @@
 //! - `x86::{avx512_lut, avx2_lut}` (binary), `x86::{avx512, avx2}` (dense), `aarch64::neon`:
 //!   per-ISA single-threaded kernels, chosen at runtime, each with a scalar twin.
 //! - this file: ISA dispatch ([`selected_isa`]) and the rayon-parallel entry points.
-//! - [`bandwidth`]: a read-bandwidth probe, the denominator of every speed we report (SPEC §7).
+//! - [`bandwidth`]: a read-bandwidth probe, the denominator of every speed we report (ARCHITECTURE.md §7).
 //!
 //! # Shapes
 //! Every product takes `x: [t, cols]` and writes `y: [t, rows]` (row-major, overwritten):

@@ -1,7 +1,7 @@
 //! The packing spec: how a latent f32 weight matrix becomes 1-bit signs.
 //!
 //! This module is the reference for every kernel in the crate and for the on-disk format that
-//! stores binarized `in_proj`/`out_proj` weights (SPEC §2).
+//! stores binarized `in_proj`/`out_proj` weights (ARCHITECTURE.md §2, §8.2).
 //!
 //! # Sign rule
 //! `s = +1` if `w >= 0.0`, including both `+0.0` and `-0.0`; `s = -1` if `w < 0.0`.

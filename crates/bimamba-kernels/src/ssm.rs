@@ -1,5 +1,5 @@
 //! The SSM state update and readout of one head for one token, fused so that each state row is
-//! read and written once (SPEC §1):
+//! read and written once (ARCHITECTURE.md §1.2):
 //! ```text
 //! S[p,n] ← decay·S[p,n] + (dt·x[p])·B[n]          decay = exp(dt·A)
 //! y[p]   = Σ_n S[p,n]·C[n]

@@ -1,5 +1,5 @@
 //! BiLLM (Huang et al., arXiv 2402.04291; github.com/Aaronhuang-778/BiLLM), as its official code
-//! runs with the Hessian salience metric (SPEC §6). Per block of 128 columns, left to right:
+//! runs with the Hessian salience metric (ARCHITECTURE.md §6). Per block of 128 columns, left to right:
 //!
 //! 1. Salience of the block's current weights: `S_ij = W_ij² / U_jj²`, with U the upper Cholesky
 //!    factor of the damped `H⁻¹` (the code divides by the diagonal of that factor).

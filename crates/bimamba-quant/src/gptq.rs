@@ -1,4 +1,4 @@
-//! GPTQ (Frantar et al., arXiv 2210.17323) as the Bi-Mamba paper ran it (SPEC §6): b ∈ {2, 3}
+//! GPTQ (Frantar et al., arXiv 2210.17323) as the Bi-Mamba paper ran it (ARCHITECTURE.md §6): b ∈ {2, 3}
 //! bits, an asymmetric min-max grid per output row, act-order, damping 0.01, blocks of 128 with
 //! lazy batch updates. The sweep itself lives in [`crate::sweep`].
 //!

@@ -1,5 +1,5 @@
 //! Post-training binarization baselines for the in_proj / out_proj of a full-precision Mamba-2,
-//! the methods Bi-Mamba (arXiv 2411.11843) compares against (SPEC §6):
+//! the methods Bi-Mamba (arXiv 2411.11843) compares against (ARCHITECTURE.md §6):
 //!
 //! - [`xnor`]: row-wise sign with mean and scale, no calibration.
 //! - [`gptq`]: GPTQ (arXiv 2210.17323), 2 or 3 bits, asymmetric per-row min-max grid, act-order.
@@ -177,7 +177,7 @@ pub fn quantize_weight(
     }
 }
 
-/// sign(x) ∈ {−1, +1}: exact zeros (and −0.0) map to +1, as the packed 1-bit format does (SPEC §2);
+/// sign(x) ∈ {−1, +1}: exact zeros (and −0.0) map to +1, as the packed 1-bit format does (ARCHITECTURE.md §2.2);
 /// torch.sign would give 0.
 #[inline]
 pub(crate) fn sign(x: f64) -> f64 {

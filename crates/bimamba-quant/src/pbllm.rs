@@ -1,5 +1,5 @@
 //! PB-LLM (Shang et al., arXiv 2310.00034; github.com/hahnyuan/PB-LLM, `gptq_pb`), the
-//! GPTQ-compensated variant with the Hessian salience metric (SPEC §6):
+//! GPTQ-compensated variant with the Hessian salience metric (ARCHITECTURE.md §6):
 //!
 //! 1. Salience of every weight `S_ij = W_ij² / U_jj²` (U the upper Cholesky factor of the damped
 //!    `H⁻¹`); the fraction f with the largest S (exactly round(f·rows·cols) weights, ties by

@@ -1,4 +1,4 @@
-//! XNOR / sign binarization, row-wise, without calibration (SPEC §6):
+//! XNOR / sign binarization, row-wise, without calibration (ARCHITECTURE.md §6):
 //! ```text
 //! μ_i = mean_j W_ij        α_i = mean_j |W_ij − μ_i|        Ŵ_ij = α_i · sign(W_ij − μ_i) + μ_i
 //! ```

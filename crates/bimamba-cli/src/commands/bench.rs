@@ -1,5 +1,5 @@
 //! `bimamba bench`: decode and prefill speed of the whole engine as a fraction of this machine's
-//! memory-bandwidth ceiling (SPEC §7), and the same engine with dense f32 / bf16 projections in
+//! memory-bandwidth ceiling (ARCHITECTURE.md §7), and the same engine with dense f32 / bf16 projections in
 //! the same run. Ratios within one run are the figures to quote, never absolute timings alone.
 
 use std::path::PathBuf;

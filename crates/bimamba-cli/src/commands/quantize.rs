@@ -1,5 +1,5 @@
 //! `bimamba quantize`: post-training quantization of a full-precision model's in_proj/out_proj
-//! with the baselines the Bi-Mamba paper compares against (SPEC §6). The output is a model
+//! with the baselines the Bi-Mamba paper compares against (ARCHITECTURE.md §6). The output is a model
 //! directory every command accepts, holding the dequantized weights as f32.
 
 use std::path::PathBuf;

@@ -119,7 +119,7 @@ impl Task {
         }
     }
 
-    /// The metric the paper's table shows (SPEC §4: HellaSwag, ARC and OBQA as acc_norm).
+    /// The metric the paper's table shows (ARCHITECTURE.md §4: HellaSwag, ARC and OBQA as acc_norm).
     pub fn paper_metric(self) -> &'static str {
         match self {
             Task::HellaSwag | Task::ArcEasy | Task::ArcChallenge | Task::OpenBookQa => "acc_norm",
