@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's evaluation: post-training baselines of the full-precision student, then perplexity on the
+# The evaluation of RESULTS.md: post-training baselines of the full-precision student, then perplexity on the
 # held-out texts and the zero-shot tasks for the teacher, both students and every baseline.
 #
 # usage: scripts/evaluate_students.sh FP_DIR BI_DIR TEACHER.gguf HELDOUT_DIR TRAIN_TEXT OUT_DIR
