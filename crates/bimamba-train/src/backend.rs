@@ -110,3 +110,14 @@ pub fn bench(kind: BackendKind, args: &crate::bench::BenchArgs) -> Result<crate:
         BackendKind::Cuda => Err(no_cuda()),
     }
 }
+
+/// Runs the fused-kernel checks on the chosen backend.
+pub fn check_kernels(kind: BackendKind) -> Result<Vec<crate::fused::check::Check>> {
+    match kind {
+        BackendKind::Ndarray => Ok(crate::fused::check::run::<Cpu>(&Default::default(), false)),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => Ok(crate::fused::check::run::<CudaInfer>(&burn::backend::cuda::CudaDevice::new(0), true)),
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(no_cuda()),
+    }
+}

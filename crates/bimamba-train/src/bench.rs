@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 
@@ -67,6 +67,14 @@ pub struct BenchArgs {
     /// Side of the square matrices of the peak matmul measurement.
     #[arg(long, default_value_t = 8192)]
     pub matmul_size: usize,
+    /// Time each section of the forward (waits for the device after each: slower, but shows where
+    /// the time goes).
+    #[arg(long)]
+    pub profile: bool,
+    /// Run the op-by-op reference paths instead of the fused kernels (the before/after
+    /// comparison in one binary).
+    #[arg(long)]
+    pub reference: bool,
     /// Write the report as JSON here too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -105,6 +113,12 @@ pub struct BenchReport {
     pub matmul_dtype: String,
     /// model_tflops / peak_tflops.
     pub mfu: f64,
+    /// Microseconds per launch of a tiny elementwise op (2,000 adds of 256 floats, one wait at
+    /// the end): the host cost of one unfused tensor operation.
+    pub op_launch_us: f64,
+    /// With `--profile`: milliseconds per step in each forward section (summed over layers), the
+    /// loss, the backward and the optimizer.
+    pub profile_ms: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// Dense matmul rate of the device in TFLOP/s for `dtype`.
@@ -125,8 +139,23 @@ pub fn matmul_tflops<B: Backend>(n: usize, dtype: DType, device: &B::Device) -> 
     2.0 * (n as f64).powi(3) * reps as f64 / s / 1e12
 }
 
+/// Host cost of one small tensor operation in microseconds: `n` dependent adds, one sync.
+pub fn op_launch_us<B: Backend>(device: &B::Device, n: usize) -> f64 {
+    let mut x = Tensor::<B, 1>::zeros([256], crate::ops::opts::<B>(device));
+    x = x + 1.0;
+    let _ = B::sync(device);
+    let t = Instant::now();
+    for _ in 0..n {
+        x = x + 1.0;
+    }
+    let _ = B::sync(device);
+    let s = t.elapsed().as_secs_f64();
+    drop(x);
+    1e6 * s / n as f64
+}
+
 /// Times training steps of a freshly initialized model on random tokens.
-pub fn bench<B: AutodiffBackend>(a: &BenchArgs, device: &B::Device, peak_dtype: DType) -> Result<BenchReport> {
+pub fn bench<B: crate::fused::TrainBackend>(a: &BenchArgs, device: &B::Device, peak_dtype: DType) -> Result<BenchReport> {
     let cfg = ModelConfig {
         d_model: a.d_model,
         n_layer: a.n_layer,
@@ -144,6 +173,7 @@ pub fn bench<B: AutodiffBackend>(a: &BenchArgs, device: &B::Device, peak_dtype: 
     cfg.validate().map_err(crate::error::Error::Config)?;
     let mut model = Mamba2Lm::<B>::init(&cfg, 0, device).with_matmul_dtype(a.bf16.then_some(DType::BF16));
     let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig::default());
+    opt.fused = !a.reference;
     let mut rng = SplitMix64::new(1);
     let (b, l) = (a.batch, a.seq_len);
     let (mut fw, mut bw, mut op) = (0.0, 0.0, 0.0);
@@ -152,7 +182,15 @@ pub fn bench<B: AutodiffBackend>(a: &BenchArgs, device: &B::Device, peak_dtype: 
         let t = Tensor::<B, 2, Int>::from_data(TensorData::new(toks, [b, l + 1]), device);
         let _ = B::sync(device);
         let t0 = Instant::now();
-        let loss = cross_entropy(model.forward(t.clone().narrow(1, 0, l)), t.narrow(1, 1, l));
+        if i == a.warmup {
+            crate::profile::enable(a.profile);
+        }
+        let loss = if a.reference {
+            crate::loss::reference_cross_entropy(model.forward(t.clone().narrow(1, 0, l)), t.narrow(1, 1, l))
+        } else {
+            cross_entropy(model.forward_logits(t.clone().narrow(1, 0, l)), t.narrow(1, 1, l))
+        };
+        crate::profile::mark::<B>("loss", device);
         let _ = B::sync(device);
         let t1 = Instant::now();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -171,12 +209,21 @@ pub fn bench<B: AutodiffBackend>(a: &BenchArgs, device: &B::Device, peak_dtype: 
     }
     let _ = model.valid();
     let n = a.steps.max(1) as f64;
+    let profile_ms = a.profile.then(|| {
+        let mut t: std::collections::BTreeMap<String, f64> =
+            crate::profile::totals().into_iter().map(|(k, v)| (format!("forward.{k}"), 1e3 * v / n)).collect();
+        t.insert("backward".into(), 1e3 * bw / n);
+        t.insert("optimizer".into(), 1e3 * op / n);
+        t
+    });
+    crate::profile::enable(false);
     let (fw, bw, op) = (fw / n, bw / n, op / n);
     let step_s = fw + bw + op;
     let tokens = b * l;
     let flops_per_token = 3.0 * (cfg.matmul_flops_per_token() + cfg.ssd_flops_per_token()) as f64;
     let model_tflops = flops_per_token * tokens as f64 / step_s / 1e12;
     let peak = matmul_tflops::<B::InnerBackend>(a.matmul_size, peak_dtype, device);
+    let launch_us = op_launch_us::<B::InnerBackend>(device, 2000);
     Ok(BenchReport {
         backend: std::any::type_name::<B>().to_string(),
         params: cfg.num_params(),
@@ -193,6 +240,8 @@ pub fn bench<B: AutodiffBackend>(a: &BenchArgs, device: &B::Device, peak_dtype: 
         peak_dtype: format!("{peak_dtype:?}"),
         matmul_dtype: if a.bf16 { "BF16".into() } else { "F32".into() },
         mfu: model_tflops / peak,
+        op_launch_us: launch_us,
+        profile_ms,
     })
 }
 
@@ -225,6 +274,13 @@ pub fn run_cli(a: &BenchArgs) -> Result<()> {
         r.flops_per_token / 1e9
     );
     println!("peak matmul {:.1} TFLOP/s ({}) | MFU {:.1}%", r.peak_tflops, r.peak_dtype, 100.0 * r.mfu);
+    println!("one small tensor op: {:.1} µs (host cost of an unfused launch)", r.op_launch_us);
+    if let Some(p) = &r.profile_ms {
+        println!("ms per step by section (forward sections summed over layers, each followed by a device sync):");
+        for (k, v) in p {
+            println!("  {k:<24} {v:9.2}");
+        }
+    }
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(&r).map_err(|e| crate::error::Error::Config(e.to_string()))?;
         crate::params::write_atomic(p, text.as_bytes())?;

@@ -1,4 +1,4 @@
-//! FBI-Linear, the binarized projection of Bi-Mamba (SPEC §2), and its full-precision twin.
+//! FBI-Linear, the binarized projection of Bi-Mamba (ARCHITECTURE.md §2), and its full-precision twin.
 //!
 //! `W̃[i,j] = α_j · sign(W[i,j]) + β_j`, `y = x · W̃ᵀ`, with the latent weight W in full precision
 //! and one (α, β) pair per input column (`scaling_pattern='column'`, shape [1, in]). Scales of
@@ -128,7 +128,7 @@ mod tests {
         assert_eq!(a, vec![0.25, 3.5, 2.0]);
     }
 
-    /// The straight-through gradients equal the SPEC §2 formulas, computed from ∂L/∂W̃ of a
+    /// The straight-through gradients equal the formulas of ARCHITECTURE.md §2.3, computed from ∂L/∂W̃ of a
     /// plain linear layer with weight W̃, and that ∂L/∂W̃ matches finite differences.
     #[test]
     fn ste_gradients_follow_the_spec_formulas() {

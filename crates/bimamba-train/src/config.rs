@@ -1,5 +1,5 @@
 //! Model hyper-parameters (the state-spaces `MambaConfig` with a Mamba-2 `ssm_cfg`) and the
-//! sizes derived from them (SPEC §1).
+//! sizes derived from them (ARCHITECTURE.md §1.1).
 
 use std::path::Path;
 
@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn derived_sizes_match_the_spec_table() {
-        // SPEC §1: 780M has d_in_proj 6448, conv_dim 3328, 752.1M params with V=32000.
+        // ARCHITECTURE.md §1.1: 780M has d_in_proj 6448, conv_dim 3328, 752.1M params with V=32000.
         let c: ModelConfig =
             serde_json::from_str(r#"{"d_model":1536,"n_layer":48,"vocab_size":32000,"precision":"full"}"#)
                 .expect("valid json");

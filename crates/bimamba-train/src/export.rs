@@ -1,4 +1,4 @@
-//! `export`: a trained run → a model directory in the official state-spaces layout (SPEC §1-§2):
+//! `export`: a trained run → a model directory in the official state-spaces layout (ARCHITECTURE.md §1.5, §2.1):
 //! `config.json` (MambaConfig with a Mamba2 `ssm_cfg`), `model.safetensors` (f32; latent
 //! `in_proj`/`out_proj` weights with their `[1, in]` `wscale`/`wbias`; tied head, so no
 //! `lm_head.weight`) and the tokenizer the data was prepared with.

@@ -1,36 +1,46 @@
-//! Training objectives (SPEC §3): the paper's soft-target cross-entropy against a frozen teacher,
+//! Training objectives (ARCHITECTURE.md §3.1): the paper's soft-target cross-entropy against a frozen teacher,
 //! plain next-token cross-entropy, and a weighted mix of the two.
 //!
 //! With temperature T, the soft loss is `T² · (1/N) Σ_t Σ_v −p_T(v) log q_S(v)` where p_T and q_S
 //! are the softmaxes of teacher and student logits divided by T (Hinton's T² keeps gradient
-//! magnitudes comparable across T; at the paper's T = 1 it is exactly the formula of SPEC §3).
+//! magnitudes comparable across T; at the paper's T = 1 it is exactly the formula of ARCHITECTURE.md §3.1).
 //! Student logits cover the padded vocabulary; a teacher with fewer columns is compared on its own
 //! columns (the student's extra rows still take part in its softmax, as in the official code).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
+use crate::fused::FusedOps;
 use crate::ops::log_softmax;
 
-/// Mean next-token cross-entropy.
+/// Mean next-token cross-entropy. The logits may be bf16 (the LM head's product): each row is
+/// reduced in f32 without an f32 copy of the whole matrix where the backend has the fused kernel.
 ///
 /// # Shapes
 /// - logits: [b, L, V]; targets: [b, L] (ids < V); output: [1]
-pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
-    let [b, l, _] = logits.dims();
-    let logp = log_softmax(logits);
-    logp.gather(2, targets.reshape([b, l, 1])).mean().neg()
+pub fn cross_entropy<B: FusedOps>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let [b, l, v] = logits.dims();
+    B::ce_rows(logits.reshape([b * l, v]), targets.reshape([b * l])).mean()
 }
 
-/// Soft-target cross-entropy against dense teacher logits.
+/// The op-by-op cross-entropy (log-softmax of f32 logits, then a gather): the reference the
+/// fused path is measured against.
+///
+/// # Shapes
+/// - as [`cross_entropy`]
+pub fn reference_cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let [b, l, _] = logits.dims();
+    log_softmax(logits).gather(2, targets.reshape([b, l, 1])).mean().neg()
+}
+
+/// Soft-target cross-entropy against dense teacher logits (either may be bf16).
 ///
 /// # Shapes
 /// - student: [b, L, Vs]; teacher: [b, L, Vt] with Vt ≤ Vs; output: [1]
-pub fn soft_cross_entropy<B: Backend>(student: Tensor<B, 3>, teacher: Tensor<B, 3>, temperature: f64) -> Tensor<B, 1> {
-    let [b, l, vt] = teacher.dims();
-    let logq = log_softmax(student / temperature).narrow(2, 0, vt);
-    let p = log_softmax(teacher.detach() / temperature).exp();
-    (p * logq).sum().neg() * (temperature * temperature / (b * l) as f64)
+pub fn soft_cross_entropy<B: FusedOps>(student: Tensor<B, 3>, teacher: Tensor<B, 3>, temperature: f64) -> Tensor<B, 1> {
+    let [b, l, vs] = student.dims();
+    let vt = teacher.dims()[2];
+    B::soft_ce_rows(student.reshape([b * l, vs]), teacher.detach().reshape([b * l, vt]), temperature).mean()
 }
 
 /// Soft-target cross-entropy against a teacher's top-k log-probabilities, renormalized over the
@@ -45,6 +55,7 @@ pub fn soft_cross_entropy_topk<B: Backend>(
     temperature: f64,
 ) -> Tensor<B, 1> {
     let [b, l, _] = indices.dims();
+    let student = if student.dtype() == DType::F32 || student.dtype() == DType::F64 { student } else { student.cast(DType::F32) };
     let logq = log_softmax(student / temperature).gather(2, indices);
     let p = log_softmax(teacher_logp.detach() / temperature).exp();
     (p * logq).sum().neg() * (temperature * temperature / (b * l) as f64)

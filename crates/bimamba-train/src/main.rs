@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use bimamba_train::backend::{self, BackendKind};
 use bimamba_train::runconfig::TrainConfig;
-use bimamba_train::{bench, data, export, run};
+use bimamba_train::{bench, data, export, params, run};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,6 +34,18 @@ enum Command {
     TeacherLogits(TeacherArgs),
     /// Measure training throughput and model-FLOPs utilization.
     Bench(bench::BenchArgs),
+    /// Compare the backend's fused kernels with their op-by-op references on random inputs.
+    CheckKernels(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// ndarray (CPU) or cuda.
+    #[arg(long, default_value = "ndarray")]
+    backend: backend::BackendKind,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +198,28 @@ fn main() -> Result<()> {
             println!("wrote {} ({n} windows of {} tokens, top {})", a.out.display(), a.seq_len, a.top_k);
         }
         Command::Bench(a) => bench::run_cli(&a)?,
+        Command::CheckKernels(a) => {
+            let checks = backend::check_kernels(a.backend)?;
+            for c in &checks {
+                println!(
+                    "{:<5} {:<14} {:>24} rel_l2 {:.2e} rel_max {:.2e} (tolerance {:.0e})",
+                    if c.pass { "ok" } else { "FAIL" },
+                    c.name,
+                    format!("{:?}", c.shape),
+                    c.rel_l2,
+                    c.rel_max,
+                    c.tolerance
+                );
+            }
+            if let Some(p) = &a.json {
+                params::write_atomic(p, serde_json::to_string_pretty(&checks)?.as_bytes())?;
+            }
+            let failed = checks.iter().filter(|c| !c.pass).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} kernel checks failed", checks.len());
+            }
+            println!("all {} kernel checks passed", checks.len());
+        }
     }
     Ok(())
 }

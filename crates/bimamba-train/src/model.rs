@@ -1,4 +1,4 @@
-//! The Mamba-2 language model for training (SPEC §1): pure SSD blocks with pre-norm residuals,
+//! The Mamba-2 language model for training (ARCHITECTURE.md §1): pure SSD blocks with pre-norm residuals,
 //! tied embedding / LM head, FBI-Linear or full-precision projections.
 //!
 //! Field names follow the state-spaces checkpoint (`backbone.layers.{i}.mixer.in_proj.weight`, …):
@@ -13,7 +13,8 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::bitlinear::Projection;
 use crate::config::{ModelConfig, Precision};
-use crate::ops::{matmul_in, opts, rms_normalize, silu, softplus};
+use crate::ops::{opts, rms_normalize, silu, softplus};
+use crate::profile;
 use crate::rng::SplitMix64;
 use crate::ssd::ssd_chunked;
 
@@ -144,7 +145,7 @@ impl<B: Backend> CausalConv<B> {
 }
 
 impl<B: Backend> Mixer<B> {
-    /// Official initialization (SPEC §3) for layer of a model with `cfg.n_layer` layers.
+    /// Official initialization (ARCHITECTURE.md §3.3) for layer of a model with `cfg.n_layer` layers.
     pub fn init(cfg: &ModelConfig, rng: &mut SplitMix64, device: &B::Device) -> Self {
         let (d, di, h, cd, k) = (cfg.d_model, cfg.d_inner(), cfg.nheads(), cfg.conv_dim(), cfg.d_conv);
         let binary = cfg.precision == Precision::Binary;
@@ -186,26 +187,33 @@ impl<B: Backend> Mixer<B> {
         let cfg = &self.config;
         let [b, l, _] = u.dims();
         let (di, h, p, g, n) = (cfg.d_inner(), cfg.nheads(), cfg.headdim, cfg.ngroups, cfg.d_state);
+        let device = u.device();
         let zxbcdt = self.in_proj.forward(u); // [b,L,d_in_proj]
+        profile::mark::<B>("in_proj", &device);
         let z = zxbcdt.clone().narrow(2, 0, di);
         let xbc = silu(self.conv1d.forward(zxbcdt.clone().narrow(2, di, cfg.conv_dim())));
         let dt = softplus(zxbcdt.narrow(2, di + cfg.conv_dim(), h) + self.dt_bias.val().reshape([1, 1, h]));
+        profile::mark::<B>("conv_dt", &device);
         let x = xbc.clone().narrow(2, 0, di).reshape([b, l, h, p]);
         let bm = xbc.clone().narrow(2, di, g * n).reshape([b, l, g, n]);
         let cm = xbc.narrow(2, di + g * n, g * n).reshape([b, l, g, n]);
         let a = self.A_log.val().exp().neg();
         let (y, _) = ssd_chunked(x.clone(), dt, a, bm, cm, cfg.chunk_size, None);
         let y = y + x * self.D.val().reshape([1, 1, h, 1]); // [b,L,H,P]
-                                                            // Gated grouped RMSNorm (norm_before_gate = False): normalize y·SiLU(z) per group.
+        profile::mark::<B>("ssd", &device);
+        // Gated grouped RMSNorm (norm_before_gate = False): normalize y·SiLU(z) per group.
         let gated = y.reshape([b, l, di]) * silu(z);
         let normed = rms_normalize(gated.reshape([b, l, g, di / g]), cfg.norm_eps).reshape([b, l, di])
             * self.norm.weight.val().reshape([1, 1, di]);
-        self.out_proj.forward(normed)
+        profile::mark::<B>("gate_norm", &device);
+        let out = self.out_proj.forward(normed);
+        profile::mark::<B>("out_proj", &device);
+        out
     }
 }
 
 impl<B: Backend> Mamba2Lm<B> {
-    /// A freshly initialized model (SPEC §3); the same seed gives the same weights on every backend.
+    /// A freshly initialized model (ARCHITECTURE.md §3.3); the same seed gives the same weights on every backend.
     pub fn init(cfg: &ModelConfig, seed: u64, device: &B::Device) -> Self {
         let mut rng = SplitMix64::new(seed);
         let (v, d) = (cfg.padded_vocab(), cfg.d_model);
@@ -231,11 +239,17 @@ impl<B: Backend> Mamba2Lm<B> {
     /// - tokens: [b, L]; output: [b, L, D]
     pub fn forward_hidden(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let eps = self.config.norm_eps;
+        let device = tokens.device();
+        profile::restart::<B>(&device);
         let mut h = burn::tensor::module::embedding(self.backbone.embedding.weight.val(), tokens);
         for block in &self.backbone.layers {
-            h = h.clone() + block.mixer.forward(block.norm.forward(h, eps));
+            let normed = block.norm.forward(h.clone(), eps);
+            profile::mark::<B>("residual_norm", &device);
+            h = h + block.mixer.forward(normed);
         }
-        self.backbone.norm_f.forward(h, eps)
+        let out = self.backbone.norm_f.forward(h, eps);
+        profile::mark::<B>("residual_norm", &device);
+        out
     }
 
     /// Runs the projections and the LM head in `dtype` (e.g. bf16) while parameters, residual
@@ -256,11 +270,24 @@ impl<B: Backend> Mamba2Lm<B> {
         self
     }
 
-    /// Next-token logits over the padded vocabulary.
+    /// Next-token logits over the padded vocabulary, in the backend's float dtype.
     ///
     /// # Shapes
     /// - tokens: [b, L]; output: [b, L, padded vocab]
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let logits = self.forward_logits(tokens);
+        match logits.dtype() == crate::ops::float_dtype::<B>() {
+            true => logits,
+            false => logits.cast(crate::ops::float_dtype::<B>()),
+        }
+    }
+
+    /// Next-token logits in the dtype of the LM-head product (bf16 under mixed precision: the
+    /// losses read them as they are, without an f32 copy of the batch × vocabulary matrix).
+    ///
+    /// # Shapes
+    /// - tokens: [b, L]; output: [b, L, padded vocab]
+    pub fn forward_logits(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let h = self.forward_hidden(tokens);
         let [b, l, d] = h.dims();
         let w = match &self.lm_head {
@@ -268,7 +295,13 @@ impl<B: Backend> Mamba2Lm<B> {
             None => self.backbone.embedding.weight.val(),
         }; // [V, D]
         let v = w.dims()[0];
-        matmul_in(h.reshape([b * l, d]), w.transpose(), self.matmul_dtype).reshape([b, l, v])
+        let logits = match self.matmul_dtype {
+            Some(dt) if dt != h.dtype() => h.reshape([b * l, d]).cast(dt).matmul(w.transpose().cast(dt)),
+            _ => h.reshape([b * l, d]).matmul(w.transpose()),
+        }
+        .reshape([b, l, v]);
+        profile::mark::<B>("lm_head", &logits.device());
+        logits
     }
 }
 

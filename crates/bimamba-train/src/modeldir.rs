@@ -1,5 +1,5 @@
 //! Reading a model directory (config.json + model.safetensors [+ tokenizer.json]) in either
-//! dialect: state-spaces `MambaConfig` or transformers `Mamba2Config` (SPEC §1). The config is
+//! dialect: state-spaces `MambaConfig` or transformers `Mamba2Config` (ARCHITECTURE.md §1.5). The config is
 //! parsed by the inference engine's [`bimamba_engine::Config`], so both crates accept and refuse
 //! the same files.
 

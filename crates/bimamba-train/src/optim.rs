@@ -1,5 +1,5 @@
 //! AdamW with decoupled weight decay, global-norm gradient clipping and the paper's schedule
-//! (SPEC §3): β = (0.9, 0.95), weight decay 0.1, linear warm-up then cosine decay to a floor.
+//! (ARCHITECTURE.md §3.2): β = (0.9, 0.95), weight decay 0.1, linear warm-up then cosine decay to a floor.
 //!
 //! The moments are kept by parameter *name*, so the optimizer state is saved and restored with
 //! the weights in one safetensors checkpoint, independent of Burn's parameter ids.
@@ -15,6 +15,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fused::{AdamStep, FusedOps};
 use crate::params::NamedTensors;
 
 /// Optimizer and schedule hyper-parameters.
@@ -114,22 +115,21 @@ pub struct AdamW<B: Backend> {
     pub config: OptimConfig,
     /// Updates applied so far (for bias correction).
     pub steps: u64,
+    /// Run the update through the backend's fused kernels (else the op-by-op reference).
+    pub fused: bool,
     moments: HashMap<String, Moments<B>>,
 }
 
-struct NormVisitor<'a, B: Backend> {
+struct GradCollector<'a, B: Backend> {
     grads: &'a GradientsParams,
-    sum: Option<Tensor<B, 1>>,
+    flat: Vec<Tensor<B, 1>>,
 }
 
-impl<AB: AutodiffBackend> ModuleVisitor<AB> for NormVisitor<'_, AB::InnerBackend> {
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for GradCollector<'_, AB::InnerBackend> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
         if let Some(g) = self.grads.get::<AB::InnerBackend, D>(param.id) {
-            let s = g.powi_scalar(2).sum();
-            self.sum = Some(match self.sum.take() {
-                Some(acc) => acc + s,
-                None => s,
-            });
+            let n = g.shape().num_elements();
+            self.flat.push(g.reshape([n]));
         }
     }
 }
@@ -140,12 +140,16 @@ struct UpdateMapper<'a, B: Backend> {
     moments: &'a mut HashMap<String, Moments<B>>,
     config: &'a OptimConfig,
     lr: f64,
+    fused: bool,
     grad_scale: f64,
     bias1: f64,
     bias2: f64,
 }
 
-impl<AB: AutodiffBackend> ModuleMapper<AB> for UpdateMapper<'_, AB::InnerBackend> {
+impl<AB: AutodiffBackend> ModuleMapper<AB> for UpdateMapper<'_, AB::InnerBackend>
+where
+    AB::InnerBackend: FusedOps,
+{
     fn enter_module(&mut self, name: &str, _c: &str) {
         self.path.push(name.to_string());
     }
@@ -162,39 +166,55 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for UpdateMapper<'_, AB::InnerBackend
         let shape = tensor.shape();
         let n = shape.num_elements();
         let p = tensor.inner().reshape([n]);
-        let g = grad.reshape([n]) * self.grad_scale;
         let (m, v) = match self.moments.remove(&name) {
             Some(mo) => (mo.m, mo.v),
             None => (p.zeros_like(), p.zeros_like()),
         };
-        // m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  p ← p(1 − lr·wd) − lr · m̂ / (√v̂ + ε)
-        let m = m * c.beta1 + g.clone() * (1.0 - c.beta1);
-        let v = v * c.beta2 + g.powi_scalar(2) * (1.0 - c.beta2);
-        let denom = (v.clone() / self.bias2).sqrt() + c.eps;
-        let update = (m.clone() / self.bias1) / denom;
         let decay = if D >= 2 { 1.0 - self.lr * c.weight_decay } else { 1.0 };
-        let p = p * decay - update * self.lr;
+        let step = AdamStep {
+            lr: self.lr,
+            decay,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            bias1: self.bias1,
+            bias2: self.bias2,
+            grad_scale: self.grad_scale,
+        };
+        let g = grad.reshape([n]);
+        let (p, m, v) = if self.fused {
+            AB::InnerBackend::adamw_update(p, g, m, v, &step)
+        } else {
+            crate::fused::reference::adamw_update(p, g, m, v, &step)
+        };
         self.moments.insert(name, Moments { m, v });
         let t = Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad();
         Param::from_mapped_value(id, t, mapper)
     }
 }
 
-impl<B: Backend> AdamW<B> {
+impl<B: FusedOps> AdamW<B> {
     /// A fresh optimizer.
     pub fn new(config: OptimConfig) -> Self {
-        Self { config, steps: 0, moments: HashMap::new() }
+        Self { config, steps: 0, fused: true, moments: HashMap::new() }
     }
 
     /// Global L2 norm of the gradients of `model`'s parameters.
-    pub fn grad_norm<AB, M>(model: &M, grads: &GradientsParams) -> f64
+    pub fn grad_norm<AB, M>(model: &M, grads: &GradientsParams, fused: bool) -> f64
     where
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
-        let mut v = NormVisitor::<B> { grads, sum: None };
+        let mut v = GradCollector::<B> { grads, flat: Vec::new() };
         model.visit(&mut v);
-        v.sum.map(|s| s.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0)
+        let Some(first) = v.flat.first() else { return 0.0 };
+        let device = first.device();
+        let sum = if fused {
+            B::sum_squares(&v.flat, &device)
+        } else {
+            crate::fused::reference::sum_squares(&v.flat, &device)
+        };
+        sum.into_scalar().elem::<f64>().sqrt()
     }
 
     /// One update with learning rate `lr`; gradients are first scaled so that their global norm
@@ -204,7 +224,7 @@ impl<B: Backend> AdamW<B> {
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
-        let norm = Self::grad_norm::<AB, M>(&model, &grads);
+        let norm = Self::grad_norm::<AB, M>(&model, &grads, self.fused);
         let clip = self.config.grad_clip;
         let grad_scale = if clip > 0.0 && norm > clip { clip / (norm + 1e-6) } else { 1.0 };
         self.steps += 1;
@@ -215,6 +235,7 @@ impl<B: Backend> AdamW<B> {
             moments: &mut self.moments,
             config: &self.config,
             lr,
+            fused: self.fused,
             grad_scale,
             bias1: 1.0 - self.config.beta1.powi(t),
             bias2: 1.0 - self.config.beta2.powi(t),

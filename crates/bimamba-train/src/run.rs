@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -93,7 +93,7 @@ fn int_tensor<B: Backend>(v: Vec<i64>, dims: [usize; 2], device: &B::Device) -> 
 
 /// Mean next-token cross-entropy of `model` on the first `windows` non-overlapping windows of the
 /// validation split (None when it holds no whole window).
-pub fn validation_loss<B: Backend>(
+pub fn validation_loss<B: crate::fused::FusedOps>(
     model: &Mamba2Lm<B>,
     data: &Dataset,
     seq_len: usize,
@@ -111,7 +111,7 @@ pub fn validation_loss<B: Backend>(
         let nb = batch.max(1).min(n - i);
         let toks: Vec<i64> = (i..i + nb).flat_map(|w| data.val.window(w * seq_len, seq_len + 1)).collect();
         let t = int_tensor::<B>(toks, [nb, seq_len + 1], device);
-        let logits = model.forward(t.clone().narrow(1, 0, seq_len));
+        let logits = model.forward_logits(t.clone().narrow(1, 0, seq_len));
         let ce: f64 = cross_entropy(logits, t.narrow(1, 1, seq_len)).into_scalar().elem();
         total += ce * nb as f64;
         i += nb;
@@ -144,7 +144,7 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 }
 
 /// Runs (or resumes) training as configured. `B` is the autodiff backend.
-pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &B::Device) -> Result<RunSummary> {
+pub fn train<B: crate::fused::TrainBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &B::Device) -> Result<RunSummary> {
     let data = Dataset::open(&cfg.data.dir)?;
     let mcfg: ModelConfig = cfg.model.resolve(data.meta.vocab_size)?;
     if mcfg.padded_vocab() < data.meta.vocab_size {
@@ -281,7 +281,7 @@ pub fn train<B: AutodiffBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &
             let (toks, starts) = state.sampler.next_batch_in(&data.train, train_len, bs)?;
             let t = int_tensor::<B>(toks, [bs, seq_len + 1], device);
             let (inputs, targets) = (t.clone().narrow(1, 0, seq_len), t.narrow(1, 1, seq_len));
-            let logits = model.forward(inputs.clone());
+            let logits = model.forward_logits(inputs.clone());
             let mut loss = if cfg.loss.hard_weight > 0.0 {
                 Some(cross_entropy(logits.clone(), targets) * cfg.loss.hard_weight)
             } else {

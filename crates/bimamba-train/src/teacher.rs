@@ -1,4 +1,4 @@
-//! Frozen teachers for autoregressive distillation (SPEC §3): a full-precision Mamba-2 model run
+//! Frozen teachers for autoregressive distillation (ARCHITECTURE.md §3.1; the .topk format is §8.7): a full-precision Mamba-2 model run
 //! in-process, or top-k log-probabilities precomputed once into a file by `teacher-logits`.
 //!
 //! The student must see the teacher's tokenizer: every teacher carries the FNV hash of its

@@ -1,0 +1,230 @@
+//! [`FusedOps`] on Burn's autodiff backend.
+//!
+//! Over an inner backend with kernels (`B::KERNELS`), each fused forward is recorded as one node
+//! of the autodiff graph whose backward calls the inner backend's fused backward; the node keeps
+//! only the forward's inputs. Over one without (NdArray), the reference bodies run on the
+//! autodiff backend itself, so their gradients come from Burn's own differentiation: the
+//! reference path of every test.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::tensor::backend::{Backend, BackendTypes};
+use burn::tensor::{Int, Tensor, TensorPrimitive};
+
+use super::{reference, AdamStep, FusedOps};
+
+type Float<B> = <B as BackendTypes>::FloatTensorPrimitive;
+type IntP<B> = <B as BackendTypes>::IntTensorPrimitive;
+
+fn float<B: Backend, const D: usize>(p: Float<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+fn int<B: Backend, const D: usize>(p: IntP<B>) -> Tensor<B, D, Int> {
+    Tensor::from_primitive(p)
+}
+
+#[derive(Debug)]
+struct CeRowsBackward;
+
+impl<B: FusedOps> Backward<B, 1> for CeRowsBackward {
+    type State = (Float<B>, IntP<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (logits, targets) = ops.state;
+        if let Some(node) = node {
+            let g = B::ce_rows_backward(float(logits), int(targets), float(grad));
+            grads.register::<B>(node.id, g.into_primitive().tensor());
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SoftCeRowsBackward;
+
+impl<B: FusedOps> Backward<B, 1> for SoftCeRowsBackward {
+    type State = (Float<B>, Float<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (student, teacher, temperature) = ops.state;
+        if let Some(node) = node {
+            let g = B::soft_ce_rows_backward(float(student), float(teacher), temperature, float(grad));
+            grads.register::<B>(node.id, g.into_primitive().tensor());
+        }
+    }
+}
+
+/// Registers gradient `g` for a parent node when that parent is tracked.
+macro_rules! register {
+    ($grads:expr, $node:expr, $g:expr) => {
+        if let Some(node) = $node {
+            $grads.register::<B>(node.id, $g.into_primitive().tensor());
+        }
+    };
+}
+
+#[derive(Debug)]
+struct ConvSiluBackward;
+
+impl<B: FusedOps> Backward<B, 3> for ConvSiluBackward {
+    type State = (Float<B>, Float<B>, Float<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [nx, nw, nb] = ops.parents;
+        let gy = grads.consume::<B>(&ops.node);
+        let (x, w, bias) = ops.state;
+        let (gx, gw, gb) = B::conv_silu_backward(float(x), float(w), float(bias), float(gy));
+        register!(grads, nx, gx);
+        register!(grads, nw, gw);
+        register!(grads, nb, gb);
+    }
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl<B: FusedOps> Backward<B, 2> for RmsNormBackward {
+    type State = (Float<B>, Float<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [nx, nw] = ops.parents;
+        let gy = grads.consume::<B>(&ops.node);
+        let (x, w, eps) = ops.state;
+        let (gx, gw) = B::rms_norm_backward(float(x), float(w), eps, float(gy));
+        register!(grads, nx, gx);
+        register!(grads, nw, gw);
+    }
+}
+
+#[derive(Debug)]
+struct GatedRmsNormBackward;
+
+impl<B: FusedOps> Backward<B, 3> for GatedRmsNormBackward {
+    type State = (Float<B>, Float<B>, Float<B>, usize, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [ny, nz, nw] = ops.parents;
+        let go = grads.consume::<B>(&ops.node);
+        let (y, z, w, groups, eps) = ops.state;
+        let (gy, gz, gw) = B::gated_rms_norm_backward(float(y), float(z), float(w), groups, eps, float(go));
+        register!(grads, ny, gy);
+        register!(grads, nz, gz);
+        register!(grads, nw, gw);
+    }
+}
+
+impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    const KERNELS: bool = B::KERNELS;
+
+    fn adamw_update(
+        p: Tensor<Self, 1>,
+        g: Tensor<Self, 1>,
+        m: Tensor<Self, 1>,
+        v: Tensor<Self, 1>,
+        s: &AdamStep,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 1>, Tensor<Self, 1>) {
+        // The optimizer runs on the inner backend; this is only here for completeness.
+        reference::adamw_update(p, g, m, v, s)
+    }
+
+    fn ce_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {
+        if !B::KERNELS {
+            return reference::ce_rows(logits, targets);
+        }
+        let logits = logits.into_primitive().tensor();
+        let targets: IntP<B> = targets.into_primitive();
+        let out = |l: Float<B>, t: IntP<B>| B::ce_rows(float(l), int(t)).into_primitive().tensor();
+        let ad = match CeRowsBackward.prepare::<C>([logits.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = out(logits.primitive.clone(), targets.clone());
+                prep.finish((logits.primitive, targets), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out(logits.primitive, targets)),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(ad))
+    }
+
+    fn soft_ce_rows(student: Tensor<Self, 2>, teacher: Tensor<Self, 2>, temperature: f64) -> Tensor<Self, 1> {
+        if !B::KERNELS {
+            return reference::soft_ce_rows(student, teacher, temperature);
+        }
+        let student = student.into_primitive().tensor();
+        // The teacher is a constant: only its values enter.
+        let teacher = teacher.into_primitive().tensor().primitive;
+        let out =
+            |s: Float<B>, t: Float<B>| B::soft_ce_rows(float(s), float(t), temperature).into_primitive().tensor();
+        let ad = match SoftCeRowsBackward.prepare::<C>([student.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = out(student.primitive.clone(), teacher.clone());
+                prep.finish((student.primitive, teacher, temperature), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out(student.primitive, teacher)),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(ad))
+    }
+
+    fn conv_silu(x: Tensor<Self, 3>, w: Tensor<Self, 2>, bias: Tensor<Self, 1>) -> Tensor<Self, 3> {
+        if !B::KERNELS {
+            return reference::conv_silu(x, w, bias);
+        }
+        let (x, w, bias) = (x.into_primitive().tensor(), w.into_primitive().tensor(), bias.into_primitive().tensor());
+        let out = |x: Float<B>, w: Float<B>, b: Float<B>| B::conv_silu(float(x), float(w), float(b)).into_primitive().tensor();
+        let nodes = [x.node.clone(), w.node.clone(), bias.node.clone()];
+        let ad = match ConvSiluBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = out(x.primitive.clone(), w.primitive.clone(), bias.primitive.clone());
+                prep.finish((x.primitive, w.primitive, bias.primitive), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out(x.primitive, w.primitive, bias.primitive)),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(ad))
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        if !B::KERNELS {
+            return reference::rms_norm(x, w, eps);
+        }
+        let (x, w) = (x.into_primitive().tensor(), w.into_primitive().tensor());
+        let out = |x: Float<B>, w: Float<B>| B::rms_norm(float(x), float(w), eps).into_primitive().tensor();
+        let ad = match RmsNormBackward.prepare::<C>([x.node.clone(), w.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = out(x.primitive.clone(), w.primitive.clone());
+                prep.finish((x.primitive, w.primitive, eps), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out(x.primitive, w.primitive)),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(ad))
+    }
+
+    fn gated_rms_norm(
+        y: Tensor<Self, 3>,
+        z: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+    ) -> Tensor<Self, 3> {
+        if !B::KERNELS {
+            return reference::gated_rms_norm(y, z, w, groups, eps);
+        }
+        let (y, z, w) = (y.into_primitive().tensor(), z.into_primitive().tensor(), w.into_primitive().tensor());
+        let out = |y: Float<B>, z: Float<B>, w: Float<B>| {
+            B::gated_rms_norm(float(y), float(z), float(w), groups, eps).into_primitive().tensor()
+        };
+        let nodes = [y.node.clone(), z.node.clone(), w.node.clone()];
+        let ad = match GatedRmsNormBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let o = out(y.primitive.clone(), z.primitive.clone(), w.primitive.clone());
+                prep.finish((y.primitive, z.primitive, w.primitive, groups, eps), o)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out(y.primitive, z.primitive, w.primitive)),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(ad))
+    }
+}

@@ -1,0 +1,197 @@
+//! `check-kernels`: every fused operation of a backend against its op-by-op reference on fresh
+//! random inputs, on that backend. On the CPU the two are the same code (the run checks the
+//! harness); on CUDA it compares the CubeCL kernels with Burn's own tensor operations.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Int, Tensor};
+use serde::Serialize;
+
+use super::{reference, AdamStep, FusedOps};
+
+/// One comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// The operation and output compared.
+    pub name: String,
+    /// The problem size.
+    pub shape: Vec<usize>,
+    /// ‖fused − reference‖ / ‖reference‖ (L2 over all elements).
+    pub rel_l2: f64,
+    /// max |fused − reference| / max |reference|.
+    pub rel_max: f64,
+    /// Whether the error is within `tolerance`.
+    pub pass: bool,
+    /// The bound the check applies.
+    pub tolerance: f64,
+}
+
+fn rand<B: Backend>(n: usize, lo: f64, hi: f64, device: &B::Device) -> Tensor<B, 1> {
+    Tensor::random([n], Distribution::Uniform(lo, hi), crate::ops::opts::<B>(device))
+}
+
+fn compare<B: Backend, const D: usize>(
+    name: &str,
+    shape: Vec<usize>,
+    fused: Tensor<B, D>,
+    reference: Tensor<B, D>,
+    tolerance: f64,
+) -> Check {
+    use burn::tensor::ElementConversion;
+    let diff = fused.clone() - reference.clone();
+    let num = diff.clone().powi_scalar(2).sum().into_scalar().elem::<f64>().sqrt();
+    let den = reference.clone().powi_scalar(2).sum().into_scalar().elem::<f64>().sqrt();
+    let dmax = diff.abs().max().into_scalar().elem::<f64>();
+    let rmax = reference.abs().max().into_scalar().elem::<f64>();
+    // A NaN anywhere fails (NaN comparisons are false).
+    let any_nan = fused.is_nan().any().into_scalar().elem::<bool>();
+    let rel_l2 = if den > 0.0 { num / den } else { num };
+    let rel_max = if rmax > 0.0 { dmax / rmax } else { dmax };
+    let pass = !any_nan && rel_l2 <= tolerance && rel_max <= tolerance;
+    Check { name: name.to_string(), shape, rel_l2, rel_max, pass, tolerance }
+}
+
+/// Runs every check on `device`; `bf16` adds the bf16-logit cases (backends with kernels only).
+pub fn run<B: FusedOps>(device: &B::Device, bf16: bool) -> Vec<Check> {
+    let mut out = Vec::new();
+    // Sizes that no cube size divides, one cube, and a tensor of several million elements.
+    for &n in &[1usize, 255, 4099, 1_048_583, 5_000_011] {
+        let p = rand::<B>(n, -1.0, 1.0, device);
+        let g = rand::<B>(n, -0.1, 0.1, device);
+        let m = rand::<B>(n, -0.01, 0.01, device);
+        let v = rand::<B>(n, 0.0, 1e-4, device);
+        let s = AdamStep {
+            lr: 3e-3,
+            decay: 1.0 - 3e-3 * 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            bias1: 1.0 - 0.9f64.powi(7),
+            bias2: 1.0 - 0.95f64.powi(7),
+            grad_scale: 0.37,
+        };
+        let (fp, fm, fv) = B::adamw_update(p.clone(), g.clone(), m.clone(), v.clone(), &s);
+        let (rp, rm, rv) = reference::adamw_update(p, g.clone(), m, v, &s);
+        // f32 arithmetic in a different order: a few ulps.
+        out.push(compare("adamw.param", vec![n], fp, rp, 1e-6));
+        out.push(compare("adamw.m", vec![n], fm, rm, 1e-6));
+        out.push(compare("adamw.v", vec![n], fv, rv, 1e-6));
+        let xs = vec![g.clone(), rand::<B>(n / 3 + 1, -2.0, 2.0, device), g];
+        let f = B::sum_squares(&xs, device);
+        let r = reference::sum_squares(&xs, device);
+        // Sums of millions of f32 terms in different orders.
+        out.push(compare("sum_squares", vec![n, n / 3 + 1, n], f, r, 1e-5));
+    }
+    // Losses: a vocabulary that no cube divides, f32 and bf16 logits, a narrower teacher.
+    // Forward tolerance, then backward: the gradient (softmax − target) subtracts terms of similar
+    // size, and the two sides compute exp in f32 differently (a few 1e-5 relative).
+    let dtypes: &[(DType, f64, f64)] =
+        if bf16 { &[(DType::F32, 1e-5, 2e-4), (DType::BF16, 1e-2, 2e-2)] } else { &[(DType::F32, 1e-5, 2e-4)] };
+    for &(dtype, tol, btol) in dtypes {
+        let (r, v, vt) = (37usize, 50_291usize, 49_152usize);
+        let opts = crate::ops::opts::<B>(device);
+        let z = Tensor::<B, 2>::random([r, v], Distribution::Normal(0.0, 3.0), opts.clone()).cast(dtype);
+        let t = Tensor::<B, 2>::random([r, vt], Distribution::Normal(0.0, 3.0), opts.clone()).cast(dtype);
+        let targets = Tensor::<B, 1, Int>::random([r], Distribution::Uniform(0.0, v as f64), device);
+        let g = rand::<B>(r, -1.0, 1.0, device);
+        let name = |s: &str| format!("{s}.{dtype:?}").to_lowercase();
+        let f32_of = |x: Tensor<B, 2>| x.cast(DType::F32);
+        out.push(compare(
+            &name("ce_rows"),
+            vec![r, v],
+            B::ce_rows(z.clone(), targets.clone()),
+            reference::ce_rows(z.clone(), targets.clone()),
+            tol,
+        ));
+        out.push(compare(
+            &name("ce_rows_backward"),
+            vec![r, v],
+            f32_of(B::ce_rows_backward(z.clone(), targets.clone(), g.clone())),
+            f32_of(reference::ce_rows_backward(z.clone(), targets.clone(), g.clone())),
+            btol,
+        ));
+        for temperature in [1.0, 2.0] {
+            out.push(compare(
+                &name(&format!("soft_ce_rows.T{temperature}")),
+                vec![r, v, vt],
+                B::soft_ce_rows(z.clone(), t.clone(), temperature),
+                reference::soft_ce_rows(z.clone(), t.clone(), temperature),
+                tol,
+            ));
+            out.push(compare(
+                &name(&format!("soft_ce_rows_backward.T{temperature}")),
+                vec![r, v, vt],
+                f32_of(B::soft_ce_rows_backward(z.clone(), t.clone(), temperature, g.clone())),
+                f32_of(reference::soft_ce_rows_backward(z.clone(), t.clone(), temperature, g.clone())),
+                btol,
+            ));
+        }
+    }
+    block_checks::<B>(device, &mut out);
+    out
+}
+
+fn rand_t<B: Backend, const D: usize>(dims: [usize; D], std: f64, device: &B::Device) -> Tensor<B, D> {
+    Tensor::random(dims, Distribution::Normal(0.0, std), crate::ops::opts::<B>(device))
+}
+
+/// The conv, the norms: forward and every gradient, on strided inputs (slices of a wider
+/// tensor, as the model passes them) and sizes that no cube divides.
+fn block_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
+    let (b, l, c, k, extra) = (2usize, 333usize, 389usize, 4usize, 7usize);
+    // x is a slice of a wider matrix, like the xBC part of the in_proj output.
+    let wide = rand_t::<B, 3>([b, l, c + extra], 1.0, device);
+    let x = wide.narrow(2, 3, c);
+    let w = rand_t::<B, 2>([c, k], 0.5, device);
+    let bias = rand_t::<B, 1>([c], 0.5, device);
+    let gy = rand_t::<B, 3>([b, l, c], 1.0, device);
+    let shape = vec![b, l, c, k];
+    out.push(compare(
+        "conv_silu",
+        shape.clone(),
+        B::conv_silu(x.clone(), w.clone(), bias.clone()),
+        reference::conv_silu(x.clone(), w.clone(), bias.clone()),
+        1e-5,
+    ));
+    let (fx, fw, fb) = B::conv_silu_backward(x.clone(), w.clone(), bias.clone(), gy.clone());
+    let (rx, rw, rb) = reference::conv_silu_backward(x, w, bias, gy);
+    out.push(compare("conv_silu_backward.x", shape.clone(), fx, rx, 1e-5));
+    out.push(compare("conv_silu_backward.w", shape.clone(), fw, rw, 1e-4));
+    out.push(compare("conv_silu_backward.bias", shape, fb, rb, 1e-4));
+
+    let (rows, d) = (301usize, 777usize);
+    let x = rand_t::<B, 2>([rows, d + extra], 1.0, device).narrow(1, extra, d);
+    let w = rand_t::<B, 1>([d], 0.3, device) + 1.0;
+    let gy = rand_t::<B, 2>([rows, d], 1.0, device);
+    out.push(compare(
+        "rms_norm",
+        vec![rows, d],
+        B::rms_norm(x.clone(), w.clone(), 1e-5),
+        reference::rms_norm(x.clone(), w.clone(), 1e-5),
+        1e-5,
+    ));
+    let (fx, fw) = B::rms_norm_backward(x.clone(), w.clone(), 1e-5, gy.clone());
+    let (rx, rw) = reference::rms_norm_backward(x, w, 1e-5, gy);
+    out.push(compare("rms_norm_backward.x", vec![rows, d], fx, rx, 1e-4));
+    out.push(compare("rms_norm_backward.w", vec![rows, d], fw, rw, 1e-4));
+
+    for groups in [1usize, 3] {
+        let di = 3 * 257;
+        let y = rand_t::<B, 3>([b, l, di], 1.0, device);
+        let z = rand_t::<B, 3>([b, l, 2 * di + extra], 1.5, device).narrow(2, extra, di);
+        let w = rand_t::<B, 1>([di], 0.3, device) + 1.0;
+        let go = rand_t::<B, 3>([b, l, di], 1.0, device);
+        let shape = vec![b, l, di, groups];
+        out.push(compare(
+            &format!("gated_rms_norm.g{groups}"),
+            shape.clone(),
+            B::gated_rms_norm(y.clone(), z.clone(), w.clone(), groups, 1e-5),
+            reference::gated_rms_norm(y.clone(), z.clone(), w.clone(), groups, 1e-5),
+            1e-5,
+        ));
+        let (fy, fz, fw) = B::gated_rms_norm_backward(y.clone(), z.clone(), w.clone(), groups, 1e-5, go.clone());
+        let (ry, rz, rw) = reference::gated_rms_norm_backward(y, z, w, groups, 1e-5, go);
+        out.push(compare(&format!("gated_rms_norm_backward.y.g{groups}"), shape.clone(), fy, ry, 1e-4));
+        out.push(compare(&format!("gated_rms_norm_backward.z.g{groups}"), shape.clone(), fz, rz, 1e-4));
+        out.push(compare(&format!("gated_rms_norm_backward.w.g{groups}"), shape, fw, rw, 1e-4));
+    }
+}

@@ -1,0 +1,435 @@
+//! [`FusedOps`] on Burn's CubeCL backends (CUDA for training; WGPU for the CPU tests): launches the
+//! kernels of `kernels.rs`.
+//!
+//! Each kernel replaces a chain of tensor operations whose reference is the trait's default body
+//! in `fused/mod.rs`. Kernels take contiguous f32 buffers; inputs that are not contiguous are
+//! copied first.
+
+use burn::tensor::{DType, Int, Tensor, TensorPrimitive};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::{CubeCount, CubeDim};
+
+use super::kernels::block::{
+    conv_silu_backward_w_kernel, conv_silu_backward_x_kernel, conv_silu_kernel, gated_rms_norm_backward_kernel,
+    gated_rms_norm_kernel, rms_norm_backward_kernel, rms_norm_kernel,
+};
+use super::kernels::loss::{ce_rows_backward_kernel, ce_rows_kernel, soft_ce_rows_backward_kernel, soft_ce_rows_kernel};
+use super::kernels::optim::{adamw_kernel, sum_squares_kernel};
+
+use super::{AdamStep, FusedOps};
+
+/// Threads per cube of the elementwise and reduction kernels (`sum_squares_kernel` assumes 256).
+const CUBE: u32 = 256;
+/// Most cubes one tensor's sum of squares is split over (each writes one partial sum).
+const MAX_SUM_CUBES: usize = 264;
+
+type Prim<R> = CubeTensor<R>;
+
+fn prim<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
+    t: Tensor<B, 1>,
+) -> Prim<R> {
+    into_contiguous(t.into_primitive().tensor())
+}
+
+fn wrap<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
+    p: Prim<R>,
+) -> Tensor<B, 1> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+fn empty_like<R: CubeRuntime>(t: &Prim<R>) -> Prim<R> {
+    empty_device_dtype(t.client.clone(), t.device.clone(), t.meta.shape().clone(), t.dtype)
+}
+
+fn float_prim<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime, const D: usize>(
+    t: Tensor<B, D>,
+) -> Prim<R> {
+    t.into_primitive().tensor()
+}
+
+fn wrap_d<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime, const D: usize>(
+    p: Prim<R>,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+fn empty_f32<R: CubeRuntime>(like: &Prim<R>, shape: Vec<usize>) -> Prim<R> {
+    empty_device_dtype(like.client.clone(), like.device.clone(), shape.into(), DType::F32)
+}
+
+fn targets_i32<R: CubeRuntime>(t: Prim<R>) -> Prim<R> {
+    assert_eq!(t.dtype, DType::I32, "fused cross-entropy: i32 targets only");
+    into_contiguous(t)
+}
+
+/// (lse per row) of a [R, V] matrix through the cross-entropy forward kernel.
+fn ce_forward<R: CubeRuntime>(z: &Prim<R>, t: &Prim<R>) -> (Prim<R>, Prim<R>) {
+    let r = z.meta.shape()[0];
+    let (loss, lse) = (empty_f32(z, vec![r]), empty_f32(z, vec![r]));
+    ce_rows_kernel::launch::<R>(
+        &z.client,
+        CubeCount::new_1d(r as u32),
+        CubeDim::new_1d(CUBE),
+        z.clone().into_tensor_arg(),
+        t.clone().into_tensor_arg(),
+        loss.clone().into_tensor_arg(),
+        lse.clone().into_tensor_arg(),
+        z.dtype.into(),
+    );
+    (loss, lse)
+}
+
+fn soft_ce_forward<R: CubeRuntime>(s: &Prim<R>, t: &Prim<R>, temperature: f64) -> (Prim<R>, Prim<R>, Prim<R>) {
+    let r = s.meta.shape()[0];
+    assert_eq!(t.meta.shape()[0], r, "fused soft cross-entropy: student and teacher rows differ");
+    assert!(t.meta.shape()[1] <= s.meta.shape()[1], "fused soft cross-entropy: teacher wider than student");
+    let (loss, ls, lt) = (empty_f32(s, vec![r]), empty_f32(s, vec![r]), empty_f32(s, vec![r]));
+    soft_ce_rows_kernel::launch::<R>(
+        &s.client,
+        CubeCount::new_1d(r as u32),
+        CubeDim::new_1d(CUBE),
+        s.clone().into_tensor_arg(),
+        t.clone().into_tensor_arg(),
+        loss.clone().into_tensor_arg(),
+        ls.clone().into_tensor_arg(),
+        lt.clone().into_tensor_arg(),
+        (1.0 / temperature) as f32,
+        [s.dtype.into(), t.dtype.into()],
+    );
+    (loss, ls, lt)
+}
+
+/// The grid of the row × column backward kernels: rows on x, 256-column blocks on y.
+fn rows_by_columns(r: usize, v: usize) -> CubeCount {
+    CubeCount::new_2d(r as u32, v.div_ceil(CUBE as usize) as u32)
+}
+
+/// Cubes of `CUBE` threads covering n elements (spread over the grid's axes where one is not
+/// enough; kernels read the linear `ABSOLUTE_POS`).
+fn cubes_for<R: CubeRuntime>(client: &cubecl::prelude::ComputeClient<R>, n: usize) -> CubeCount {
+    cubecl::calculate_cube_count_elemwise(client, n.max(1), CubeDim::new_1d(CUBE))
+}
+
+fn empty_f32_like<R: CubeRuntime>(like: &Prim<R>) -> Prim<R> {
+    empty_f32(like, like.meta.shape().to_vec())
+}
+
+/// Rows of positions per cube in the conv's weight-gradient partial sums.
+const CONV_ROWS_PER_CUBE: usize = 256;
+
+fn check_f32<R: CubeRuntime>(t: &Prim<R>, what: &str) {
+    assert_eq!(t.dtype, burn::tensor::DType::F32, "fused {what}: f32 tensors only");
+}
+
+impl<R, F, I, BT> FusedOps for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    const KERNELS: bool = true;
+
+    fn adamw_update(
+        p: Tensor<Self, 1>,
+        g: Tensor<Self, 1>,
+        m: Tensor<Self, 1>,
+        v: Tensor<Self, 1>,
+        s: &AdamStep,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 1>, Tensor<Self, 1>) {
+        let (p, g, m, v) = (prim(p), prim(g), prim(m), prim(v));
+        for (t, w) in [(&p, "p"), (&g, "g"), (&m, "m"), (&v, "v")] {
+            check_f32(t, w);
+        }
+        let n = p.meta.shape().num_elements();
+        assert!(
+            [&g, &m, &v].iter().all(|t| t.meta.shape().num_elements() == n),
+            "fused AdamW: parameter, gradient and moments differ in size"
+        );
+        let (po, mo, vo) = (empty_like(&p), empty_like(&m), empty_like(&v));
+        let client = p.client.clone();
+        adamw_kernel::launch::<R>(
+            &client,
+            cubes_for(&client, n),
+            CubeDim::new_1d(CUBE),
+            p.into_tensor_arg(),
+            g.into_tensor_arg(),
+            m.into_tensor_arg(),
+            v.into_tensor_arg(),
+            po.clone().into_tensor_arg(),
+            mo.clone().into_tensor_arg(),
+            vo.clone().into_tensor_arg(),
+            s.lr as f32,
+            s.decay as f32,
+            s.beta1 as f32,
+            s.beta2 as f32,
+            s.eps as f32,
+            s.bias1 as f32,
+            s.bias2 as f32,
+            s.grad_scale as f32,
+        );
+        (wrap(po), wrap(mo), wrap(vo))
+    }
+
+    fn sum_squares(xs: &[Tensor<Self, 1>], device: &Self::Device) -> Tensor<Self, 1> {
+        let opts = crate::ops::opts::<Self>(device);
+        let sizes: Vec<usize> = xs.iter().map(|x| x.dims()[0]).collect();
+        let cubes: Vec<usize> =
+            sizes.iter().map(|&n| n.div_ceil(CUBE as usize * 8).clamp(1, MAX_SUM_CUBES)).collect();
+        let total: usize = cubes.iter().sum();
+        if total == 0 {
+            return Tensor::zeros([1], opts);
+        }
+        let partials = prim(Tensor::<Self, 1>::zeros([total], opts));
+        let mut offset = 0usize;
+        for (x, &c) in xs.iter().zip(&cubes) {
+            let x = prim(x.clone());
+            check_f32(&x, "sum of squares");
+            let client = x.client.clone();
+            sum_squares_kernel::launch::<R>(
+                &client,
+                CubeCount::new_1d(c as u32),
+                CubeDim::new_1d(CUBE),
+                x.into_tensor_arg(),
+                partials.clone().into_tensor_arg(),
+                offset as u32,
+            );
+            offset += c;
+        }
+        wrap::<Self, R>(partials).sum()
+    }
+
+    fn ce_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {
+        let z = float_prim(logits);
+        let t = targets_i32(targets.into_primitive());
+        wrap_d(ce_forward(&z, &t).0)
+    }
+
+    fn ce_rows_backward(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>, grad: Tensor<Self, 1>) -> Tensor<Self, 2> {
+        let z = float_prim(logits);
+        let t = targets_i32(targets.into_primitive());
+        let g = into_contiguous(float_prim(grad));
+        check_f32(&g, "cross-entropy gradient");
+        let (_, lse) = ce_forward(&z, &t);
+        let shape = z.meta.shape().clone();
+        let out = empty_device_dtype(z.client.clone(), z.device.clone(), shape.clone(), z.dtype);
+        let client = z.client.clone();
+        let dtype = z.dtype;
+        ce_rows_backward_kernel::launch::<R>(
+            &client,
+            rows_by_columns(shape[0], shape[1]),
+            CubeDim::new_1d(CUBE),
+            z.into_tensor_arg(),
+            t.into_tensor_arg(),
+            lse.into_tensor_arg(),
+            g.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            dtype.into(),
+        );
+        wrap_d(out)
+    }
+
+    fn soft_ce_rows(student: Tensor<Self, 2>, teacher: Tensor<Self, 2>, temperature: f64) -> Tensor<Self, 1> {
+        let (s, t) = (float_prim(student), float_prim(teacher));
+        wrap_d(soft_ce_forward(&s, &t, temperature).0)
+    }
+
+    fn soft_ce_rows_backward(
+        student: Tensor<Self, 2>,
+        teacher: Tensor<Self, 2>,
+        temperature: f64,
+        grad: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
+        let (s, t) = (float_prim(student), float_prim(teacher));
+        let g = into_contiguous(float_prim(grad));
+        check_f32(&g, "soft cross-entropy gradient");
+        let (_, ls, lt) = soft_ce_forward(&s, &t, temperature);
+        let shape = s.meta.shape().clone();
+        let out = empty_device_dtype(s.client.clone(), s.device.clone(), shape.clone(), s.dtype);
+        let client = s.client.clone();
+        let dtypes = [s.dtype.into(), t.dtype.into()];
+        soft_ce_rows_backward_kernel::launch::<R>(
+            &client,
+            rows_by_columns(shape[0], shape[1]),
+            CubeDim::new_1d(CUBE),
+            s.into_tensor_arg(),
+            t.into_tensor_arg(),
+            ls.into_tensor_arg(),
+            lt.into_tensor_arg(),
+            g.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            (1.0 / temperature) as f32,
+            dtypes,
+        );
+        wrap_d(out)
+    }
+
+    fn conv_silu(x: Tensor<Self, 3>, w: Tensor<Self, 2>, bias: Tensor<Self, 1>) -> Tensor<Self, 3> {
+        let (x, w, bias) = (float_prim(x), into_contiguous(float_prim(w)), into_contiguous(float_prim(bias)));
+        for (t, n) in [(&x, "x"), (&w, "w"), (&bias, "bias")] {
+            check_f32(t, n);
+        }
+        let y = empty_f32_like(&x);
+        let n = x.meta.shape().num_elements();
+        let client = x.client.clone();
+        conv_silu_kernel::launch::<R>(
+            &client,
+            cubes_for(&client, n),
+            CubeDim::new_1d(CUBE),
+            x.into_tensor_arg(),
+            w.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+        );
+        wrap_d(y)
+    }
+
+    fn conv_silu_backward(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 2>,
+        bias: Tensor<Self, 1>,
+        gy: Tensor<Self, 3>,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 2>, Tensor<Self, 1>) {
+        let (x, w, bias, gy) =
+            (float_prim(x), into_contiguous(float_prim(w)), into_contiguous(float_prim(bias)), float_prim(gy));
+        for (t, n) in [(&x, "x"), (&w, "w"), (&bias, "bias"), (&gy, "gy")] {
+            check_f32(t, n);
+        }
+        let shape = x.meta.shape().to_vec();
+        let (rows, c, k) = (shape[0] * shape[1], shape[2], w.meta.shape()[1]);
+        let client = x.client.clone();
+        let gx = empty_f32_like(&x);
+        conv_silu_backward_x_kernel::launch::<R>(
+            &client,
+            cubes_for(&client, rows * c),
+            CubeDim::new_1d(CUBE),
+            x.clone().into_tensor_arg(),
+            w.clone().into_tensor_arg(),
+            bias.clone().into_tensor_arg(),
+            gy.clone().into_tensor_arg(),
+            gx.clone().into_tensor_arg(),
+        );
+        let chunks = rows.div_ceil(CONV_ROWS_PER_CUBE);
+        let partial = empty_f32(&x, vec![chunks, c, k + 1]);
+        conv_silu_backward_w_kernel::launch::<R>(
+            &client,
+            CubeCount::new_3d(c.div_ceil(CUBE as usize) as u32, chunks as u32, (k + 1) as u32),
+            CubeDim::new_1d(CUBE),
+            x.into_tensor_arg(),
+            w.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            gy.into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
+            CONV_ROWS_PER_CUBE as u32,
+        );
+        let sums = wrap_d::<Self, R, 3>(partial).sum_dim(0).reshape([c, k + 1]);
+        (wrap_d(gx), sums.clone().narrow(1, 0, k), sums.narrow(1, k, 1).reshape([c]))
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        let (x, w) = (float_prim(x), into_contiguous(float_prim(w)));
+        check_f32(&x, "x");
+        check_f32(&w, "w");
+        let rows = x.meta.shape()[0];
+        let y = empty_f32_like(&x);
+        rms_norm_kernel::launch::<R>(
+            &x.client.clone(),
+            CubeCount::new_1d(rows as u32),
+            CubeDim::new_1d(CUBE),
+            x.into_tensor_arg(),
+            w.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            eps as f32,
+        );
+        wrap_d(y)
+    }
+
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        w: Tensor<Self, 1>,
+        eps: f64,
+        gy: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        let (x, w, gy) = (float_prim(x), into_contiguous(float_prim(w)), float_prim(gy));
+        for (t, n) in [(&x, "x"), (&w, "w"), (&gy, "gy")] {
+            check_f32(t, n);
+        }
+        let [rows, d] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let (gx, gwrows) = (empty_f32_like(&x), empty_f32_like(&x));
+        rms_norm_backward_kernel::launch::<R>(
+            &x.client.clone(),
+            CubeCount::new_1d(rows as u32),
+            CubeDim::new_1d(CUBE),
+            x.into_tensor_arg(),
+            w.into_tensor_arg(),
+            gy.into_tensor_arg(),
+            gx.clone().into_tensor_arg(),
+            gwrows.clone().into_tensor_arg(),
+            eps as f32,
+        );
+        (wrap_d(gx), wrap_d::<Self, R, 2>(gwrows).sum_dim(0).reshape([d]))
+    }
+
+    fn gated_rms_norm(
+        y: Tensor<Self, 3>,
+        z: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+    ) -> Tensor<Self, 3> {
+        let (y, z, w) = (float_prim(y), float_prim(z), into_contiguous(float_prim(w)));
+        for (t, n) in [(&y, "y"), (&z, "z"), (&w, "w")] {
+            check_f32(t, n);
+        }
+        let shape = y.meta.shape().to_vec();
+        let out = empty_f32_like(&y);
+        gated_rms_norm_kernel::launch::<R>(
+            &y.client.clone(),
+            CubeCount::new_2d((shape[0] * shape[1]) as u32, groups as u32),
+            CubeDim::new_1d(CUBE),
+            y.into_tensor_arg(),
+            z.into_tensor_arg(),
+            w.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            groups as u32,
+            eps as f32,
+        );
+        wrap_d(out)
+    }
+
+    fn gated_rms_norm_backward(
+        y: Tensor<Self, 3>,
+        z: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+        gout: Tensor<Self, 3>,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>, Tensor<Self, 1>) {
+        let (y, z, w, go) = (float_prim(y), float_prim(z), into_contiguous(float_prim(w)), float_prim(gout));
+        for (t, n) in [(&y, "y"), (&z, "z"), (&w, "w"), (&go, "gout")] {
+            check_f32(t, n);
+        }
+        let shape = y.meta.shape().to_vec();
+        let (rows, di) = (shape[0] * shape[1], shape[2]);
+        let (gy, gz) = (empty_f32_like(&y), empty_f32_like(&y));
+        let gwrows = empty_f32(&y, vec![rows, di]);
+        gated_rms_norm_backward_kernel::launch::<R>(
+            &y.client.clone(),
+            CubeCount::new_2d(rows as u32, groups as u32),
+            CubeDim::new_1d(CUBE),
+            y.into_tensor_arg(),
+            z.into_tensor_arg(),
+            w.into_tensor_arg(),
+            go.into_tensor_arg(),
+            gy.clone().into_tensor_arg(),
+            gz.clone().into_tensor_arg(),
+            gwrows.clone().into_tensor_arg(),
+            groups as u32,
+            eps as f32,
+        );
+        (wrap_d(gy), wrap_d(gz), wrap_d::<Self, R, 2>(gwrows).sum_dim(0).reshape([di]))
+    }
+}

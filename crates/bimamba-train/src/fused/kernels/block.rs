@@ -1,0 +1,286 @@
+//! Kernels of the Mamba-2 block outside the SSD: the causal depthwise convolution with its SiLU,
+//! RMSNorm, and the gated grouped RMSNorm. Inputs are indexed through their strides (slices of
+//! the in_proj output need no copy); outputs are indexed through theirs too.
+
+use cubecl::prelude::*;
+
+use super::cube_sum;
+
+/// SiLU(x) = x · σ(x).
+#[cube]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + f32::exp(0.0 - x))
+}
+
+/// d SiLU / dx = σ · (1 + x · (1 − σ)).
+#[cube]
+fn dsilu(x: f32) -> f32 {
+    let s = 1.0 / (1.0 + f32::exp(0.0 - x));
+    s * (1.0 + x * (1.0 - s))
+}
+
+/// The convolution before its SiLU at (b, t, c): bias[c] + Σ_j w[c, j] · x[b, t − (K−1) + j, c].
+#[cube]
+fn conv_at(x: &Tensor<f32>, w: &Tensor<f32>, bias: &Tensor<f32>, b: usize, t: usize, c: usize) -> f32 {
+    let k = w.shape(1);
+    let mut acc = bias[c];
+    for j in 0..k {
+        if t + j + 1 >= k {
+            let ts = t + j + 1 - k;
+            acc += w[c * w.stride(0) + j * w.stride(1)] * x[b * x.stride(0) + ts * x.stride(1) + c * x.stride(2)];
+        }
+    }
+    acc
+}
+
+/// y = SiLU(conv(x)), one thread per output element (channels fastest).
+#[cube(launch)]
+pub fn conv_silu_kernel(x: &Tensor<f32>, w: &Tensor<f32>, bias: &Tensor<f32>, y: &mut Tensor<f32>) {
+    let cn = x.shape(2);
+    let ln = x.shape(1);
+    let idx = ABSOLUTE_POS;
+    if idx >= x.shape(0) * ln * cn {
+        terminate!();
+    }
+    let c = idx % cn;
+    let t = (idx / cn) % ln;
+    let b = idx / (cn * ln);
+    let pre = conv_at(x, w, bias, b, t, c);
+    y[b * y.stride(0) + t * y.stride(1) + c * y.stride(2)] = silu(pre);
+}
+
+/// gx[b, s, c] = Σ_j w[c, j] · gpre[b, s + (K−1) − j, c] with gpre = gy · SiLU'(pre), the
+/// pre-activations recomputed.
+#[cube(launch)]
+pub fn conv_silu_backward_x_kernel(
+    x: &Tensor<f32>,
+    w: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    gy: &Tensor<f32>,
+    gx: &mut Tensor<f32>,
+) {
+    let cn = x.shape(2);
+    let ln = x.shape(1);
+    let k = w.shape(1);
+    let idx = ABSOLUTE_POS;
+    if idx >= x.shape(0) * ln * cn {
+        terminate!();
+    }
+    let c = idx % cn;
+    let s = (idx / cn) % ln;
+    let b = idx / (cn * ln);
+    let mut acc = 0.0f32;
+    for j in 0..k {
+        let t = s + k - 1 - j;
+        if t < ln {
+            let pre = conv_at(x, w, bias, b, t, c);
+            let g = gy[b * gy.stride(0) + t * gy.stride(1) + c * gy.stride(2)] * dsilu(pre);
+            acc += w[c * w.stride(0) + j * w.stride(1)] * g;
+        }
+    }
+    gx[b * gx.stride(0) + s * gx.stride(1) + c * gx.stride(2)] = acc;
+}
+
+/// Partial sums of the weight and bias gradients: cube (channel block, position chunk of
+/// `chunk` rows of the flattened b·L positions, tap j on z; j = K is the bias) writes
+/// partial[chunk, c, j] = Σ_positions gpre · x[t − (K−1) + j] (or Σ gpre for the bias).
+#[cube(launch)]
+pub fn conv_silu_backward_w_kernel(
+    x: &Tensor<f32>,
+    w: &Tensor<f32>,
+    bias: &Tensor<f32>,
+    gy: &Tensor<f32>,
+    partial: &mut Tensor<f32>,
+    chunk: u32,
+) {
+    let cn = x.shape(2);
+    let ln = x.shape(1);
+    let k = w.shape(1);
+    let c = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    if c >= cn {
+        terminate!();
+    }
+    let j = CUBE_POS_Z as usize;
+    let rows = x.shape(0) * ln;
+    let start = CUBE_POS_Y as usize * chunk as usize;
+    let mut end = start + chunk as usize;
+    if end > rows {
+        end = rows;
+    }
+    let mut acc = 0.0f32;
+    for p in start..end {
+        let b = p / ln;
+        let t = p % ln;
+        let pre = conv_at(x, w, bias, b, t, c);
+        let g = gy[b * gy.stride(0) + t * gy.stride(1) + c * gy.stride(2)] * dsilu(pre);
+        if j == k {
+            acc += g;
+        } else if t + j + 1 >= k {
+            let ts = t + j + 1 - k;
+            acc += g * x[b * x.stride(0) + ts * x.stride(1) + c * x.stride(2)];
+        }
+    }
+    partial[CUBE_POS_Y as usize * partial.stride(0) + c * partial.stride(1) + j * partial.stride(2)] = acc;
+}
+
+/// RMSNorm, one cube of 256 threads per row.
+#[cube(launch)]
+pub fn rms_norm_kernel(x: &Tensor<f32>, w: &Tensor<f32>, y: &mut Tensor<f32>, eps: f32) {
+    let row = CUBE_POS_X as usize;
+    let d = x.shape(1);
+    let base = row * x.stride(0);
+    let mut ss = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < d {
+        let v = x[base + i * x.stride(1)];
+        ss += v * v;
+        i += 256;
+    }
+    let r = 1.0 / f32::sqrt(cube_sum(ss) / f32::cast_from(d as u32) + eps);
+    let mut i = UNIT_POS_X as usize;
+    while i < d {
+        y[row * y.stride(0) + i * y.stride(1)] = x[base + i * x.stride(1)] * r * w[i];
+        i += 256;
+    }
+}
+
+/// RMSNorm backward, one cube per row: gx = r · (ĝ − x̂ · mean(ĝ ⊙ x̂)) with ĝ = gy ⊙ w, and the
+/// per-row weight-gradient terms gwrows = gy ⊙ x̂ (summed over rows afterwards).
+#[cube(launch)]
+pub fn rms_norm_backward_kernel(
+    x: &Tensor<f32>,
+    w: &Tensor<f32>,
+    gy: &Tensor<f32>,
+    gx: &mut Tensor<f32>,
+    gwrows: &mut Tensor<f32>,
+    eps: f32,
+) {
+    let row = CUBE_POS_X as usize;
+    let d = x.shape(1);
+    let dn = f32::cast_from(d as u32);
+    let bx = row * x.stride(0);
+    let sx = x.stride(1);
+    let bg = row * gy.stride(0);
+    let sg = gy.stride(1);
+    let mut ss = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < d {
+        let v = x[bx + i * sx];
+        ss += v * v;
+        i += 256;
+    }
+    let r = 1.0 / f32::sqrt(cube_sum(ss) / dn + eps);
+    let mut dot = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < d {
+        dot += gy[bg + i * sg] * w[i] * x[bx + i * sx] * r;
+        i += 256;
+    }
+    let mean = cube_sum(dot) / dn;
+    let mut i = UNIT_POS_X as usize;
+    while i < d {
+        let xh = x[bx + i * sx] * r;
+        let g = gy[bg + i * sg];
+        gx[row * gx.stride(0) + i * gx.stride(1)] = r * (g * w[i] - xh * mean);
+        gwrows[row * gwrows.stride(0) + i * gwrows.stride(1)] = g * xh;
+        i += 256;
+    }
+}
+
+/// Gated grouped RMSNorm, one cube per (row of b·L, group): u = y ⊙ SiLU(z), out = u · r · w.
+#[cube(launch)]
+pub fn gated_rms_norm_kernel(
+    y: &Tensor<f32>,
+    z: &Tensor<f32>,
+    w: &Tensor<f32>,
+    out: &mut Tensor<f32>,
+    groups: u32,
+    eps: f32,
+) {
+    let row = CUBE_POS_X as usize;
+    let grp = CUBE_POS_Y as usize;
+    let ln = y.shape(1);
+    let b = row / ln;
+    let t = row % ln;
+    let gs = y.shape(2) / groups as usize;
+    let by = b * y.stride(0) + t * y.stride(1);
+    let sy = y.stride(2);
+    let bz = b * z.stride(0) + t * z.stride(1);
+    let sz = z.stride(2);
+    let mut ss = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < gs {
+        let c = grp * gs + i;
+        let u = y[by + c * sy] * silu(z[bz + c * sz]);
+        ss += u * u;
+        i += 256;
+    }
+    let r = 1.0 / f32::sqrt(cube_sum(ss) / f32::cast_from(gs as u32) + eps);
+    let mut i = UNIT_POS_X as usize;
+    while i < gs {
+        let c = grp * gs + i;
+        let u = y[by + c * sy] * silu(z[bz + c * sz]);
+        out[b * out.stride(0) + t * out.stride(1) + c * out.stride(2)] = u * r * w[c];
+        i += 256;
+    }
+}
+
+/// Gated grouped RMSNorm backward, one cube per (row, group): gu = r · (ĝ − û · mean(ĝ ⊙ û)),
+/// ĝ = gout ⊙ w; gy = gu ⊙ SiLU(z); gz = gu ⊙ y ⊙ SiLU'(z); gwrows = gout ⊙ û.
+#[cube(launch)]
+pub fn gated_rms_norm_backward_kernel(
+    y: &Tensor<f32>,
+    z: &Tensor<f32>,
+    w: &Tensor<f32>,
+    gout: &Tensor<f32>,
+    gy: &mut Tensor<f32>,
+    gz: &mut Tensor<f32>,
+    gwrows: &mut Tensor<f32>,
+    groups: u32,
+    eps: f32,
+) {
+    let row = CUBE_POS_X as usize;
+    let grp = CUBE_POS_Y as usize;
+    let ln = y.shape(1);
+    let b = row / ln;
+    let t = row % ln;
+    let gs = y.shape(2) / groups as usize;
+    let gsn = f32::cast_from(gs as u32);
+    let by = b * y.stride(0) + t * y.stride(1);
+    let sy = y.stride(2);
+    let bz = b * z.stride(0) + t * z.stride(1);
+    let sz = z.stride(2);
+    let bo = b * gout.stride(0) + t * gout.stride(1);
+    let so = gout.stride(2);
+    let mut ss = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < gs {
+        let c = grp * gs + i;
+        let u = y[by + c * sy] * silu(z[bz + c * sz]);
+        ss += u * u;
+        i += 256;
+    }
+    let r = 1.0 / f32::sqrt(cube_sum(ss) / gsn + eps);
+    let mut dot = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < gs {
+        let c = grp * gs + i;
+        let u = y[by + c * sy] * silu(z[bz + c * sz]);
+        dot += gout[bo + c * so] * w[c] * u * r;
+        i += 256;
+    }
+    let mean = cube_sum(dot) / gsn;
+    let mut i = UNIT_POS_X as usize;
+    while i < gs {
+        let c = grp * gs + i;
+        let yv = y[by + c * sy];
+        let zv = z[bz + c * sz];
+        let uh = yv * silu(zv) * r;
+        let g = gout[bo + c * so];
+        let gu = r * (g * w[c] - uh * mean);
+        gy[b * gy.stride(0) + t * gy.stride(1) + c * gy.stride(2)] = gu * silu(zv);
+        gz[b * gz.stride(0) + t * gz.stride(1) + c * gz.stride(2)] = gu * yv * dsilu(zv);
+        gwrows[row * gwrows.stride(0) + c * gwrows.stride(1)] = g * uh;
+        i += 256;
+    }
+}

@@ -1,0 +1,352 @@
+//! Fused training operations: one kernel where the op-by-op formulation launches many.
+//!
+//! [`FusedOps`] is a backend extension (Burn's route for custom kernels). Every method has a
+//! default body written with plain tensor operations: that body is the reference, and it is what
+//! the CPU backend (NdArray) runs. The CUDA backend overrides the methods with CubeCL kernels
+//! (`cube.rs`); `bimamba-train check-kernels --backend cuda` compares the two on the GPU, and
+//! `tests/kernels.rs` on the CPU through the WGPU backend and a software Vulkan driver.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+mod autodiff;
+pub mod check;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod cube;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod kernels;
+pub mod reference;
+
+/// The scalars of one AdamW update (torch's `AdamW` formulas, decoupled decay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Multiplier applied to the parameter before the update: 1 − lr·wd (1 without decay).
+    pub decay: f64,
+    /// Adam β₁.
+    pub beta1: f64,
+    /// Adam β₂.
+    pub beta2: f64,
+    /// Adam ε.
+    pub eps: f64,
+    /// Bias correction of the first moment, 1 − β₁ᵗ.
+    pub bias1: f64,
+    /// Bias correction of the second moment, 1 − β₂ᵗ.
+    pub bias2: f64,
+    /// Factor applied to the gradient first (global-norm clipping).
+    pub grad_scale: f64,
+}
+
+/// Backend operations that the trainer runs fused where the backend has a kernel for them.
+pub trait FusedOps: Backend {
+    /// Whether the methods below run kernels of their own (else the reference bodies). The
+    /// autodiff wrapper uses it: over a backend with kernels it records one custom operation with
+    /// a hand-written backward; over one without, it differentiates the reference body.
+    const KERNELS: bool = false;
+
+    /// One AdamW update of a flattened parameter: returns (parameter, m, v).
+    ///
+    /// ```text
+    /// g ← s·g;  m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²
+    /// p ← p·decay − lr · (m / bias1) / (√(v / bias2) + ε)
+    /// ```
+    ///
+    /// # Shapes
+    /// - p, g, m, v: [n]; outputs: [n] each
+    fn adamw_update(
+        p: Tensor<Self, 1>,
+        g: Tensor<Self, 1>,
+        m: Tensor<Self, 1>,
+        v: Tensor<Self, 1>,
+        s: &AdamStep,
+    ) -> (Tensor<Self, 1>, Tensor<Self, 1>, Tensor<Self, 1>) {
+        reference::adamw_update(p, g, m, v, s)
+    }
+
+    /// Σ x² over every element of every tensor, as a one-element tensor (the squared global
+    /// gradient norm).
+    ///
+    /// # Shapes
+    /// - xs: any number of [nᵢ]; output: [1]
+    fn sum_squares(xs: &[Tensor<Self, 1>], device: &Self::Device) -> Tensor<Self, 1> {
+        reference::sum_squares(xs, device)
+    }
+
+    /// Next-token cross-entropy of each row: lse(z_r) − z_r[t_r], in f32 whatever the logits'
+    /// dtype (bf16 logits are read as they are: no f32 copy of the batch × vocabulary matrix).
+    ///
+    /// # Shapes
+    /// - logits: [R, V]; targets: [R] (ids < V); output: [R]
+    fn ce_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {
+        reference::ce_rows(logits, targets)
+    }
+
+    /// The gradient of `Σ_r g_r · ce_rows(z)_r` with respect to z: g_r · (softmax(z_r) − onehot(t_r)),
+    /// in the logits' dtype.
+    ///
+    /// # Shapes
+    /// - logits: [R, V]; targets, grad: [R]; output: [R, V]
+    fn ce_rows_backward(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>, grad: Tensor<Self, 1>) -> Tensor<Self, 2> {
+        reference::ce_rows_backward(logits, targets, grad)
+    }
+
+    /// Soft-target cross-entropy of each row at temperature T: T² · Σ_v −p_v log q_v with
+    /// p = softmax(teacher/T) over the teacher's Vt ≤ V columns and q = softmax(student/T) over
+    /// all V columns; equal to T² · (lse(z/T) − Σ_v p_v z_v / T).
+    ///
+    /// # Shapes
+    /// - student: [R, V]; teacher: [R, Vt]; output: [R]
+    fn soft_ce_rows(student: Tensor<Self, 2>, teacher: Tensor<Self, 2>, temperature: f64) -> Tensor<Self, 1> {
+        reference::soft_ce_rows(student, teacher, temperature)
+    }
+
+    /// The gradient of `Σ_r g_r · soft_ce_rows(z)_r` with respect to the student logits:
+    /// g_r · T · (q − p) (p is 0 beyond the teacher's columns), in the student's dtype.
+    ///
+    /// # Shapes
+    /// - student: [R, V]; teacher: [R, Vt]; grad: [R]; output: [R, V]
+    fn soft_ce_rows_backward(
+        student: Tensor<Self, 2>,
+        teacher: Tensor<Self, 2>,
+        temperature: f64,
+        grad: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
+        reference::soft_ce_rows_backward(student, teacher, temperature, grad)
+    }
+
+    /// Depthwise causal convolution over time, then SiLU:
+    /// y[t, c] = SiLU(bias[c] + Σ_k w[c, k] · x[t − (K−1) + k, c]), zeros before the start.
+    /// `x` may be a strided view (a slice of the in_proj output).
+    ///
+    /// # Shapes
+    /// - x: [b, L, C]; w: [C, K]; bias: [C]; output: [b, L, C]
+    fn conv_silu(x: Tensor<Self, 3>, w: Tensor<Self, 2>, bias: Tensor<Self, 1>) -> Tensor<Self, 3> {
+        reference::conv_silu(x, w, bias)
+    }
+
+    /// Gradients of `Σ gy ⊙ conv_silu(x, w, bias)`: (gx, gw, gbias).
+    ///
+    /// # Shapes
+    /// - as [`FusedOps::conv_silu`], gy: [b, L, C]
+    fn conv_silu_backward(
+        x: Tensor<Self, 3>,
+        w: Tensor<Self, 2>,
+        bias: Tensor<Self, 1>,
+        gy: Tensor<Self, 3>,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 2>, Tensor<Self, 1>) {
+        reference::conv_silu_backward(x, w, bias, gy)
+    }
+
+    /// RMSNorm of each row: x / √(mean x² + ε) · w.
+    ///
+    /// # Shapes
+    /// - x: [R, D]; w: [D]; output: [R, D]
+    fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        reference::rms_norm(x, w, eps)
+    }
+
+    /// Gradients of `Σ gy ⊙ rms_norm(x, w)`: (gx, gw).
+    ///
+    /// # Shapes
+    /// - as [`FusedOps::rms_norm`], gy: [R, D]
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        w: Tensor<Self, 1>,
+        eps: f64,
+        gy: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        reference::rms_norm_backward(x, w, eps, gy)
+    }
+
+    /// Mamba-2's gated grouped RMSNorm (norm_before_gate = false): u = y ⊙ SiLU(z), each group of
+    /// di/G channels normalized by its own RMS, times w. `z` may be a strided view.
+    ///
+    /// # Shapes
+    /// - y, z: [b, L, di]; w: [di]; output: [b, L, di]
+    fn gated_rms_norm(
+        y: Tensor<Self, 3>,
+        z: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+    ) -> Tensor<Self, 3> {
+        reference::gated_rms_norm(y, z, w, groups, eps)
+    }
+
+    /// Gradients of `Σ gout ⊙ gated_rms_norm(y, z, w)`: (gy, gz, gw).
+    ///
+    /// # Shapes
+    /// - as [`FusedOps::gated_rms_norm`], gout: [b, L, di]
+    fn gated_rms_norm_backward(
+        y: Tensor<Self, 3>,
+        z: Tensor<Self, 3>,
+        w: Tensor<Self, 1>,
+        groups: usize,
+        eps: f64,
+        gout: Tensor<Self, 3>,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>, Tensor<Self, 1>) {
+        reference::gated_rms_norm_backward(y, z, w, groups, eps, gout)
+    }
+}
+
+// The CPU backend runs the reference bodies.
+impl FusedOps for burn::backend::NdArray<f32> {}
+impl FusedOps for burn::backend::NdArray<f64> {}
+
+/// An autodiff backend with the fused operations, over an inner backend that has them too (the
+/// optimizer runs there): what the trainer runs on.
+pub trait TrainBackend: burn::tensor::backend::AutodiffBackend<InnerBackend: FusedOps> + FusedOps {}
+
+impl<T> TrainBackend for T where T: burn::tensor::backend::AutodiffBackend<InnerBackend: FusedOps> + FusedOps {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::opts;
+    use crate::rng::SplitMix64;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::TensorData;
+
+    type B = NdArray<f64>;
+    type A = Autodiff<B>;
+
+    fn rand2(rng: &mut SplitMix64, r: usize, c: usize, scale: f64) -> Tensor<B, 2> {
+        let v: Vec<f64> = (0..r * c).map(|_| scale * rng.normal()).collect();
+        Tensor::from_data(TensorData::new(v, [r, c]), opts::<B>(&Default::default()))
+    }
+
+    fn max_abs(t: Tensor<B, 2>) -> f64 {
+        t.abs().max().into_scalar()
+    }
+
+    /// The hand-written backward formulas that the kernels implement equal Burn's differentiation
+    /// of the reference forward, with a random weight per row.
+    #[test]
+    fn loss_backward_formulas_equal_autodiff() {
+        let dev = Default::default();
+        let mut rng = SplitMix64::new(21);
+        let (r, v, vt) = (5, 13, 9);
+        let z = rand2(&mut rng, r, v, 2.0);
+        let t = rand2(&mut rng, r, vt, 2.0);
+        let w: Vec<f64> = (0..r).map(|_| rng.normal()).collect();
+        let wt = Tensor::<B, 1>::from_data(TensorData::new(w.clone(), [r]), opts::<B>(&dev));
+        let targets: Vec<i64> = (0..r).map(|_| rng.below(v as u64) as i64).collect();
+        let tt = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [r]), &dev);
+
+        let za = Tensor::<A, 2>::from_inner(z.clone()).require_grad();
+        let loss = (reference::ce_rows(za.clone(), Tensor::from_inner(tt.clone())) * Tensor::from_inner(wt.clone())).sum();
+        let auto = za.grad(&loss.backward()).expect("grad");
+        let formula = reference::ce_rows_backward(z.clone(), tt, wt.clone());
+        assert!(max_abs(auto - formula) < 1e-12);
+
+        for temperature in [1.0, 2.5] {
+            let za = Tensor::<A, 2>::from_inner(z.clone()).require_grad();
+            let loss = (reference::soft_ce_rows(za.clone(), Tensor::from_inner(t.clone()), temperature)
+                * Tensor::from_inner(wt.clone()))
+            .sum();
+            let auto = za.grad(&loss.backward()).expect("grad");
+            let formula = reference::soft_ce_rows_backward(z.clone(), t.clone(), temperature, wt.clone());
+            // Burn rounds a tensor-scalar operand through f32 (1/2.5 is not exact there): the
+            // autodiff path carries a relative 1.5e-8 from that, the formula does not.
+            let scale = max_abs(auto.clone());
+            assert!(max_abs(auto - formula) < 1e-7 * scale, "T = {temperature}");
+        }
+    }
+
+    fn rand3(rng: &mut SplitMix64, d: [usize; 3], scale: f64) -> Tensor<B, 3> {
+        let v: Vec<f64> = (0..d.iter().product::<usize>()).map(|_| scale * rng.normal()).collect();
+        Tensor::from_data(TensorData::new(v, d), opts::<B>(&Default::default()))
+    }
+
+    fn rand1(rng: &mut SplitMix64, n: usize, scale: f64, offset: f64) -> Tensor<B, 1> {
+        let v: Vec<f64> = (0..n).map(|_| offset + scale * rng.normal()).collect();
+        Tensor::from_data(TensorData::new(v, [n]), opts::<B>(&Default::default()))
+    }
+
+    fn diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f64 {
+        let scale = b.clone().abs().max().into_scalar().max(1e-300);
+        (a - b).abs().max().into_scalar() / scale
+    }
+
+    fn ad<const D: usize>(t: &Tensor<B, D>) -> Tensor<A, D> {
+        Tensor::<A, D>::from_inner(t.clone()).require_grad()
+    }
+
+    /// The conv, RMSNorm and gated-norm backward formulas (what the kernels implement) equal
+    /// Burn's differentiation of the reference forwards.
+    #[test]
+    fn block_backward_formulas_equal_autodiff() {
+        let mut rng = SplitMix64::new(33);
+        let (b, l, c, k) = (2, 7, 5, 4);
+        let x = rand3(&mut rng, [b, l, c], 1.0);
+        let w = Tensor::<B, 1>::from_data(
+            TensorData::new((0..c * k).map(|_| rng.normal()).collect::<Vec<f64>>(), [c * k]),
+            opts::<B>(&Default::default()),
+        )
+        .reshape([c, k]);
+        let bias = rand1(&mut rng, c, 0.5, 0.0);
+        let gy = rand3(&mut rng, [b, l, c], 1.0);
+        let (xa, wa, ba) = (ad(&x), ad(&w), ad(&bias));
+        let grads = (reference::conv_silu(xa.clone(), wa.clone(), ba.clone()) * Tensor::from_inner(gy.clone())).sum().backward();
+        let (gx, gw, gb) = reference::conv_silu_backward(x.clone(), w.clone(), bias.clone(), gy);
+        assert!(diff(gx, xa.grad(&grads).expect("gx")) < 1e-12);
+        assert!(diff(gw, wa.grad(&grads).expect("gw")) < 1e-12);
+        assert!(diff(gb, ba.grad(&grads).expect("gb")) < 1e-12);
+
+        let (r, d) = (6, 8);
+        let x = rand3(&mut rng, [1, r, d], 1.0).reshape([r, d]);
+        let w = rand1(&mut rng, d, 0.3, 1.0);
+        let gy = rand3(&mut rng, [1, r, d], 1.0).reshape([r, d]);
+        let (xa, wa) = (ad(&x), ad(&w));
+        let grads = (reference::rms_norm(xa.clone(), wa.clone(), 1e-5) * Tensor::from_inner(gy.clone())).sum().backward();
+        let (gx, gw) = reference::rms_norm_backward(x, w, 1e-5, gy);
+        assert!(diff(gx, xa.grad(&grads).expect("gx")) < 1e-10);
+        assert!(diff(gw, wa.grad(&grads).expect("gw")) < 1e-12);
+
+        let (di, groups) = (8, 2);
+        let y = rand3(&mut rng, [b, l, di], 1.0);
+        let z = rand3(&mut rng, [b, l, di], 1.5);
+        let w = rand1(&mut rng, di, 0.3, 1.0);
+        let go = rand3(&mut rng, [b, l, di], 1.0);
+        let (ya, za, wa) = (ad(&y), ad(&z), ad(&w));
+        let out = reference::gated_rms_norm(ya.clone(), za.clone(), wa.clone(), groups, 1e-5);
+        let grads = (out * Tensor::from_inner(go.clone())).sum().backward();
+        let (gy, gz, gw) = reference::gated_rms_norm_backward(y, z, w, groups, 1e-5, go);
+        assert!(diff(gy, ya.grad(&grads).expect("gy")) < 1e-10);
+        assert!(diff(gz, za.grad(&grads).expect("gz")) < 1e-10);
+        assert!(diff(gw, wa.grad(&grads).expect("gw")) < 1e-12);
+    }
+
+    /// The per-row losses equal the scalar formulas.
+    #[test]
+    fn row_losses_match_scalar_formulas() {
+        let mut rng = SplitMix64::new(4);
+        let (r, v, vt) = (3, 7, 5);
+        let z = rand2(&mut rng, r, v, 3.0);
+        let t = rand2(&mut rng, r, vt, 3.0);
+        let zv: Vec<f64> = z.to_data().to_vec().expect("f64");
+        let tv: Vec<f64> = t.to_data().to_vec().expect("f64");
+        let lse = |x: &[f64], s: f64| {
+            let m = x.iter().map(|a| a * s).fold(f64::MIN, f64::max);
+            m + x.iter().map(|a| (a * s - m).exp()).sum::<f64>().ln()
+        };
+        let targets = [6i64, 0, 3];
+        let tt = Tensor::<B, 1, Int>::from_data(TensorData::new(targets.to_vec(), [r]), &Default::default());
+        let ce: Vec<f64> = reference::ce_rows(z.clone(), tt).to_data().to_vec().expect("f64");
+        let temperature = 1.7;
+        let soft: Vec<f64> = reference::soft_ce_rows(z, t, temperature).to_data().to_vec().expect("f64");
+        for i in 0..r {
+            let row = &zv[i * v..(i + 1) * v];
+            let trow = &tv[i * vt..(i + 1) * vt];
+            assert!((ce[i] - (lse(row, 1.0) - row[targets[i] as usize])).abs() < 1e-12);
+            let (ls, lt) = (lse(row, 1.0 / temperature), lse(trow, 1.0 / temperature));
+            let want: f64 = -(0..vt)
+                .map(|k| (trow[k] / temperature - lt).exp() * (row[k] / temperature - ls))
+                .sum::<f64>()
+                * temperature
+                * temperature;
+            assert!((soft[i] - want).abs() < 1e-12, "row {i}: {} vs {want}", soft[i]);
+        }
+    }
+}
