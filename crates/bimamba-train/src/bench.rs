@@ -174,6 +174,7 @@ pub fn bench<B: crate::fused::TrainBackend>(a: &BenchArgs, device: &B::Device, p
     let mut model = Mamba2Lm::<B>::init(&cfg, 0, device).with_matmul_dtype(a.bf16.then_some(DType::BF16));
     let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig::default());
     opt.fused = !a.reference;
+    crate::fused::set_enabled(!a.reference);
     let mut rng = SplitMix64::new(1);
     let (b, l) = (a.batch, a.seq_len);
     let (mut fw, mut bw, mut op) = (0.0, 0.0, 0.0);

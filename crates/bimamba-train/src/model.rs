@@ -13,7 +13,8 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::bitlinear::Projection;
 use crate::config::{ModelConfig, Precision};
-use crate::ops::{opts, rms_normalize, silu, softplus};
+use crate::fused::FusedOps;
+use crate::ops::{opts, softplus};
 use crate::profile;
 use crate::rng::SplitMix64;
 use crate::ssd::ssd_chunked;
@@ -115,32 +116,27 @@ impl<B: Backend> RmsNorm<B> {
     fn ones(dim: usize, device: &B::Device) -> Self {
         Self { weight: param(vec![1.0; dim], [dim], device) }
     }
+}
 
+impl<B: FusedOps> RmsNorm<B> {
     /// x / rms(x) · weight over the last dimension.
     ///
     /// # Shapes
     /// - x: [b, L, dim]; output: [b, L, dim]
     pub fn forward(&self, x: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
-        let dim = x.dims()[2];
-        rms_normalize(x, eps) * self.weight.val().reshape([1, 1, dim])
+        let [b, l, d] = x.dims();
+        B::rms_norm(x.reshape([b * l, d]), self.weight.val(), eps).reshape([b, l, d])
     }
 }
 
-impl<B: Backend> CausalConv<B> {
-    /// y[t, c] = bias[c] + Σ_k w[c, k] · x[t − (K−1) + k, c], zeros before the start.
+impl<B: FusedOps> CausalConv<B> {
+    /// SiLU(bias[c] + Σ_k w[c, k] · x[t − (K−1) + k, c]), zeros before the start.
     ///
     /// # Shapes
     /// - x: [b, L, C]; output: [b, L, C]
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, l, c] = x.dims();
-        let k = self.weight.dims()[2];
-        let w = self.weight.val().reshape([c, k]);
-        let xp = if k > 1 { Tensor::cat(vec![Tensor::zeros([b, k - 1, c], opts::<B>(&x.device())), x], 1) } else { x };
-        let mut y = xp.clone().narrow(1, 0, l) * w.clone().narrow(1, 0, 1).reshape([1, 1, c]);
-        for j in 1..k {
-            y = y + xp.clone().narrow(1, j, l) * w.clone().narrow(1, j, 1).reshape([1, 1, c]);
-        }
-        y + self.bias.val().reshape([1, 1, c])
+    pub fn forward_silu(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [c, _, k] = self.weight.dims();
+        B::conv_silu(x, self.weight.val().reshape([c, k]), self.bias.val())
     }
 }
 
@@ -179,6 +175,9 @@ impl<B: Backend> Mixer<B> {
         }
     }
 
+}
+
+impl<B: FusedOps> Mixer<B> {
     /// The mixer on a whole sequence (chunked SSD).
     ///
     /// # Shapes
@@ -191,7 +190,7 @@ impl<B: Backend> Mixer<B> {
         let zxbcdt = self.in_proj.forward(u); // [b,L,d_in_proj]
         profile::mark::<B>("in_proj", &device);
         let z = zxbcdt.clone().narrow(2, 0, di);
-        let xbc = silu(self.conv1d.forward(zxbcdt.clone().narrow(2, di, cfg.conv_dim())));
+        let xbc = self.conv1d.forward_silu(zxbcdt.clone().narrow(2, di, cfg.conv_dim()));
         let dt = softplus(zxbcdt.narrow(2, di + cfg.conv_dim(), h) + self.dt_bias.val().reshape([1, 1, h]));
         profile::mark::<B>("conv_dt", &device);
         let x = xbc.clone().narrow(2, 0, di).reshape([b, l, h, p]);
@@ -202,9 +201,7 @@ impl<B: Backend> Mixer<B> {
         let y = y + x * self.D.val().reshape([1, 1, h, 1]); // [b,L,H,P]
         profile::mark::<B>("ssd", &device);
         // Gated grouped RMSNorm (norm_before_gate = False): normalize y·SiLU(z) per group.
-        let gated = y.reshape([b, l, di]) * silu(z);
-        let normed = rms_normalize(gated.reshape([b, l, g, di / g]), cfg.norm_eps).reshape([b, l, di])
-            * self.norm.weight.val().reshape([1, 1, di]);
+        let normed = B::gated_rms_norm(y.reshape([b, l, di]), z, self.norm.weight.val(), g, cfg.norm_eps);
         profile::mark::<B>("gate_norm", &device);
         let out = self.out_proj.forward(normed);
         profile::mark::<B>("out_proj", &device);
@@ -233,24 +230,6 @@ impl<B: Backend> Mamba2Lm<B> {
         }
     }
 
-    /// Final hidden states (after norm_f).
-    ///
-    /// # Shapes
-    /// - tokens: [b, L]; output: [b, L, D]
-    pub fn forward_hidden(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let eps = self.config.norm_eps;
-        let device = tokens.device();
-        profile::restart::<B>(&device);
-        let mut h = burn::tensor::module::embedding(self.backbone.embedding.weight.val(), tokens);
-        for block in &self.backbone.layers {
-            let normed = block.norm.forward(h.clone(), eps);
-            profile::mark::<B>("residual_norm", &device);
-            h = h + block.mixer.forward(normed);
-        }
-        let out = self.backbone.norm_f.forward(h, eps);
-        profile::mark::<B>("residual_norm", &device);
-        out
-    }
 
     /// Runs the projections and the LM head in `dtype` (e.g. bf16) while parameters, residual
     /// stream, norms and the SSD stay in the backend's float type.
@@ -268,6 +247,27 @@ impl<B: Backend> Mamba2Lm<B> {
         let w = self.backbone.embedding.weight.val();
         self.lm_head = Some(LmHead { weight: Param::from_tensor(w.detach()) });
         self
+    }
+}
+
+impl<B: FusedOps> Mamba2Lm<B> {
+    /// Final hidden states (after norm_f).
+    ///
+    /// # Shapes
+    /// - tokens: [b, L]; output: [b, L, D]
+    pub fn forward_hidden(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let eps = self.config.norm_eps;
+        let device = tokens.device();
+        profile::restart::<B>(&device);
+        let mut h = burn::tensor::module::embedding(self.backbone.embedding.weight.val(), tokens);
+        for block in &self.backbone.layers {
+            let normed = block.norm.forward(h.clone(), eps);
+            profile::mark::<B>("residual_norm", &device);
+            h = h + block.mixer.forward(normed);
+        }
+        let out = self.backbone.norm_f.forward(h, eps);
+        profile::mark::<B>("residual_norm", &device);
+        out
     }
 
     /// Next-token logits over the padded vocabulary, in the backend's float dtype.

@@ -135,7 +135,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn ce_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {
-        if !B::KERNELS {
+        if !B::KERNELS || !super::enabled() {
             return reference::ce_rows(logits, targets);
         }
         let logits = logits.into_primitive().tensor();
@@ -152,7 +152,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn soft_ce_rows(student: Tensor<Self, 2>, teacher: Tensor<Self, 2>, temperature: f64) -> Tensor<Self, 1> {
-        if !B::KERNELS {
+        if !B::KERNELS || !super::enabled() {
             return reference::soft_ce_rows(student, teacher, temperature);
         }
         let student = student.into_primitive().tensor();
@@ -171,7 +171,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn conv_silu(x: Tensor<Self, 3>, w: Tensor<Self, 2>, bias: Tensor<Self, 1>) -> Tensor<Self, 3> {
-        if !B::KERNELS {
+        if !B::KERNELS || !super::enabled() {
             return reference::conv_silu(x, w, bias);
         }
         let (x, w, bias) = (x.into_primitive().tensor(), w.into_primitive().tensor(), bias.into_primitive().tensor());
@@ -188,7 +188,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 
     fn rms_norm(x: Tensor<Self, 2>, w: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
-        if !B::KERNELS {
+        if !B::KERNELS || !super::enabled() {
             return reference::rms_norm(x, w, eps);
         }
         let (x, w) = (x.into_primitive().tensor(), w.into_primitive().tensor());
@@ -210,7 +210,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         groups: usize,
         eps: f64,
     ) -> Tensor<Self, 3> {
-        if !B::KERNELS {
+        if !B::KERNELS || !super::enabled() {
             return reference::gated_rms_norm(y, z, w, groups, eps);
         }
         let (y, z, w) = (y.into_primitive().tensor(), z.into_primitive().tensor(), w.into_primitive().tensor());

@@ -17,6 +17,19 @@ pub mod cube;
 pub mod kernels;
 pub mod reference;
 
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the fused forward/backward kernels of the autodiff backend on (the default) or off
+/// (every operation then runs its op-by-op reference: the before/after comparison in one binary).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether the fused kernels are on.
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The scalars of one AdamW update (torch's `AdamW` formulas, decoupled decay).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
