@@ -1,5 +1,5 @@
 #!/bin/bash
-# Device call 1 (run from the repository root): unpack, benchmark (small, the issue-7 student, the 130M class). Teacher part A rides along.
+# Part 1 of the GPU recipe (run from the repository root): unpack, benchmark (small, the 19.5 M-parameter student of RESULTS.md, the 130M class). Teacher part A rides along.
 cd runs/gpu || exit 1
 xz -dc bin/bimamba-train.xz > bimamba-train && xz -dc bin/bimamba.xz > bimamba && chmod +x bimamba-train bimamba
 tar xJf bin/data7.tar.xz

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Device calls 2 and 3 (run from the repository root): train both students side by side (same data, windows, schedule, teacher),
+# Parts 2 and 3 of the GPU recipe (run from the repository root): train both students side by side (same data, windows, schedule, teacher),
 # for at most MAXS seconds each, then export, pack and send back what was reached.
 # usage: train_students.sh MAXS [--resume | --probe BUDGET_S]
 MAXS=${1:?}; RESUME=; PROBE=
@@ -7,7 +7,7 @@ MAXS=${1:?}; RESUME=; PROBE=
 [ "${2:-}" = --probe ] && PROBE=${3:?}
 cd runs/gpu || exit 1
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-[ -x bimamba-train ] || { echo "COLD: call 1's files are gone"; exit 3; }
+[ -x bimamba-train ] || { echo "COLD: the files unpacked by bench.sh are gone"; exit 3; }
 mkdir -p teacher
 G=teacher/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -s $G ]; then

@@ -15,6 +15,7 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
+use crate::fused::FusedOps;
 use crate::ops::{matmul_in, opts};
 
 /// A bias-free linear layer, binarized (FBI-Linear) when the scales are present.
@@ -79,16 +80,13 @@ impl<B: Backend> Projection<B> {
     pub fn effective_weight(&self) -> Tensor<B, 2> {
         let w = self.weight.val();
         match (&self.wscale, &self.wbias) {
-            (Some(alpha), Some(beta)) => {
-                let wd = w.clone().detach();
-                let sign = wd.ones_like().mask_fill(wd.lower_elem(0.0), -1.0); // ±1, sign(±0) = +1
-                let sign_ste = sign + (w.clone() - w.detach());
-                sign_ste * alpha.val() + beta.val()
-            }
+            (Some(alpha), Some(beta)) => crate::fused::reference::fbi_weight(w.clone(), alpha.val(), beta.val(), w.dtype()),
             _ => w,
         }
     }
+}
 
+impl<B: FusedOps> Projection<B> {
     /// y = x · W̃ᵀ over the last dimension.
     ///
     /// # Shapes
@@ -98,9 +96,23 @@ impl<B: Backend> Projection<B> {
         let dims = x.dims();
         let inp = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
-        let w = self.effective_weight();
+        let x = x.reshape([rows, inp]);
+        let w = self.weight.val();
         let out = w.dims()[0];
-        let y = matmul_in(x.reshape([rows, inp]), w.transpose(), self.matmul_dtype);
+        let y = match (&self.wscale, &self.wbias) {
+            // W̃ is written once, directly in the product's dtype.
+            (Some(alpha), Some(beta)) => {
+                let dtype = self.matmul_dtype.unwrap_or(x.dtype());
+                let we = B::fbi_weight(w, alpha.val(), beta.val(), dtype);
+                let orig = x.dtype();
+                if dtype != orig {
+                    x.cast(dtype).matmul(we.transpose()).cast(orig)
+                } else {
+                    x.matmul(we.transpose())
+                }
+            }
+            _ => matmul_in(x, w.transpose(), self.matmul_dtype),
+        };
         let mut out_dims = dims;
         out_dims[D - 1] = out;
         y.reshape(out_dims)

@@ -71,6 +71,23 @@ macro_rules! register {
 }
 
 #[derive(Debug)]
+struct FbiWeightBackward;
+
+impl<B: FusedOps> Backward<B, 3> for FbiWeightBackward {
+    type State = (Float<B>, Float<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [nw, na, nb] = ops.parents;
+        let g = grads.consume::<B>(&ops.node);
+        let (w, alpha) = ops.state;
+        let (gw, ga, gb) = B::fbi_weight_backward(float(w), float(alpha), float(g));
+        register!(grads, nw, gw);
+        register!(grads, na, ga);
+        register!(grads, nb, gb);
+    }
+}
+
+#[derive(Debug)]
 struct ConvSiluBackward;
 
 impl<B: FusedOps> Backward<B, 3> for ConvSiluBackward {
@@ -224,6 +241,30 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((y.primitive, z.primitive, w.primitive, groups, eps), o)
             }
             OpsKind::UnTracked(prep) => prep.finish(out(y.primitive, z.primitive, w.primitive)),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(ad))
+    }
+
+    fn fbi_weight(
+        w: Tensor<Self, 2>,
+        alpha: Tensor<Self, 2>,
+        beta: Tensor<Self, 2>,
+        dtype: burn::tensor::DType,
+    ) -> Tensor<Self, 2> {
+        if !B::KERNELS || !super::enabled() {
+            return reference::fbi_weight(w, alpha, beta, dtype);
+        }
+        let (w, alpha, beta) = (w.into_primitive().tensor(), alpha.into_primitive().tensor(), beta.into_primitive().tensor());
+        let out = |w: Float<B>, a: Float<B>, b: Float<B>| {
+            B::fbi_weight(float(w), float(a), float(b), dtype).into_primitive().tensor()
+        };
+        let nodes = [w.node.clone(), alpha.node.clone(), beta.node.clone()];
+        let ad = match FbiWeightBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = out(w.primitive.clone(), alpha.primitive.clone(), beta.primitive);
+                prep.finish((w.primitive, alpha.primitive), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out(w.primitive, alpha.primitive, beta.primitive)),
         };
         Tensor::from_primitive(TensorPrimitive::Float(ad))
     }

@@ -137,6 +137,27 @@ fn rand_t<B: Backend, const D: usize>(dims: [usize; D], std: f64, device: &B::De
 /// The conv, the norms: forward and every gradient, on strided inputs (slices of a wider
 /// tensor, as the model passes them) and sizes that no cube divides.
 fn block_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
+    // FBI-Linear's weight, both scale patterns, f32 output (the bf16 output rounds the same f32).
+    let (o, i) = (333usize, 771usize);
+    let w = rand_t::<B, 2>([o, i], 1.0, device);
+    let g = rand_t::<B, 2>([o, i], 1.0, device);
+    for (like, name) in [([1, i], "column"), ([o, 1], "row")] {
+        let a = rand_t::<B, 2>(like, 0.5, device);
+        let b = rand_t::<B, 2>(like, 0.1, device);
+        out.push(compare(
+            &format!("fbi_weight.{name}"),
+            vec![o, i],
+            B::fbi_weight(w.clone(), a.clone(), b.clone(), DType::F32),
+            reference::fbi_weight(w.clone(), a.clone(), b, DType::F32),
+            1e-6,
+        ));
+        let (fw, fa, fb) = B::fbi_weight_backward(w.clone(), a.clone(), g.clone());
+        let (rw, ra, rb) = reference::fbi_weight_backward(w.clone(), a, g.clone());
+        out.push(compare(&format!("fbi_weight_backward.w.{name}"), vec![o, i], fw, rw, 1e-6));
+        out.push(compare(&format!("fbi_weight_backward.alpha.{name}"), vec![o, i], fa, ra, 1e-5));
+        out.push(compare(&format!("fbi_weight_backward.beta.{name}"), vec![o, i], fb, rb, 1e-5));
+    }
+
     let (b, l, c, k, extra) = (2usize, 333usize, 389usize, 4usize, 7usize);
     // x is a slice of a wider matrix, like the xBC part of the in_proj output.
     let wide = rand_t::<B, 3>([b, l, c + extra], 1.0, device);

@@ -13,7 +13,8 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::{CubeCount, CubeDim};
 
 use super::kernels::block::{
-    conv_silu_backward_w_kernel, conv_silu_backward_x_kernel, conv_silu_kernel, gated_rms_norm_backward_kernel,
+    conv_silu_backward_w_kernel, conv_silu_backward_x_kernel, conv_silu_kernel, fbi_weight_backward_kernel,
+    fbi_weight_kernel, gated_rms_norm_backward_kernel,
     gated_rms_norm_kernel, rms_norm_backward_kernel, rms_norm_kernel,
 };
 use super::kernels::loss::{ce_rows_backward_kernel, ce_rows_kernel, soft_ce_rows_backward_kernel, soft_ce_rows_kernel};
@@ -431,5 +432,63 @@ where
             eps as f32,
         );
         (wrap_d(gy), wrap_d(gz), wrap_d::<Self, R, 2>(gwrows).sum_dim(0).reshape([di]))
+    }
+
+    fn fbi_weight(w: Tensor<Self, 2>, alpha: Tensor<Self, 2>, beta: Tensor<Self, 2>, dtype: DType) -> Tensor<Self, 2> {
+        let (w, a, b) = (float_prim(w), float_prim(alpha), float_prim(beta));
+        for (t, n) in [(&w, "w"), (&a, "alpha"), (&b, "beta")] {
+            check_f32(t, n);
+        }
+        let out = empty_device_dtype(w.client.clone(), w.device.clone(), w.meta.shape().clone(), dtype);
+        let n = w.meta.shape().num_elements();
+        let client = w.client.clone();
+        fbi_weight_kernel::launch::<R>(
+            &client,
+            cubes_for(&client, n),
+            CubeDim::new_1d(CUBE),
+            w.into_tensor_arg(),
+            a.into_tensor_arg(),
+            b.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            dtype.into(),
+        );
+        wrap_d(out)
+    }
+
+    fn fbi_weight_backward(
+        w: Tensor<Self, 2>,
+        alpha: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        let like = alpha.dims();
+        let (w, a, g) = (float_prim(w), float_prim(alpha), float_prim(g));
+        check_f32(&w, "w");
+        check_f32(&a, "alpha");
+        let shape = w.meta.shape().to_vec();
+        let n = shape[0] * shape[1];
+        let (gw, gs, gf) = (empty_f32(&w, shape.clone()), empty_f32(&w, shape.clone()), empty_f32(&w, shape));
+        let client = w.client.clone();
+        let dtype = g.dtype;
+        fbi_weight_backward_kernel::launch::<R>(
+            &client,
+            cubes_for(&client, n),
+            CubeDim::new_1d(CUBE),
+            w.into_tensor_arg(),
+            a.into_tensor_arg(),
+            g.into_tensor_arg(),
+            gw.clone().into_tensor_arg(),
+            gs.clone().into_tensor_arg(),
+            gf.clone().into_tensor_arg(),
+            dtype.into(),
+        );
+        let sum_to = |t: Tensor<Self, 2>| {
+            let t = if like[0] == 1 { t.sum_dim(0) } else { t };
+            if like[1] == 1 {
+                t.sum_dim(1)
+            } else {
+                t
+            }
+        };
+        (wrap_d(gw), sum_to(wrap_d(gs)), sum_to(wrap_d(gf)))
     }
 }

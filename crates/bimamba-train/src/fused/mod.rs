@@ -7,7 +7,7 @@
 //! `tests/kernels.rs` on the CPU through the WGPU backend and a software Vulkan driver.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 mod autodiff;
 pub mod check;
@@ -126,6 +126,31 @@ pub trait FusedOps: Backend {
         grad: Tensor<Self, 1>,
     ) -> Tensor<Self, 2> {
         reference::soft_ce_rows_backward(student, teacher, temperature, grad)
+    }
+
+    /// FBI-Linear's effective weight W̃ = α ⊙ sign(W) + β (sign(±0) = +1), written once in `dtype`
+    /// (the product's dtype: bf16 under mixed precision). The derivative with respect to W is
+    /// the identity (straight-through estimator).
+    ///
+    /// # Shapes
+    /// - w: [out, in]; alpha, beta: [1, in] (column scales) or [out, 1] (row scales);
+    ///   output: [out, in]
+    fn fbi_weight(w: Tensor<Self, 2>, alpha: Tensor<Self, 2>, beta: Tensor<Self, 2>, dtype: DType) -> Tensor<Self, 2> {
+        reference::fbi_weight(w, alpha, beta, dtype)
+    }
+
+    /// Gradients of `Σ g ⊙ fbi_weight(w, α, β)`: (g ⊙ α, Σ g ⊙ sign(W), Σ g), the sums over
+    /// the axis the scales broadcast along; `g` may be in the product's dtype.
+    ///
+    /// # Shapes
+    /// - w: [out, in]; alpha: as in [`FusedOps::fbi_weight`]; g: [out, in];
+    ///   outputs: [out, in], alpha's shape, alpha's shape
+    fn fbi_weight_backward(
+        w: Tensor<Self, 2>,
+        alpha: Tensor<Self, 2>,
+        g: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
+        reference::fbi_weight_backward(w, alpha, g)
     }
 
     /// Depthwise causal convolution over time, then SiLU:
@@ -329,6 +354,27 @@ mod tests {
         assert!(diff(gy, ya.grad(&grads).expect("gy")) < 1e-10);
         assert!(diff(gz, za.grad(&grads).expect("gz")) < 1e-10);
         assert!(diff(gw, wa.grad(&grads).expect("gw")) < 1e-12);
+    }
+
+    /// The FBI-Linear backward formula equals autodiff of the straight-through forward, for both
+    /// scale patterns.
+    #[test]
+    fn fbi_weight_backward_equals_autodiff() {
+        let mut rng = SplitMix64::new(8);
+        let (o, i) = (5, 7);
+        let w = rand2(&mut rng, o, i, 1.0);
+        let g = rand2(&mut rng, o, i, 1.0);
+        for like in [[1, i], [o, 1]] {
+            let a = rand2(&mut rng, like[0], like[1], 0.5);
+            let b = rand2(&mut rng, like[0], like[1], 0.1);
+            let (wa, aa, ba) = (ad(&w), ad(&a), ad(&b));
+            let out = reference::fbi_weight(wa.clone(), aa.clone(), ba.clone(), burn::tensor::DType::F64);
+            let grads = (out * Tensor::from_inner(g.clone())).sum().backward();
+            let (gw, ga, gb) = reference::fbi_weight_backward(w.clone(), a, g.clone());
+            assert!(diff(gw, wa.grad(&grads).expect("gw")) < 1e-12);
+            assert!(diff(ga, aa.grad(&grads).expect("ga")) < 1e-12);
+            assert!(diff(gb, ba.grad(&grads).expect("gb")) < 1e-12);
+        }
     }
 
     /// The per-row losses equal the scalar formulas.

@@ -224,3 +224,45 @@ pub fn gated_rms_norm_backward<B: Backend>(
     let gz = gu * y * s.clone() * (z * (s.neg() + 1.0) + 1.0);
     (gy, gz, gw)
 }
+
+/// ±1 with sign(±0) = +1.
+fn sign_of<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
+    w.clone().ones_like().mask_fill(w.lower_elem(0.0), -1.0)
+}
+
+/// Sums `g` over the dimensions along which a scale of shape `like` ([1, in] or [out, 1])
+/// broadcasts.
+fn sum_to<B: Backend>(g: Tensor<B, 2>, like: [usize; 2]) -> Tensor<B, 2> {
+    let g = if like[0] == 1 { g.sum_dim(0) } else { g };
+    if like[1] == 1 {
+        g.sum_dim(1)
+    } else {
+        g
+    }
+}
+
+/// FBI-Linear's effective weight α ⊙ sign(W) + β in `dtype` (see [`super::FusedOps::fbi_weight`]).
+pub fn fbi_weight<B: Backend>(w: Tensor<B, 2>, alpha: Tensor<B, 2>, beta: Tensor<B, 2>, dtype: DType) -> Tensor<B, 2> {
+    let wd = w.clone().detach();
+    // Straight-through: the value is sign(W), the derivative with respect to W is 1.
+    let sign_ste = sign_of(wd) + (w.clone() - w.detach());
+    let eff = sign_ste * alpha + beta;
+    if eff.dtype() != dtype {
+        eff.cast(dtype)
+    } else {
+        eff
+    }
+}
+
+/// Its gradients (see [`super::FusedOps::fbi_weight_backward`]).
+pub fn fbi_weight_backward<B: Backend>(
+    w: Tensor<B, 2>,
+    alpha: Tensor<B, 2>,
+    g: Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let g = if g.dtype() != w.dtype() { g.cast(w.dtype()) } else { g };
+    let like = alpha.dims();
+    let ga = sum_to(g.clone() * sign_of(w), like);
+    let gb = sum_to(g.clone(), like);
+    (g * alpha, ga, gb)
+}

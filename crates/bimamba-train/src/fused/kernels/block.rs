@@ -284,3 +284,70 @@ pub fn gated_rms_norm_backward_kernel(
         i += 256;
     }
 }
+
+/// The index of the scale that broadcasts to weight element (i, j): scales are [1, in] or
+/// [out, 1].
+#[cube]
+fn scale_index(s: &Tensor<f32>, i: usize, j: usize) -> usize {
+    let mut at = 0usize;
+    if s.shape(0) > 1 {
+        at += i * s.stride(0);
+    }
+    if s.shape(1) > 1 {
+        at += j * s.stride(1);
+    }
+    at
+}
+
+/// W̃ = α ⊙ sign(W) + β, written in the product's dtype E, one thread per element.
+#[cube(launch)]
+pub fn fbi_weight_kernel<E: Float>(
+    w: &Tensor<f32>,
+    alpha: &Tensor<f32>,
+    beta: &Tensor<f32>,
+    out: &mut Tensor<E>,
+    #[define(E)] _dtype: StorageType,
+) {
+    let cols = w.shape(1);
+    let idx = ABSOLUTE_POS;
+    if idx >= w.shape(0) * cols {
+        terminate!();
+    }
+    let i = idx / cols;
+    let j = idx % cols;
+    let mut s = 1.0f32;
+    if w[i * w.stride(0) + j * w.stride(1)] < 0.0 {
+        s = -1.0;
+    }
+    let v = s * alpha[scale_index(alpha, i, j)] + beta[scale_index(beta, i, j)];
+    out[i * out.stride(0) + j * out.stride(1)] = E::cast_from(v);
+}
+
+/// The elementwise parts of the FBI-Linear gradients: gw = g ⊙ α (straight-through), gs =
+/// g ⊙ sign(W) and gf = g in f32 (summed over the broadcast axis afterwards for α and β).
+#[cube(launch)]
+pub fn fbi_weight_backward_kernel<E: Float>(
+    w: &Tensor<f32>,
+    alpha: &Tensor<f32>,
+    g: &Tensor<E>,
+    gw: &mut Tensor<f32>,
+    gs: &mut Tensor<f32>,
+    gf: &mut Tensor<f32>,
+    #[define(E)] _dtype: StorageType,
+) {
+    let cols = w.shape(1);
+    let idx = ABSOLUTE_POS;
+    if idx >= w.shape(0) * cols {
+        terminate!();
+    }
+    let i = idx / cols;
+    let j = idx % cols;
+    let gv = f32::cast_from(g[i * g.stride(0) + j * g.stride(1)]);
+    let mut s = 1.0f32;
+    if w[i * w.stride(0) + j * w.stride(1)] < 0.0 {
+        s = -1.0;
+    }
+    gw[idx] = gv * alpha[scale_index(alpha, i, j)];
+    gs[idx] = gv * s;
+    gf[idx] = gv;
+}
