@@ -21,6 +21,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::fused::FusedOps;
 use crate::ops::opts;
 
 /// Inclusive cumulative sum over the last dimension as a product with an upper-triangular
@@ -45,7 +46,7 @@ fn cumsum_last<B: Backend, const D: usize>(v: Tensor<B, D>) -> Tensor<B, D> {
 /// # Shapes
 /// - v: [..., T] as a rank-`D` tensor (cumulative sums)
 /// - output: [..., T, T] as a rank-`D2` tensor (`D2 = D + 1`)
-fn segment_decay<B: Backend, const D: usize, const D2: usize>(v: Tensor<B, D>) -> Tensor<B, D2> {
+pub fn segment_decay<B: Backend, const D: usize, const D2: usize>(v: Tensor<B, D>) -> Tensor<B, D2> {
     let t = v.dims()[D - 1];
     let seg: Tensor<B, D2> = v.clone().unsqueeze_dim(D) - v.unsqueeze_dim(D - 1);
     let lower = Tensor::<B, 2>::ones([t, t], opts::<B>(&seg.device())).tril(0);
@@ -61,7 +62,7 @@ fn segment_decay<B: Backend, const D: usize, const D2: usize>(v: Tensor<B, D>) -
 /// - x: [b, L, H, P], dt: [b, L, H] (after softplus), a: [H] (A = −exp(A_log))
 /// - bm, cm: [b, L, G, N]; initial_state: [b, H, P, N]
 /// - output: y [b, L, H, P], final state [b, H, P, N]
-pub fn ssd_chunked<B: Backend>(
+pub fn ssd_chunked<B: FusedOps>(
     x: Tensor<B, 4>,
     dt: Tensor<B, 3>,
     a: Tensor<B, 1>,
@@ -97,10 +98,9 @@ pub fn ssd_chunked<B: Backend>(
     let cc = cm.reshape([b, c, t, g, n]).swap_dims(2, 3); // [b,c,G,T,N]
 
     // 1. Intra-chunk outputs: ((L ⊙ C Bᵀ) x̄), C Bᵀ computed once per group.
-    let lmat: Tensor<B, 5> = segment_decay(acs.clone()); // [b,c,H,T,T]
     let cb = cc.clone().matmul(bc.clone().swap_dims(3, 4)); // [b,c,G,T,T]
-    let scores = lmat.reshape([b, c, g, hg, t, t]) * cb.unsqueeze_dim::<6>(3);
-    let y_diag = scores.reshape([b, c, h, t, t]).matmul(xdt.clone()); // [b,c,H,T,P]
+    let scores = B::ssd_decay_scores(acs.clone(), cb); // [b,c,H,T,T]
+    let y_diag = scores.matmul(xdt.clone()); // [b,c,H,T,P]
 
     // 2. Each chunk's end state, Σ_s exp(Λ_{T−1} − Λ_s) x̄_s ⊗ B_s, heads of a group batched.
     let last = acs.clone().narrow(3, t - 1, 1); // [b,c,H,1]

@@ -71,6 +71,22 @@ macro_rules! register {
 }
 
 #[derive(Debug)]
+struct SsdDecayScoresBackward;
+
+impl<B: FusedOps> Backward<B, 2> for SsdDecayScoresBackward {
+    type State = (Float<B>, Float<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [na, nc] = ops.parents;
+        let gs = grads.consume::<B>(&ops.node);
+        let (acs, cb) = ops.state;
+        let (ga, gc) = B::ssd_decay_scores_backward(float(acs), float(cb), float(gs));
+        register!(grads, na, ga);
+        register!(grads, nc, gc);
+    }
+}
+
+#[derive(Debug)]
 struct FbiWeightBackward;
 
 impl<B: FusedOps> Backward<B, 3> for FbiWeightBackward {
@@ -265,6 +281,23 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((w.primitive, alpha.primitive), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(out(w.primitive, alpha.primitive, beta.primitive)),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(ad))
+    }
+
+    fn ssd_decay_scores(acs: Tensor<Self, 4>, cb: Tensor<Self, 5>) -> Tensor<Self, 5> {
+        if !B::KERNELS || !super::enabled() {
+            return reference::ssd_decay_scores(acs, cb);
+        }
+        let (acs, cb) = (acs.into_primitive().tensor(), cb.into_primitive().tensor());
+        let out = |a: Float<B>, c: Float<B>| B::ssd_decay_scores(float(a), float(c)).into_primitive().tensor();
+        let ad = match SsdDecayScoresBackward.prepare::<C>([acs.node.clone(), cb.node.clone()]).compute_bound().stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = out(acs.primitive.clone(), cb.primitive.clone());
+                prep.finish((acs.primitive, cb.primitive), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out(acs.primitive, cb.primitive)),
         };
         Tensor::from_primitive(TensorPrimitive::Float(ad))
     }

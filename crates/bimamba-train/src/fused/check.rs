@@ -137,6 +137,25 @@ fn rand_t<B: Backend, const D: usize>(dims: [usize; D], std: f64, device: &B::De
 /// The conv, the norms: forward and every gradient, on strided inputs (slices of a wider
 /// tensor, as the model passes them) and sizes that no cube divides.
 fn block_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
+    // SSD scores: two groups of three heads, a chunk no cube divides, Λ decreasing as dt·A makes it.
+    let (b, c, h, g, t) = (2usize, 3usize, 6usize, 2usize, 67usize);
+    let steps = Tensor::<B, 4>::random([b, c, h, t], Distribution::Uniform(-0.5, -0.001), crate::ops::opts::<B>(device));
+    let acs = steps.cumsum(3);
+    let cb = rand_t::<B, 5>([b, c, g, t, t], 1.0, device);
+    let gs = rand_t::<B, 5>([b, c, h, t, t], 1.0, device);
+    let shape = vec![b, c, h, g, t];
+    out.push(compare(
+        "ssd_decay_scores",
+        shape.clone(),
+        B::ssd_decay_scores(acs.clone(), cb.clone()),
+        reference::ssd_decay_scores(acs.clone(), cb.clone()),
+        1e-5,
+    ));
+    let (fa, fc) = B::ssd_decay_scores_backward(acs.clone(), cb.clone(), gs.clone());
+    let (ra, rc) = reference::ssd_decay_scores_backward(acs, cb, gs);
+    out.push(compare("ssd_decay_scores_backward.acs", shape.clone(), fa, ra, 1e-4));
+    out.push(compare("ssd_decay_scores_backward.cb", shape, fc, rc, 1e-5));
+
     // FBI-Linear's weight, both scale patterns, f32 output (the bf16 output rounds the same f32).
     let (o, i) = (333usize, 771usize);
     let w = rand_t::<B, 2>([o, i], 1.0, device);

@@ -19,6 +19,9 @@ use super::kernels::block::{
 };
 use super::kernels::loss::{ce_rows_backward_kernel, ce_rows_kernel, soft_ce_rows_backward_kernel, soft_ce_rows_kernel};
 use super::kernels::optim::{adamw_kernel, sum_squares_kernel};
+use super::kernels::ssd::{
+    ssd_decay_scores_backward_acs_kernel, ssd_decay_scores_backward_cb_kernel, ssd_decay_scores_kernel,
+};
 
 use super::{AdamStep, FusedOps};
 
@@ -490,5 +493,61 @@ where
             }
         };
         (wrap_d(gw), sum_to(wrap_d(gs)), sum_to(wrap_d(gf)))
+    }
+
+    fn ssd_decay_scores(acs: Tensor<Self, 4>, cb: Tensor<Self, 5>) -> Tensor<Self, 5> {
+        let [b, c, h, t] = acs.dims();
+        let g = cb.dims()[2];
+        let (acs, cb) = (float_prim(acs), float_prim(cb));
+        check_f32(&acs, "acs");
+        check_f32(&cb, "cb");
+        let out = empty_f32(&acs, vec![b, c, h, t, t]);
+        let client = acs.client.clone();
+        ssd_decay_scores_kernel::launch::<R>(
+            &client,
+            cubes_for(&client, b * c * h * t * t),
+            CubeDim::new_1d(CUBE),
+            acs.into_tensor_arg(),
+            cb.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            (h / g) as u32,
+        );
+        wrap_d(out)
+    }
+
+    fn ssd_decay_scores_backward(
+        acs: Tensor<Self, 4>,
+        cb: Tensor<Self, 5>,
+        gs: Tensor<Self, 5>,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
+        let [b, c, h, t] = acs.dims();
+        let g = cb.dims()[2];
+        let (acs, cb, gs) = (float_prim(acs), float_prim(cb), float_prim(gs));
+        for (x, n) in [(&acs, "acs"), (&cb, "cb"), (&gs, "gs")] {
+            check_f32(x, n);
+        }
+        let gcb = empty_f32(&acs, vec![b, c, g, t, t]);
+        let gacs = empty_f32(&acs, vec![b, c, h, t]);
+        let client = acs.client.clone();
+        ssd_decay_scores_backward_cb_kernel::launch::<R>(
+            &client,
+            cubes_for(&client, b * c * g * t * t),
+            CubeDim::new_1d(CUBE),
+            acs.clone().into_tensor_arg(),
+            gs.clone().into_tensor_arg(),
+            gcb.clone().into_tensor_arg(),
+            (h / g) as u32,
+        );
+        ssd_decay_scores_backward_acs_kernel::launch::<R>(
+            &client,
+            cubes_for(&client, b * c * h * t),
+            CubeDim::new_1d(CUBE),
+            acs.into_tensor_arg(),
+            cb.into_tensor_arg(),
+            gs.into_tensor_arg(),
+            gacs.clone().into_tensor_arg(),
+            (h / g) as u32,
+        );
+        (wrap_d(gacs), wrap_d(gcb))
     }
 }

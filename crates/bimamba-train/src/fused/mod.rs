@@ -153,6 +153,28 @@ pub trait FusedOps: Backend {
         reference::fbi_weight_backward(w, alpha, g)
     }
 
+    /// The SSD's intra-chunk score matrices: scores[h, l, s] = exp(Λ_l − Λ_s) · CB[g(h), l, s] for
+    /// s ≤ l and 0 above the diagonal (Λ: the chunk's cumulative sums of dt·A, non-increasing;
+    /// CB = C·Bᵀ per group, shared by the group's heads).
+    ///
+    /// # Shapes
+    /// - acs: [b, c, H, T]; cb: [b, c, G, T, T]; output: [b, c, H, T, T]
+    fn ssd_decay_scores(acs: Tensor<Self, 4>, cb: Tensor<Self, 5>) -> Tensor<Self, 5> {
+        reference::ssd_decay_scores(acs, cb)
+    }
+
+    /// Gradients of `Σ gs ⊙ ssd_decay_scores(acs, cb)`: (g_acs, g_cb).
+    ///
+    /// # Shapes
+    /// - as [`FusedOps::ssd_decay_scores`], gs: [b, c, H, T, T]
+    fn ssd_decay_scores_backward(
+        acs: Tensor<Self, 4>,
+        cb: Tensor<Self, 5>,
+        gs: Tensor<Self, 5>,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
+        reference::ssd_decay_scores_backward(acs, cb, gs)
+    }
+
     /// Depthwise causal convolution over time, then SiLU:
     /// y[t, c] = SiLU(bias[c] + Σ_k w[c, k] · x[t − (K−1) + k, c]), zeros before the start.
     /// `x` may be a strided view (a slice of the in_proj output).
@@ -375,6 +397,29 @@ mod tests {
             assert!(diff(ga, aa.grad(&grads).expect("ga")) < 1e-12);
             assert!(diff(gb, ba.grad(&grads).expect("gb")) < 1e-12);
         }
+    }
+
+    /// The SSD score backward formula equals autodiff of the reference forward (two groups of two
+    /// heads, a decreasing Λ as dt·A gives).
+    #[test]
+    fn ssd_decay_scores_backward_equals_autodiff() {
+        let mut rng = SplitMix64::new(12);
+        let (b, c, h, g, t) = (2, 3, 4, 2, 5);
+        let steps: Vec<f64> = (0..b * c * h * t).map(|_| -rng.uniform(0.01, 1.0)).collect();
+        let acs = Tensor::<B, 4>::from_data(TensorData::new(steps, [b, c, h, t]), opts::<B>(&Default::default()))
+            .cumsum(3);
+        let cbv: Vec<f64> = (0..b * c * g * t * t).map(|_| rng.normal()).collect();
+        let cb = Tensor::<B, 5>::from_data(TensorData::new(cbv, [b, c, g, t, t]), opts::<B>(&Default::default()));
+        let gv: Vec<f64> = (0..b * c * h * t * t).map(|_| rng.normal()).collect();
+        let gs = Tensor::<B, 5>::from_data(TensorData::new(gv, [b, c, h, t, t]), opts::<B>(&Default::default()));
+        let (aa, ca) = (ad(&acs), ad(&cb));
+        let grads = (reference::ssd_decay_scores(aa.clone(), ca.clone()) * Tensor::from_inner(gs.clone())).sum().backward();
+        let (ga, gc) = reference::ssd_decay_scores_backward(acs, cb, gs);
+        let want_a = aa.grad(&grads).expect("g acs");
+        let scale = want_a.clone().abs().max().into_scalar();
+        assert!((ga - want_a).abs().max().into_scalar() < 1e-12 * scale.max(1.0));
+        let want_c = ca.grad(&grads).expect("g cb");
+        assert!((gc - want_c).abs().max().into_scalar() < 1e-12);
     }
 
     /// The per-row losses equal the scalar formulas.

@@ -266,3 +266,31 @@ pub fn fbi_weight_backward<B: Backend>(
     let gb = sum_to(g.clone(), like);
     (g * alpha, ga, gb)
 }
+
+/// The SSD's intra-chunk score matrices (see [`super::FusedOps::ssd_decay_scores`]).
+pub fn ssd_decay_scores<B: Backend>(acs: Tensor<B, 4>, cb: Tensor<B, 5>) -> Tensor<B, 5> {
+    let [b, c, h, t] = acs.dims();
+    let g = cb.dims()[2];
+    let lmat: Tensor<B, 5> = crate::ssd::segment_decay(acs);
+    (lmat.reshape([b, c, g, h / g, t, t]) * cb.unsqueeze_dim::<6>(3)).reshape([b, c, h, t, t])
+}
+
+/// Its gradients (see [`super::FusedOps::ssd_decay_scores_backward`]).
+pub fn ssd_decay_scores_backward<B: Backend>(
+    acs: Tensor<B, 4>,
+    cb: Tensor<B, 5>,
+    gs: Tensor<B, 5>,
+) -> (Tensor<B, 4>, Tensor<B, 5>) {
+    let [b, c, h, t] = acs.dims();
+    let g = cb.dims()[2];
+    let lmat: Tensor<B, 5> = crate::ssd::segment_decay(acs);
+    // g_cb = Σ over the heads of a group of g ⊙ L
+    let gl = (gs.clone() * lmat.clone()).reshape([b, c, g, h / g, t, t]);
+    let gcb = gl.sum_dim(3).reshape([b, c, g, t, t]);
+    // P = g ⊙ scores; ∂/∂Λ_l of exp(Λ_l − Λ_s) is +1 on rows, −1 on columns.
+    let scores = (lmat.reshape([b, c, g, h / g, t, t]) * cb.unsqueeze_dim::<6>(3)).reshape([b, c, h, t, t]);
+    let p = gs * scores;
+    let rows: Tensor<B, 4> = p.clone().sum_dim(4).reshape([b, c, h, t]);
+    let cols: Tensor<B, 4> = p.sum_dim(3).reshape([b, c, h, t]);
+    (rows - cols, gcb)
+}

@@ -8,6 +8,7 @@ use cubecl::prelude::*;
 pub mod block;
 pub mod loss;
 pub mod optim;
+pub mod ssd;
 
 /// Sum over a cube of 256 threads; every thread gets the total.
 #[cube]
