@@ -155,7 +155,11 @@ pub fn op_launch_us<B: Backend>(device: &B::Device, n: usize) -> f64 {
 }
 
 /// Times training steps of a freshly initialized model on random tokens.
-pub fn bench<B: crate::fused::TrainBackend>(a: &BenchArgs, device: &B::Device, peak_dtype: DType) -> Result<BenchReport> {
+pub fn bench<B: crate::fused::TrainBackend>(
+    a: &BenchArgs,
+    device: &B::Device,
+    peak_dtype: DType,
+) -> Result<BenchReport> {
     let cfg = ModelConfig {
         d_model: a.d_model,
         n_layer: a.n_layer,

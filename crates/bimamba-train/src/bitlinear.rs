@@ -80,7 +80,9 @@ impl<B: Backend> Projection<B> {
     pub fn effective_weight(&self) -> Tensor<B, 2> {
         let w = self.weight.val();
         match (&self.wscale, &self.wbias) {
-            (Some(alpha), Some(beta)) => crate::fused::reference::fbi_weight(w.clone(), alpha.val(), beta.val(), w.dtype()),
+            (Some(alpha), Some(beta)) => {
+                crate::fused::reference::fbi_weight(w.clone(), alpha.val(), beta.val(), w.dtype())
+            }
             _ => w,
         }
     }

@@ -55,7 +55,8 @@ pub fn soft_cross_entropy_topk<B: Backend>(
     temperature: f64,
 ) -> Tensor<B, 1> {
     let [b, l, _] = indices.dims();
-    let student = if student.dtype() == DType::F32 || student.dtype() == DType::F64 { student } else { student.cast(DType::F32) };
+    let student =
+        if student.dtype() == DType::F32 || student.dtype() == DType::F64 { student } else { student.cast(DType::F32) };
     let logq = log_softmax(student / temperature).gather(2, indices);
     let p = log_softmax(teacher_logp.detach() / temperature).exp();
     (p * logq).sum().neg() * (temperature * temperature / (b * l) as f64)

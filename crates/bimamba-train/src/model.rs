@@ -174,7 +174,6 @@ impl<B: Backend> Mixer<B> {
             config: cfg.clone(),
         }
     }
-
 }
 
 impl<B: FusedOps> Mixer<B> {
@@ -229,7 +228,6 @@ impl<B: Backend> Mamba2Lm<B> {
             config: cfg.clone(),
         }
     }
-
 
     /// Runs the projections and the LM head in `dtype` (e.g. bf16) while parameters, residual
     /// stream, norms and the SSD stay in the backend's float type.

@@ -144,7 +144,11 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 }
 
 /// Runs (or resumes) training as configured. `B` is the autodiff backend.
-pub fn train<B: crate::fused::TrainBackend>(cfg: &TrainConfig, opts: &RunOptions, device: &B::Device) -> Result<RunSummary> {
+pub fn train<B: crate::fused::TrainBackend>(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    device: &B::Device,
+) -> Result<RunSummary> {
     let data = Dataset::open(&cfg.data.dir)?;
     let mcfg: ModelConfig = cfg.model.resolve(data.meta.vocab_size)?;
     if mcfg.padded_vocab() < data.meta.vocab_size {

@@ -74,7 +74,11 @@ pub fn load_llama_teacher<B: Backend>(
 }
 
 /// Loads the teacher at `path`: a `.gguf` file (LLaMA architecture) or a Mamba-2 model directory.
-pub fn load_any<B: crate::fused::FusedOps>(path: &Path, data: &Dataset, device: &B::Device) -> Result<Box<dyn Frozen<B>>> {
+pub fn load_any<B: crate::fused::FusedOps>(
+    path: &Path,
+    data: &Dataset,
+    device: &B::Device,
+) -> Result<Box<dyn Frozen<B>>> {
     if path.extension().is_some_and(|e| e == "gguf") {
         Ok(Box::new(load_llama_teacher::<B>(path, data, device)?))
     } else {

@@ -9,7 +9,14 @@ use burn::backend::wgpu::{Wgpu, WgpuDevice};
 fn fused_kernels_equal_their_references_on_wgpu() {
     let checks = bimamba_train::fused::check::run::<Wgpu>(&WgpuDevice::default(), false);
     for c in &checks {
-        println!("{:<5} {:<32} {:?} rel_l2 {:.2e} rel_max {:.2e}", if c.pass { "ok" } else { "FAIL" }, c.name, c.shape, c.rel_l2, c.rel_max);
+        println!(
+            "{:<5} {:<32} {:?} rel_l2 {:.2e} rel_max {:.2e}",
+            if c.pass { "ok" } else { "FAIL" },
+            c.name,
+            c.shape,
+            c.rel_l2,
+            c.rel_max
+        );
     }
     let failed: Vec<_> = checks.iter().filter(|c| !c.pass).map(|c| c.name.clone()).collect();
     assert!(failed.is_empty(), "failed: {failed:?}");

@@ -191,8 +191,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         let student = student.into_primitive().tensor();
         // The teacher is a constant: only its values enter.
         let teacher = teacher.into_primitive().tensor().primitive;
-        let out =
-            |s: Float<B>, t: Float<B>| B::soft_ce_rows(float(s), float(t), temperature).into_primitive().tensor();
+        let out = |s: Float<B>, t: Float<B>| B::soft_ce_rows(float(s), float(t), temperature).into_primitive().tensor();
         let ad = match SoftCeRowsBackward.prepare::<C>([student.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let y = out(student.primitive.clone(), teacher.clone());
@@ -208,7 +207,9 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             return reference::conv_silu(x, w, bias);
         }
         let (x, w, bias) = (x.into_primitive().tensor(), w.into_primitive().tensor(), bias.into_primitive().tensor());
-        let out = |x: Float<B>, w: Float<B>, b: Float<B>| B::conv_silu(float(x), float(w), float(b)).into_primitive().tensor();
+        let out = |x: Float<B>, w: Float<B>, b: Float<B>| {
+            B::conv_silu(float(x), float(w), float(b)).into_primitive().tensor()
+        };
         let nodes = [x.node.clone(), w.node.clone(), bias.node.clone()];
         let ad = match ConvSiluBackward.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -270,7 +271,8 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         if !B::KERNELS || !super::enabled() {
             return reference::fbi_weight(w, alpha, beta, dtype);
         }
-        let (w, alpha, beta) = (w.into_primitive().tensor(), alpha.into_primitive().tensor(), beta.into_primitive().tensor());
+        let (w, alpha, beta) =
+            (w.into_primitive().tensor(), alpha.into_primitive().tensor(), beta.into_primitive().tensor());
         let out = |w: Float<B>, a: Float<B>, b: Float<B>| {
             B::fbi_weight(float(w), float(a), float(b), dtype).into_primitive().tensor()
         };
@@ -291,14 +293,14 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
         let (acs, cb) = (acs.into_primitive().tensor(), cb.into_primitive().tensor());
         let out = |a: Float<B>, c: Float<B>| B::ssd_decay_scores(float(a), float(c)).into_primitive().tensor();
-        let ad = match SsdDecayScoresBackward.prepare::<C>([acs.node.clone(), cb.node.clone()]).compute_bound().stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let y = out(acs.primitive.clone(), cb.primitive.clone());
-                prep.finish((acs.primitive, cb.primitive), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out(acs.primitive, cb.primitive)),
-        };
+        let ad =
+            match SsdDecayScoresBackward.prepare::<C>([acs.node.clone(), cb.node.clone()]).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let y = out(acs.primitive.clone(), cb.primitive.clone());
+                    prep.finish((acs.primitive, cb.primitive), y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(out(acs.primitive, cb.primitive)),
+            };
         Tensor::from_primitive(TensorPrimitive::Float(ad))
     }
 }

@@ -141,7 +141,8 @@ fn rand_t<B: Backend, const D: usize>(dims: [usize; D], std: f64, device: &B::De
 fn block_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
     // SSD scores: two groups of three heads, a chunk no cube divides, Λ decreasing as dt·A makes it.
     let (b, c, h, g, t) = (2usize, 3usize, 6usize, 2usize, 67usize);
-    let steps = Tensor::<B, 4>::random([b, c, h, t], Distribution::Uniform(-0.5, -0.001), crate::ops::opts::<B>(device));
+    let steps =
+        Tensor::<B, 4>::random([b, c, h, t], Distribution::Uniform(-0.5, -0.001), crate::ops::opts::<B>(device));
     let acs = steps.cumsum(3);
     let cb = rand_t::<B, 5>([b, c, g, t, t], 1.0, device);
     let gs = rand_t::<B, 5>([b, c, h, t, t], 1.0, device);

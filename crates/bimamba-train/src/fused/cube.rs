@@ -14,10 +14,12 @@ use cubecl::{CubeCount, CubeDim};
 
 use super::kernels::block::{
     conv_silu_backward_w_kernel, conv_silu_backward_x_kernel, conv_silu_kernel, fbi_weight_backward_kernel,
-    fbi_weight_kernel, gated_rms_norm_backward_kernel,
-    gated_rms_norm_kernel, rms_norm_backward_kernel, rms_norm_kernel,
+    fbi_weight_kernel, gated_rms_norm_backward_kernel, gated_rms_norm_kernel, rms_norm_backward_kernel,
+    rms_norm_kernel,
 };
-use super::kernels::loss::{ce_rows_backward_kernel, ce_rows_kernel, soft_ce_rows_backward_kernel, soft_ce_rows_kernel};
+use super::kernels::loss::{
+    ce_rows_backward_kernel, ce_rows_kernel, soft_ce_rows_backward_kernel, soft_ce_rows_kernel,
+};
 use super::kernels::optim::{adamw_kernel, sum_squares_kernel};
 use super::kernels::ssd::{
     ssd_decay_scores_backward_acs_kernel, ssd_decay_scores_backward_cb_kernel, ssd_decay_scores_kernel,
@@ -32,15 +34,11 @@ const MAX_SUM_CUBES: usize = 264;
 
 type Prim<R> = CubeTensor<R>;
 
-fn prim<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
-    t: Tensor<B, 1>,
-) -> Prim<R> {
+fn prim<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(t: Tensor<B, 1>) -> Prim<R> {
     into_contiguous(t.into_primitive().tensor())
 }
 
-fn wrap<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
-    p: Prim<R>,
-) -> Tensor<B, 1> {
+fn wrap<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(p: Prim<R>) -> Tensor<B, 1> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
@@ -181,8 +179,7 @@ where
     fn sum_squares(xs: &[Tensor<Self, 1>], device: &Self::Device) -> Tensor<Self, 1> {
         let opts = crate::ops::opts::<Self>(device);
         let sizes: Vec<usize> = xs.iter().map(|x| x.dims()[0]).collect();
-        let cubes: Vec<usize> =
-            sizes.iter().map(|&n| n.div_ceil(CUBE as usize * 8).clamp(1, MAX_SUM_CUBES)).collect();
+        let cubes: Vec<usize> = sizes.iter().map(|&n| n.div_ceil(CUBE as usize * 8).clamp(1, MAX_SUM_CUBES)).collect();
         let total: usize = cubes.iter().sum();
         if total == 0 {
             return Tensor::zeros([1], opts);
@@ -212,7 +209,11 @@ where
         wrap_d(ce_forward(&z, &t).0)
     }
 
-    fn ce_rows_backward(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>, grad: Tensor<Self, 1>) -> Tensor<Self, 2> {
+    fn ce_rows_backward(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        grad: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
         let z = float_prim(logits);
         let t = targets_i32(targets.into_primitive());
         let g = into_contiguous(float_prim(grad));

@@ -100,7 +100,11 @@ pub trait FusedOps: Backend {
     ///
     /// # Shapes
     /// - logits: [R, V]; targets, grad: [R]; output: [R, V]
-    fn ce_rows_backward(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>, grad: Tensor<Self, 1>) -> Tensor<Self, 2> {
+    fn ce_rows_backward(
+        logits: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        grad: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
         reference::ce_rows_backward(logits, targets, grad)
     }
 
@@ -295,7 +299,8 @@ mod tests {
         let tt = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [r]), &dev);
 
         let za = Tensor::<A, 2>::from_inner(z.clone()).require_grad();
-        let loss = (reference::ce_rows(za.clone(), Tensor::from_inner(tt.clone())) * Tensor::from_inner(wt.clone())).sum();
+        let loss =
+            (reference::ce_rows(za.clone(), Tensor::from_inner(tt.clone())) * Tensor::from_inner(wt.clone())).sum();
         let auto = za.grad(&loss.backward()).expect("grad");
         let formula = reference::ce_rows_backward(z.clone(), tt, wt.clone());
         assert!(max_abs(auto - formula) < 1e-12);
@@ -348,7 +353,9 @@ mod tests {
         let bias = rand1(&mut rng, c, 0.5, 0.0);
         let gy = rand3(&mut rng, [b, l, c], 1.0);
         let (xa, wa, ba) = (ad(&x), ad(&w), ad(&bias));
-        let grads = (reference::conv_silu(xa.clone(), wa.clone(), ba.clone()) * Tensor::from_inner(gy.clone())).sum().backward();
+        let grads = (reference::conv_silu(xa.clone(), wa.clone(), ba.clone()) * Tensor::from_inner(gy.clone()))
+            .sum()
+            .backward();
         let (gx, gw, gb) = reference::conv_silu_backward(x.clone(), w.clone(), bias.clone(), gy);
         assert!(diff(gx, xa.grad(&grads).expect("gx")) < 1e-12);
         assert!(diff(gw, wa.grad(&grads).expect("gw")) < 1e-12);
@@ -359,7 +366,8 @@ mod tests {
         let w = rand1(&mut rng, d, 0.3, 1.0);
         let gy = rand3(&mut rng, [1, r, d], 1.0).reshape([r, d]);
         let (xa, wa) = (ad(&x), ad(&w));
-        let grads = (reference::rms_norm(xa.clone(), wa.clone(), 1e-5) * Tensor::from_inner(gy.clone())).sum().backward();
+        let grads =
+            (reference::rms_norm(xa.clone(), wa.clone(), 1e-5) * Tensor::from_inner(gy.clone())).sum().backward();
         let (gx, gw) = reference::rms_norm_backward(x, w, 1e-5, gy);
         assert!(diff(gx, xa.grad(&grads).expect("gx")) < 1e-10);
         assert!(diff(gw, wa.grad(&grads).expect("gw")) < 1e-12);
@@ -406,14 +414,15 @@ mod tests {
         let mut rng = SplitMix64::new(12);
         let (b, c, h, g, t) = (2, 3, 4, 2, 5);
         let steps: Vec<f64> = (0..b * c * h * t).map(|_| -rng.uniform(0.01, 1.0)).collect();
-        let acs = Tensor::<B, 4>::from_data(TensorData::new(steps, [b, c, h, t]), opts::<B>(&Default::default()))
-            .cumsum(3);
+        let acs =
+            Tensor::<B, 4>::from_data(TensorData::new(steps, [b, c, h, t]), opts::<B>(&Default::default())).cumsum(3);
         let cbv: Vec<f64> = (0..b * c * g * t * t).map(|_| rng.normal()).collect();
         let cb = Tensor::<B, 5>::from_data(TensorData::new(cbv, [b, c, g, t, t]), opts::<B>(&Default::default()));
         let gv: Vec<f64> = (0..b * c * h * t * t).map(|_| rng.normal()).collect();
         let gs = Tensor::<B, 5>::from_data(TensorData::new(gv, [b, c, h, t, t]), opts::<B>(&Default::default()));
         let (aa, ca) = (ad(&acs), ad(&cb));
-        let grads = (reference::ssd_decay_scores(aa.clone(), ca.clone()) * Tensor::from_inner(gs.clone())).sum().backward();
+        let grads =
+            (reference::ssd_decay_scores(aa.clone(), ca.clone()) * Tensor::from_inner(gs.clone())).sum().backward();
         let (ga, gc) = reference::ssd_decay_scores_backward(acs, cb, gs);
         let want_a = aa.grad(&grads).expect("g acs");
         let scale = want_a.clone().abs().max().into_scalar();
@@ -445,11 +454,10 @@ mod tests {
             let trow = &tv[i * vt..(i + 1) * vt];
             assert!((ce[i] - (lse(row, 1.0) - row[targets[i] as usize])).abs() < 1e-12);
             let (ls, lt) = (lse(row, 1.0 / temperature), lse(trow, 1.0 / temperature));
-            let want: f64 = -(0..vt)
-                .map(|k| (trow[k] / temperature - lt).exp() * (row[k] / temperature - ls))
-                .sum::<f64>()
-                * temperature
-                * temperature;
+            let want: f64 =
+                -(0..vt).map(|k| (trow[k] / temperature - lt).exp() * (row[k] / temperature - ls)).sum::<f64>()
+                    * temperature
+                    * temperature;
             assert!((soft[i] - want).abs() < 1e-12, "row {i}: {} vs {want}", soft[i]);
         }
     }

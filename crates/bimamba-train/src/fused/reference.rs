@@ -102,7 +102,11 @@ pub fn soft_ce_rows_backward<B: Backend>(
     let vt = zt.dims()[1];
     let q = (zs.clone() - lse_rows(zs)).exp();
     let p = (zt.clone() - lse_rows(zt)).exp();
-    let p = if vt < v { Tensor::cat(vec![p, Tensor::zeros([r, v - vt], crate::ops::opts::<B>(&q.device()))], 1) } else { p };
+    let p = if vt < v {
+        Tensor::cat(vec![p, Tensor::zeros([r, v - vt], crate::ops::opts::<B>(&q.device()))], 1)
+    } else {
+        p
+    };
     let g = (q - p) * (grad.reshape([r, 1]) * temperature).expand([r, v]);
     if g.dtype() != dtype {
         g.cast(dtype)
@@ -121,7 +125,8 @@ fn conv_pre<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>, bias: Tensor<B, 1>) ->
     let [b, l, c] = x.dims();
     let k = w.dims()[1];
     let device = x.device();
-    let xp = if k > 1 { Tensor::cat(vec![Tensor::zeros([b, k - 1, c], crate::ops::opts::<B>(&device)), x], 1) } else { x };
+    let xp =
+        if k > 1 { Tensor::cat(vec![Tensor::zeros([b, k - 1, c], crate::ops::opts::<B>(&device)), x], 1) } else { x };
     let mut y = xp.clone().narrow(1, 0, l) * w.clone().narrow(1, 0, 1).reshape([1, 1, c]);
     for j in 1..k {
         y = y + xp.clone().narrow(1, j, l) * w.clone().narrow(1, j, 1).reshape([1, 1, c]);

@@ -30,4 +30,3 @@ pub fn cube_sum(x: f32) -> f32 {
     sync_cube();
     out
 }
-

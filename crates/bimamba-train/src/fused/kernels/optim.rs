@@ -65,5 +65,3 @@ pub fn sum_squares_kernel(x: &Tensor<f32>, partials: &mut Tensor<f32>, offset: u
         partials[offset as usize + CUBE_POS_X as usize] = shared[0];
     }
 }
-
-

@@ -72,7 +72,8 @@ pub fn ssd_decay_scores_backward_cb_kernel(
     if s <= l {
         for k in 0..hpg {
             let hh = g * hpg + k;
-            let gv = gs[bb * gs.stride(0) + cc * gs.stride(1) + hh * gs.stride(2) + l * gs.stride(3) + s * gs.stride(4)];
+            let gv =
+                gs[bb * gs.stride(0) + cc * gs.stride(1) + hh * gs.stride(2) + l * gs.stride(3) + s * gs.stride(4)];
             acc += gv * decay(acs, bb, cc, hh, l, s);
         }
     }
@@ -104,10 +105,12 @@ pub fn ssd_decay_scores_backward_acs_kernel(
     let gbase = bb * gs.stride(0) + cc * gs.stride(1) + hh * gs.stride(2);
     let mut acc = 0.0f32;
     for s in 0..l + 1 {
-        acc += gs[gbase + l * gs.stride(3) + s * gs.stride(4)] * decay(acs, bb, cc, hh, l, s) * cb_at(cb, bb, cc, g, l, s);
+        acc +=
+            gs[gbase + l * gs.stride(3) + s * gs.stride(4)] * decay(acs, bb, cc, hh, l, s) * cb_at(cb, bb, cc, g, l, s);
     }
     for r in l..t {
-        acc -= gs[gbase + r * gs.stride(3) + l * gs.stride(4)] * decay(acs, bb, cc, hh, r, l) * cb_at(cb, bb, cc, g, r, l);
+        acc -=
+            gs[gbase + r * gs.stride(3) + l * gs.stride(4)] * decay(acs, bb, cc, hh, r, l) * cb_at(cb, bb, cc, g, r, l);
     }
     gacs[bb * gacs.stride(0) + cc * gacs.stride(1) + hh * gacs.stride(2) + l * gacs.stride(3)] = acc;
 }
