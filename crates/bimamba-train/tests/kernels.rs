@@ -1,7 +1,7 @@
 //! The fused CubeCL kernels against their op-by-op references, on the CPU: Burn's WGPU backend
 //! over a software Vulkan driver (Mesa's lavapipe: `apt-get install mesa-vulkan-drivers`).
-//! Built with `--features wgpu`; `.ci/run` installs the driver and runs it.
-#![cfg(feature = "wgpu")]
+//! Built with `--features wgpu` (Cargo.toml's required-features); `.ci/run` installs the driver
+//! and runs it.
 
 use burn::backend::wgpu::{Wgpu, WgpuDevice};
 
