@@ -8,9 +8,10 @@
 # On the GPU machine, from the repository root, with runs/gpu/bin/bimamba-train.xz and the peer
 # harness (bench_mamba_ssm.py, run_fused.sh, mamba_ssm/, causal_conv1d_src/, prebuilt/, the einops
 # wheel) in $PEER_DIR (default runs/gpu/peer); optional runs/gpu/bin/cache.tar.xz (CubeCL caches).
-# Usage: bash scripts/gpu/peer_bench.sh [BATCHES]   (default "4 8 16")
+# Usage: [VARIANTS="bi fp"] bash scripts/gpu/peer_bench.sh [BATCHES]   (default "4 8 16")
 set -u
 BATCHES=${1:-"4 8 16"}
+VARIANTS=${VARIANTS:-"bi fp"}
 ROOT=$PWD
 PEER_DIR=$(cd "${PEER_DIR:-runs/gpu/peer}" && pwd) || exit 1
 WORK=$(mktemp -d)
@@ -21,7 +22,7 @@ printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\nlevel = "mi
 T0=$(date +%s)
 el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 CFGS=
-for v in bi fp; do
+for v in $VARIANTS; do
   for b in $BATCHES; do
     FP=; [ $v = fp ] && FP=--full-precision
     el "ours $v batch $b"
