@@ -347,7 +347,8 @@ pub fn fbi_weight_backward_kernel<E: Float>(
     if w[i * w.stride(0) + j * w.stride(1)] < 0.0 {
         s = -1.0;
     }
-    gw[idx] = gv * alpha[scale_index(alpha, i, j)];
-    gs[idx] = gv * s;
-    gf[idx] = gv;
+    // Outputs are indexed through their strides: a fresh 2-D buffer may have padded rows.
+    gw[i * gw.stride(0) + j * gw.stride(1)] = gv * alpha[scale_index(alpha, i, j)];
+    gs[i * gs.stride(0) + j * gs.stride(1)] = gv * s;
+    gf[i * gf.stride(0) + j * gf.stride(1)] = gv;
 }
