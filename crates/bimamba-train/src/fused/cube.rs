@@ -1,9 +1,10 @@
-//! [`FusedOps`] on Burn's CubeCL backends (CUDA for training; WGPU for the CPU tests): launches the
-//! kernels of `kernels.rs`.
+//! [`FusedOps`] on Burn's CubeCL backends (CUDA for training; WGPU for the CPU tests): shapes,
+//! output buffers and launches of the kernels in `kernels/`.
 //!
 //! Each kernel replaces a chain of tensor operations whose reference is the trait's default body
-//! in `fused/mod.rs`. Kernels take contiguous f32 buffers; inputs that are not contiguous are
-//! copied first.
+//! (`reference.rs`). Parameters, moments and gradients are f32; most kernels read their inputs
+//! through the inputs' strides (slices need no copy) and write their outputs through the outputs'
+//! strides; the 1-D optimizer kernels take contiguous buffers.
 
 use burn::tensor::{DType, Int, Tensor, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
@@ -36,10 +37,6 @@ type Prim<R> = CubeTensor<R>;
 
 fn prim<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(t: Tensor<B, 1>) -> Prim<R> {
     into_contiguous(t.into_primitive().tensor())
-}
-
-fn wrap<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(p: Prim<R>) -> Tensor<B, 1> {
-    Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
 fn empty_like<R: CubeRuntime>(t: &Prim<R>) -> Prim<R> {
@@ -173,7 +170,7 @@ where
             s.bias2 as f32,
             s.grad_scale as f32,
         );
-        (wrap(po), wrap(mo), wrap(vo))
+        (wrap_d(po), wrap_d(mo), wrap_d(vo))
     }
 
     fn sum_squares(xs: &[Tensor<Self, 1>], device: &Self::Device) -> Tensor<Self, 1> {
@@ -200,7 +197,7 @@ where
             );
             offset += c;
         }
-        wrap::<Self, R>(partials).sum()
+        wrap_d::<Self, R, 1>(partials).sum()
     }
 
     fn ce_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {
