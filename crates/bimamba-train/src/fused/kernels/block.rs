@@ -123,20 +123,51 @@ pub fn conv_silu_backward_w_kernel(
     partial[CUBE_POS_Y as usize * partial.stride(0) + c * partial.stride(1) + j * partial.stride(2)] = acc;
 }
 
+/// 1 / √(mean x² + ε) over x[base + i·step], i < n, computed by a cube of 256 threads.
+#[cube]
+fn row_inv_rms(x: &Tensor<f32>, base: usize, step: usize, n: usize, eps: f32) -> f32 {
+    let mut ss = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < n {
+        let v = x[base + i * step];
+        ss += v * v;
+        i += 256;
+    }
+    1.0 / f32::sqrt(cube_sum(ss) / f32::cast_from(n as u32) + eps)
+}
+
+/// 1 / √(mean u² + ε) over one group's channels c0..c0 + n of u = y ⊙ SiLU(z), by a cube of 256
+/// threads.
+#[cube]
+fn group_inv_rms(
+    y: &Tensor<f32>,
+    by: usize,
+    sy: usize,
+    z: &Tensor<f32>,
+    bz: usize,
+    sz: usize,
+    c0: usize,
+    n: usize,
+    eps: f32,
+) -> f32 {
+    let mut ss = 0.0f32;
+    let mut i = UNIT_POS_X as usize;
+    while i < n {
+        let c = c0 + i;
+        let u = y[by + c * sy] * silu(z[bz + c * sz]);
+        ss += u * u;
+        i += 256;
+    }
+    1.0 / f32::sqrt(cube_sum(ss) / f32::cast_from(n as u32) + eps)
+}
+
 /// RMSNorm, one cube of 256 threads per row.
 #[cube(launch)]
 pub fn rms_norm_kernel(x: &Tensor<f32>, w: &Tensor<f32>, y: &mut Tensor<f32>, eps: f32) {
     let row = CUBE_POS_X as usize;
     let d = x.shape(1);
     let base = row * x.stride(0);
-    let mut ss = 0.0f32;
-    let mut i = UNIT_POS_X as usize;
-    while i < d {
-        let v = x[base + i * x.stride(1)];
-        ss += v * v;
-        i += 256;
-    }
-    let r = 1.0 / f32::sqrt(cube_sum(ss) / f32::cast_from(d as u32) + eps);
+    let r = row_inv_rms(x, base, x.stride(1), d, eps);
     let mut i = UNIT_POS_X as usize;
     while i < d {
         y[row * y.stride(0) + i * y.stride(1)] = x[base + i * x.stride(1)] * r * w[i];
@@ -162,14 +193,7 @@ pub fn rms_norm_backward_kernel(
     let sx = x.stride(1);
     let bg = row * gy.stride(0);
     let sg = gy.stride(1);
-    let mut ss = 0.0f32;
-    let mut i = UNIT_POS_X as usize;
-    while i < d {
-        let v = x[bx + i * sx];
-        ss += v * v;
-        i += 256;
-    }
-    let r = 1.0 / f32::sqrt(cube_sum(ss) / dn + eps);
+    let r = row_inv_rms(x, bx, sx, d, eps);
     let mut dot = 0.0f32;
     let mut i = UNIT_POS_X as usize;
     while i < d {
@@ -207,15 +231,7 @@ pub fn gated_rms_norm_kernel(
     let sy = y.stride(2);
     let bz = b * z.stride(0) + t * z.stride(1);
     let sz = z.stride(2);
-    let mut ss = 0.0f32;
-    let mut i = UNIT_POS_X as usize;
-    while i < gs {
-        let c = grp * gs + i;
-        let u = y[by + c * sy] * silu(z[bz + c * sz]);
-        ss += u * u;
-        i += 256;
-    }
-    let r = 1.0 / f32::sqrt(cube_sum(ss) / f32::cast_from(gs as u32) + eps);
+    let r = group_inv_rms(y, by, sy, z, bz, sz, grp * gs, gs, eps);
     let mut i = UNIT_POS_X as usize;
     while i < gs {
         let c = grp * gs + i;
@@ -252,15 +268,7 @@ pub fn gated_rms_norm_backward_kernel(
     let sz = z.stride(2);
     let bo = b * gout.stride(0) + t * gout.stride(1);
     let so = gout.stride(2);
-    let mut ss = 0.0f32;
-    let mut i = UNIT_POS_X as usize;
-    while i < gs {
-        let c = grp * gs + i;
-        let u = y[by + c * sy] * silu(z[bz + c * sz]);
-        ss += u * u;
-        i += 256;
-    }
-    let r = 1.0 / f32::sqrt(cube_sum(ss) / gsn + eps);
+    let r = group_inv_rms(y, by, sy, z, bz, sz, grp * gs, gs, eps);
     let mut dot = 0.0f32;
     let mut i = UNIT_POS_X as usize;
     while i < gs {
