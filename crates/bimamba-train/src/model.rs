@@ -177,34 +177,64 @@ impl<B: Backend> Mixer<B> {
 }
 
 impl<B: FusedOps> Mixer<B> {
-    /// The mixer on a whole sequence (chunked SSD).
+    /// The mixer on a whole sequence (chunked SSD): in_proj, [`Self::conv_dt`], [`Self::scan`],
+    /// [`Self::gate_norm`], out_proj.
     ///
     /// # Shapes
     /// - u: [b, L, D] (already normalized); output: [b, L, D]
     pub fn forward(&self, u: Tensor<B, 3>) -> Tensor<B, 3> {
-        let cfg = &self.config;
-        let [b, l, _] = u.dims();
-        let (di, h, p, g, n) = (cfg.d_inner(), cfg.nheads(), cfg.headdim, cfg.ngroups, cfg.d_state);
         let device = u.device();
         let zxbcdt = self.in_proj.forward(u); // [b,L,d_in_proj]
         profile::mark::<B>("in_proj", &device);
+        let (z, xbc, dt) = self.conv_dt(zxbcdt);
+        profile::mark::<B>("conv_dt", &device);
+        let y = self.scan(xbc, dt);
+        profile::mark::<B>("ssd", &device);
+        let normed = self.gate_norm(y, z);
+        profile::mark::<B>("gate_norm", &device);
+        let out = self.out_proj.forward(normed);
+        profile::mark::<B>("out_proj", &device);
+        out
+    }
+
+    /// Splits the in_proj output into the gate z, the convolved and activated xBC, and the
+    /// positive step dt = softplus(dt_raw + dt_bias).
+    ///
+    /// # Shapes
+    /// - zxbcdt: [b, L, d_in_proj]; output: z [b, L, d_inner], xBC [b, L, conv_dim], dt [b, L, H]
+    pub fn conv_dt(&self, zxbcdt: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+        let cfg = &self.config;
+        let (di, h) = (cfg.d_inner(), cfg.nheads());
         let z = zxbcdt.clone().narrow(2, 0, di);
         let xbc = self.conv1d.forward_silu(zxbcdt.clone().narrow(2, di, cfg.conv_dim()));
         let dt = softplus(zxbcdt.narrow(2, di + cfg.conv_dim(), h) + self.dt_bias.val().reshape([1, 1, h]));
-        profile::mark::<B>("conv_dt", &device);
+        (z, xbc, dt)
+    }
+
+    /// The SSD scan over x, B, C (the slices of xBC) with its D·x skip term.
+    ///
+    /// # Shapes
+    /// - xbc: [b, L, conv_dim], dt: [b, L, H]; output: [b, L, H, P]
+    pub fn scan(&self, xbc: Tensor<B, 3>, dt: Tensor<B, 3>) -> Tensor<B, 4> {
+        let cfg = &self.config;
+        let [b, l, _] = xbc.dims();
+        let (di, h, p, g, n) = (cfg.d_inner(), cfg.nheads(), cfg.headdim, cfg.ngroups, cfg.d_state);
         let x = xbc.clone().narrow(2, 0, di).reshape([b, l, h, p]);
         let bm = xbc.clone().narrow(2, di, g * n).reshape([b, l, g, n]);
         let cm = xbc.narrow(2, di + g * n, g * n).reshape([b, l, g, n]);
         let a = self.A_log.val().exp().neg();
         let (y, _) = ssd_chunked(x.clone(), dt, a, bm, cm, cfg.chunk_size, None);
-        let y = y + x * self.D.val().reshape([1, 1, h, 1]); // [b,L,H,P]
-        profile::mark::<B>("ssd", &device);
-        // Gated grouped RMSNorm (norm_before_gate = False): normalize y·SiLU(z) per group.
-        let normed = B::gated_rms_norm(y.reshape([b, l, di]), z, self.norm.weight.val(), g, cfg.norm_eps);
-        profile::mark::<B>("gate_norm", &device);
-        let out = self.out_proj.forward(normed);
-        profile::mark::<B>("out_proj", &device);
-        out
+        y + x * self.D.val().reshape([1, 1, h, 1])
+    }
+
+    /// Gated grouped RMSNorm (norm_before_gate = False): normalize y·SiLU(z) per group.
+    ///
+    /// # Shapes
+    /// - y: [b, L, H, P], z: [b, L, d_inner]; output: [b, L, d_inner]
+    pub fn gate_norm(&self, y: Tensor<B, 4>, z: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, l, _, _] = y.dims();
+        let cfg = &self.config;
+        B::gated_rms_norm(y.reshape([b, l, cfg.d_inner()]), z, self.norm.weight.val(), cfg.ngroups, cfg.norm_eps)
     }
 }
 
@@ -286,20 +316,27 @@ impl<B: FusedOps> Mamba2Lm<B> {
     /// # Shapes
     /// - tokens: [b, L]; output: [b, L, padded vocab]
     pub fn forward_logits(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let h = self.forward_hidden(tokens);
+        let logits = self.head_logits(self.forward_hidden(tokens));
+        profile::mark::<B>("lm_head", &logits.device());
+        logits
+    }
+
+    /// The LM head on final hidden states, in the dtype of the head product.
+    ///
+    /// # Shapes
+    /// - h: [b, L, D]; output: [b, L, padded vocab]
+    pub fn head_logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, l, d] = h.dims();
         let w = match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.backbone.embedding.weight.val(),
         }; // [V, D]
         let v = w.dims()[0];
-        let logits = match self.matmul_dtype {
+        match self.matmul_dtype {
             Some(dt) if dt != h.dtype() => h.reshape([b * l, d]).cast(dt).matmul(w.transpose().cast(dt)),
             _ => h.reshape([b * l, d]).matmul(w.transpose()),
         }
-        .reshape([b, l, v]);
-        profile::mark::<B>("lm_head", &logits.device());
-        logits
+        .reshape([b, l, v])
     }
 }
 

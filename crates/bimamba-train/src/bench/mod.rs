@@ -22,6 +22,8 @@ use crate::model::Mamba2Lm;
 use crate::optim::{AdamW, OptimConfig};
 use crate::rng::SplitMix64;
 
+pub mod parts;
+
 /// `bench` flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -71,6 +73,9 @@ pub struct BenchArgs {
     /// the time goes).
     #[arg(long)]
     pub profile: bool,
+    /// Also time each part of the model alone, forward and backward (see [`parts`]).
+    #[arg(long)]
+    pub parts: bool,
     /// Run the op-by-op reference paths instead of the fused kernels (the before/after
     /// comparison in one binary).
     #[arg(long)]
@@ -119,6 +124,8 @@ pub struct BenchReport {
     /// With `--profile`: milliseconds per step in each forward section (summed over layers), the
     /// loss, the backward and the optimizer.
     pub profile_ms: Option<std::collections::BTreeMap<String, f64>>,
+    /// With `--parts`: milliseconds per step of each part timed alone, `[forward, backward]`.
+    pub parts_ms: Option<std::collections::BTreeMap<String, [f64; 2]>>,
 }
 
 /// Dense matmul rate of the device in TFLOP/s for `dtype`.
@@ -212,6 +219,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
         }
         eprintln!("step {i}: {:.3} s{}", (t3 - t0).as_secs_f64(), if i < a.warmup { " (warm-up)" } else { "" });
     }
+    let parts_ms = a.parts.then(|| parts::parts(&model, b, l, a.steps.max(1), device));
     let _ = model.valid();
     let n = a.steps.max(1) as f64;
     let profile_ms = a.profile.then(|| {
@@ -247,6 +255,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
         mfu: model_tflops / peak,
         op_launch_us: launch_us,
         profile_ms,
+        parts_ms,
     })
 }
 
@@ -285,6 +294,16 @@ pub fn run_cli(a: &BenchArgs) -> Result<()> {
         for (k, v) in p {
             println!("  {k:<24} {v:9.2}");
         }
+    }
+    if let Some(p) = &r.parts_ms {
+        println!("ms per step by part, each timed alone (forward, backward):");
+        let (mut fw, mut bw) = (0.0, 0.0);
+        for (k, [f, b]) in p {
+            println!("  {k:<24} {f:9.2} {b:9.2}");
+            fw += f;
+            bw += b;
+        }
+        println!("  {:<24} {fw:9.2} {bw:9.2}", "sum");
     }
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(&r).map_err(|e| crate::error::Error::Config(e.to_string()))?;

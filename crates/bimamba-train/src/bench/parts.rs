@@ -1,0 +1,103 @@
+//! Forward and backward milliseconds of each part of a training step, each part timed alone on
+//! inputs of the model's shape (`bench --parts`): where the backward's time goes, which the
+//! whole-step timers cannot split.
+//!
+//! Every part runs on fresh leaf tensors that require gradients; its backward is that of the sum
+//! of its output, so it includes the gradients of the part's inputs and parameters (as in the
+//! real step) plus one broadcast of ones. Per-layer parts are timed on layer 0 and multiplied by
+//! the number of layers.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+use crate::fused::TrainBackend;
+use crate::loss::cross_entropy;
+use crate::model::Mamba2Lm;
+use crate::rng::SplitMix64;
+
+/// Seconds of (forward, backward) of `f`, averaged over `reps` runs after one warm-up run.
+fn time_part<B: TrainBackend, const D: usize>(
+    reps: usize,
+    device: &B::Device,
+    f: impl Fn() -> Tensor<B, D>,
+) -> (f64, f64) {
+    let _ = f().sum().backward();
+    let (mut fw, mut bw) = (0.0, 0.0);
+    for _ in 0..reps {
+        let _ = B::sync(device);
+        let t0 = Instant::now();
+        let out = f();
+        let _ = B::sync(device);
+        let t1 = Instant::now();
+        let _ = out.sum().backward();
+        let _ = B::sync(device);
+        fw += (t1 - t0).as_secs_f64();
+        bw += (Instant::now() - t1).as_secs_f64();
+    }
+    (fw / reps as f64, bw / reps as f64)
+}
+
+fn leaf<B: TrainBackend, const D: usize>(dims: [usize; D], lo: f64, hi: f64, device: &B::Device) -> Tensor<B, D> {
+    Tensor::<B, D>::random(dims, Distribution::Uniform(lo, hi), device).require_grad()
+}
+
+/// Milliseconds per step, `[forward, backward]`, of each part of the model: the residual norms,
+/// the mixer's in_proj, conv + dt, SSD scan, gated norm and out_proj (all layers), and the LM
+/// head with the next-token loss.
+///
+/// # Shapes
+/// - batch × seq_len tokens per step
+pub fn parts<B: TrainBackend>(
+    model: &Mamba2Lm<B>,
+    batch: usize,
+    seq_len: usize,
+    reps: usize,
+    device: &B::Device,
+) -> BTreeMap<String, [f64; 2]> {
+    let cfg = &model.config;
+    let (b, l, d) = (batch, seq_len, cfg.d_model);
+    let layers = cfg.n_layer as f64;
+    let block = &model.backbone.layers[0];
+    let mixer = &block.mixer;
+    let mut out = BTreeMap::new();
+    let mut put = |name: &str, (fw, bw): (f64, f64), times: f64| {
+        out.insert(name.to_string(), [1e3 * fw * times, 1e3 * bw * times]);
+    };
+
+    let hidden = leaf::<B, 3>([b, l, d], -1.0, 1.0, device);
+    put("residual_norm", time_part(reps, device, || block.norm.forward(hidden.clone(), cfg.norm_eps)), layers + 1.0);
+    put("in_proj", time_part(reps, device, || mixer.in_proj.forward(hidden.clone())), layers);
+
+    let zxbcdt = leaf::<B, 3>([b, l, cfg.d_in_proj()], -1.0, 1.0, device);
+    put(
+        "conv_dt",
+        time_part(reps, device, || {
+            let (z, xbc, dt) = mixer.conv_dt(zxbcdt.clone());
+            Tensor::cat(vec![z, xbc, dt], 2)
+        }),
+        layers,
+    );
+
+    let xbc = leaf::<B, 3>([b, l, cfg.conv_dim()], -1.0, 1.0, device);
+    let dt = leaf::<B, 3>([b, l, cfg.nheads()], 0.001, 0.1, device);
+    put("ssd", time_part(reps, device, || mixer.scan(xbc.clone(), dt.clone())), layers);
+
+    let y = leaf::<B, 4>([b, l, cfg.nheads(), cfg.headdim], -1.0, 1.0, device);
+    let z = leaf::<B, 3>([b, l, cfg.d_inner()], -1.0, 1.0, device);
+    put("gate_norm", time_part(reps, device, || mixer.gate_norm(y.clone(), z.clone())), layers);
+
+    let normed = leaf::<B, 3>([b, l, cfg.d_inner()], -1.0, 1.0, device);
+    put("out_proj", time_part(reps, device, || mixer.out_proj.forward(normed.clone())), layers);
+
+    let mut rng = SplitMix64::new(3);
+    let toks: Vec<i64> = (0..b * l).map(|_| rng.below(cfg.vocab_size as u64) as i64).collect();
+    let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(toks, [b, l]), device);
+    put(
+        "lm_head_loss",
+        time_part(reps, device, || cross_entropy(model.head_logits(hidden.clone()), targets.clone())),
+        1.0,
+    );
+    out
+}
