@@ -17,7 +17,6 @@ use crate::fused::FusedOps;
 use crate::ops::{opts, softplus};
 use crate::profile;
 use crate::rng::SplitMix64;
-use crate::ssd::ssd_chunked;
 
 /// RMSNorm with a learned per-channel weight.
 #[derive(Module, Debug)]
@@ -223,7 +222,7 @@ impl<B: FusedOps> Mixer<B> {
         let bm = xbc.clone().narrow(2, di, g * n).reshape([b, l, g, n]);
         let cm = xbc.narrow(2, di + g * n, g * n).reshape([b, l, g, n]);
         let a = self.A_log.val().exp().neg();
-        let (y, _) = ssd_chunked(x.clone(), dt, a, bm, cm, cfg.chunk_size, None);
+        let y = B::ssd_scan(x.clone(), dt, a, bm, cm, cfg.chunk_size);
         y + x * self.D.val().reshape([1, 1, h, 1])
     }
 

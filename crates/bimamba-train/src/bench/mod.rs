@@ -76,6 +76,9 @@ pub struct BenchArgs {
     /// Also time each part of the model alone, forward and backward (see [`parts`]).
     #[arg(long)]
     pub parts: bool,
+    /// Differentiate the SSD scan op by op instead of as one node with its hand-written backward.
+    #[arg(long)]
+    pub ssd_op_by_op: bool,
     /// Run the op-by-op reference paths instead of the fused kernels (the before/after
     /// comparison in one binary).
     #[arg(long)]
@@ -186,6 +189,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
     let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig::default());
     opt.fused = !a.reference;
     crate::fused::set_enabled(!a.reference);
+    crate::fused::set_ssd_scan(!a.ssd_op_by_op);
     let mut rng = SplitMix64::new(1);
     let (b, l) = (a.batch, a.seq_len);
     let (mut fw, mut bw, mut op) = (0.0, 0.0, 0.0);

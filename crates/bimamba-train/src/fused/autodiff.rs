@@ -153,6 +153,26 @@ impl<B: FusedOps> Backward<B, 3> for GatedRmsNormBackward {
     }
 }
 
+#[derive(Debug)]
+struct SsdScanBackward;
+
+impl<B: FusedOps> Backward<B, 5> for SsdScanBackward {
+    type State = (Float<B>, Float<B>, Float<B>, Float<B>, Float<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [nx, ndt, na, nb, nc] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, dt, a, bm, cm, chunk) = ops.state;
+        let (gx, gdt, ga, gb, gc) =
+            B::ssd_scan_backward(float(x), float(dt), float(a), float(bm), float(cm), chunk, float(dy));
+        register!(grads, nx, gx);
+        register!(grads, ndt, gdt);
+        register!(grads, na, ga);
+        register!(grads, nb, gb);
+        register!(grads, nc, gc);
+    }
+}
+
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     const KERNELS: bool = B::KERNELS;
 
@@ -283,6 +303,42 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((w.primitive, alpha.primitive), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(out(w.primitive, alpha.primitive, beta.primitive)),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(ad))
+    }
+
+    fn ssd_scan(
+        x: Tensor<Self, 4>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 1>,
+        bm: Tensor<Self, 4>,
+        cm: Tensor<Self, 4>,
+        chunk: usize,
+    ) -> Tensor<Self, 4> {
+        if !B::KERNELS || !super::enabled() || !super::ssd_scan_enabled() {
+            return crate::ssd::ssd_chunked(x, dt, a, bm, cm, chunk, None).0;
+        }
+        let prims = [x, bm, cm].map(|t| t.into_primitive().tensor());
+        let [x, bm, cm] = prims;
+        let (dt, a) = (dt.into_primitive().tensor(), a.into_primitive().tensor());
+        let out = |x: Float<B>, dt: Float<B>, a: Float<B>, bm: Float<B>, cm: Float<B>| {
+            B::ssd_scan(float(x), float(dt), float(a), float(bm), float(cm), chunk).into_primitive().tensor()
+        };
+        let nodes = [x.node.clone(), dt.node.clone(), a.node.clone(), bm.node.clone(), cm.node.clone()];
+        let ad = match SsdScanBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = out(
+                    x.primitive.clone(),
+                    dt.primitive.clone(),
+                    a.primitive.clone(),
+                    bm.primitive.clone(),
+                    cm.primitive.clone(),
+                );
+                prep.finish((x.primitive, dt.primitive, a.primitive, bm.primitive, cm.primitive, chunk), y)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(out(x.primitive, dt.primitive, a.primitive, bm.primitive, cm.primitive))
+            }
         };
         Tensor::from_primitive(TensorPrimitive::Float(ad))
     }

@@ -30,6 +30,19 @@ pub fn enabled() -> bool {
     ENABLED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+static SSD_SCAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the single-node SSD scan with its hand-written backward on (the default) or off (the
+/// scan is then differentiated op by op, its score kernel still fused): `bench --ssd-op-by-op`.
+pub fn set_ssd_scan(on: bool) {
+    SSD_SCAN.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether the single-node SSD scan is on.
+pub fn ssd_scan_enabled() -> bool {
+    SSD_SCAN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The scalars of one AdamW update (torch's `AdamW` formulas, decoupled decay).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
@@ -177,6 +190,40 @@ pub trait FusedOps: Backend {
         gs: Tensor<Self, 5>,
     ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
         reference::ssd_decay_scores_backward(acs, cb, gs)
+    }
+
+    /// The whole chunked SSD scan of a training step (no initial state, final state unused):
+    /// y without the D·x skip term. On the autodiff backend it is one node with the hand-written
+    /// backward of [`crate::ssd::backward`]; its reference is [`crate::ssd::ssd_chunked`].
+    ///
+    /// # Shapes
+    /// - x: [b, L, H, P], dt: [b, L, H], a: [H], bm, cm: [b, L, G, N]; output: [b, L, H, P]
+    fn ssd_scan(
+        x: Tensor<Self, 4>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 1>,
+        bm: Tensor<Self, 4>,
+        cm: Tensor<Self, 4>,
+        chunk: usize,
+    ) -> Tensor<Self, 4> {
+        crate::ssd::ssd_chunked(x, dt, a, bm, cm, chunk, None).0
+    }
+
+    /// Gradients of `Σ dy ⊙ ssd_scan(x, dt, a, bm, cm)`: (dx, ddt, da, dbm, dcm).
+    ///
+    /// # Shapes
+    /// - as [`FusedOps::ssd_scan`], dy: [b, L, H, P]
+    #[allow(clippy::type_complexity)]
+    fn ssd_scan_backward(
+        x: Tensor<Self, 4>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 1>,
+        bm: Tensor<Self, 4>,
+        cm: Tensor<Self, 4>,
+        chunk: usize,
+        dy: Tensor<Self, 4>,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 3>, Tensor<Self, 1>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        crate::ssd::backward::ssd_scan_backward(x, dt, a, bm, cm, chunk, dy)
     }
 
     /// Depthwise causal convolution over time, then SiLU:

@@ -24,6 +24,8 @@ use burn::tensor::Tensor;
 use crate::fused::FusedOps;
 use crate::ops::opts;
 
+pub mod backward;
+
 /// Inclusive cumulative sum over the last dimension as a product with an upper-triangular
 /// matrix of ones (U[s, l] = 1 for s ≤ l): matrix work, on every backend.
 ///
@@ -35,6 +37,71 @@ fn cumsum_last<B: Backend, const D: usize>(v: Tensor<B, D>) -> Tensor<B, D> {
     let rows = v.shape().num_elements() / t;
     let upper = Tensor::<B, 2>::ones([t, t], opts::<B>(&v.device())).triu(0);
     v.reshape([rows, t]).matmul(upper).reshape(dims)
+}
+
+/// Reverse inclusive cumulative sum over the last dimension: out[k] = Σ_{i ≥ k} v[i] (the
+/// adjoint of [`cumsum_last`]), as a product with a lower-triangular matrix of ones.
+///
+/// # Shapes
+/// - v: [..., T]; output: [..., T]
+fn reverse_cumsum_last<B: Backend, const D: usize>(v: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = v.dims();
+    let t = dims[D - 1];
+    let rows = v.shape().num_elements() / t;
+    let lower = Tensor::<B, 2>::ones([t, t], opts::<B>(&v.device())).tril(0);
+    v.reshape([rows, t]).matmul(lower).reshape(dims)
+}
+
+/// Zero-pads dimension 1 (positions) to `lp`.
+fn pad_positions<B: Backend, const D: usize>(v: Tensor<B, D>, lp: usize) -> Tensor<B, D> {
+    let mut dims = v.dims();
+    if dims[1] == lp {
+        return v;
+    }
+    dims[1] = lp - dims[1];
+    let device = v.device();
+    Tensor::cat(vec![v, Tensor::zeros(dims, opts::<B>(&device))], 1)
+}
+
+/// The inputs of a scan cut into chunks, heads and groups before positions.
+struct ChunkLayout<B: Backend> {
+    /// Chunk length T.
+    t: usize,
+    /// Number of chunks c (the sequence zero-padded to c·T).
+    c: usize,
+    /// dt per chunk: [b,c,H,T].
+    dtc: Tensor<B, 4>,
+    /// Λ, the chunk-local inclusive cumsum of dt·A: [b,c,H,T].
+    acs: Tensor<B, 4>,
+    /// x̄ = dt ⊙ x: [b,c,H,T,P].
+    xdt: Tensor<B, 5>,
+    /// B: [b,c,G,T,N].
+    bc: Tensor<B, 5>,
+    /// C: [b,c,G,T,N].
+    cc: Tensor<B, 5>,
+}
+
+/// Pads the inputs to whole chunks of `chunk` positions and lays them out chunk-major.
+fn chunk_layout<B: Backend>(
+    x: Tensor<B, 4>,
+    dt: Tensor<B, 3>,
+    a: Tensor<B, 1>,
+    bm: Tensor<B, 4>,
+    cm: Tensor<B, 4>,
+    chunk: usize,
+) -> ChunkLayout<B> {
+    let [b, l, h, p] = x.dims();
+    let [_, _, g, n] = bm.dims();
+    let t = chunk.clamp(1, l.max(1));
+    let c = l.div_ceil(t);
+    let lp = c * t;
+    let (x, dt, bm, cm) = (pad_positions(x, lp), pad_positions(dt, lp), pad_positions(bm, lp), pad_positions(cm, lp));
+    let dtc = dt.reshape([b, c, t, h]).swap_dims(2, 3); // [b,c,H,T]
+    let acs = cumsum_last(dtc.clone() * a.reshape([1, 1, h, 1]));
+    let xdt = x.reshape([b, c, t, h, p]).swap_dims(2, 3) * dtc.clone().unsqueeze_dim::<5>(4);
+    let bc = bm.reshape([b, c, t, g, n]).swap_dims(2, 3);
+    let cc = cm.reshape([b, c, t, g, n]).swap_dims(2, 3);
+    ChunkLayout { t, c, dtc, acs, xdt, bc, cc }
 }
 
 /// Lower-triangular decay matrix exp(v_l − v_s) for s ≤ l, 0 above the diagonal.
@@ -75,27 +142,8 @@ pub fn ssd_chunked<B: FusedOps>(
     let [b, l, h, p] = x.dims();
     let [_, _, g, n] = bm.dims();
     let hg = h / g;
-    let t = chunk.clamp(1, l.max(1));
-    let c = l.div_ceil(t);
+    let ChunkLayout { t, c, dtc: _, acs, xdt, bc, cc } = chunk_layout(x, dt, a, bm, cm, chunk);
     let lp = c * t;
-    let (x, dt, bm, cm) = if lp > l {
-        let pad = lp - l;
-        (
-            Tensor::cat(vec![x, Tensor::zeros([b, pad, h, p], opts::<B>(&device))], 1),
-            Tensor::cat(vec![dt, Tensor::zeros([b, pad, h], opts::<B>(&device))], 1),
-            Tensor::cat(vec![bm, Tensor::zeros([b, pad, g, n], opts::<B>(&device))], 1),
-            Tensor::cat(vec![cm, Tensor::zeros([b, pad, g, n], opts::<B>(&device))], 1),
-        )
-    } else {
-        (x, dt, bm, cm)
-    };
-
-    // Chunk-major layouts: heads/groups before positions so matmuls run over the last two dims.
-    let dtc = dt.reshape([b, c, t, h]).swap_dims(2, 3); // [b,c,H,T]
-    let acs = cumsum_last(dtc.clone() * a.reshape([1, 1, h, 1])); // Λ: [b,c,H,T]
-    let xdt = x.reshape([b, c, t, h, p]).swap_dims(2, 3) * dtc.unsqueeze_dim::<5>(4); // x̄: [b,c,H,T,P]
-    let bc = bm.reshape([b, c, t, g, n]).swap_dims(2, 3); // [b,c,G,T,N]
-    let cc = cm.reshape([b, c, t, g, n]).swap_dims(2, 3); // [b,c,G,T,N]
 
     // 1. Intra-chunk outputs: ((L ⊙ C Bᵀ) x̄), C Bᵀ computed once per group.
     let cb = cc.clone().matmul(bc.clone().swap_dims(3, 4)); // [b,c,G,T,T]
