@@ -52,6 +52,8 @@ pub struct Mixer<B: Backend> {
     pub norm: RmsNorm<B>,
     /// [d_inner] -> [D].
     pub out_proj: Projection<B>,
+    /// Dtype of the SSD's products over positions and states (None: f32); not a parameter.
+    pub ssd_dtype: Option<DType>,
     /// Architecture (not a parameter).
     pub config: ModelConfig,
 }
@@ -170,6 +172,7 @@ impl<B: Backend> Mixer<B> {
             D: param(vec![1.0; h], [h], device),
             norm: RmsNorm::ones(di, device),
             out_proj: Projection::from_latent(w_out, d, di, binary, device),
+            ssd_dtype: None,
             config: cfg.clone(),
         }
     }
@@ -222,7 +225,7 @@ impl<B: FusedOps> Mixer<B> {
         let bm = xbc.clone().narrow(2, di, g * n).reshape([b, l, g, n]);
         let cm = xbc.narrow(2, di + g * n, g * n).reshape([b, l, g, n]);
         let a = self.A_log.val().exp().neg();
-        let y = B::ssd_scan(x.clone(), dt, a, bm, cm, cfg.chunk_size);
+        let y = B::ssd_scan(x.clone(), dt, a, bm, cm, cfg.chunk_size, self.ssd_dtype);
         y + x * self.D.val().reshape([1, 1, h, 1])
     }
 
@@ -258,13 +261,15 @@ impl<B: Backend> Mamba2Lm<B> {
         }
     }
 
-    /// Runs the projections and the LM head in `dtype` (e.g. bf16) while parameters, residual
-    /// stream, norms and the SSD stay in the backend's float type.
+    /// Runs the projections, the LM head and the SSD's products in `dtype` (e.g. bf16) while
+    /// parameters, residual stream, norms, the SSD's cumulative sums, decays and state passing
+    /// stay in the backend's float type.
     pub fn with_matmul_dtype(mut self, dtype: Option<DType>) -> Self {
         self.matmul_dtype = dtype;
         for layer in self.backbone.layers.iter_mut() {
             layer.mixer.in_proj.matmul_dtype = dtype;
             layer.mixer.out_proj.matmul_dtype = dtype;
+            layer.mixer.ssd_dtype = dtype;
         }
         self
     }

@@ -20,8 +20,8 @@ pub fn opts<B: Backend>(device: &B::Device) -> TensorCreationOptions<B> {
 /// the result cast back to the input's dtype; autodiff casts the gradients the same way).
 ///
 /// # Shapes
-/// - a: [m, k]; b: [k, n]; output: [m, n]
-pub fn matmul_in<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>, dtype: Option<DType>) -> Tensor<B, 2> {
+/// - a: [..., m, k]; b: [..., k, n]; output: [..., m, n]
+pub fn matmul_in<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, dtype: Option<DType>) -> Tensor<B, D> {
     match dtype {
         Some(dt) if dt != a.dtype() => {
             let orig = a.dtype();

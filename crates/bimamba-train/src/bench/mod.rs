@@ -63,7 +63,8 @@ pub struct BenchArgs {
     /// Full-precision projections instead of FBI-Linear.
     #[arg(long)]
     pub full_precision: bool,
-    /// Projections and LM head in bf16 (mixed precision; parameters, norms and SSD stay f32).
+    /// Projections, LM head and the SSD's products in bf16 (mixed precision; parameters, norms,
+    /// the SSD's cumulative sums, decays and state passing stay f32).
     #[arg(long)]
     pub bf16: bool,
     /// Side of the square matrices of the peak matmul measurement.

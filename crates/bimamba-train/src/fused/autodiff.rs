@@ -157,14 +157,14 @@ impl<B: FusedOps> Backward<B, 3> for GatedRmsNormBackward {
 struct SsdScanBackward;
 
 impl<B: FusedOps> Backward<B, 5> for SsdScanBackward {
-    type State = (Float<B>, Float<B>, Float<B>, Float<B>, Float<B>, usize);
+    type State = (Float<B>, Float<B>, Float<B>, Float<B>, Float<B>, usize, Option<burn::tensor::DType>);
 
     fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _c: &mut Checkpointer) {
         let [nx, ndt, na, nb, nc] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
-        let (x, dt, a, bm, cm, chunk) = ops.state;
+        let (x, dt, a, bm, cm, chunk, dtype) = ops.state;
         let (gx, gdt, ga, gb, gc) =
-            B::ssd_scan_backward(float(x), float(dt), float(a), float(bm), float(cm), chunk, float(dy));
+            B::ssd_scan_backward(float(x), float(dt), float(a), float(bm), float(cm), chunk, float(dy), dtype);
         register!(grads, nx, gx);
         register!(grads, ndt, gdt);
         register!(grads, na, ga);
@@ -314,15 +314,16 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         bm: Tensor<Self, 4>,
         cm: Tensor<Self, 4>,
         chunk: usize,
+        dtype: Option<burn::tensor::DType>,
     ) -> Tensor<Self, 4> {
         if !B::KERNELS || !super::enabled() || !super::ssd_scan_enabled() {
-            return crate::ssd::ssd_chunked(x, dt, a, bm, cm, chunk, None).0;
+            return crate::ssd::ssd_chunked(x, dt, a, bm, cm, chunk, None, dtype).0;
         }
         let prims = [x, bm, cm].map(|t| t.into_primitive().tensor());
         let [x, bm, cm] = prims;
         let (dt, a) = (dt.into_primitive().tensor(), a.into_primitive().tensor());
         let out = |x: Float<B>, dt: Float<B>, a: Float<B>, bm: Float<B>, cm: Float<B>| {
-            B::ssd_scan(float(x), float(dt), float(a), float(bm), float(cm), chunk).into_primitive().tensor()
+            B::ssd_scan(float(x), float(dt), float(a), float(bm), float(cm), chunk, dtype).into_primitive().tensor()
         };
         let nodes = [x.node.clone(), dt.node.clone(), a.node.clone(), bm.node.clone(), cm.node.clone()];
         let ad = match SsdScanBackward.prepare::<C>(nodes).compute_bound().stateful() {
@@ -334,7 +335,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                     bm.primitive.clone(),
                     cm.primitive.clone(),
                 );
-                prep.finish((x.primitive, dt.primitive, a.primitive, bm.primitive, cm.primitive, chunk), y)
+                prep.finish((x.primitive, dt.primitive, a.primitive, bm.primitive, cm.primitive, chunk, dtype), y)
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(out(x.primitive, dt.primitive, a.primitive, bm.primitive, cm.primitive))

@@ -198,6 +198,7 @@ pub trait FusedOps: Backend {
     ///
     /// # Shapes
     /// - x: [b, L, H, P], dt: [b, L, H], a: [H], bm, cm: [b, L, G, N]; output: [b, L, H, P]
+    #[allow(clippy::too_many_arguments)]
     fn ssd_scan(
         x: Tensor<Self, 4>,
         dt: Tensor<Self, 3>,
@@ -205,15 +206,16 @@ pub trait FusedOps: Backend {
         bm: Tensor<Self, 4>,
         cm: Tensor<Self, 4>,
         chunk: usize,
+        dtype: Option<DType>,
     ) -> Tensor<Self, 4> {
-        crate::ssd::ssd_chunked(x, dt, a, bm, cm, chunk, None).0
+        crate::ssd::ssd_chunked(x, dt, a, bm, cm, chunk, None, dtype).0
     }
 
     /// Gradients of `Σ dy ⊙ ssd_scan(x, dt, a, bm, cm)`: (dx, ddt, da, dbm, dcm).
     ///
     /// # Shapes
     /// - as [`FusedOps::ssd_scan`], dy: [b, L, H, P]
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn ssd_scan_backward(
         x: Tensor<Self, 4>,
         dt: Tensor<Self, 3>,
@@ -222,8 +224,9 @@ pub trait FusedOps: Backend {
         cm: Tensor<Self, 4>,
         chunk: usize,
         dy: Tensor<Self, 4>,
+        dtype: Option<DType>,
     ) -> (Tensor<Self, 4>, Tensor<Self, 3>, Tensor<Self, 1>, Tensor<Self, 4>, Tensor<Self, 4>) {
-        crate::ssd::backward::ssd_scan_backward(x, dt, a, bm, cm, chunk, dy)
+        crate::ssd::backward::ssd_scan_backward(x, dt, a, bm, cm, chunk, dy, dtype)
     }
 
     /// Depthwise causal convolution over time, then SiLU:

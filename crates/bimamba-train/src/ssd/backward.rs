@@ -21,14 +21,15 @@
 //! Heads of a group share B and C: their contributions are summed by putting the heads of a
 //! group side by side in the inner dimension of one product.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use super::{chunk_layout, cumsum_last, reverse_cumsum_last, segment_decay, ChunkLayout};
 use crate::fused::FusedOps;
-use crate::ops::opts;
+use crate::ops::{matmul_in, opts};
 
 /// Gradients of [`super::ssd_chunked`] without initial state (its final state unused) for the
-/// output gradient `dy`: (dx, ddt, dA, dB, dC).
+/// output gradient `dy`: (dx, ddt, dA, dB, dC). `dtype` is that of the forward's products over
+/// positions and states (the state passing stays in the tensors' dtype).
 ///
 /// # Shapes
 /// - x: [b, L, H, P], dt: [b, L, H], a: [H], bm, cm: [b, L, G, N], dy: [b, L, H, P]
@@ -42,6 +43,7 @@ pub fn ssd_scan_backward<B: FusedOps>(
     cm: Tensor<B, 4>,
     chunk: usize,
     dy: Tensor<B, 4>,
+    dtype: Option<DType>,
 ) -> (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 4>, Tensor<B, 4>) {
     let device = x.device();
     let [b, l, h, p] = x.dims();
@@ -56,11 +58,11 @@ pub fn ssd_scan_backward<B: FusedOps>(
     let from_group = |v: Tensor<B, 5>| v.reshape([b, c, g, t, hg, p]).swap_dims(3, 4).reshape([b, c, h, t, p]);
 
     // Recompute the chunk states and the states entering each chunk.
-    let cb = cc.clone().matmul(bc.clone().swap_dims(3, 4)); // [b,c,G,T,T]
+    let cb = matmul_in(cc.clone(), bc.clone().swap_dims(3, 4), dtype); // [b,c,G,T,T]
     let last = acs.clone().narrow(3, t - 1, 1); // [b,c,H,1]
     let w = (last.clone() - acs.clone()).exp(); // [b,c,H,T]
     let xw_g = to_group(xdt.clone() * w.clone().unsqueeze_dim::<5>(4)); // [b,c,G,T,hg·P]
-    let states = xw_g.clone().swap_dims(3, 4).matmul(bc.clone()).reshape([b, c, h, p * n]); // [b,c,H,P·N]
+    let states = matmul_in(xw_g.clone().swap_dims(3, 4), bc.clone(), dtype).reshape([b, c, h, p * n]); // [b,c,H,P·N]
     let totals = last.reshape([b, c, h]).swap_dims(1, 2); // [b,H,c]
     let excl = Tensor::cat(vec![Tensor::zeros([b, h, 1], opts::<B>(&device)), cumsum_last(totals)], 2); // [b,H,c+1]
     let chunk_decay: Tensor<B, 4> = segment_decay(excl); // [b,H,c+1,c+1]
@@ -75,9 +77,9 @@ pub fn ssd_scan_backward<B: FusedOps>(
     // Outputs of the carried-in state: y_off = e ⊙ C S_inᵀ.
     let e = acs.clone().exp().unsqueeze_dim::<5>(4); // [b,c,H,T,1]
     let dyo_g = to_group(dyc.clone() * e.clone()); // [b,c,G,T,hg·P]
-    let mut dcc = dyo_g.clone().matmul(s_in_g.clone()); // [b,c,G,T,N]
-    let dsin = dyo_g.swap_dims(3, 4).matmul(cc.clone()).reshape([b, c, h, p * n]); // [b,c,H,P·N]
-    let y_off = from_group(cc.clone().matmul(s_in_g.swap_dims(3, 4))) * e; // [b,c,H,T,P]
+    let mut dcc = matmul_in(dyo_g.clone(), s_in_g.clone(), dtype); // [b,c,G,T,N]
+    let dsin = matmul_in(dyo_g.swap_dims(3, 4), cc.clone(), dtype).reshape([b, c, h, p * n]); // [b,c,H,P·N]
+    let y_off = from_group(matmul_in(cc.clone(), s_in_g.swap_dims(3, 4), dtype)) * e; // [b,c,H,T,P]
     let mut dacs = (dyc.clone() * y_off).sum_dim(4).reshape([b, c, h, t]);
 
     // State passing: carried = chunk_decay · [0; states]; the final state is unused.
@@ -91,8 +93,8 @@ pub fn ssd_scan_backward<B: FusedOps>(
     let dstates_g = dsrcs.narrow(2, 1, c).swap_dims(1, 2).reshape([b, c, g, hg * p, n]);
 
     // Chunk states: states = (w ⊙ x̄)ᵀ B per group.
-    let dxw = from_group(dstates_g.clone().matmul(bc.clone().swap_dims(3, 4)).swap_dims(3, 4)); // [b,c,H,T,P]
-    let mut dbc = xw_g.matmul(dstates_g); // [b,c,G,T,N]
+    let dxw = from_group(matmul_in(dstates_g.clone(), bc.clone().swap_dims(3, 4), dtype).swap_dims(3, 4)); // [b,c,H,T,P]
+    let mut dbc = matmul_in(xw_g, dstates_g, dtype); // [b,c,G,T,N]
     let q = (dxw.clone() * xdt.clone()).sum_dim(4).reshape([b, c, h, t]) * w.clone(); // [b,c,H,T]
     let mut dxdt = dxw * w.unsqueeze_dim::<5>(4);
     dacs = dacs - q.clone();
@@ -100,12 +102,12 @@ pub fn ssd_scan_backward<B: FusedOps>(
 
     // Intra-chunk outputs: y_diag = scores · x̄.
     let scores = B::ssd_decay_scores(acs.clone(), cb.clone()); // [b,c,H,T,T]
-    let dscores = dyc.clone().matmul(xdt.clone().swap_dims(3, 4)); // [b,c,H,T,T]
-    dxdt = dxdt + scores.swap_dims(3, 4).matmul(dyc);
+    let dscores = matmul_in(dyc.clone(), xdt.clone().swap_dims(3, 4), dtype); // [b,c,H,T,T]
+    dxdt = dxdt + matmul_in(scores.swap_dims(3, 4), dyc, dtype);
     let (dacs_diag, dcb) = B::ssd_decay_scores_backward(acs, cb, dscores);
     dacs = dacs + dacs_diag;
-    dcc = dcc + dcb.clone().matmul(bc);
-    dbc = dbc + dcb.swap_dims(3, 4).matmul(cc);
+    dcc = dcc + matmul_in(dcb.clone(), bc, dtype);
+    dbc = dbc + matmul_in(dcb.swap_dims(3, 4), cc, dtype);
 
     // Λ_end is the last entry of Λ.
     let dacs =
@@ -159,11 +161,19 @@ mod tests {
             let (xa, bma, cma) = (lift(&x), lift(&bm), lift(&cm));
             let dta = Tensor::<A, 3>::from_inner(dt.clone()).require_grad();
             let aa = Tensor::<A, 1>::from_inner(a.clone()).require_grad();
-            let (y, _) =
-                crate::ssd::ssd_chunked(xa.clone(), dta.clone(), aa.clone(), bma.clone(), cma.clone(), chunk, None);
+            let (y, _) = crate::ssd::ssd_chunked(
+                xa.clone(),
+                dta.clone(),
+                aa.clone(),
+                bma.clone(),
+                cma.clone(),
+                chunk,
+                None,
+                None,
+            );
             let grads = (y * Tensor::<A, 4>::from_inner(dy.clone())).sum().backward();
             let (gx, gdt, ga, gb, gc) =
-                ssd_scan_backward(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, dy.clone());
+                ssd_scan_backward(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, dy.clone(), None);
             let checks = [
                 ("x", max_rel(gx, xa.grad(&grads).unwrap())),
                 ("dt", max_rel(gdt, dta.grad(&grads).unwrap())),

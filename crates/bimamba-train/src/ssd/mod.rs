@@ -19,10 +19,10 @@
 //! ever appears (an upper entry Λ_l − Λ_s is positive and could overflow).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::fused::FusedOps;
-use crate::ops::opts;
+use crate::ops::{matmul_in, opts};
 
 pub mod backward;
 
@@ -122,7 +122,10 @@ pub fn segment_decay<B: Backend, const D: usize, const D2: usize>(v: Tensor<B, D
 
 /// Chunked SSD scan (matrix form). Does not add the D·x skip term.
 ///
-/// `chunk` is the chunk length T (the sequence is zero-padded to a multiple of T; padded positions
+/// `dtype` (e.g. bf16) is the dtype of the products over positions and states (C·Bᵀ, the
+/// intra-chunk scores times x̄, the chunk states, the carried-in outputs), as mamba_ssm runs them
+/// under mixed precision; the cumulative sums, decays and the passing of states between chunks
+/// stay in the tensors' own dtype. `chunk` is the chunk length T (the sequence is zero-padded to a multiple of T; padded positions
 /// have dt = 0, so they neither decay nor feed the state). Returns (y, final state).
 ///
 /// # Shapes
@@ -137,6 +140,7 @@ pub fn ssd_chunked<B: FusedOps>(
     cm: Tensor<B, 4>,
     chunk: usize,
     initial_state: Option<Tensor<B, 4>>,
+    dtype: Option<DType>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let device = x.device();
     let [b, l, h, p] = x.dims();
@@ -146,9 +150,9 @@ pub fn ssd_chunked<B: FusedOps>(
     let lp = c * t;
 
     // 1. Intra-chunk outputs: ((L ⊙ C Bᵀ) x̄), C Bᵀ computed once per group.
-    let cb = cc.clone().matmul(bc.clone().swap_dims(3, 4)); // [b,c,G,T,T]
+    let cb = matmul_in(cc.clone(), bc.clone().swap_dims(3, 4), dtype); // [b,c,G,T,T]
     let scores = B::ssd_decay_scores(acs.clone(), cb); // [b,c,H,T,T]
-    let y_diag = scores.matmul(xdt.clone()); // [b,c,H,T,P]
+    let y_diag = matmul_in(scores, xdt.clone(), dtype); // [b,c,H,T,P]
 
     // 2. Each chunk's end state, Σ_s exp(Λ_{T−1} − Λ_s) x̄_s ⊗ B_s, heads of a group batched.
     let last = acs.clone().narrow(3, t - 1, 1); // [b,c,H,1]
@@ -157,7 +161,7 @@ pub fn ssd_chunked<B: FusedOps>(
         .reshape([b, c, g, hg, t, p])
         .permute([0, 1, 2, 3, 5, 4])
         .reshape([b, c, g, hg * p, t]);
-    let states = xw.matmul(bc).reshape([b, c, h, p * n]); // [b,c,H,P·N]
+    let states = matmul_in(xw, bc, dtype).reshape([b, c, h, p * n]); // [b,c,H,P·N]
 
     // 3. States entering each chunk: segment decay over chunk totals, initial state first.
     let totals = last.reshape([b, c, h]).swap_dims(1, 2); // [b,H,c]
@@ -177,8 +181,7 @@ pub fn ssd_chunked<B: FusedOps>(
         .reshape([b, c, g, n, hg * p]);
 
     // 4. Outputs of the carried-in state: exp(Λ_l) · C_l · S_in.
-    let y_off = cc
-        .matmul(s_in) // [b,c,G,T,hg·P]
+    let y_off = matmul_in(cc, s_in, dtype) // [b,c,G,T,hg·P]
         .reshape([b, c, g, t, hg, p])
         .permute([0, 1, 2, 4, 3, 5])
         .reshape([b, c, h, t, p])
@@ -251,7 +254,8 @@ mod tests {
         let s0 = rand(&mut rng, [b, h, p, n], -1.0, 1.0);
         let (y_ref, s_ref) = ssd_recurrent(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), Some(s0.clone()));
         for chunk in [1, 4, 5, 13, 64] {
-            let (y, s) = ssd_chunked(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, Some(s0.clone()));
+            let (y, s) =
+                ssd_chunked(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, Some(s0.clone()), None);
             assert_eq!(y.dims(), [b, l, h, p]);
             let dy = max_diff(y, y_ref.clone());
             let ds = max_diff(s, s_ref.clone());
@@ -259,7 +263,7 @@ mod tests {
             assert!(ds < 1e-12, "chunk {chunk}: max |Δstate| = {ds}");
         }
         // Without an initial state the scan starts from zero.
-        let (y0, _) = ssd_chunked(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), 4, None);
+        let (y0, _) = ssd_chunked(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), 4, None, None);
         let (y1, _) = ssd_recurrent(x, dt, a, bm, cm, None);
         assert!(max_diff(y0, y1) < 1e-12);
     }
@@ -274,7 +278,7 @@ mod tests {
         let a = rand(&mut rng, [h], -10.0, -5.0);
         let bm = rand(&mut rng, [b, l, g, n], -1.0, 1.0);
         let cm = rand(&mut rng, [b, l, g, n], -1.0, 1.0);
-        let (y, _) = ssd_chunked(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), 64, None);
+        let (y, _) = ssd_chunked(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), 64, None, None);
         let (y_ref, _) = ssd_recurrent(x, dt, a, bm, cm, None);
         assert!(y.clone().is_nan().any().into_scalar() == false);
         assert!(max_diff(y, y_ref) < 1e-10);

@@ -1,0 +1,25 @@
+#!/bin/bash
+# On the GPU machine, from the repository root (carry runs/gpu/bin with bimamba-train.xz and, if
+# there is one, cache.tar.xz of compiled kernels): the fused-kernel checks, then `bench --parts`
+# of the 130M-class Bi-Mamba (bf16 products) for each SSD chunk length, with the SSD scan as one
+# node (hand-written backward) and differentiated op by op. JSON per run in $OUT.
+# Usage: bash scripts/gpu/parts_profile.sh [BATCH] [CHUNKS]   (default 4, "256")
+BATCH=${1:-4}
+CHUNKS=${2:-"256"}
+cd runs/gpu || exit 1
+[ -x bimamba-train ] || { xz -dc bin/bimamba-train.xz > bimamba-train && chmod +x bimamba-train; }
+[ -f bin/cache.tar.xz ] && [ ! -f .cache-unpacked ] && tar xJf bin/cache.tar.xz && touch .cache-unpacked
+printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\nlevel = "minimal"\n' > cubecl.toml
+T0=$(date +%s)
+el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+B=./bimamba-train
+[ -n "$SKIP_CHECKS" ] || { el checks; $B check-kernels --backend cuda --json $OUT/check-kernels.json 2>&1 | tail -30; }
+for c in $CHUNKS; do
+  for mode in "" "--ssd-op-by-op"; do
+    el "batch $BATCH chunk $c $mode"
+    timeout 200 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $c --steps 3 --warmup 1 --parts $mode \
+      --matmul-size 4096 --json $OUT/parts-b$BATCH-c$c${mode:+-op-by-op}.json 2>&1 | grep -v "^step" | tail -14
+  done
+done
+tar cJf $OUT/cache.tar.xz --exclude=./bin --exclude=./bimamba-train --exclude=./cubecl.toml --exclude=./.cache-unpacked . ; ls -la $OUT
+el done
