@@ -67,6 +67,9 @@ pub struct BenchArgs {
     /// the SSD's cumulative sums, decays and state passing stay f32).
     #[arg(long)]
     pub bf16: bool,
+    /// With --bf16: keep the SSD's products in f32 (the before/after of bf16 SSD products).
+    #[arg(long)]
+    pub ssd_f32: bool,
     /// Side of the square matrices of the peak matmul measurement.
     #[arg(long, default_value_t = 8192)]
     pub matmul_size: usize,
@@ -187,6 +190,11 @@ pub fn bench<B: crate::fused::TrainBackend>(
     };
     cfg.validate().map_err(crate::error::Error::Config)?;
     let mut model = Mamba2Lm::<B>::init(&cfg, 0, device).with_matmul_dtype(a.bf16.then_some(DType::BF16));
+    if a.ssd_f32 {
+        for layer in model.backbone.layers.iter_mut() {
+            layer.mixer.ssd_dtype = None;
+        }
+    }
     let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig::default());
     opt.fused = !a.reference;
     crate::fused::set_enabled(!a.reference);
