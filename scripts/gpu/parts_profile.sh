@@ -1,9 +1,10 @@
 #!/bin/bash
 # On the GPU machine, from the repository root (carry runs/gpu/bin with bimamba-train.xz and, if
 # there is one, cache.tar.xz of compiled kernels): the fused-kernel checks, then `bench --parts`
-# of the 130M-class Bi-Mamba (bf16 products) for each SSD chunk length, with the SSD scan as one
-# node (hand-written backward) and differentiated op by op. JSON per run in $OUT.
-# Usage: bash scripts/gpu/parts_profile.sh [BATCH] [CHUNKS]   (default 4, "256")
+# of the 130M-class Bi-Mamba (bf16 products) for each SSD chunk length and each SSD variant in
+# MODES: "node" (one autodiff node, hand-written backward, bf16 products), "node-f32" (the same,
+# f32 products), "op-by-op-f32" (differentiated op by op, f32 products). JSON per run in $OUT.
+# Usage: [MODES="node node-f32"] bash scripts/gpu/parts_profile.sh [BATCH] [CHUNKS]   (default 4, "256")
 BATCH=${1:-4}
 CHUNKS=${2:-"256"}
 cd runs/gpu || exit 1
@@ -15,10 +16,15 @@ el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 B=./bimamba-train
 [ -n "$SKIP_CHECKS" ] || { el checks; $B check-kernels --backend cuda --json $OUT/check-kernels.json 2>&1 | tail -30; }
 for c in $CHUNKS; do
-  for mode in "" "--ssd-op-by-op"; do
+  for mode in ${MODES:-node node-f32 op-by-op-f32}; do
+    case $mode in
+      node) flags="" ;;
+      node-f32) flags="--ssd-f32" ;;
+      op-by-op-f32) flags="--ssd-f32 --ssd-op-by-op" ;;
+    esac
     el "batch $BATCH chunk $c $mode"
-    timeout 200 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $c --steps 3 --warmup 1 --parts $mode \
-      --matmul-size 4096 --json $OUT/parts-b$BATCH-c$c${mode:+-op-by-op}.json 2>&1 | grep -v "^step" | tail -14
+    timeout 200 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $c --steps 3 --warmup 1 --parts $flags \
+      --matmul-size 4096 --json $OUT/parts-b$BATCH-c$c-$mode.json 2>&1 | grep -v "^step" | tail -14
   done
 done
 tar cJf $OUT/cache.tar.xz --exclude=./bin --exclude=./bimamba-train --exclude=./cubecl.toml --exclude=./.cache-unpacked . ; ls -la $OUT
