@@ -261,14 +261,23 @@ impl<B: Backend> Mamba2Lm<B> {
         }
     }
 
-    /// Runs the projections, the LM head and the SSD's products in `dtype` (e.g. bf16) while
-    /// parameters, residual stream, norms, the SSD's cumulative sums, decays and state passing
-    /// stay in the backend's float type.
+    /// Runs the projections and the LM head in `dtype` (e.g. bf16) while parameters, residual
+    /// stream, norms and the SSD stay in the backend's float type.
     pub fn with_matmul_dtype(mut self, dtype: Option<DType>) -> Self {
         self.matmul_dtype = dtype;
         for layer in self.backbone.layers.iter_mut() {
             layer.mixer.in_proj.matmul_dtype = dtype;
             layer.mixer.out_proj.matmul_dtype = dtype;
+        }
+        self
+    }
+
+    /// Runs the SSD's products over positions and states in `dtype` (cumulative sums, decays and
+    /// the passing of states between chunks stay in the backend's float type). Off by default:
+    /// with Burn's matmul the casts cost more than the bf16 products save
+    /// (docs/TRAINING_KERNELS.md).
+    pub fn with_ssd_dtype(mut self, dtype: Option<DType>) -> Self {
+        for layer in self.backbone.layers.iter_mut() {
             layer.mixer.ssd_dtype = dtype;
         }
         self

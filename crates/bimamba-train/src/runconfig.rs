@@ -81,9 +81,8 @@ pub struct LoopConfig {
     /// Run directory when `--out` is not given.
     #[serde(default)]
     pub out: Option<PathBuf>,
-    /// Dtype of the projection, LM-head and SSD matrix products: "f32" (default), "bf16" or
-    /// "f16". Latent weights, optimizer state, residual stream, norms and the SSD's cumulative
-    /// sums, decays and state passing stay f32.
+    /// Dtype of the projection and LM-head matrix products: "f32" (default), "bf16" or "f16".
+    /// Latent weights, optimizer state, residual stream, norms and the SSD stay f32.
     #[serde(default)]
     pub matmul_dtype: Option<String>,
 }

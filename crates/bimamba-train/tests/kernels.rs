@@ -25,7 +25,8 @@ fn fused_kernels_equal_their_references_on_wgpu() {
 
 /// A whole training step's gradients through the autodiff wiring of the fused operations equal
 /// those of the op-by-op model: a small Bi-Mamba (two groups, a length no chunk divides) on WGPU,
-/// once with the fused kernels and once without, same weights and tokens.
+/// once with the fused kernels (with the SSD scan differentiated op by op, and as one node with
+/// its hand-written backward) and once without, same weights and tokens.
 #[test]
 fn model_gradients_with_fused_kernels_equal_the_reference_model() {
     use bimamba_train::config::{ModelConfig, Precision};
@@ -66,8 +67,9 @@ fn model_gradients_with_fused_kernels_equal_the_reference_model() {
     let toks: Vec<i64> = (0..2 * 38).map(|i| (i * 7 + 3) % 50).collect();
     let t = Tensor::<A, 2, Int>::from_data(TensorData::new(toks, [2, 38]), &dev);
     let mut runs = Vec::new();
-    for fused in [true, false] {
+    for (fused, ssd_node) in [(false, false), (true, false), (true, true)] {
         bimamba_train::fused::set_enabled(fused);
+        bimamba_train::fused::set_ssd_scan(ssd_node);
         let loss = cross_entropy(model.forward_logits(t.clone().narrow(1, 0, 37)), t.clone().narrow(1, 1, 37));
         let value: f32 = loss.clone().into_scalar();
         let grads = loss.backward();
@@ -76,12 +78,15 @@ fn model_gradients_with_fused_kernels_equal_the_reference_model() {
         runs.push((value, v.out));
     }
     bimamba_train::fused::set_enabled(true);
-    let ((l1, g1), (l2, g2)) = (&runs[0], &runs[1]);
-    assert!((l1 - l2).abs() < 1e-5 * l2.abs(), "loss {l1} vs {l2}");
-    assert_eq!(g1.len(), g2.len());
-    for (i, (a, b)) in g1.iter().zip(g2).enumerate() {
-        let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
-        let den: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
-        assert!(num <= 1e-4 * den + 1e-12, "parameter {i}: relative gradient error {}", num / den);
+    bimamba_train::fused::set_ssd_scan(false);
+    let (l2, g2) = &runs[0];
+    for (run, (l1, g1)) in runs.iter().enumerate().skip(1) {
+        assert!((l1 - l2).abs() < 1e-5 * l2.abs(), "run {run}: loss {l1} vs {l2}");
+        assert_eq!(g1.len(), g2.len());
+        for (i, (a, b)) in g1.iter().zip(g2).enumerate() {
+            let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
+            let den: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
+            assert!(num <= 1e-4 * den + 1e-12, "run {run}, parameter {i}: relative gradient error {}", num / den);
+        }
     }
 }

@@ -4,8 +4,11 @@
 //!
 //! Every part runs on fresh leaf tensors that require gradients; its backward is that of the sum
 //! of its output, so it includes the gradients of the part's inputs and parameters (as in the
-//! real step) plus one broadcast of ones. Per-layer parts are timed on layer 0 and multiplied by
-//! the number of layers.
+//! real step) plus one broadcast of ones. Each `backward()` call also has a fixed cost of its
+//! own (graph traversal, gradient bookkeeping), paid once per step in real training: it is timed
+//! on a one-element graph (`backward_call`) and subtracted from every part. Per-layer parts are
+//! timed on layer 0 and multiplied by the number of layers. Parts named `a.b` are pieces of part
+//! `a` (they are not added into the sum).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -62,20 +65,57 @@ pub fn parts<B: TrainBackend>(
     let block = &model.backbone.layers[0];
     let mixer = &block.mixer;
     let mut out = BTreeMap::new();
+    let one = leaf::<B, 1>([1], 1.0, 2.0, device);
+    let (call_fw, call_bw) = time_part(reps, device, || one.clone() * 2.0);
+    out.insert("backward_call".to_string(), [1e3 * call_fw, 1e3 * call_bw]);
     let mut put = |name: &str, (fw, bw): (f64, f64), times: f64| {
-        out.insert(name.to_string(), [1e3 * fw * times, 1e3 * bw * times]);
+        out.insert(name.to_string(), [1e3 * fw * times, 1e3 * (bw - call_bw).max(0.0) * times]);
     };
 
     let hidden = leaf::<B, 3>([b, l, d], -1.0, 1.0, device);
     put("residual_norm", time_part(reps, device, || block.norm.forward(hidden.clone(), cfg.norm_eps)), layers + 1.0);
     put("in_proj", time_part(reps, device, || mixer.in_proj.forward(hidden.clone())), layers);
+    // Its pieces: W̃ = α ⊙ sign(W) + β alone, and the product alone (W̃ a leaf in the product's dtype).
+    let proj = &mixer.in_proj;
+    let dtype = proj.matmul_dtype.unwrap_or(crate::ops::float_dtype::<B>());
+    if let (Some(alpha), Some(beta)) = (&proj.wscale, &proj.wbias) {
+        put(
+            "in_proj.fbi_weight",
+            time_part(reps, device, || B::fbi_weight(proj.weight.val(), alpha.val(), beta.val(), dtype)),
+            layers,
+        );
+    }
+    let [o, i] = proj.weight.dims();
+    let we = Tensor::<B, 2>::random([o, i], Distribution::Uniform(-0.1, 0.1), (device, dtype)).require_grad();
+    put(
+        "in_proj.matmul",
+        time_part(reps, device, || {
+            crate::ops::matmul_in(hidden.clone().reshape([b * l, d]), we.clone().transpose(), Some(dtype))
+        }),
+        layers,
+    );
 
     let zxbcdt = leaf::<B, 3>([b, l, cfg.d_in_proj()], -1.0, 1.0, device);
     put(
         "conv_dt",
         time_part(reps, device, || {
             let (z, xbc, dt) = mixer.conv_dt(zxbcdt.clone());
-            Tensor::cat(vec![z, xbc, dt], 2)
+            z.sum() + xbc.sum() + dt.sum()
+        }),
+        layers,
+    );
+    // Its pieces: the conv alone on a contiguous input, and the three slices of in_proj's output
+    // alone (their gradients are assembled into one of in_proj's shape).
+    let xbc_in = leaf::<B, 3>([b, l, cfg.conv_dim()], -1.0, 1.0, device);
+    put("conv_dt.conv", time_part(reps, device, || mixer.conv1d.forward_silu(xbc_in.clone())), layers);
+    put(
+        "conv_dt.split",
+        time_part(reps, device, || {
+            let (di, cd) = (cfg.d_inner(), cfg.conv_dim());
+            let z = zxbcdt.clone().narrow(2, 0, di);
+            let xbc = zxbcdt.clone().narrow(2, di, cd);
+            let dt = zxbcdt.clone().narrow(2, di + cd, cfg.nheads());
+            z.sum() + xbc.sum() + dt.sum()
         }),
         layers,
     );

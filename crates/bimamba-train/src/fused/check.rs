@@ -159,11 +159,13 @@ fn block_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
     out.push(compare("ssd_decay_scores_backward.acs", shape.clone(), fa, ra, 1e-4));
     out.push(compare("ssd_decay_scores_backward.cb", shape, fc, rc, 1e-5));
 
-    // FBI-Linear's weight, both scale patterns, f32 output (the bf16 output rounds the same f32).
-    let (o, i) = (333usize, 771usize);
-    let w = rand_t::<B, 2>([o, i], 1.0, device);
-    let g = rand_t::<B, 2>([o, i], 1.0, device);
-    for (like, name) in [([1, i], "column"), ([o, 1], "row")] {
+    // FBI-Linear's weight, both scale patterns, f32 output (the bf16 output rounds the same f32),
+    // on an odd shape and on the 130M class's in_proj shape.
+    for (o, i, like, name) in
+        [(333, 771, [1, 771], "column"), (333, 771, [333, 1], "row"), (3352, 768, [1, 768], "column.in_proj")]
+    {
+        let w = rand_t::<B, 2>([o, i], 1.0, device);
+        let g = rand_t::<B, 2>([o, i], 1.0, device);
         let a = rand_t::<B, 2>(like, 0.5, device);
         let b = rand_t::<B, 2>(like, 0.1, device);
         out.push(compare(

@@ -462,25 +462,26 @@ where
         g: Tensor<Self, 2>,
     ) -> (Tensor<Self, 2>, Tensor<Self, 2>, Tensor<Self, 2>) {
         let like = alpha.dims();
-        let (w, a, g) = (float_prim(w), float_prim(alpha), float_prim(g));
+        // The gradient arrives in the product's dtype; in f32 it is the β gradient's summand
+        // (a weight-sized cast, small next to the product that made it).
+        let g = if g.dtype() == DType::F32 { g } else { g.cast(DType::F32) };
+        let (w, a) = (float_prim(w), float_prim(alpha));
+        let gp = float_prim(g.clone());
         check_f32(&w, "w");
         check_f32(&a, "alpha");
         let shape = w.meta.shape().to_vec();
         let n = shape[0] * shape[1];
-        let (gw, gs, gf) = (empty_f32(&w, shape.clone()), empty_f32(&w, shape.clone()), empty_f32(&w, shape));
+        let (gw, gs) = (empty_f32(&w, shape.clone()), empty_f32(&w, shape));
         let client = w.client.clone();
-        let dtype = g.dtype;
         fbi_weight_backward_kernel::launch::<R>(
             &client,
             cubes_for(&client, n),
             CubeDim::new_1d(CUBE),
             w.into_tensor_arg(),
             a.into_tensor_arg(),
-            g.into_tensor_arg(),
+            gp.into_tensor_arg(),
             gw.clone().into_tensor_arg(),
             gs.clone().into_tensor_arg(),
-            gf.clone().into_tensor_arg(),
-            dtype.into(),
         );
         let sum_to = |t: Tensor<Self, 2>| {
             let t = if like[0] == 1 { t.sum_dim(0) } else { t };
@@ -490,7 +491,7 @@ where
                 t
             }
         };
-        (wrap_d(gw), sum_to(wrap_d(gs)), sum_to(wrap_d(gf)))
+        (wrap_d(gw), sum_to(wrap_d(gs)), sum_to(g))
     }
 
     fn ssd_decay_scores(acs: Tensor<Self, 4>, cb: Tensor<Self, 5>) -> Tensor<Self, 5> {

@@ -30,10 +30,13 @@ pub fn enabled() -> bool {
     ENABLED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-static SSD_SCAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static SSD_SCAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Turns the single-node SSD scan with its hand-written backward on (the default) or off (the
-/// scan is then differentiated op by op, its score kernel still fused): `bench --ssd-op-by-op`.
+/// Turns the single-node SSD scan with its hand-written backward on or off (the default: the
+/// scan is differentiated op by op, its score kernel fused). Built from Burn's tensor operations,
+/// the node recomputes the chunk states in its backward and measures slower than Burn's own
+/// differentiation (docs/TRAINING_KERNELS.md); it is the formula the fused SSD kernels
+/// implement, and `bench --ssd-node` times it.
 pub fn set_ssd_scan(on: bool) {
     SSD_SCAN.store(on, std::sync::atomic::Ordering::SeqCst);
 }

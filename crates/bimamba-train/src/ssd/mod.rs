@@ -153,6 +153,7 @@ pub fn ssd_chunked<B: FusedOps>(
     let cb = matmul_in(cc.clone(), bc.clone().swap_dims(3, 4), dtype); // [b,c,G,T,T]
     let scores = B::ssd_decay_scores(acs.clone(), cb); // [b,c,H,T,T]
     let y_diag = matmul_in(scores, xdt.clone(), dtype); // [b,c,H,T,P]
+    crate::profile::mark::<B>("ssd.1_intra_chunk", &device);
 
     // 2. Each chunk's end state, Σ_s exp(Λ_{T−1} − Λ_s) x̄_s ⊗ B_s, heads of a group batched.
     let last = acs.clone().narrow(3, t - 1, 1); // [b,c,H,1]
@@ -162,6 +163,7 @@ pub fn ssd_chunked<B: FusedOps>(
         .permute([0, 1, 2, 3, 5, 4])
         .reshape([b, c, g, hg * p, t]);
     let states = matmul_in(xw, bc, dtype).reshape([b, c, h, p * n]); // [b,c,H,P·N]
+    crate::profile::mark::<B>("ssd.2_chunk_states", &device);
 
     // 3. States entering each chunk: segment decay over chunk totals, initial state first.
     let totals = last.reshape([b, c, h]).swap_dims(1, 2); // [b,H,c]
@@ -179,6 +181,7 @@ pub fn ssd_chunked<B: FusedOps>(
         .reshape([b, c, g, hg, p, n])
         .permute([0, 1, 2, 5, 3, 4])
         .reshape([b, c, g, n, hg * p]);
+    crate::profile::mark::<B>("ssd.3_state_passing", &device);
 
     // 4. Outputs of the carried-in state: exp(Λ_l) · C_l · S_in.
     let y_off = matmul_in(cc, s_in, dtype) // [b,c,G,T,hg·P]
@@ -188,6 +191,7 @@ pub fn ssd_chunked<B: FusedOps>(
         * acs.exp().unsqueeze_dim::<5>(4);
 
     let y = (y_diag + y_off).swap_dims(2, 3).reshape([b, lp, h, p]);
+    crate::profile::mark::<B>("ssd.4_carried_outputs", &device);
     (y.narrow(1, 0, l), final_state)
 }
 

@@ -331,17 +331,15 @@ pub fn fbi_weight_kernel<E: Float>(
     out[i * out.stride(0) + j * out.stride(1)] = E::cast_from(v);
 }
 
-/// The elementwise parts of the FBI-Linear gradients: gw = g ⊙ α (straight-through), gs =
-/// g ⊙ sign(W) and gf = g in f32 (summed over the broadcast axis afterwards for α and β).
+/// The elementwise parts of the FBI-Linear gradients: gw = g ⊙ α (straight-through) and gs =
+/// g ⊙ sign(W) (g itself and gs are summed over the broadcast axis afterwards for β and α).
 #[cube(launch)]
-pub fn fbi_weight_backward_kernel<E: Float>(
+pub fn fbi_weight_backward_kernel(
     w: &Tensor<f32>,
     alpha: &Tensor<f32>,
-    g: &Tensor<E>,
+    g: &Tensor<f32>,
     gw: &mut Tensor<f32>,
     gs: &mut Tensor<f32>,
-    gf: &mut Tensor<f32>,
-    #[define(E)] _dtype: StorageType,
 ) {
     let cols = w.shape(1);
     let idx = ABSOLUTE_POS;
@@ -350,7 +348,7 @@ pub fn fbi_weight_backward_kernel<E: Float>(
     }
     let i = idx / cols;
     let j = idx % cols;
-    let gv = f32::cast_from(g[i * g.stride(0) + j * g.stride(1)]);
+    let gv = g[i * g.stride(0) + j * g.stride(1)];
     let mut s = 1.0f32;
     if w[i * w.stride(0) + j * w.stride(1)] < 0.0 {
         s = -1.0;
@@ -358,5 +356,4 @@ pub fn fbi_weight_backward_kernel<E: Float>(
     // Outputs are indexed through their strides: a fresh 2-D buffer may have padded rows.
     gw[i * gw.stride(0) + j * gw.stride(1)] = gv * alpha[scale_index(alpha, i, j)];
     gs[i * gs.stride(0) + j * gs.stride(1)] = gv * s;
-    gf[i * gf.stride(0) + j * gf.stride(1)] = gv;
 }
