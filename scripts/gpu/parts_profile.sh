@@ -2,9 +2,10 @@
 # On the GPU machine, from the repository root (carry runs/gpu/bin with bimamba-train.xz and, if
 # there is one, cache.tar.xz of compiled kernels): the fused-kernel checks, then `bench --parts`
 # of the 130M-class Bi-Mamba (bf16 products) for each SSD chunk length and each SSD variant in
-# MODES: "node" (one autodiff node, hand-written backward, bf16 products), "node-f32" (the same,
-# f32 products), "op-by-op-f32" (differentiated op by op, f32 products). JSON per run in $OUT.
-# Usage: [MODES="node node-f32"] bash scripts/gpu/parts_profile.sh [BATCH] [CHUNKS]   (default 4, "256")
+# MODES: "default" (the SSD differentiated op by op, f32 products), "node" (one autodiff node with
+# the hand-written backward), "bf16" (bf16 SSD products). With PROFILE=1 also the forward's
+# per-section profile of the default step. JSON per run in $OUT.
+# Usage: [MODES="default node"] [PROFILE=1] bash scripts/gpu/parts_profile.sh [BATCH] [CHUNKS]   (default 4, "256")
 BATCH=${1:-4}
 CHUNKS=${2:-"256"}
 cd runs/gpu || exit 1
@@ -16,15 +17,19 @@ el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 B=./bimamba-train
 [ -n "$SKIP_CHECKS" ] || { el checks; $B check-kernels --backend cuda --json $OUT/check-kernels.json 2>&1 | tail -30; }
 for c in $CHUNKS; do
-  for mode in ${MODES:-node node-f32 op-by-op-f32}; do
+  if [ -n "$PROFILE" ]; then
+    el "batch $BATCH chunk $c profiled"
+    timeout 120 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $c --steps 2 --warmup 1 --profile --matmul-size 1024 2>&1 | grep -A30 "ms per step"
+  fi
+  for mode in ${MODES:-default node bf16}; do
     case $mode in
-      node) flags="" ;;
-      node-f32) flags="--ssd-f32" ;;
-      op-by-op-f32) flags="--ssd-f32 --ssd-op-by-op" ;;
+      default) flags="" ;;
+      node) flags="--ssd-node" ;;
+      bf16) flags="--ssd-bf16" ;;
     esac
     el "batch $BATCH chunk $c $mode"
     timeout 200 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $c --steps 3 --warmup 1 --parts $flags \
-      --matmul-size 4096 --json $OUT/parts-b$BATCH-c$c-$mode.json 2>&1 | grep -v "^step" | tail -14
+      --matmul-size 4096 --json $OUT/parts-b$BATCH-c$c-$mode.json 2>&1 | grep -v "^step" | tail -18
   done
 done
 tar cJf $OUT/cache.tar.xz --exclude=./bin --exclude=./bimamba-train --exclude=./cubecl.toml --exclude=./.cache-unpacked . ; ls -la $OUT
