@@ -16,7 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::fused::FusedOps;
-use crate::ops::{matmul_in, opts};
+use crate::ops::opts;
 
 /// A bias-free linear layer, binarized (FBI-Linear) when the scales are present.
 #[derive(Module, Debug)]
@@ -95,29 +95,45 @@ impl<B: FusedOps> Projection<B> {
     /// - x: [..., in]
     /// - output: [..., out]
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let out = self.weight.dims()[0];
+        self.forward_split(x, &[out]).pop().expect("one part")
+    }
+
+    /// x · W̃ᵀ in consecutive blocks of output features (`sizes` add up to `out`), one product
+    /// per block with the weight's rows for it: the same values as slicing [`Self::forward`]'s
+    /// output, but each block is its own tensor, so the backward never assembles a gradient of
+    /// the whole output from zero-filled slices. W̃ is made once.
+    ///
+    /// # Shapes
+    /// - x: [..., in]
+    /// - output: one [..., sizes[i]] per block
+    pub fn forward_split<const D: usize>(&self, x: Tensor<B, D>, sizes: &[usize]) -> Vec<Tensor<B, D>> {
         let dims = x.dims();
         let inp = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
-        let x = x.reshape([rows, inp]);
+        let orig = x.dtype();
+        let dtype = self.matmul_dtype.unwrap_or(orig);
         let w = self.weight.val();
-        let out = w.dims()[0];
-        let y = match (&self.wscale, &self.wbias) {
-            // W̃ is written once, directly in the product's dtype.
-            (Some(alpha), Some(beta)) => {
-                let dtype = self.matmul_dtype.unwrap_or(x.dtype());
-                let we = B::fbi_weight(w, alpha.val(), beta.val(), dtype);
-                let orig = x.dtype();
-                if dtype != orig {
-                    x.cast(dtype).matmul(we.transpose()).cast(orig)
-                } else {
-                    x.matmul(we.transpose())
-                }
-            }
-            _ => matmul_in(x, w.transpose(), self.matmul_dtype),
+        // W̃ is written once, directly in the product's dtype.
+        let w = match (&self.wscale, &self.wbias) {
+            (Some(alpha), Some(beta)) => B::fbi_weight(w, alpha.val(), beta.val(), dtype),
+            _ if w.dtype() != dtype => w.cast(dtype),
+            _ => w,
         };
-        let mut out_dims = dims;
-        out_dims[D - 1] = out;
-        y.reshape(out_dims)
+        let x = x.reshape([rows, inp]);
+        let x = if dtype != orig { x.cast(dtype) } else { x };
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(sizes.len());
+        for &k in sizes {
+            let wk = if sizes.len() == 1 { w.clone() } else { w.clone().narrow(0, start, k) };
+            let y = x.clone().matmul(wk.transpose());
+            let y = if dtype != orig { y.cast(orig) } else { y };
+            let mut out_dims = dims;
+            out_dims[D - 1] = k;
+            parts.push(y.reshape(out_dims));
+            start += k;
+        }
+        parts
     }
 }
 

@@ -139,6 +139,36 @@ impl<B: FusedOps> CausalConv<B> {
         let [c, _, k] = self.weight.dims();
         B::conv_silu(x, self.weight.val().reshape([c, k]), self.bias.val())
     }
+
+    /// The same on channels `start..start + C` only (x holds just those channels).
+    ///
+    /// # Shapes
+    /// - x: [b, L, C]; output: [b, L, C]
+    pub fn forward_silu_channels(&self, x: Tensor<B, 3>, start: usize) -> Tensor<B, 3> {
+        let [c, _, k] = self.weight.dims();
+        let n = x.dims()[2];
+        if start == 0 && n == c {
+            return self.forward_silu(x);
+        }
+        let w = self.weight.val().reshape([c, k]).narrow(0, start, n);
+        B::conv_silu(x, w, self.bias.val().narrow(0, start, n))
+    }
+}
+
+/// The mixer's per-position inputs: in_proj's output blocks, then (after [`Mixer::conv_dt`]) the
+/// convolved x, B, C and the positive step.
+#[derive(Clone, Debug)]
+pub struct MixerInputs<B: Backend> {
+    /// Gate. Shape [b, L, d_inner].
+    pub z: Tensor<B, 3>,
+    /// SSD input x. Shape [b, L, d_inner].
+    pub x: Tensor<B, 3>,
+    /// B. Shape [b, L, G·N].
+    pub bm: Tensor<B, 3>,
+    /// C. Shape [b, L, G·N].
+    pub cm: Tensor<B, 3>,
+    /// dt (raw before [`Mixer::conv_dt`], softplus(dt + dt_bias) after). Shape [b, L, H].
+    pub dt: Tensor<B, 3>,
 }
 
 impl<B: Backend> Mixer<B> {
@@ -179,18 +209,19 @@ impl<B: Backend> Mixer<B> {
 }
 
 impl<B: FusedOps> Mixer<B> {
-    /// The mixer on a whole sequence (chunked SSD): in_proj, [`Self::conv_dt`], [`Self::scan`],
-    /// [`Self::gate_norm`], out_proj.
+    /// The mixer on a whole sequence (chunked SSD): [`Self::project_in`], [`Self::conv_dt`],
+    /// [`Self::scan`], [`Self::gate_norm`], out_proj.
     ///
     /// # Shapes
     /// - u: [b, L, D] (already normalized); output: [b, L, D]
     pub fn forward(&self, u: Tensor<B, 3>) -> Tensor<B, 3> {
         let device = u.device();
-        let zxbcdt = self.in_proj.forward(u); // [b,L,d_in_proj]
+        let raw = self.project_in(u);
         profile::mark::<B>("in_proj", &device);
-        let (z, xbc, dt) = self.conv_dt(zxbcdt);
+        let inputs = self.conv_dt(raw);
         profile::mark::<B>("conv_dt", &device);
-        let y = self.scan(xbc, dt);
+        let z = inputs.z.clone();
+        let y = self.scan(inputs);
         profile::mark::<B>("ssd", &device);
         let normed = self.gate_norm(y, z);
         profile::mark::<B>("gate_norm", &device);
@@ -199,33 +230,49 @@ impl<B: FusedOps> Mixer<B> {
         out
     }
 
-    /// Splits the in_proj output into the gate z, the convolved and activated xBC, and the
+    /// in_proj, as its output blocks z | x | B | C | dt (one product per block: no slicing of a
+    /// [b, L, d_in_proj] activation, whose gradient would be assembled from zero-filled slices).
+    ///
+    /// # Shapes
+    /// - u: [b, L, D]; output: as [`MixerInputs`]
+    pub fn project_in(&self, u: Tensor<B, 3>) -> MixerInputs<B> {
+        let cfg = &self.config;
+        let (di, gn) = (cfg.d_inner(), cfg.ngroups * cfg.d_state);
+        let parts = self.in_proj.forward_split(u, &[di, di, gn, gn, cfg.nheads()]);
+        let [z, x, bm, cm, dt] = <[Tensor<B, 3>; 5]>::try_from(parts).expect("five blocks");
+        MixerInputs { z, x, bm, cm, dt }
+    }
+
+    /// The causal conv + SiLU on x, B and C (each with its channels of the conv), and the
     /// positive step dt = softplus(dt_raw + dt_bias).
     ///
     /// # Shapes
-    /// - zxbcdt: [b, L, d_in_proj]; output: z [b, L, d_inner], xBC [b, L, conv_dim], dt [b, L, H]
-    pub fn conv_dt(&self, zxbcdt: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+    /// - as [`MixerInputs`]
+    pub fn conv_dt(&self, raw: MixerInputs<B>) -> MixerInputs<B> {
         let cfg = &self.config;
-        let (di, h) = (cfg.d_inner(), cfg.nheads());
-        let z = zxbcdt.clone().narrow(2, 0, di);
-        let xbc = self.conv1d.forward_silu(zxbcdt.clone().narrow(2, di, cfg.conv_dim()));
-        let dt = softplus(zxbcdt.narrow(2, di + cfg.conv_dim(), h) + self.dt_bias.val().reshape([1, 1, h]));
-        (z, xbc, dt)
+        let (di, gn, h) = (cfg.d_inner(), cfg.ngroups * cfg.d_state, cfg.nheads());
+        MixerInputs {
+            z: raw.z,
+            x: self.conv1d.forward_silu_channels(raw.x, 0),
+            bm: self.conv1d.forward_silu_channels(raw.bm, di),
+            cm: self.conv1d.forward_silu_channels(raw.cm, di + gn),
+            dt: softplus(raw.dt + self.dt_bias.val().reshape([1, 1, h])),
+        }
     }
 
-    /// The SSD scan over x, B, C (the slices of xBC) with its D·x skip term.
+    /// The SSD scan over x, B, C with its D·x skip term.
     ///
     /// # Shapes
-    /// - xbc: [b, L, conv_dim], dt: [b, L, H]; output: [b, L, H, P]
-    pub fn scan(&self, xbc: Tensor<B, 3>, dt: Tensor<B, 3>) -> Tensor<B, 4> {
+    /// - inputs: after [`Self::conv_dt`]; output: [b, L, H, P]
+    pub fn scan(&self, inputs: MixerInputs<B>) -> Tensor<B, 4> {
         let cfg = &self.config;
-        let [b, l, _] = xbc.dims();
-        let (di, h, p, g, n) = (cfg.d_inner(), cfg.nheads(), cfg.headdim, cfg.ngroups, cfg.d_state);
-        let x = xbc.clone().narrow(2, 0, di).reshape([b, l, h, p]);
-        let bm = xbc.clone().narrow(2, di, g * n).reshape([b, l, g, n]);
-        let cm = xbc.narrow(2, di + g * n, g * n).reshape([b, l, g, n]);
+        let [b, l, _] = inputs.x.dims();
+        let (h, p, g, n) = (cfg.nheads(), cfg.headdim, cfg.ngroups, cfg.d_state);
+        let x = inputs.x.reshape([b, l, h, p]);
+        let bm = inputs.bm.reshape([b, l, g, n]);
+        let cm = inputs.cm.reshape([b, l, g, n]);
         let a = self.A_log.val().exp().neg();
-        let y = B::ssd_scan(x.clone(), dt, a, bm, cm, cfg.chunk_size, self.ssd_dtype);
+        let y = B::ssd_scan(x.clone(), inputs.dt, a, bm, cm, cfg.chunk_size, self.ssd_dtype);
         y + x * self.D.val().reshape([1, 1, h, 1])
     }
 

@@ -17,7 +17,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
 use crate::fused::TrainBackend;
 use crate::loss::cross_entropy;
-use crate::model::Mamba2Lm;
+use crate::model::{Mamba2Lm, MixerInputs};
 use crate::rng::SplitMix64;
 
 /// Seconds of (forward, backward) of `f`, averaged over `reps` runs after one warm-up run.
@@ -74,8 +74,27 @@ pub fn parts<B: TrainBackend>(
 
     let hidden = leaf::<B, 3>([b, l, d], -1.0, 1.0, device);
     put("residual_norm", time_part(reps, device, || block.norm.forward(hidden.clone(), cfg.norm_eps)), layers + 1.0);
-    put("in_proj", time_part(reps, device, || mixer.in_proj.forward(hidden.clone())), layers);
-    // Its pieces: W̃ = α ⊙ sign(W) + β alone, and the product alone (W̃ a leaf in the product's dtype).
+    let sum5 = |m: MixerInputs<B>| m.z.sum() + m.x.sum() + m.bm.sum() + m.cm.sum() + m.dt.sum();
+    put("in_proj", time_part(reps, device, || sum5(mixer.project_in(hidden.clone()))), layers);
+    // The same as one product whose output is sliced into the five blocks (the layout before
+    // `forward_split`), for comparison.
+    put(
+        "in_proj.sliced",
+        time_part(reps, device, || {
+            let all = mixer.in_proj.forward(hidden.clone());
+            let (di, gn) = (cfg.d_inner(), cfg.ngroups * cfg.d_state);
+            let mut start = 0;
+            let mut total = Tensor::<B, 1>::zeros([1], crate::ops::opts::<B>(device));
+            for k in [di, di, gn, gn, cfg.nheads()] {
+                total = total + all.clone().narrow(2, start, k).sum();
+                start += k;
+            }
+            total
+        }),
+        layers,
+    );
+    // Its pieces: W̃ = α ⊙ sign(W) + β alone, and one product of the whole width alone (W̃ a
+    // leaf in the product's dtype).
     let proj = &mixer.in_proj;
     let dtype = proj.matmul_dtype.unwrap_or(crate::ops::float_dtype::<B>());
     if let (Some(alpha), Some(beta)) = (&proj.wscale, &proj.wbias) {
@@ -95,34 +114,17 @@ pub fn parts<B: TrainBackend>(
         layers,
     );
 
-    let zxbcdt = leaf::<B, 3>([b, l, cfg.d_in_proj()], -1.0, 1.0, device);
-    put(
-        "conv_dt",
-        time_part(reps, device, || {
-            let (z, xbc, dt) = mixer.conv_dt(zxbcdt.clone());
-            z.sum() + xbc.sum() + dt.sum()
-        }),
-        layers,
-    );
-    // Its pieces: the conv alone on a contiguous input, and the three slices of in_proj's output
-    // alone (their gradients are assembled into one of in_proj's shape).
-    let xbc_in = leaf::<B, 3>([b, l, cfg.conv_dim()], -1.0, 1.0, device);
-    put("conv_dt.conv", time_part(reps, device, || mixer.conv1d.forward_silu(xbc_in.clone())), layers);
-    put(
-        "conv_dt.split",
-        time_part(reps, device, || {
-            let (di, cd) = (cfg.d_inner(), cfg.conv_dim());
-            let z = zxbcdt.clone().narrow(2, 0, di);
-            let xbc = zxbcdt.clone().narrow(2, di, cd);
-            let dt = zxbcdt.clone().narrow(2, di + cd, cfg.nheads());
-            z.sum() + xbc.sum() + dt.sum()
-        }),
-        layers,
-    );
-
-    let xbc = leaf::<B, 3>([b, l, cfg.conv_dim()], -1.0, 1.0, device);
-    let dt = leaf::<B, 3>([b, l, cfg.nheads()], 0.001, 0.1, device);
-    put("ssd", time_part(reps, device, || mixer.scan(xbc.clone(), dt.clone())), layers);
+    let (di, gn, h) = (cfg.d_inner(), cfg.ngroups * cfg.d_state, cfg.nheads());
+    let inputs = MixerInputs {
+        z: leaf::<B, 3>([b, l, di], -1.0, 1.0, device),
+        x: leaf::<B, 3>([b, l, di], -1.0, 1.0, device),
+        bm: leaf::<B, 3>([b, l, gn], -1.0, 1.0, device),
+        cm: leaf::<B, 3>([b, l, gn], -1.0, 1.0, device),
+        dt: leaf::<B, 3>([b, l, h], -1.0, 1.0, device),
+    };
+    put("conv_dt", time_part(reps, device, || sum5(mixer.conv_dt(inputs.clone()))), layers);
+    let scan_in = MixerInputs { dt: leaf::<B, 3>([b, l, h], 0.001, 0.1, device), ..inputs.clone() };
+    put("ssd", time_part(reps, device, || mixer.scan(scan_in.clone())), layers);
 
     let y = leaf::<B, 4>([b, l, cfg.nheads(), cfg.headdim], -1.0, 1.0, device);
     let z = leaf::<B, 3>([b, l, cfg.d_inner()], -1.0, 1.0, device);
