@@ -8,9 +8,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bimamba_engine::{LanguageModel, Model, StateDtype};
+use bimamba_engine::{Model, StateDtype};
 use bimamba_formats::Checkpoint;
 use bimamba_llama::{Activations, LlamaModel};
+use bimamba_lm::LanguageModel;
 use bimamba_text::Tokenizer;
 use clap::Args;
 

@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use bimamba_engine::LanguageModel;
 use bimamba_formats::Checkpoint;
 use bimamba_llama::{gguf_tokenizer, testing::tiny_llama_gguf, LlamaModel};
+use bimamba_lm::LanguageModel;
 
 mod common;
 use common::bimamba;

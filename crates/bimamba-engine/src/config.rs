@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::error::{EngineError, Result};
+use bimamba_lm::{ModelError, Result};
 
 /// Which config.json dialect a model directory uses (and so which tensor names to expect first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,16 +77,16 @@ impl Config {
     /// Reads `DIR/config.json` (or the given file).
     pub fn from_file(path: &Path) -> Result<Config> {
         let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file).map_err(|source| EngineError::Io { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| ModelError::Io { path: file.clone(), source })?;
         Config::from_json_str(&text, &file)
     }
 
     /// Parses either dialect; `file` is only used in error messages.
     pub fn from_json_str(text: &str, file: &Path) -> Result<Config> {
         let value: Value = serde_json::from_str(text)
-            .map_err(|e| EngineError::Invalid { file: file.to_path_buf(), detail: format!("not valid JSON: {e}") })?;
+            .map_err(|e| ModelError::Invalid { file: file.to_path_buf(), detail: format!("not valid JSON: {e}") })?;
         let Value::Object(obj) = value else {
-            return Err(EngineError::Invalid { file: file.to_path_buf(), detail: "expected a JSON object".into() });
+            return Err(ModelError::Invalid { file: file.to_path_buf(), detail: "expected a JSON object".into() });
         };
         let fields = Fields { file: file.to_path_buf() };
         let config = if obj.contains_key("d_model") {
@@ -152,8 +152,8 @@ struct Fields {
 }
 
 impl Fields {
-    fn err(&self, field: &str, detail: &str) -> EngineError {
-        EngineError::Config { file: self.file.clone(), field: field.to_string(), detail: detail.to_string() }
+    fn err(&self, field: &str, detail: &str) -> ModelError {
+        ModelError::Config { file: self.file.clone(), field: field.to_string(), detail: detail.to_string() }
     }
 
     fn usize_or(&self, obj: &Map<String, Value>, key: &str, default: Option<usize>) -> Result<usize> {
@@ -400,7 +400,7 @@ mod tests {
         ];
         for (json, field) in cases {
             match parse(json) {
-                Err(EngineError::Config { field: f, .. }) => assert_eq!(f, field, "{json}"),
+                Err(ModelError::Config { field: f, .. }) => assert_eq!(f, field, "{json}"),
                 other => panic!("{json}: expected a config error on {field}, got {other:?}"),
             }
         }

@@ -9,8 +9,8 @@ use anyhow::{bail, Result};
 use bimamba_engine::pack::EmbedStorage;
 use bimamba_engine::profile;
 use bimamba_engine::random::{random_model, shape_config, ProjFormat, SHAPES};
-use bimamba_engine::sampling::Rng;
 use bimamba_engine::Model;
+use bimamba_lm::sampling::Rng;
 use clap::Args;
 use serde_json::json;
 
@@ -122,7 +122,7 @@ fn measure(m: &Model, prefill: usize, decode: usize, seed: u64, profile: bool) -
     let prefill_profile = per_token_ms(profile::take(), prefill);
     let t1 = Instant::now();
     for _ in 0..decode {
-        let next = bimamba_engine::sampling::argmax(&logits) as u32;
+        let next = bimamba_lm::sampling::argmax(&logits) as u32;
         logits = m.step(&mut state, next)?;
     }
     let decode_s = t1.elapsed().as_secs_f64();

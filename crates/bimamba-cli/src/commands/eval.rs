@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use bimamba_engine::LanguageModel;
 use bimamba_eval::compare::{self, MetricChoice};
 use bimamba_eval::tasks::{self, Task, TaskResult};
+use bimamba_lm::LanguageModel;
 use bimamba_text::{read_text_file, Tokenizer};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};

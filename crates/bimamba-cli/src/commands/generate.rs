@@ -4,8 +4,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use bimamba_engine::sampling::{Sampler, SamplingParams};
-use bimamba_engine::LanguageModel;
+use bimamba_lm::sampling::{Sampler, SamplingParams};
+use bimamba_lm::LanguageModel;
 use bimamba_text::{StreamDecoder, Tokenizer};
 use clap::Args;
 
