@@ -121,7 +121,7 @@ impl Config {
                 return Err(f.err(name, "must be at least 1, got 0"));
             }
         }
-        if self.d_inner() % self.headdim != 0 {
+        if !self.d_inner().is_multiple_of(self.headdim) {
             return Err(f.err(
                 "headdim",
                 &format!("d_inner = expand*d_model = {} is not a multiple of headdim {}", self.d_inner(), self.headdim),
@@ -133,13 +133,13 @@ impl Config {
                 &format!("expected d_inner/headdim = {}, got {}", self.d_inner() / self.headdim, self.nheads),
             ));
         }
-        if self.nheads % self.ngroups != 0 {
+        if !self.nheads.is_multiple_of(self.ngroups) {
             return Err(f.err(
                 "ngroups",
                 &format!("{} heads cannot be split evenly into {} groups", self.nheads, self.ngroups),
             ));
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err(f.err("layer_norm_epsilon", &format!("must be > 0, got {}", self.norm_eps)));
         }
         Ok(())
@@ -261,7 +261,7 @@ impl Fields {
         let pad = self.usize_or(obj, "pad_vocab_size_multiple", Some(8))?.max(1);
         let expand = self.usize_or(ssm, "expand", Some(2))?;
         let headdim = self.usize_or(ssm, "headdim", Some(64))?;
-        let nheads = if headdim == 0 { 0 } else { expand * d_model / headdim };
+        let nheads = (expand * d_model).checked_div(headdim).unwrap_or(0);
         Ok(Config {
             dialect: Dialect::StateSpaces,
             d_model,
@@ -296,7 +296,7 @@ impl Fields {
         let d_model = self.usize_or(obj, "hidden_size", None)?;
         let expand = self.usize_or(obj, "expand", Some(2))?;
         let headdim = self.usize_or(obj, "head_dim", Some(64))?;
-        let derived = if headdim == 0 { 0 } else { expand * d_model / headdim };
+        let derived = (expand * d_model).checked_div(headdim).unwrap_or(0);
         let vocab_size = self.usize_or(obj, "vocab_size", None)?;
         Ok(Config {
             dialect: Dialect::Transformers,

@@ -5,6 +5,7 @@
 //! - `{prefix}.bits` (U8 [out, row_bytes]) + `wscale`/`wbias`: packed 1-bit (see `bimamba pack`);
 //! - `{prefix}.weight` + `wscale`/`wbias`: a latent Bi-Mamba weight, binarized here at load;
 //! - `{prefix}.weight` alone: full precision, kept in its stored dtype (f32, f16 or bf16).
+//!
 //! `wscale`/`wbias` of shape [1, in] are the column pattern, [out, 1] the row pattern.
 //!
 //! Vocabulary matrices (embedding, untied lm_head) are dense, or, in a packed version-2 file
@@ -149,7 +150,7 @@ impl Loader<'_> {
     /// f32 data of a tensor whose shape must be one of `shapes` (the first is reported).
     fn f32_any(&self, name: &str, shapes: &[&[usize]]) -> Result<Vec<f32>> {
         let actual = self.shape_of(name)?;
-        if !shapes.iter().any(|s| *s == actual.as_slice()) {
+        if !shapes.contains(&actual.as_slice()) {
             return Err(self.shape_err(name, shapes[0], actual));
         }
         Ok(self.ckpt.to_f32(name)?)

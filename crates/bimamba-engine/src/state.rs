@@ -151,7 +151,7 @@ impl LayerState {
 
 /// [a, b] row-major → [b, a] row-major, where `a` = `rows`.
 fn transpose(v: &[f32], rows: usize) -> Vec<f32> {
-    let cols = if rows == 0 { 0 } else { v.len() / rows };
+    let cols = v.len().checked_div(rows).unwrap_or(0);
     let mut out = vec![0.0; v.len()];
     for r in 0..rows {
         for c in 0..cols {

@@ -49,7 +49,7 @@ impl Tiny {
             t.values.insert(name.clone(), deq.iter().map(|&x| x as f64).collect());
             t.tensors.insert(name, (shape, ty, bytes));
         };
-        let norm = |rng: &mut Lcg| (0..D).map(|_| 1.0 + 0.2 * rng.next()).collect::<Vec<f32>>();
+        let norm = |rng: &mut Lcg| (0..D).map(|_| 1.0 + 0.2 * rng.next_f32()).collect::<Vec<f32>>();
         add("token_embd.weight".into(), vec![VOCAB, D], GGML_Q8_0, rng.vec(VOCAB * D, 1.0));
         if !tied {
             add("output.weight".into(), vec![VOCAB, D], GGML_Q4_1, rng.vec(VOCAB * D, 0.5));

@@ -193,7 +193,7 @@ impl Matrix {
     /// blocks and `bytes` has the size of `rows × cols` elements.
     pub fn quantized(dtype: DType, bytes: Vec<u8>, rows: usize, cols: usize) -> Option<Matrix> {
         let ok = dtype.is_quantized()
-            && cols % QK == 0
+            && cols.is_multiple_of(QK)
             && rows.checked_mul(cols).and_then(|n| dtype.byte_len(n)) == Some(bytes.len());
         ok.then_some(Matrix { storage: Storage::Quant { dtype, bytes }, rows, cols })
     }

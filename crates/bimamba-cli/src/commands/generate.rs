@@ -62,13 +62,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("--prompt: the prompt is empty; give some text to continue");
     }
     let temperature = if a.greedy { 0.0 } else { a.temperature.unwrap_or(0.0) };
-    if !(temperature >= 0.0) || !temperature.is_finite() {
+    if !temperature.is_finite() || temperature < 0.0 {
         bail!("--temperature: expected a number >= 0, got {temperature}");
     }
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p: expected a number in (0, 1], got {}", a.top_p);
     }
-    if !(a.repeat_penalty > 0.0) || !a.repeat_penalty.is_finite() {
+    if !a.repeat_penalty.is_finite() || a.repeat_penalty <= 0.0 {
         bail!("--repeat-penalty: expected a number > 0, got {}", a.repeat_penalty);
     }
     let Opened { model, tokenizer, .. } = a.model.open()?;
@@ -115,7 +115,7 @@ fn generate<M: LanguageModel>(
         }
         history.push(next);
         generated += 1;
-        let piece = decoder.push(&tok, next)?;
+        let piece = decoder.push(tok, next)?;
         if a.json {
             text.push_str(&piece);
         } else if out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_err() {
@@ -125,7 +125,7 @@ fn generate<M: LanguageModel>(
             logits = model.forward_last(&mut state, &[next])?;
         }
     }
-    let rest = decoder.finish(&tok)?;
+    let rest = decoder.finish(tok)?;
     let decode_s = t1.elapsed().as_secs_f64();
     if a.json {
         text.push_str(&rest);
