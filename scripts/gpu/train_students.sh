@@ -18,7 +18,7 @@ fi
 el teacher ready
 if [ -n "$PROBE" ]; then (cd ../.. && bash scripts/gpu/probe.sh $PROBE); el probed; fi
 for S in bi fp; do
-  ./bimamba-train train --config ../../examples/distill-$S.toml --backend cuda --max-seconds $MAXS $RESUME > log-$S.txt 2>&1 &
+  ./bimamba-train train --config ../../configs/distill-$S.toml --backend cuda --max-seconds $MAXS $RESUME > log-$S.txt 2>&1 &
 done
 wait; el trained
 for S in bi fp; do tail -4 log-$S.txt; done

@@ -1,11 +1,12 @@
 //! `bimamba`: run, evaluate and inspect Mamba-2 and Bi-Mamba language models on the CPU.
 
-mod binary_act;
 mod commands;
 mod model_args;
+mod runtime_args;
 
 use std::process::ExitCode;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -51,8 +52,44 @@ struct ExternalArgs {
     args: Vec<String>,
 }
 
+/// A command-line mistake as one line: `--flag value: expected a, b or c` for a value outside
+/// a fixed set, else clap's message without its usage and tips.
+fn usage_error_line(e: &clap::Error) -> String {
+    if let (Some(ContextValue::String(arg)), Some(ContextValue::String(value)), Some(ContextValue::Strings(valid))) =
+        (e.get(ContextKind::InvalidArg), e.get(ContextKind::InvalidValue), e.get(ContextKind::ValidValue))
+    {
+        let flag = arg.split_whitespace().next().unwrap_or(arg);
+        let expected = match valid.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        return format!("{flag} {value}: expected {expected}");
+    }
+    let text = e.render().to_string();
+    let lines = text.lines().take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"));
+    let kept: Vec<&str> = lines.map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("tip:")).collect();
+    kept.join(" ").trim_start_matches("error: ").to_string()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("error: {}", usage_error_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Generate(a) => commands::generate::run(a),
         Command::Eval(c) => commands::eval::run(c),

@@ -4,12 +4,12 @@
 
 use std::path::PathBuf;
 
-use bimamba_engine::LanguageModel;
 use bimamba_formats::Checkpoint;
 use bimamba_llama::{gguf_tokenizer, testing::tiny_llama_gguf, LlamaModel};
+use bimamba_lm::LanguageModel;
 
 mod common;
-use common::bimamba;
+use common::{assert_user_error, bimamba};
 
 /// A scratch directory holding the tiny GGUF model and a text file.
 fn setup(name: &str) -> (PathBuf, PathBuf) {
@@ -175,4 +175,35 @@ fn gguf_act_q8_on_a_mamba_model_is_refused() {
     assert_ne!(o.code, 0);
     assert!(!o.stderr.contains("panicked"), "panic: {}", o.stderr);
     assert!(o.stderr.contains("--gguf-act q8") && o.stderr.contains("not a .gguf model"), "{}", o.stderr);
+}
+
+#[test]
+fn bench_measures_a_gguf_and_refuses_what_it_has_not() {
+    let (model_path, _) = setup("bench");
+    let m = path(&model_path);
+    let base = ["bench", "--model", m, "--threads", "1", "--decode-tokens", "3", "--prefill-tokens", "5", "--json"];
+    let o = bimamba(&[&base[..], &["--gguf-act", "q8"]].concat());
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).expect("one JSON object");
+    assert_eq!(v["gguf_act"], "q8");
+    assert!(v["decode_tok_s"].as_f64().is_some_and(|t| t > 0.0), "{v}");
+    assert!(v["dense"].is_null(), "no dense comparison for a GGUF: {v}");
+    // Weights, plus the f32 KV cache (2 layers x 32 wide, keys and values) of 5 + 3/2 positions
+    // and the one written.
+    let model = LlamaModel::load_with(&model_path, bimamba_llama::Activations::Q8).expect("loads");
+    let kv = 2 * 4 * 2 * 32 * (5 + 1 + 1);
+    assert_eq!(v["bytes_per_token"].as_u64(), Some((model.weight_bytes() + kv) as u64), "{v}");
+
+    for (extra, needles) in [
+        (&["--embed", "q8"][..], &["--embed q8", "LLaMA"][..]),
+        (&["--profile"], &["--profile", "LLaMA"]),
+        (&["--state-dtype", "bf16"], &["--state-dtype bf16", "tiny.gguf", "no SSM state"]),
+        (&["--binary-act", "int8"], &["--binary-act int8", "tiny.gguf", "no 1-bit projections"]),
+    ] {
+        assert_user_error(&bimamba(&[&base[..], extra].concat()), needles);
+    }
+    let o = bimamba(&["generate", "--model", m, "--prompt", "hello", "--state-dtype", "bf16"]);
+    assert_user_error(&o, &["--state-dtype bf16", "no SSM state"]);
+    let o = bimamba(&["info", "--model", m]);
+    assert_user_error(&o, &["tiny.gguf", "info reads Mamba-2"]);
 }

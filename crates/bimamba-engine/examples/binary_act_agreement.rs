@@ -7,8 +7,8 @@
 //! where IDS_FILE holds the token ids (prompt then continuation) separated by whitespace or commas.
 
 use bimamba_engine::linear::BinaryAct;
-use bimamba_engine::sampling::argmax;
 use bimamba_engine::Model;
+use bimamba_lm::sampling::argmax;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -5,8 +5,8 @@
 //! `cargo run --release -p bimamba-engine --example state_dtype_agreement -- MODEL_DIR IDS_FILE PROMPT_LEN`
 //! where IDS_FILE holds the token ids (prompt then continuation) separated by whitespace or commas.
 
-use bimamba_engine::sampling::argmax;
 use bimamba_engine::{Model, State, StateDtype};
+use bimamba_lm::sampling::argmax;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -10,7 +10,7 @@
 //! v < 0. The arithmetic is plain f32 multiplies, adds and one division (Rust never fuses them),
 //! so every ISA build produces the same bits.
 
-use crate::softmax::exp_nonpositive;
+use bimamba_lm::softmax::exp_nonpositive;
 
 /// The scalar spec: silu(v) = v · σ(v), σ from e^(−|v|) as in the module comment.
 #[inline(always)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::error::{EngineError, Result};
+use bimamba_lm::{ModelError, Result};
 
 /// Which config.json dialect a model directory uses (and so which tensor names to expect first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,16 +77,16 @@ impl Config {
     /// Reads `DIR/config.json` (or the given file).
     pub fn from_file(path: &Path) -> Result<Config> {
         let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file).map_err(|source| EngineError::Io { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(&file).map_err(|source| ModelError::Io { path: file.clone(), source })?;
         Config::from_json_str(&text, &file)
     }
 
     /// Parses either dialect; `file` is only used in error messages.
     pub fn from_json_str(text: &str, file: &Path) -> Result<Config> {
         let value: Value = serde_json::from_str(text)
-            .map_err(|e| EngineError::Invalid { file: file.to_path_buf(), detail: format!("not valid JSON: {e}") })?;
+            .map_err(|e| ModelError::Invalid { file: file.to_path_buf(), detail: format!("not valid JSON: {e}") })?;
         let Value::Object(obj) = value else {
-            return Err(EngineError::Invalid { file: file.to_path_buf(), detail: "expected a JSON object".into() });
+            return Err(ModelError::Invalid { file: file.to_path_buf(), detail: "expected a JSON object".into() });
         };
         let fields = Fields { file: file.to_path_buf() };
         let config = if obj.contains_key("d_model") {
@@ -121,7 +121,7 @@ impl Config {
                 return Err(f.err(name, "must be at least 1, got 0"));
             }
         }
-        if self.d_inner() % self.headdim != 0 {
+        if !self.d_inner().is_multiple_of(self.headdim) {
             return Err(f.err(
                 "headdim",
                 &format!("d_inner = expand*d_model = {} is not a multiple of headdim {}", self.d_inner(), self.headdim),
@@ -133,13 +133,13 @@ impl Config {
                 &format!("expected d_inner/headdim = {}, got {}", self.d_inner() / self.headdim, self.nheads),
             ));
         }
-        if self.nheads % self.ngroups != 0 {
+        if !self.nheads.is_multiple_of(self.ngroups) {
             return Err(f.err(
                 "ngroups",
                 &format!("{} heads cannot be split evenly into {} groups", self.nheads, self.ngroups),
             ));
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err(f.err("layer_norm_epsilon", &format!("must be > 0, got {}", self.norm_eps)));
         }
         Ok(())
@@ -152,8 +152,8 @@ struct Fields {
 }
 
 impl Fields {
-    fn err(&self, field: &str, detail: &str) -> EngineError {
-        EngineError::Config { file: self.file.clone(), field: field.to_string(), detail: detail.to_string() }
+    fn err(&self, field: &str, detail: &str) -> ModelError {
+        ModelError::Config { file: self.file.clone(), field: field.to_string(), detail: detail.to_string() }
     }
 
     fn usize_or(&self, obj: &Map<String, Value>, key: &str, default: Option<usize>) -> Result<usize> {
@@ -261,7 +261,7 @@ impl Fields {
         let pad = self.usize_or(obj, "pad_vocab_size_multiple", Some(8))?.max(1);
         let expand = self.usize_or(ssm, "expand", Some(2))?;
         let headdim = self.usize_or(ssm, "headdim", Some(64))?;
-        let nheads = if headdim == 0 { 0 } else { expand * d_model / headdim };
+        let nheads = (expand * d_model).checked_div(headdim).unwrap_or(0);
         Ok(Config {
             dialect: Dialect::StateSpaces,
             d_model,
@@ -296,7 +296,7 @@ impl Fields {
         let d_model = self.usize_or(obj, "hidden_size", None)?;
         let expand = self.usize_or(obj, "expand", Some(2))?;
         let headdim = self.usize_or(obj, "head_dim", Some(64))?;
-        let derived = if headdim == 0 { 0 } else { expand * d_model / headdim };
+        let derived = (expand * d_model).checked_div(headdim).unwrap_or(0);
         let vocab_size = self.usize_or(obj, "vocab_size", None)?;
         Ok(Config {
             dialect: Dialect::Transformers,
@@ -400,7 +400,7 @@ mod tests {
         ];
         for (json, field) in cases {
             match parse(json) {
-                Err(EngineError::Config { field: f, .. }) => assert_eq!(f, field, "{json}"),
+                Err(ModelError::Config { field: f, .. }) => assert_eq!(f, field, "{json}"),
                 other => panic!("{json}: expected a config error on {field}, got {other:?}"),
             }
         }

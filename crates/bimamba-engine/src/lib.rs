@@ -5,27 +5,26 @@
 //!
 //! One model definition ([`Model`]) serves full-precision and 1-bit checkpoints: the difference
 //! lives in [`Linear`]. The decoding state ([`State`]) is separate from the weights; prefill and
-//! decode are one code path over a block of tokens (see `mixer`).
+//! decode are one code path over a block of tokens (see `mixer`). The model implements
+//! `bimamba_lm::LanguageModel`, and its errors are `bimamba_lm::ModelError`.
 
 pub mod activation;
 pub mod config;
-pub mod error;
 pub mod linear;
-pub mod lm;
+mod lm;
 mod load;
 pub mod mixer;
 pub mod model;
 pub mod pack;
 pub mod profile;
 pub mod random;
-pub mod sampling;
-pub mod softmax;
 pub mod state;
 
+/// The shared [`ModelError`] under the name the training crate uses.
+pub use bimamba_lm::ModelError as EngineError;
+pub use bimamba_lm::{LanguageModel, ModelError, Result};
 pub use config::{Config, Dialect};
-pub use error::{EngineError, Result};
 pub use linear::{BinaryScales, DenseWeight, Linear};
-pub use lm::LanguageModel;
 pub use mixer::Proj;
 pub use model::{Layer, Model, ProjSite};
 pub use state::{SsmState, State, StateDtype};

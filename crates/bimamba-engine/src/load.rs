@@ -5,6 +5,7 @@
 //! - `{prefix}.bits` (U8 [out, row_bytes]) + `wscale`/`wbias`: packed 1-bit (see `bimamba pack`);
 //! - `{prefix}.weight` + `wscale`/`wbias`: a latent Bi-Mamba weight, binarized here at load;
 //! - `{prefix}.weight` alone: full precision, kept in its stored dtype (f32, f16 or bf16).
+//!
 //! `wscale`/`wbias` of shape [1, in] are the column pattern, [out, 1] the row pattern.
 //!
 //! Vocabulary matrices (embedding, untied lm_head) are dense, or, in a packed version-2 file
@@ -16,22 +17,22 @@ use bimamba_formats::{Checkpoint, DType};
 use half::{bf16, f16};
 
 use crate::config::{Config, Dialect};
-use crate::error::{EngineError, Result};
 use crate::linear::{BinaryAct, BinaryScales, DenseWeight, Linear};
 use crate::mixer::Mixer;
 use crate::model::{Layer, Model};
 use crate::pack::{PackedMeta, EMBEDDING_STORAGE, PACKED_FORMAT, PACKED_VERSION_Q8, Q8_SCALE_SUFFIX};
 use crate::state::StateDtype;
+use bimamba_lm::{ModelError, Result};
 
 impl Model {
     /// Loads a model directory: `config.json` plus `model.safetensors` (or shards) or
     /// `pytorch_model.bin`.
     pub fn load(dir: &Path) -> Result<Model> {
         if !dir.exists() {
-            return Err(EngineError::Invalid { file: dir.to_path_buf(), detail: "no such model directory".into() });
+            return Err(ModelError::Invalid { file: dir.to_path_buf(), detail: "no such model directory".into() });
         }
         if !dir.is_dir() {
-            return Err(EngineError::Invalid {
+            return Err(ModelError::Invalid {
                 file: dir.to_path_buf(),
                 detail: "expected a model directory holding config.json and the weights".into(),
             });
@@ -49,7 +50,7 @@ impl Model {
             Dialect::StateSpaces => ["backbone.embedding.weight", "backbone.embeddings.weight"],
             Dialect::Transformers => ["backbone.embeddings.weight", "backbone.embedding.weight"],
         };
-        let emb_name = emb_names.iter().find(|n| ckpt.info(n).is_some()).ok_or_else(|| EngineError::MissingTensor {
+        let emb_name = emb_names.iter().find(|n| ckpt.info(n).is_some()).ok_or_else(|| ModelError::MissingTensor {
             file: ld.file.clone(),
             tensor: emb_names[0].to_string(),
             hint: format!(" (nor `{}`)", emb_names[1]),
@@ -92,7 +93,7 @@ impl Model {
             None
         } else {
             if ckpt.info("lm_head.weight").is_none() {
-                return Err(EngineError::MissingTensor {
+                return Err(ModelError::MissingTensor {
                     file: ld.file.clone(),
                     tensor: "lm_head.weight".into(),
                     hint: " (the config says the embeddings are not tied)".into(),
@@ -135,21 +136,21 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn shape_of(&self, name: &str) -> Result<Vec<usize>> {
-        self.ckpt.info(name).map(|i| i.shape.clone()).ok_or_else(|| EngineError::MissingTensor {
+        self.ckpt.info(name).map(|i| i.shape.clone()).ok_or_else(|| ModelError::MissingTensor {
             file: self.file.clone(),
             tensor: name.to_string(),
             hint: String::new(),
         })
     }
 
-    fn shape_err(&self, name: &str, expected: &[usize], actual: Vec<usize>) -> EngineError {
-        EngineError::Shape { file: self.file.clone(), tensor: name.to_string(), expected: expected.to_vec(), actual }
+    fn shape_err(&self, name: &str, expected: &[usize], actual: Vec<usize>) -> ModelError {
+        ModelError::Shape { file: self.file.clone(), tensor: name.to_string(), expected: expected.to_vec(), actual }
     }
 
     /// f32 data of a tensor whose shape must be one of `shapes` (the first is reported).
     fn f32_any(&self, name: &str, shapes: &[&[usize]]) -> Result<Vec<f32>> {
         let actual = self.shape_of(name)?;
-        if !shapes.iter().any(|s| *s == actual.as_slice()) {
+        if !shapes.contains(&actual.as_slice()) {
             return Err(self.shape_err(name, shapes[0], actual));
         }
         Ok(self.ckpt.to_f32(name)?)
@@ -184,7 +185,7 @@ impl Loader<'_> {
         let actual = self.shape_of(name)?;
         let dtype = self.ckpt.info(name).expect("shape_of checked presence").dtype;
         let declared = self.packed.is_some_and(|p| p.vocab_q8);
-        let invalid = |detail: String| EngineError::Invalid { file: self.file.clone(), detail };
+        let invalid = |detail: String| ModelError::Invalid { file: self.file.clone(), detail };
         match (dtype, declared) {
             (DType::I8, true) => {}
             (DType::I8, false) => {
@@ -218,7 +219,7 @@ impl Loader<'_> {
         let bias_name = format!("{prefix}.wbias");
         if self.ckpt.info(&scale_name).is_none() {
             if self.ckpt.info(&bias_name).is_some() {
-                return Err(EngineError::MissingTensor {
+                return Err(ModelError::MissingTensor {
                     file: self.file.clone(),
                     tensor: scale_name,
                     hint: format!(" (`{bias_name}` is present: a Bi-Mamba layer needs both)"),
@@ -232,13 +233,14 @@ impl Loader<'_> {
         } else if s_shape == [rows, 1] {
             false
         } else {
-            return Err(EngineError::Shape {
+            return Err(ModelError::Invalid {
                 file: self.file.clone(),
-                tensor: scale_name,
-                expected: vec![1, cols],
-                actual: s_shape,
-            }
-            .with_alternative(&[rows, 1]));
+                detail: format!(
+                    "tensor `{scale_name}` has shape {s_shape:?}, expected {:?} (column pattern) or {:?} (row pattern)",
+                    [1, cols],
+                    [rows, 1]
+                ),
+            });
         };
         let n = if column { cols } else { rows };
         let alpha = self.ckpt.to_f32(&scale_name)?;
@@ -252,7 +254,7 @@ impl Loader<'_> {
         let bits_name = format!("{prefix}.bits");
         if self.ckpt.info(&bits_name).is_some() {
             if self.packed.is_none() {
-                return Err(EngineError::Invalid {
+                return Err(ModelError::Invalid {
                     file: self.file.clone(),
                     detail: format!(
                         "tensor `{bits_name}` holds packed bits but the metadata does not declare format \"{}\"",
@@ -275,20 +277,5 @@ impl Loader<'_> {
         }
         let latent = self.ckpt.to_f32(&wname)?;
         Ok(Linear::binarize(&latent, rows, cols, scales))
-    }
-}
-
-impl EngineError {
-    /// Adds a second acceptable shape to a shape error's message.
-    fn with_alternative(self, alt: &[usize]) -> EngineError {
-        match self {
-            EngineError::Shape { file, tensor, expected, actual } => EngineError::Invalid {
-                file,
-                detail: format!(
-                    "tensor `{tensor}` has shape {actual:?}, expected {expected:?} (column pattern) or {alt:?} (row pattern)"
-                ),
-            },
-            other => other,
-        }
     }
 }

@@ -62,9 +62,13 @@ pub fn softplus(v: f32) -> f32 {
     }
 }
 
+/// One head's state update and readout for one token: `(x, B, C, dt, decay, y)`, as
+/// `ssm::head_step` computes it.
+type HeadStep<'a> = dyn FnMut(&[f32], &[f32], &[f32], f32, f32, &mut [f32]) + 'a;
+
 /// A checkpoint's conv weight [conv_dim, d_conv] in the mixer's tap-major layout [d_conv, conv_dim].
 pub fn conv_taps_major(w: &[f32], d_conv: usize) -> Vec<f32> {
-    let conv_dim = if d_conv == 0 { 0 } else { w.len() / d_conv };
+    let conv_dim = w.len().checked_div(d_conv).unwrap_or(0);
     let mut t = vec![0.0; w.len()];
     for c in 0..conv_dim {
         for j in 0..d_conv {
@@ -138,24 +142,23 @@ impl Mixer {
         let hpg = cfg.heads_per_group();
         // ys: [H, t, P], written by the scan in place (no per-head allocation on the workers).
         let mut ys = vec![0.0f32; h_n * t * p_n];
-        let scan_head =
-            |h: usize, y: &mut [f32], step: &mut dyn FnMut(&[f32], &[f32], &[f32], f32, f32, &mut [f32])| {
-                let g = h / hpg;
-                for k in 0..t {
-                    let row = &xbc[k * conv_dim..(k + 1) * conv_dim];
-                    let x = &row[h * p_n..(h + 1) * p_n];
-                    let b = &row[d_inner + g * n_n..d_inner + (g + 1) * n_n];
-                    let c = &row[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
-                    let dtv = dt[k * h_n + h];
-                    let decay = (dtv * self.a[h]).exp();
-                    let yk = &mut y[k * p_n..(k + 1) * p_n];
-                    // S ← decay·S + dt·x⊗B and y = S·C, each state row touched once.
-                    step(x, b, c, dtv, decay, yk);
-                    for (v, xv) in yk.iter_mut().zip(x) {
-                        *v += self.d[h] * xv;
-                    }
+        let scan_head = |h: usize, y: &mut [f32], step: &mut HeadStep<'_>| {
+            let g = h / hpg;
+            for k in 0..t {
+                let row = &xbc[k * conv_dim..(k + 1) * conv_dim];
+                let x = &row[h * p_n..(h + 1) * p_n];
+                let b = &row[d_inner + g * n_n..d_inner + (g + 1) * n_n];
+                let c = &row[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
+                let dtv = dt[k * h_n + h];
+                let decay = (dtv * self.a[h]).exp();
+                let yk = &mut y[k * p_n..(k + 1) * p_n];
+                // S ← decay·S + dt·x⊗B and y = S·C, each state row touched once.
+                step(x, b, c, dtv, decay, yk);
+                for (v, xv) in yk.iter_mut().zip(x) {
+                    *v += self.d[h] * xv;
                 }
-            };
+            }
+        };
         let y_heads = ys.par_chunks_mut((t * p_n).max(1));
         match &mut state.ssm {
             // Several tokens per state row load (`head_steps`, bit-identical to token by token).

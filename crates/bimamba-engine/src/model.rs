@@ -8,11 +8,11 @@
 //! ```
 
 use crate::config::Config;
-use crate::error::{EngineError, Result};
 use crate::linear::{BinaryAct, Linear};
 use crate::mixer::{rms_norm, Mixer, Proj};
 use crate::profile::{Section, Timer};
 use crate::state::{LayerState, State, StateDtype};
+use bimamba_lm::{ModelError, Result};
 
 #[derive(Clone, Debug)]
 pub struct Layer {
@@ -156,7 +156,7 @@ impl Model {
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         let vocab = self.vocab_size();
         match tokens.iter().find(|&&t| t as usize >= vocab) {
-            Some(&id) => Err(EngineError::TokenOutOfRange { id, vocab }),
+            Some(&id) => Err(ModelError::TokenOutOfRange { id, vocab }),
             None => Ok(()),
         }
     }

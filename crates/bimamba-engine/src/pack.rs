@@ -31,9 +31,9 @@ use std::path::Path;
 use bimamba_formats::{Checkpoint, DType};
 use half::{bf16, f16};
 
-use crate::error::{EngineError, Result};
 use crate::linear::{BinaryScales, DenseWeight, Linear};
 use crate::model::Model;
+use bimamba_lm::{ModelError, Result};
 
 pub const PACKED_FORMAT: &str = "bimamba-packed";
 /// The version of a packed file whose vocabulary matrices are f32/f16/bf16.
@@ -92,7 +92,7 @@ pub fn check_metadata(ckpt: &Checkpoint) -> Result<Option<PackedMeta>> {
     if meta.get("format").map(String::as_str) != Some(PACKED_FORMAT) {
         return Ok(None);
     }
-    let invalid = |detail: String| EngineError::Invalid { file: crate::load::weights_file(ckpt), detail };
+    let invalid = |detail: String| ModelError::Invalid { file: crate::load::weights_file(ckpt), detail };
     let version = meta.get("version").map(String::as_str);
     if version != Some(PACKED_VERSION) && version != Some(PACKED_VERSION_Q8) {
         return Err(invalid(format!(
@@ -132,7 +132,7 @@ pub fn write_packed(
         for (name, lin) in [("in_proj", &layer.mixer.in_proj), ("out_proj", &layer.mixer.out_proj)] {
             let prefix = format!("backbone.layers.{i}.mixer.{name}");
             let Linear::Binary { rows, cols, bits, scales } = lin else {
-                return Err(EngineError::Invalid {
+                return Err(ModelError::Invalid {
                     file: src.path().to_path_buf(),
                     detail: format!(
                         "`{prefix}` has no wscale/wbias: only Bi-Mamba checkpoints (latent weights + FBI scales) can be packed"
@@ -195,7 +195,7 @@ pub fn write_packed(
         owned.iter().map(|(n, d, s, b)| (n.clone(), *d, s.clone(), b.as_slice())).collect();
     let path = out.join("model.safetensors");
     bimamba_formats::write_safetensors_atomic(&path, &views, &meta)?;
-    let size = std::fs::metadata(&path).map_err(|source| EngineError::Io { path: path.clone(), source })?.len();
+    let size = std::fs::metadata(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?.len();
     Ok((packed, size))
 }
 

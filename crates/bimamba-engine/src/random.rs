@@ -7,12 +7,12 @@ use std::path::Path;
 use half::bf16;
 
 use crate::config::Config;
-use crate::error::Result;
 use crate::linear::{BinaryAct, BinaryScales, DenseWeight, Linear};
 use crate::mixer::Mixer;
 use crate::model::{Layer, Model};
-use crate::sampling::Rng;
 use crate::state::StateDtype;
+use bimamba_lm::sampling::Rng;
+use bimamba_lm::Result;
 
 /// How the in_proj/out_proj weights are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

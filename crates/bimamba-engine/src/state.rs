@@ -15,7 +15,7 @@ use bimamba_formats::{Checkpoint, DType};
 use bimamba_kernels::ssm::{bf16_round, bf16_widen};
 
 use crate::config::Config;
-use crate::error::{EngineError, Result};
+use bimamba_lm::{ModelError, Result};
 
 /// Format tag written into a saved state's metadata.
 pub const STATE_FORMAT: &str = "bimamba-state";
@@ -151,7 +151,7 @@ impl LayerState {
 
 /// [a, b] row-major → [b, a] row-major, where `a` = `rows`.
 fn transpose(v: &[f32], rows: usize) -> Vec<f32> {
-    let cols = if rows == 0 { 0 } else { v.len() / rows };
+    let cols = v.len().checked_div(rows).unwrap_or(0);
     let mut out = vec![0.0; v.len()];
     for r in 0..rows {
         for c in 0..cols {
@@ -221,7 +221,7 @@ impl State {
     pub fn load(cfg: &Config, dtype: StateDtype, path: &Path) -> Result<State> {
         let ckpt = Checkpoint::open(path)?;
         let meta = ckpt.metadata();
-        let invalid = |detail: String| EngineError::Invalid { file: path.to_path_buf(), detail };
+        let invalid = |detail: String| ModelError::Invalid { file: path.to_path_buf(), detail };
         if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
             return Err(invalid(format!("metadata `format` is {:?}, expected \"{STATE_FORMAT}\"", meta.get("format"))));
         }
@@ -253,13 +253,13 @@ impl State {
             let conv_shape = vec![cfg.conv_dim(), cfg.d_conv];
             let ssm_shape = vec![cfg.nheads, cfg.headdim, cfg.d_state];
             for (name, shape) in [(format!("layers.{i}.conv"), conv_shape), (format!("layers.{i}.ssm"), ssm_shape)] {
-                let info = ckpt.info(&name).ok_or_else(|| EngineError::MissingTensor {
+                let info = ckpt.info(&name).ok_or_else(|| ModelError::MissingTensor {
                     file: path.to_path_buf(),
                     tensor: name.clone(),
                     hint: format!(" (the state has fewer than the model's {} layers)", cfg.n_layer),
                 })?;
                 if info.shape != shape {
-                    return Err(EngineError::Shape {
+                    return Err(ModelError::Shape {
                         file: path.to_path_buf(),
                         tensor: name,
                         expected: shape,

@@ -109,7 +109,7 @@ fn check_fixture(name: &str, compare_hf: bool) {
     let mut logits = model.forward_last(&mut st, &prompt).unwrap();
     let mut got = Vec::new();
     for _ in 0..expect.len() {
-        let next = bimamba_engine::sampling::argmax(&logits) as u32;
+        let next = bimamba_lm::sampling::argmax(&logits) as u32;
         got.push(next);
         logits = model.step(&mut st, next).unwrap();
     }

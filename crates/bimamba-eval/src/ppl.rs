@@ -5,8 +5,7 @@
 //! Bits per byte make models with different tokenizers comparable: the NLL in bits divided by the
 //! UTF-8 bytes of text that the scored tokens cover.
 
-use bimamba_engine::lm::{log_prob, LanguageModel};
-use bimamba_engine::Result;
+use bimamba_lm::{log_prob, LanguageModel, Result};
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -5,12 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use bimamba_engine::lm::{log_prob, LanguageModel};
 use bimamba_engine::Model;
 use bimamba_eval::tasks::data::Docs;
 use bimamba_eval::tasks::request::{self, Group, Origin};
 use bimamba_eval::tasks::score::score_group;
 use bimamba_eval::tasks::{self, Task};
+use bimamba_lm::{log_prob, LanguageModel};
 use bimamba_text::Tokenizer;
 
 fn root() -> PathBuf {

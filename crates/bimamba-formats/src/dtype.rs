@@ -94,7 +94,7 @@ impl DType {
     /// Bytes that `numel` elements occupy; `None` on overflow or when `numel` is not a whole
     /// number of blocks.
     pub fn byte_len(self, numel: usize) -> Option<usize> {
-        if numel % self.block_size() != 0 {
+        if !numel.is_multiple_of(self.block_size()) {
             return None;
         }
         (numel / self.block_size()).checked_mul(self.block_bytes())

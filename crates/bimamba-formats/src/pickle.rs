@@ -260,7 +260,7 @@ impl Vm {
 
     /// SETITEM/SETITEMS: insert key/value pairs into the dict at the top of the stack.
     fn set_items(&mut self, flat: Vec<Value>) -> Res<()> {
-        if flat.len() % 2 != 0 {
+        if !flat.len().is_multiple_of(2) {
             return self.bad("SETITEMS with an odd number of items");
         }
         let item_depth = flat.iter().map(Value::depth).max().unwrap_or(0);

@@ -45,42 +45,46 @@ fn xor_reduce_lanes(words: &[u64]) -> u64 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn xor_reduce_avx512(words: &[u64]) -> u64 {
-    use std::arch::x86_64::*;
-    let lines = words.len() / (STREAMS * LINE_WORDS);
-    let len = lines * LINE_WORDS;
-    let p = words.as_ptr();
-    let mut a = [_mm512_setzero_si512(); STREAMS];
-    for l in 0..lines {
-        for (s, acc) in a.iter_mut().enumerate() {
-            *acc = _mm512_xor_si512(*acc, _mm512_loadu_si512(p.add(s * len + l * LINE_WORDS).cast()));
+    unsafe {
+        use std::arch::x86_64::*;
+        let lines = words.len() / (STREAMS * LINE_WORDS);
+        let len = lines * LINE_WORDS;
+        let p = words.as_ptr();
+        let mut a = [_mm512_setzero_si512(); STREAMS];
+        for l in 0..lines {
+            for (s, acc) in a.iter_mut().enumerate() {
+                *acc = _mm512_xor_si512(*acc, _mm512_loadu_si512(p.add(s * len + l * LINE_WORDS).cast()));
+            }
         }
+        let mut lanes = [0u64; 8];
+        let v = a.iter().fold(_mm512_setzero_si512(), |x, y| _mm512_xor_si512(x, *y));
+        _mm512_storeu_si512(lanes.as_mut_ptr().cast(), v);
+        lanes.iter().chain(&words[STREAMS * len..]).fold(0, |x, y| x ^ y)
     }
-    let mut lanes = [0u64; 8];
-    let v = a.iter().fold(_mm512_setzero_si512(), |x, y| _mm512_xor_si512(x, *y));
-    _mm512_storeu_si512(lanes.as_mut_ptr().cast(), v);
-    lanes.iter().chain(&words[STREAMS * len..]).fold(0, |x, y| x ^ y)
 }
 
 /// [`xor_reduce_lanes`] with two 256-bit loads per stream step.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn xor_reduce_avx2(words: &[u64]) -> u64 {
-    use std::arch::x86_64::*;
-    let lines = words.len() / (STREAMS * LINE_WORDS);
-    let len = lines * LINE_WORDS;
-    let p = words.as_ptr();
-    let mut a = [_mm256_setzero_si256(); STREAMS];
-    for l in 0..lines {
-        for (s, acc) in a.iter_mut().enumerate() {
-            let q = p.add(s * len + l * LINE_WORDS);
-            let both = _mm256_xor_si256(_mm256_loadu_si256(q.cast()), _mm256_loadu_si256(q.add(4).cast()));
-            *acc = _mm256_xor_si256(*acc, both);
+    unsafe {
+        use std::arch::x86_64::*;
+        let lines = words.len() / (STREAMS * LINE_WORDS);
+        let len = lines * LINE_WORDS;
+        let p = words.as_ptr();
+        let mut a = [_mm256_setzero_si256(); STREAMS];
+        for l in 0..lines {
+            for (s, acc) in a.iter_mut().enumerate() {
+                let q = p.add(s * len + l * LINE_WORDS);
+                let both = _mm256_xor_si256(_mm256_loadu_si256(q.cast()), _mm256_loadu_si256(q.add(4).cast()));
+                *acc = _mm256_xor_si256(*acc, both);
+            }
         }
+        let mut lanes = [0u64; 4];
+        let v = a.iter().fold(_mm256_setzero_si256(), |x, y| _mm256_xor_si256(x, *y));
+        _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v);
+        lanes.iter().chain(&words[STREAMS * len..]).fold(0, |x, y| x ^ y)
     }
-    let mut lanes = [0u64; 4];
-    let v = a.iter().fold(_mm256_setzero_si256(), |x, y| _mm256_xor_si256(x, *y));
-    _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v);
-    lanes.iter().chain(&words[STREAMS * len..]).fold(0, |x, y| x ^ y)
 }
 
 /// XOR of all words with the widest vectors this CPU has (the probe must not be slower than the

@@ -94,6 +94,7 @@ unsafe fn head_step_avx2(s: &mut [f32], x: &[f32], b: &[f32], c: &[f32], dt: f32
 ///
 /// # Shapes
 /// - `s`: [P, N]; `x`, `y`: [P]; `b`, `c`: [N]
+#[allow(clippy::too_many_arguments)]
 pub fn head_step_with(isa: Isa, s: &mut [f32], x: &[f32], b: &[f32], c: &[f32], dt: f32, decay: f32, y: &mut [f32]) {
     let (p, n) = (x.len(), b.len());
     assert!(
@@ -150,7 +151,7 @@ const STEPS_BLOCK: usize = 16;
 fn head_steps_lanes(s: &mut [f32], n: usize, blk: &HeadBlock, y: &mut [f32]) {
     const L: usize = 8;
     let t = blk.dt.len();
-    let p_n = if n == 0 { 0 } else { s.len() / n };
+    let p_n = s.len().checked_div(n).unwrap_or(0);
     let full = n / L * L;
     let mut k0 = 0;
     while k0 < t {
@@ -265,6 +266,7 @@ pub fn head_step_bf16_scalar(s: &mut [u16], x: &[f32], b: &[f32], c: &[f32], dt:
 ///
 /// # Shapes
 /// - `s`: [P, N] bf16 bits; `x`, `y`: [P]; `b`, `c`: [N]
+#[allow(clippy::too_many_arguments)]
 pub fn head_step_bf16_with(
     isa: Isa,
     s: &mut [u16],

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use bimamba_engine::{EngineError, Result};
 use bimamba_formats::GgufMetadata;
+use bimamba_lm::{ModelError, Result};
 
 /// Shape and constants of a LLaMA-architecture model.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,7 +54,7 @@ impl LlamaConfig {
     /// Reads and validates the `llama.*` keys; `vocab_size` is the embedding's row count, found
     /// by the caller from the tensor itself.
     pub fn from_gguf(meta: &GgufMetadata, vocab_size: usize, file: &Path) -> Result<LlamaConfig> {
-        let bad = |field: &str, detail: String| EngineError::Config {
+        let bad = |field: &str, detail: String| ModelError::Config {
             file: file.to_path_buf(),
             field: field.to_string(),
             detail,

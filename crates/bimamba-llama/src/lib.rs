@@ -9,7 +9,7 @@
 //! adjacent-pair convention, attention over the cache, SwiGLU), [`weights`] and [`qdot`] (the
 //! matrix products), [`model`] (weights by GGUF key, the [`KvCache`] state, the forward, batched
 //! branches of one cache), [`tokenizer`] (the GGUF's own BPE tokenizer). The model
-//! implements [`bimamba_engine::LanguageModel`], so perplexity, the zero-shot tasks and
+//! implements [`bimamba_lm::LanguageModel`], so perplexity, the zero-shot tasks and
 //! generation run on it unchanged.
 //!
 //! Weights and activations ([`Activations`], chosen at load): with f32 activations (the

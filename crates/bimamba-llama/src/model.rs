@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
-use bimamba_engine::{EngineError, LanguageModel, Result};
 use bimamba_formats::{Checkpoint, Format};
+use bimamba_lm::{LanguageModel, ModelError, Result};
 use rayon::prelude::*;
 
 use crate::config::LlamaConfig;
@@ -110,13 +110,13 @@ impl Loader<'_> {
     /// Checks that `name` exists with `shape`.
     fn info(&self, name: &str, shape: &[usize]) -> Result<&bimamba_formats::TensorInfo> {
         let file = self.ck.path().to_path_buf();
-        let info = self.ck.info(name).ok_or_else(|| EngineError::MissingTensor {
+        let info = self.ck.info(name).ok_or_else(|| ModelError::MissingTensor {
             file: file.clone(),
             tensor: name.to_string(),
             hint: String::new(),
         })?;
         if info.shape != shape {
-            return Err(EngineError::Shape {
+            return Err(ModelError::Shape {
                 file,
                 tensor: name.to_string(),
                 expected: shape.to_vec(),
@@ -140,7 +140,7 @@ impl Loader<'_> {
         }
         let bytes = self.ck.bytes(name)?;
         let n = bytes.len();
-        Matrix::quantized(dtype, bytes.to_vec(), rows, cols).ok_or_else(|| EngineError::Invalid {
+        Matrix::quantized(dtype, bytes.to_vec(), rows, cols).ok_or_else(|| ModelError::Invalid {
             file: self.ck.path().to_path_buf(),
             detail: format!("tensor `{name}`: {n} bytes of {dtype} do not hold [{rows} x {cols}] in whole blocks"),
         })
@@ -171,12 +171,12 @@ impl LlamaModel {
     pub fn from_checkpoint_with(ck: &Checkpoint, act: Activations) -> Result<LlamaModel> {
         let file = ck.path().to_path_buf();
         let (Format::Gguf, Some(meta)) = (ck.format(), ck.gguf()) else {
-            return Err(EngineError::Invalid {
+            return Err(ModelError::Invalid {
                 file,
                 detail: "not a GGUF file: a LLaMA-architecture model is read from GGUF only".into(),
             });
         };
-        let embd = ck.info("token_embd.weight").ok_or_else(|| EngineError::MissingTensor {
+        let embd = ck.info("token_embd.weight").ok_or_else(|| ModelError::MissingTensor {
             file: file.clone(),
             tensor: "token_embd.weight".into(),
             hint: " (the token embedding every LLaMA GGUF has)".into(),
@@ -184,7 +184,7 @@ impl LlamaModel {
         let vocab_size = match embd.shape[..] {
             [v, _] => v,
             _ => {
-                return Err(EngineError::Invalid {
+                return Err(ModelError::Invalid {
                     file,
                     detail: format!("tensor `token_embd.weight` has shape {:?}, expected 2 dimensions", embd.shape),
                 })
@@ -195,7 +195,7 @@ impl LlamaModel {
         let unknown: Vec<&str> =
             ck.tensors().into_iter().map(|t| t.name.as_str()).filter(|n| !known.iter().any(|k| k == n)).collect();
         if !unknown.is_empty() {
-            return Err(EngineError::Invalid {
+            return Err(ModelError::Invalid {
                 file,
                 detail: format!(
                     "tensors this LLaMA forward does not implement (biases, RoPE factors, another variant?): {}",
@@ -309,10 +309,10 @@ impl LlamaModel {
     fn check(&self, cache: &KvCache, tokens: &[u32]) -> Result<()> {
         let vocab = self.config.vocab_size;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::TokenOutOfRange { id, vocab });
+            return Err(ModelError::TokenOutOfRange { id, vocab });
         }
         if cache.layers.len() != self.config.n_layer {
-            return Err(EngineError::Invalid {
+            return Err(ModelError::Invalid {
                 file: self.path.clone(),
                 detail: format!(
                     "a KV cache of {} layers was passed to a model of {}",
@@ -323,7 +323,7 @@ impl LlamaModel {
         }
         let kv = cache.position * self.config.kv_dim();
         if cache.layers.iter().any(|l| l.k.len() != kv || l.v.len() != kv) {
-            return Err(EngineError::Invalid {
+            return Err(ModelError::Invalid {
                 file: self.path.clone(),
                 detail: format!(
                     "a KV cache whose layers do not hold {} positions of width {} was passed to this model",
@@ -334,7 +334,7 @@ impl LlamaModel {
         }
         let end = cache.position + tokens.len();
         if end > self.config.context_length {
-            return Err(EngineError::Invalid {
+            return Err(ModelError::Invalid {
                 file: self.path.clone(),
                 detail: format!(
                     "{} tokens would exceed the model's context length of {} (llama.context_length)",

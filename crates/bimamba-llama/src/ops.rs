@@ -1,8 +1,8 @@
 //! The per-token math of a LLaMA block that is not a matrix product: RMSNorm, rotary position
 //! embedding (GGUF convention), causal grouped-query attention over the KV cache, SwiGLU.
 
-use bimamba_engine::softmax::{exp_nonpositive, lane_max, lane_sum};
 use bimamba_kernels::{dense_gemm_with, selected_isa};
+use bimamba_lm::softmax::{exp_nonpositive, lane_max, lane_sum};
 use rayon::prelude::*;
 
 use crate::config::LlamaConfig;

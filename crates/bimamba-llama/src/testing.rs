@@ -168,12 +168,12 @@ pub fn q4_1(v: &[f32]) -> (Vec<u8>, Vec<f32>) {
 pub struct Lcg(pub u64);
 
 impl Lcg {
-    pub fn next(&mut self) -> f32 {
+    pub fn next_f32(&mut self) -> f32 {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.next() * scale).collect()
+        (0..n).map(|_| self.next_f32() * scale).collect()
     }
 }
 
@@ -231,7 +231,7 @@ pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
         .f32("llama.rope.freq_base", 10000.0)
         .f32("llama.attention.layer_norm_rms_epsilon", 1e-5);
     put_tiny_tokenizer(&mut g, "gpt2", "smollm");
-    let norm = |rng: &mut Lcg| f32_bytes(&(0..d).map(|_| 1.0 + 0.2 * rng.next()).collect::<Vec<_>>());
+    let norm = |rng: &mut Lcg| f32_bytes(&(0..d).map(|_| 1.0 + 0.2 * rng.next_f32()).collect::<Vec<_>>());
     let s = 2.0 / (d as f32).sqrt();
     g.tensor("token_embd.weight", &[vocab, d], GGML_Q8_0, &q8_0(&rng.vec(vocab * d, 1.0)).0);
     g.tensor("output_norm.weight", &[d], GGML_F32, &norm(&mut rng));

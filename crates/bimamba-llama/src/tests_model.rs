@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use bimamba_engine::{EngineError, LanguageModel};
+use bimamba_lm::{LanguageModel, ModelError};
 
 use crate::testing::{
     f32_bytes, q4_0, q4_1, q8_0, tmp_path, GgufWriter, Lcg, GGML_F32, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0,
@@ -49,7 +49,7 @@ impl Tiny {
             t.values.insert(name.clone(), deq.iter().map(|&x| x as f64).collect());
             t.tensors.insert(name, (shape, ty, bytes));
         };
-        let norm = |rng: &mut Lcg| (0..D).map(|_| 1.0 + 0.2 * rng.next()).collect::<Vec<f32>>();
+        let norm = |rng: &mut Lcg| (0..D).map(|_| 1.0 + 0.2 * rng.next_f32()).collect::<Vec<f32>>();
         add("token_embd.weight".into(), vec![VOCAB, D], GGML_Q8_0, rng.vec(VOCAB * D, 1.0));
         if !tied {
             add("output.weight".into(), vec![VOCAB, D], GGML_Q4_1, rng.vec(VOCAB * D, 0.5));
@@ -92,7 +92,7 @@ impl Tiny {
         path
     }
 
-    fn load(&self, tag: &str) -> Result<LlamaModel, EngineError> {
+    fn load(&self, tag: &str) -> Result<LlamaModel, ModelError> {
         let path = self.write(tag);
         let r = LlamaModel::load(&path);
         std::fs::remove_file(&path).ok();
@@ -322,7 +322,7 @@ fn rejects_bad_tokens_and_overflow() {
     let model = tiny.load("bad-input").expect("the tiny model loads");
     let mut cache = model.new_cache();
     match model.forward(&mut cache, &[1, VOCAB as u32]) {
-        Err(EngineError::TokenOutOfRange { id, vocab }) => assert_eq!((id as usize, vocab), (VOCAB, VOCAB)),
+        Err(ModelError::TokenOutOfRange { id, vocab }) => assert_eq!((id as usize, vocab), (VOCAB, VOCAB)),
         other => panic!("expected TokenOutOfRange, got {other:?}"),
     }
     assert_eq!(cache, model.new_cache());
@@ -345,14 +345,14 @@ fn rejects_malformed_files() {
     let mut t = Tiny::new(true, 1);
     t.tensors.remove("blk.1.ffn_down.weight");
     match t.load("missing") {
-        Err(EngineError::MissingTensor { tensor, .. }) => assert_eq!(tensor, "blk.1.ffn_down.weight"),
+        Err(ModelError::MissingTensor { tensor, .. }) => assert_eq!(tensor, "blk.1.ffn_down.weight"),
         other => panic!("expected MissingTensor, got {other:?}"),
     }
 
     let mut t = Tiny::new(true, 1);
     t.tensors.insert("blk.0.attn_k.weight".into(), (vec![D, D], GGML_F32, f32_bytes(&vec![0.0; D * D])));
     match t.load("shape") {
-        Err(EngineError::Shape { tensor, expected, actual, .. }) => {
+        Err(ModelError::Shape { tensor, expected, actual, .. }) => {
             assert_eq!(tensor, "blk.0.attn_k.weight");
             assert_eq!((expected, actual), (vec![N_KV * HD, D], vec![D, D]));
         }
@@ -367,7 +367,7 @@ fn rejects_malformed_files() {
     let mut t = Tiny::new(true, 1);
     t.arch = "mamba2";
     match t.load("arch") {
-        Err(EngineError::Config { field, .. }) => assert_eq!(field, "general.architecture"),
+        Err(ModelError::Config { field, .. }) => assert_eq!(field, "general.architecture"),
         other => panic!("expected Config, got {other:?}"),
     }
 }

@@ -2,8 +2,8 @@
 //! order, control tokens matched whole, the `smollm` pre-tokenizer splitting digits, exact
 //! byte round trips, and refusals of what is not implemented.
 
-use bimamba_engine::EngineError;
 use bimamba_formats::Checkpoint;
+use bimamba_lm::ModelError;
 
 use crate::gguf_tokenizer;
 use crate::testing::{byte_char, put_tiny_tokenizer, tiny_vocab, tmp_path, GgufWriter, MERGES};
@@ -12,7 +12,7 @@ fn id(tok: &str) -> u32 {
     tiny_vocab().iter().position(|t| t == tok).expect("the token is in the test vocabulary") as u32
 }
 
-fn open(tag: &str, model: &str, pre: &str) -> Result<bimamba_text::Tokenizer, EngineError> {
+fn open(tag: &str, model: &str, pre: &str) -> Result<bimamba_text::Tokenizer, ModelError> {
     let mut g = GgufWriter::default();
     g.str("general.architecture", "llama");
     put_tiny_tokenizer(&mut g, model, pre);
@@ -63,11 +63,11 @@ fn round_trips_bytes() {
 #[test]
 fn refuses_unsupported_tokenizers() {
     match open("tok-spm", "llama", "default") {
-        Err(EngineError::Config { field, .. }) => assert_eq!(field, "tokenizer.ggml.model"),
+        Err(ModelError::Config { field, .. }) => assert_eq!(field, "tokenizer.ggml.model"),
         other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
     }
     match open("tok-pre", "gpt2", "qwen2") {
-        Err(EngineError::Config { field, detail, .. }) => {
+        Err(ModelError::Config { field, detail, .. }) => {
             assert_eq!(field, "tokenizer.ggml.pre");
             assert!(detail.contains("qwen2"));
         }

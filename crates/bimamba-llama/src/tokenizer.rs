@@ -14,8 +14,8 @@
 
 use std::path::Path;
 
-use bimamba_engine::{EngineError, Result};
 use bimamba_formats::{Checkpoint, GgufMetadata};
+use bimamba_lm::{ModelError, Result};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -30,7 +30,7 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 /// The GGUF's own tokenizer, wrapped for the rest of the project; errors name the file and key.
 pub fn gguf_tokenizer(ck: &Checkpoint) -> Result<bimamba_text::Tokenizer> {
     let file = ck.path();
-    let meta = ck.gguf().ok_or_else(|| EngineError::Invalid {
+    let meta = ck.gguf().ok_or_else(|| ModelError::Invalid {
         file: file.to_path_buf(),
         detail: "not a GGUF file: no tokenizer.ggml.* metadata to build a tokenizer from".into(),
     })?;
@@ -40,11 +40,8 @@ pub fn gguf_tokenizer(ck: &Checkpoint) -> Result<bimamba_text::Tokenizer> {
 
 /// Builds the `tokenizers` pipeline from `tokenizer.ggml.*` keys.
 pub fn build(meta: &GgufMetadata, file: &Path) -> Result<tokenizers::Tokenizer> {
-    let bad = |field: &str, detail: String| EngineError::Config {
-        file: file.to_path_buf(),
-        field: field.to_string(),
-        detail,
-    };
+    let bad =
+        |field: &str, detail: String| ModelError::Config { file: file.to_path_buf(), field: field.to_string(), detail };
     match meta.get_str("tokenizer.ggml.model") {
         Some("gpt2") => {}
         Some(other) => {

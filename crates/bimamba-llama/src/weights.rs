@@ -55,12 +55,19 @@ impl std::str::FromStr for Activations {
     }
 }
 
-impl std::fmt::Display for Activations {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Activations {
+    /// The lower-case name [`FromStr`](std::str::FromStr) reads.
+    pub fn name(self) -> &'static str {
+        match self {
             Activations::F32 => "f32",
             Activations::Q8 => "q8",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for Activations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -186,7 +193,7 @@ impl Matrix {
     /// blocks and `bytes` has the size of `rows × cols` elements.
     pub fn quantized(dtype: DType, bytes: Vec<u8>, rows: usize, cols: usize) -> Option<Matrix> {
         let ok = dtype.is_quantized()
-            && cols % QK == 0
+            && cols.is_multiple_of(QK)
             && rows.checked_mul(cols).and_then(|n| dtype.byte_len(n)) == Some(bytes.len());
         ok.then_some(Matrix { storage: Storage::Quant { dtype, bytes }, rows, cols })
     }
@@ -197,6 +204,16 @@ impl Matrix {
             Storage::F32(w) => 4 * w.len(),
             Storage::Quant { bytes, .. } => bytes.len(),
             Storage::Qdot(m) => m.bytes(),
+        }
+    }
+
+    /// How the elements are stored, for reports: `f32`, the GGUF block type (`Q4_1`, ...) or
+    /// `q8-dot` (blocks re-laid for 8-bit activations).
+    pub fn storage_name(&self) -> &'static str {
+        match &self.storage {
+            Storage::F32(_) => "f32",
+            Storage::Quant { dtype, .. } => dtype.name(),
+            Storage::Qdot(_) => "q8-dot",
         }
     }
 

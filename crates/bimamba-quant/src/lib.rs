@@ -34,7 +34,7 @@ pub use linalg::Hessian;
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
     #[error(transparent)]
-    Engine(#[from] bimamba_engine::EngineError),
+    Model(#[from] bimamba_lm::ModelError),
     #[error(transparent)]
     Format(#[from] bimamba_formats::FormatError),
     #[error("{path}: {source}")]

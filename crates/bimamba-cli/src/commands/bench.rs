@@ -1,36 +1,41 @@
 //! `bimamba bench`: decode and prefill speed of the whole engine as a fraction of this machine's
-//! memory-bandwidth ceiling (ARCHITECTURE.md §7), and the same engine with dense f32 / bf16 projections in
-//! the same run. Ratios within one run are the figures to quote, never absolute timings alone.
+//! memory-bandwidth ceiling (ARCHITECTURE.md §7), and for a Mamba model the same engine with
+//! dense f32 / bf16 projections in the same run. Ratios within one run are the figures to quote,
+//! never absolute timings alone. A .gguf model is measured the same way (KV cache in the bytes).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use bimamba_engine::pack::EmbedStorage;
+use bimamba_engine::linear::BinaryAct;
 use bimamba_engine::profile;
 use bimamba_engine::random::{random_model, shape_config, ProjFormat, SHAPES};
-use bimamba_engine::sampling::Rng;
 use bimamba_engine::Model;
+use bimamba_llama::{Activations, LlamaModel};
+use bimamba_lm::sampling::{argmax, Rng};
+use bimamba_lm::LanguageModel;
+use bimamba_models::{AnyModel, ModelKind, Settings};
+use clap::builder::PossibleValuesParser;
 use clap::Args;
 use serde_json::json;
 
+use crate::commands::pack::EmbedArg;
+use crate::model_args::cli_error;
+use crate::runtime_args::{setting_error, RuntimeArgs};
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// A built-in Bi-Mamba shape with random weights (130m, 780m, 1.3b, 2.7b); no files needed.
-    #[arg(long, conflicts_with = "model")]
+    /// A built-in Bi-Mamba shape with random weights; no files needed.
+    #[arg(long, conflicts_with = "model", value_parser = PossibleValuesParser::new(SHAPES))]
     pub shape: Option<String>,
 
-    /// A real model directory instead of a built-in shape.
-    #[arg(long, value_name = "DIR")]
+    /// A real model instead of a built-in shape: a model directory or a LLaMA-architecture .gguf
+    /// file.
+    #[arg(long, value_name = "DIR|FILE.gguf")]
     pub model: Option<PathBuf>,
 
-    /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-
-    /// Kernel instruction set: scalar, avx2, avx512 or neon (default: the best available).
-    #[arg(long, value_name = "ISA")]
-    pub isa: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 
     /// Tokens to decode for the timing.
     #[arg(long, default_value_t = 32)]
@@ -40,25 +45,18 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 512)]
     pub prefill_tokens: usize,
 
-    /// Embedding / tied LM head storage: q8 quantizes it to 8-bit rows in memory before
-    /// measuring; dense (default) keeps it as built (bf16 for --shape) or as stored.
-    #[arg(long, value_name = "dense|q8", default_value = "dense")]
-    pub embed: String,
+    /// Embedding / tied LM head storage in memory during the measurement (Mamba-2 / Bi-Mamba
+    /// models only).
+    #[arg(long, value_enum, value_name = "dense|q8", default_value_t = EmbedArg::Dense)]
+    pub embed: EmbedArg,
 
-    /// Storage precision of the SSM state: f32 (default) or bf16 (half the state traffic per
-    /// token; update and readout still in f32). Mamba-2 / Bi-Mamba models only.
-    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
-    pub state_dtype: String,
-
-    #[arg(long, value_name = "f32|int8", default_value = "f32", help = crate::binary_act::HELP)]
-    pub binary_act: String,
-
-    /// Skip the dense f32 / bf16 comparison (it needs 4x / 2x the memory of the weights).
+    /// Skip the dense f32 / bf16 comparison (it needs 4x / 2x the memory of the weights;
+    /// Mamba-2 / Bi-Mamba models only).
     #[arg(long)]
     pub no_dense: bool,
 
     /// Also report the milliseconds per token spent in each section of the forward pass
-    /// (in_proj, conv, scan, ...), for prefill and for decode.
+    /// (in_proj, conv, scan, ...), for prefill and for decode (Mamba-2 / Bi-Mamba models only).
     #[arg(long)]
     pub profile: bool,
 
@@ -67,9 +65,9 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// Bytes one decode step must move: every weight once (the embedding only one row, unless it is
-/// also the lm_head), and the state (f32 conv windows, SSM state in its storage dtype) read
-/// and written.
+/// Bytes one decode step of a Mamba model must move: every weight once (the embedding only one
+/// row, unless it is also the lm_head), and the state (f32 conv windows, SSM state in its storage
+/// dtype) read and written.
 pub fn bytes_per_token(m: &Model) -> usize {
     let mut b = m.lm_head().weight_bytes();
     if m.lm_head.is_some() {
@@ -79,6 +77,20 @@ pub fn bytes_per_token(m: &Model) -> usize {
         b += l.mixer.in_proj.weight_bytes() + l.mixer.out_proj.weight_bytes() + 4 * l.small_params();
     }
     b + 2 * m.new_state().bytes()
+}
+
+/// Bytes of a LLaMA model's KV cache (f32 keys and values) holding `positions` tokens.
+fn kv_cache_bytes(m: &LlamaModel, positions: usize) -> usize {
+    2 * 4 * m.config.n_layer * m.config.kv_dim() * positions
+}
+
+/// Bytes one decode step of a LLaMA model must move with `context` tokens cached: every weight
+/// once in its stored form (the embedding only one row, unless it is also the output head), the
+/// cache read, and one position written.
+fn llama_bytes_per_token(m: &LlamaModel, context: usize) -> usize {
+    let emb = &m.embedding;
+    let unread_embedding = if m.output.is_some() { emb.bytes() - emb.bytes() / emb.rows } else { 0 };
+    m.weight_bytes() - unread_embedding + kv_cache_bytes(m, context + 1)
 }
 
 /// Peak resident memory of this process so far (VmHWM), in MiB (2^20 bytes: VmHWM's kB / 1024);
@@ -107,7 +119,9 @@ fn per_token_ms(sections: Vec<(&'static str, f64)>, tokens: usize) -> Vec<(&'sta
     sections.into_iter().map(|(n, s)| (n, s * 1e3 / tokens as f64)).collect()
 }
 
-fn measure(m: &Model, prefill: usize, decode: usize, seed: u64, profile: bool) -> Result<Speed> {
+/// Times a prefill of `prefill` random tokens, then `decode` greedy steps. The section timers
+/// (`profile`) exist in the Mamba engine only.
+fn measure<M: LanguageModel>(m: &M, prefill: usize, decode: usize, seed: u64, profile: bool) -> Result<Speed> {
     let mut rng = Rng::new(seed);
     let vocab = m.vocab_size() as u64;
     let prompt: Vec<u32> = (0..prefill).map(|_| (rng.next_u64() % vocab) as u32).collect();
@@ -122,8 +136,8 @@ fn measure(m: &Model, prefill: usize, decode: usize, seed: u64, profile: bool) -
     let prefill_profile = per_token_ms(profile::take(), prefill);
     let t1 = Instant::now();
     for _ in 0..decode {
-        let next = bimamba_engine::sampling::argmax(&logits) as u32;
-        logits = m.step(&mut state, next)?;
+        let next = argmax(&logits) as u32;
+        logits = m.forward_last(&mut state, &[next])?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
     let decode_profile = per_token_ms(profile::take(), decode);
@@ -138,46 +152,99 @@ fn measure(m: &Model, prefill: usize, decode: usize, seed: u64, profile: bool) -
     })
 }
 
+/// The model under test and what the report says about it.
+struct Subject {
+    label: String,
+    model: AnyModel,
+    /// Storage of the embedding (which is also the head when `tied`).
+    embedding: &'static str,
+    tied: bool,
+    bytes_per_token: usize,
+    /// The decoding state: the SSM state and conv windows, or the KV cache after the run.
+    state_bytes: usize,
+    state_desc: String,
+}
+
+/// Builds (`--shape`) or opens (`--model`) the model with every option applied; an option the
+/// model has no use for is refused before anything is loaded.
+fn subject(a: &BenchArgs) -> Result<Subject> {
+    let settings = a.runtime.settings();
+    let mamba = |m: Model, label: String| Subject {
+        label,
+        embedding: m.embedding.storage(),
+        tied: m.lm_head.is_none(),
+        bytes_per_token: bytes_per_token(&m),
+        state_bytes: m.new_state().bytes(),
+        state_desc: format!("SSM state in {}", settings.state_dtype),
+        model: AnyModel::Mamba(m),
+    };
+    match (&a.shape, &a.model) {
+        (Some(s), _) => {
+            let label = format!("--shape {s}");
+            settings.check(ModelKind::Mamba, Path::new(&label)).map_err(|e| setting_error(&e))?;
+            let cfg = shape_config(s)
+                .ok_or_else(|| anyhow::anyhow!("--shape {s}: unknown shape; expected one of {}", SHAPES.join(", ")))?;
+            let m = prepare(random_model(cfg, ProjFormat::Binary, 1)?, a.embed, &settings);
+            Ok(mamba(m, format!("shape {s} (random Bi-Mamba)")))
+        }
+        (None, Some(path)) => {
+            if ModelKind::of(path)? == ModelKind::Llama {
+                for (given, flag) in [(a.embed == EmbedArg::Q8, "--embed q8"), (a.profile, "--profile")] {
+                    if given {
+                        bail!(
+                            "{flag}: {} is a LLaMA-architecture model; the option applies to Mamba-2 / Bi-Mamba models",
+                            path.display()
+                        );
+                    }
+                }
+            }
+            let label = path.display().to_string();
+            Ok(match AnyModel::open_with(path, &settings).map_err(cli_error)? {
+                AnyModel::Mamba(m) => mamba(prepare(m, a.embed, &settings), label),
+                AnyModel::Llama(m) => {
+                    let positions = a.prefill_tokens + a.decode_tokens;
+                    Subject {
+                        label,
+                        embedding: m.embedding.storage_name(),
+                        tied: m.output.is_none(),
+                        bytes_per_token: llama_bytes_per_token(&m, a.prefill_tokens + a.decode_tokens / 2),
+                        state_bytes: kv_cache_bytes(&m, positions),
+                        state_desc: format!("KV cache of {positions} tokens"),
+                        model: AnyModel::Llama(m),
+                    }
+                }
+            })
+        }
+        (None, None) => bail!("give --shape {} or --model DIR|FILE.gguf", SHAPES.join("|")),
+    }
+}
+
+/// A Mamba model as the options ask: embedding storage, state dtype, 1-bit activations.
+fn prepare(mut m: Model, embed: EmbedArg, settings: &Settings) -> Model {
+    if embed == EmbedArg::Q8 {
+        m.quantize_vocab_q8();
+    }
+    m.set_state_dtype(settings.state_dtype);
+    m.set_binary_act(settings.binary_act);
+    m
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.decode_tokens == 0 || a.prefill_tokens == 0 {
         bail!("--decode-tokens and --prefill-tokens must be at least 1");
     }
-    let state_dtype = crate::model_args::parse_state_dtype(&a.state_dtype)?;
-    let binary_act = crate::binary_act::parse(&a.binary_act)?;
-    let embed = EmbedStorage::from_name(&a.embed).map_err(|e| anyhow::anyhow!("--embed: {e}"))?;
-    let with_embed = |mut m: Model| {
-        if embed == EmbedStorage::Q8 {
-            m.quantize_vocab_q8();
-        }
-        m.set_state_dtype(state_dtype);
-        m.set_binary_act(binary_act);
-        m
-    };
-    if let Some(name) = &a.isa {
-        let isa = bimamba_kernels::Isa::from_name(name).map_err(|e| anyhow::anyhow!("--isa: {e}"))?;
-        bimamba_kernels::set_isa(isa).map_err(|e| anyhow::anyhow!("--isa {name}: {e}"))?;
-    }
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if threads == 0 {
-        bail!("--threads: expected at least 1, got 0");
-    }
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
-
-    let (label, model) = match (&a.shape, &a.model) {
-        (Some(s), _) => {
-            let cfg = shape_config(s).ok_or_else(|| {
-                anyhow::anyhow!("--shape: unknown shape \"{s}\"; expected one of {}", SHAPES.join(", "))
-            })?;
-            (format!("shape {s} (random Bi-Mamba)"), with_embed(random_model(cfg, ProjFormat::Binary, 1)?))
-        }
-        (None, Some(dir)) => (dir.display().to_string(), with_embed(Model::load(dir)?)),
-        (None, None) => bail!("give --shape {} or --model DIR", SHAPES.join("|")),
-    };
+    let threads = a.runtime.setup()?;
+    let settings = a.runtime.settings();
+    let Subject {
+        label,
+        model,
+        embedding: emb_storage,
+        tied: model_tied,
+        bytes_per_token: bpt,
+        state_bytes,
+        state_desc,
+    } = subject(&a)?;
     let isa = bimamba_kernels::selected_isa().name();
-    let emb_storage = model.embedding.storage();
-    let model_tied = model.lm_head.is_none();
-    let bpt = bytes_per_token(&model);
-    let model_state_bytes = model.new_state().bytes();
     let speed = measure(&model, a.prefill_tokens, a.decode_tokens, 7, a.profile)?;
     // Read before the bandwidth probe, whose 1 GiB buffer would dominate it.
     let rss = peak_rss_mb();
@@ -185,16 +252,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let ceiling = bw * 1e9 / bpt as f64;
     let fraction = speed.decode_tok_s / ceiling;
 
-    // The same engine with dense projections, in the same run (after the peak RSS reading), with
-    // the same embedding storage and state dtype, decoding the same number of tokens (up to 32).
+    // The same Mamba engine with dense projections, in the same run (after the peak RSS reading),
+    // with the same embedding storage and state dtype, decoding the same number of tokens (up to
+    // 32).
     let mut dense = json!(null);
-    if !a.no_dense {
-        let cfg = model.config.clone();
-        drop(model);
+    let dense_cfg = match &model {
+        AnyModel::Mamba(m) if !a.no_dense => Some(m.config.clone()),
+        _ => None,
+    };
+    drop(model);
+    if let Some(cfg) = dense_cfg {
         let n = a.decode_tokens.min(32);
         let mut out = serde_json::Map::new();
         for (key, f) in [("bf16", ProjFormat::DenseBF16), ("f32", ProjFormat::DenseF32)] {
-            let m = with_embed(random_model(cfg.clone(), f, 1)?);
+            let m = prepare(random_model(cfg.clone(), f, 1)?, a.embed, &settings);
             let s = measure(&m, 16, n, 7, false)?;
             out.insert(key.into(), json!({ "decode_tok_s": s.decode_tok_s, "bytes_per_token": bytes_per_token(&m) }));
         }
@@ -208,10 +279,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "isa": isa,
         "threads": threads,
         "embedding": emb_storage,
-        "state_dtype": state_dtype.name(),
-        "binary_act": binary_act.name(),
+        "state_dtype": settings.state_dtype.name(),
+        "binary_act": settings.binary_act.name(),
         "binary_act_kernel": bimamba_kernels::act8_kernel(bimamba_kernels::selected_isa()).unwrap_or("scalar"),
-        "state_bytes": model_state_bytes,
+        "gguf_act": settings.gguf_act.name(),
+        "state_bytes": state_bytes,
         "decode_tok_s": speed.decode_tok_s,
         "prefill_tok_s": speed.prefill_tok_s,
         "prefill_over_decode": speed.prefill_tok_s / speed.decode_tok_s,
@@ -239,15 +311,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("model        {label}");
     println!("isa/threads  {isa} / {threads}");
     println!("embedding    {emb_storage} (tied LM head: {})", model_tied);
-    println!("state        SSM state in {state_dtype}, {:.1} MB", model_state_bytes as f64 / 1e6);
-    println!(
-        "1-bit acts   {binary_act}{}",
-        match (binary_act, bimamba_kernels::act8_kernel(bimamba_kernels::selected_isa())) {
-            (bimamba_engine::linear::BinaryAct::Int8, Some(k)) => format!(" ({k} kernel)"),
-            (bimamba_engine::linear::BinaryAct::Int8, None) => " (scalar kernel on this ISA)".to_string(),
-            _ => String::new(),
-        }
-    );
+    println!("state        {state_desc}, {:.1} MB", state_bytes as f64 / 1e6);
+    if settings.gguf_act != Activations::F32 {
+        println!("gguf acts    {}", settings.gguf_act);
+    } else {
+        println!(
+            "1-bit acts   {}{}",
+            settings.binary_act,
+            match (settings.binary_act, bimamba_kernels::act8_kernel(bimamba_kernels::selected_isa())) {
+                (BinaryAct::Int8, Some(k)) => format!(" ({k} kernel)"),
+                (BinaryAct::Int8, None) => " (scalar kernel on this ISA)".to_string(),
+                _ => String::new(),
+            }
+        );
+    }
     println!("bandwidth    {bw:.2} GB/s (read, measured now)");
     println!("bytes/token  {:.1} MB  -> ceiling {ceiling:.2} tok/s", bpt as f64 / 1e6);
     println!("decode       {:.2} tok/s = {:.1}% of the ceiling", speed.decode_tok_s, 100.0 * fraction);

@@ -5,14 +5,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use bimamba_engine::LanguageModel;
 use bimamba_eval::compare::{self, MetricChoice};
 use bimamba_eval::tasks::{self, Task, TaskResult};
 use bimamba_text::{read_text_file, Tokenizer};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::model_args::{apply_state_dtype, parse_state_dtype, with_model, ModelArgs};
+use bimamba_models::AnyModel;
+
+use crate::model_args::{ModelArgs, Opened};
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -42,14 +43,6 @@ pub struct TasksArgs {
     /// Score only the first N documents of each task.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-
-    /// Storage precision of the SSM state: f32 (default) or bf16 (half the state traffic per
-    /// token; update and readout still in f32). Mamba-2 / Bi-Mamba models only.
-    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
-    pub state_dtype: String,
-
-    #[arg(long, value_name = "f32|int8", default_value = "f32", help = crate::binary_act::HELP)]
-    pub binary_act: String,
 
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -84,14 +77,6 @@ pub struct PplArgs {
     #[arg(long, default_value_t = 2048)]
     pub seq_len: usize,
 
-    /// Storage precision of the SSM state: f32 (default) or bf16 (half the state traffic per
-    /// token; update and readout still in f32). Mamba-2 / Bi-Mamba models only.
-    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
-    pub state_dtype: String,
-
-    #[arg(long, value_name = "f32|int8", default_value = "f32", help = crate::binary_act::HELP)]
-    pub binary_act: String,
-
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
@@ -109,12 +94,8 @@ fn ppl(a: PplArgs) -> Result<()> {
     if a.seq_len < 2 {
         bail!("--seq-len: expected at least 2 tokens per window, got {}", a.seq_len);
     }
-    let state_dtype = parse_state_dtype(&a.state_dtype)?;
-    let binary_act = crate::binary_act::parse(&a.binary_act)?;
     let text = read_text_file(&a.text)?;
-    let (mut model, tok, dir) = a.model.load()?;
-    apply_state_dtype(&mut model, state_dtype, &dir)?;
-    crate::binary_act::apply(&mut model, binary_act, &dir)?;
+    let Opened { model, tokenizer: tok, path: dir } = a.model.open()?;
     let (ids, ends) = tok.encode_with_ends(&text)?;
     let windows = ids.len() / a.seq_len;
     if windows == 0 {
@@ -134,9 +115,8 @@ fn ppl(a: PplArgs) -> Result<()> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let t0 = std::time::Instant::now();
-    let r =
-        with_model!(&model, m => bimamba_eval::perplexity(m, &ids, &ends, a.seq_len, |w| bar.set_position(w as u64)))?
-            .expect("at least one window was checked above");
+    let r = bimamba_eval::perplexity(&model, &ids, &ends, a.seq_len, |w| bar.set_position(w as u64))?
+        .expect("at least one window was checked above");
     bar.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64();
     if a.json {
@@ -146,9 +126,7 @@ fn ppl(a: PplArgs) -> Result<()> {
         v["tokenizer"] = tok.path().display().to_string().into();
         v["tokenizer_vocab"] = tok.vocab_size().into();
         v["elapsed_s"] = elapsed.into();
-        v["state_dtype"] = state_dtype.name().into();
-        v["binary_act"] = binary_act.name().into();
-        v["gguf_act"] = a.model.gguf_act.clone().into();
+        a.model.runtime.record(&mut v);
         v["tokens_per_s"] = ((r.windows * r.seq_len) as f64 / elapsed.max(1e-9)).into();
         println!("{v}");
     } else {
@@ -162,8 +140,6 @@ fn ppl(a: PplArgs) -> Result<()> {
 
 fn tasks_cmd(a: TasksArgs) -> Result<()> {
     let list = Task::parse_list(&a.tasks)?;
-    let state_dtype = parse_state_dtype(&a.state_dtype)?;
-    let binary_act = crate::binary_act::parse(&a.binary_act)?;
     if a.limit == Some(0) {
         bail!("--limit: expected at least 1 document, got 0");
     }
@@ -172,14 +148,12 @@ fn tasks_cmd(a: TasksArgs) -> Result<()> {
     for &t in &list {
         tasks::task_file(&data_dir, t)?;
     }
-    let (mut model, tok, dir) = a.model.load()?;
-    apply_state_dtype(&mut model, state_dtype, &dir)?;
-    crate::binary_act::apply(&mut model, binary_act, &dir)?;
-    with_model!(&model, m => run_tasks(m, &tok, &dir, &data_dir, &list, &a))
+    let Opened { model, tokenizer: tok, path: dir } = a.model.open()?;
+    run_tasks(&model, &tok, &dir, &data_dir, &list, &a)
 }
 
-fn run_tasks<M: LanguageModel>(
-    model: &M,
+fn run_tasks(
+    model: &AnyModel,
     tok: &Tokenizer,
     dir: &Path,
     data_dir: &Path,
@@ -212,17 +186,15 @@ fn run_tasks<M: LanguageModel>(
         for (t, r) in &results {
             map.insert(t.name().to_string(), serde_json::to_value(r)?);
         }
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "results": map,
             "model": dir.display().to_string(),
             "tokenizer": tok.path().display().to_string(),
             "data_dir": data_dir.display().to_string(),
             "limit": a.limit,
             "elapsed_s": elapsed,
-            "state_dtype": a.state_dtype,
-            "binary_act": a.binary_act,
-            "gguf_act": a.model.gguf_act,
         });
+        a.model.runtime.record(&mut v);
         println!("{v}");
         return Ok(());
     }

@@ -4,12 +4,12 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use bimamba_engine::sampling::{Sampler, SamplingParams};
-use bimamba_engine::LanguageModel;
+use bimamba_lm::sampling::{Sampler, SamplingParams};
+use bimamba_lm::LanguageModel;
 use bimamba_text::{StreamDecoder, Tokenizer};
 use clap::Args;
 
-use crate::model_args::{apply_state_dtype, parse_state_dtype, with_model, LoadedModel, ModelArgs};
+use crate::model_args::{ModelArgs, Opened};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -55,14 +55,6 @@ pub struct GenerateArgs {
     /// Repetition penalty applied to every token already seen (1: none).
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
-
-    /// Storage precision of the SSM state: f32 (default) or bf16 (half the state traffic per
-    /// token; update and readout still in f32). Mamba-2 / Bi-Mamba models only.
-    #[arg(long, value_name = "f32|bf16", default_value = "f32")]
-    pub state_dtype: String,
-
-    #[arg(long, value_name = "f32|int8", default_value = "f32", help = crate::binary_act::HELP)]
-    pub binary_act: String,
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -70,29 +62,18 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("--prompt: the prompt is empty; give some text to continue");
     }
     let temperature = if a.greedy { 0.0 } else { a.temperature.unwrap_or(0.0) };
-    if !(temperature >= 0.0) || !temperature.is_finite() {
+    if !temperature.is_finite() || temperature < 0.0 {
         bail!("--temperature: expected a number >= 0, got {temperature}");
     }
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p: expected a number in (0, 1], got {}", a.top_p);
     }
-    if !(a.repeat_penalty > 0.0) || !a.repeat_penalty.is_finite() {
+    if !a.repeat_penalty.is_finite() || a.repeat_penalty <= 0.0 {
         bail!("--repeat-penalty: expected a number > 0, got {}", a.repeat_penalty);
     }
-    let state_dtype = parse_state_dtype(&a.state_dtype)?;
-    let binary_act = crate::binary_act::parse(&a.binary_act)?;
-    let (mut model, tok, path) = a.model.load()?;
-    apply_state_dtype(&mut model, state_dtype, &path)?;
-    crate::binary_act::apply(&mut model, binary_act, &path)?;
-    // Stop at the tokenizer's end-of-sequence token and at the one the GGUF metadata names.
-    let mut stops: Vec<u32> = tok.eos_id().into_iter().collect();
-    if let LoadedModel::Llama(m) = &model {
-        stops.extend(m.eos_token_id);
-    }
-    if a.ignore_eos {
-        stops.clear();
-    }
-    with_model!(&model, m => generate(m, &tok, &a, temperature, &stops))
+    let Opened { model, tokenizer, .. } = a.model.open()?;
+    let stops = if a.ignore_eos { Vec::new() } else { model.stop_tokens(&tokenizer) };
+    generate(&model, &tokenizer, &a, temperature, &stops)
 }
 
 /// Prefill, then sample and step until `max_tokens` or a stop token.
@@ -134,7 +115,7 @@ fn generate<M: LanguageModel>(
         }
         history.push(next);
         generated += 1;
-        let piece = decoder.push(&tok, next)?;
+        let piece = decoder.push(tok, next)?;
         if a.json {
             text.push_str(&piece);
         } else if out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_err() {
@@ -144,19 +125,18 @@ fn generate<M: LanguageModel>(
             logits = model.forward_last(&mut state, &[next])?;
         }
     }
-    let rest = decoder.finish(&tok)?;
+    let rest = decoder.finish(tok)?;
     let decode_s = t1.elapsed().as_secs_f64();
     if a.json {
         text.push_str(&rest);
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "prompt_tokens": prompt,
             "tokens": history[prompt.len()..],
             "text": text,
             "prefill_tok_s": prompt.len() as f64 / prefill_s.max(1e-9),
             "decode_tok_s": generated as f64 / decode_s.max(1e-9),
-            "state_dtype": a.state_dtype,
-            "binary_act": a.binary_act,
         });
+        a.model.runtime.record(&mut v);
         let _ = writeln!(out, "{v}");
         return Ok(());
     }

@@ -1,7 +1,6 @@
 //! `bimamba info`: what a model is and what it costs.
 
 use anyhow::Result;
-use bimamba_engine::Model;
 use bimamba_formats::Checkpoint;
 use clap::Args;
 use serde_json::json;
@@ -19,9 +18,7 @@ pub struct InfoArgs {
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
-    a.model.setup_runtime()?;
-    let dir = a.model.model_dir()?;
-    let model = Model::load(&dir)?;
+    let (model, dir) = a.model.open_mamba("info")?;
     let file_bytes = Checkpoint::open(&dir)?.file_bytes();
     let c = &model.config;
     let (binary, dense) = model.parameter_counts();

@@ -19,6 +19,24 @@ pub enum KeepArg {
     Bf16,
 }
 
+/// Storage of the embedding / tied LM head (and an untied lm_head).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EmbedArg {
+    /// As stored (as --dtype says when packing; bf16 for bench --shape).
+    Dense,
+    /// 8-bit rows with one f32 scale each (symmetric absmax; packed format version 2).
+    Q8,
+}
+
+impl EmbedArg {
+    pub fn storage(self) -> EmbedStorage {
+        match self {
+            EmbedArg::Dense => EmbedStorage::Dense,
+            EmbedArg::Q8 => EmbedStorage::Q8,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct PackArgs {
     /// Source model directory (a Bi-Mamba checkpoint with wscale/wbias).
@@ -33,14 +51,13 @@ pub struct PackArgs {
     #[arg(long, value_enum, default_value = "source")]
     pub dtype: KeepArg,
 
-    /// Storage of the embedding / tied LM head (and an untied lm_head): dense (as --dtype says)
-    /// or q8 (8-bit rows with one f32 scale each; packed format version 2).
-    #[arg(long, value_name = "dense|q8", default_value = "dense")]
-    pub embed: String,
+    /// Storage of the embedding / tied LM head (and an untied lm_head).
+    #[arg(long, value_enum, value_name = "dense|q8", default_value_t = EmbedArg::Dense)]
+    pub embed: EmbedArg,
 }
 
 pub fn run(a: PackArgs) -> Result<()> {
-    let embed = EmbedStorage::from_name(&a.embed).map_err(|e| anyhow::anyhow!("--embed: {e}"))?;
+    let embed = a.embed.storage();
     let model = Model::load(&a.model)?;
     let src = Checkpoint::open(&a.model)?;
     let keep = match a.dtype {

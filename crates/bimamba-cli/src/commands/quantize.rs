@@ -5,15 +5,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use bimamba_engine::Model;
+use anyhow::{bail, Result};
 use bimamba_quant::calibrate::{proj_name, windows_overlap};
 use bimamba_quant::output::{check_out_dir, metadata, write_model_dir, CalibInfo};
 use bimamba_quant::{calibration_windows, quantize_model, Method, ProjReport, Settings};
 use bimamba_text::{read_text_file, Tokenizer};
 use clap::{Args, ValueEnum};
 
-use crate::model_args::{check_vocab, ModelArgs};
+use crate::model_args::ModelArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {
@@ -122,18 +121,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     if method.needs_calibration() && a.calib.is_none() {
         bail!("--method {} needs calibration text: pass --calib FILE", method.name());
     }
-    // Refuse a non-empty --out before any work.
+    // Refuse a non-empty --out and settings that would change nothing before any work.
     check_out_dir(&a.out)?;
-    a.model.setup_runtime()?;
-    let dir = a.model.model_dir()?;
+    a.model.runtime.refuse_settings("quantize calibrates in f32")?;
     let t0 = Instant::now();
-    let mut model = Model::load(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    let (mut model, dir) = a.model.open_mamba("quantize")?;
     let tok_path = a.model.tokenizer.clone().unwrap_or_else(|| dir.join("tokenizer.json"));
 
     let (windows, calib) = match (&a.calib, method.needs_calibration()) {
         (Some(file), true) => {
             let tok = Tokenizer::for_model(&dir, a.model.tokenizer.as_deref())?;
-            check_vocab(&model, &tok, &dir)?;
+            bimamba_models::check_vocab(&model, &tok, &dir)?;
             let text = read_text_file(file)?;
             let ids = tok.encode(&text)?;
             let windows = calibration_windows(&ids, a.calib_samples, a.calib_seq_len)

@@ -16,8 +16,7 @@ mod testing;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bimamba_engine::lm::LanguageModel;
-use bimamba_engine::EngineError;
+use bimamba_lm::{LanguageModel, ModelError};
 use bimamba_text::{TextError, Tokenizer};
 use serde::Serialize;
 
@@ -55,7 +54,7 @@ pub enum TaskError {
     Text(#[from] TextError),
 
     #[error(transparent)]
-    Engine(#[from] EngineError),
+    Model(#[from] ModelError),
 }
 
 /// The tasks, in the paper's table order (LAMBADA last).
@@ -349,7 +348,7 @@ mod tests {
             let p = request::encode_pair(&tok, c, cont, None, request::Origin { task: "t", line: 1, id: "0" })
                 .expect("encodes");
             let rows = m.forward(&mut m.new_state(), &p.context).expect("in vocabulary");
-            lls.push(bimamba_engine::lm::log_prob(&rows[rows.len() - 451..], p.continuation[0]));
+            lls.push(bimamba_lm::log_prob(&rows[rows.len() - 451..], p.continuation[0]));
         }
         assert_ne!(lls[0], lls[1]);
         let best = metrics::argmax(&lls);

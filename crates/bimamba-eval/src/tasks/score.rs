@@ -15,9 +15,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bimamba_engine::lm::{log_sum_exp, LanguageModel};
-use bimamba_engine::softmax::lane_max;
-use bimamba_engine::{EngineError, Result};
+use bimamba_lm::softmax::{lane_max, log_sum_exp};
+use bimamba_lm::{LanguageModel, ModelError, Result};
 use rayon::prelude::*;
 
 use super::request::Group;
@@ -96,7 +95,7 @@ impl RowScore {
     fn add(&mut self, row: &[f32], target: u32) -> Result<()> {
         let t = target as usize;
         if t >= row.len() {
-            return Err(EngineError::TokenOutOfRange { id: target, vocab: row.len() });
+            return Err(ModelError::TokenOutOfRange { id: target, vocab: row.len() });
         }
         // The first index holding the maximum (NaN entries are never the maximum).
         let max = lane_max(row);
@@ -111,7 +110,7 @@ impl RowScore {
 mod tests {
     use super::*;
     use crate::tasks::testing::{HashLm, TableLm};
-    use bimamba_engine::lm::log_prob;
+    use bimamba_lm::log_prob;
 
     /// The naive way: feed context + continuation[..n-1] from a fresh state, read the rows.
     fn naive<M: LanguageModel>(m: &M, ctx: &[u32], cont: &[u32]) -> (f64, bool) {

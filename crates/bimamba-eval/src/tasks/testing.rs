@@ -2,8 +2,7 @@
 
 use std::path::PathBuf;
 
-use bimamba_engine::lm::LanguageModel;
-use bimamba_engine::Result;
+use bimamba_lm::{LanguageModel, Result};
 use bimamba_text::Tokenizer;
 
 /// The byte-level BPE of the fixture models (451 entries, trained on Pride and Prejudice).

@@ -48,43 +48,45 @@ unsafe fn flip_add(acc: float32x4_t, x: float32x4_t, flip: uint32x4_t) -> float3
 
 #[target_feature(enable = "neon")]
 unsafe fn bin_tile<const RB: usize, const TB: usize>(c: &BinCtx, r: usize, k: usize, y: &mut [f32]) {
-    let cols = c.cols;
-    let bp = c.bits.as_ptr().add(r * c.rbytes);
-    let xp = c.x.as_ptr().add(k * cols);
-    let sign = vdupq_n_u32(0x8000_0000);
-    let lo = vld1q_u32(BITS_LO.as_ptr());
-    let hi = vld1q_u32(BITS_HI.as_ptr());
-    let mut acc = [[vdupq_n_f32(0.0); TB]; RB];
-    let nbytes = cols / 8;
-    for b in 0..nbytes {
-        let mut xl = [vdupq_n_f32(0.0); TB];
-        let mut xh = [vdupq_n_f32(0.0); TB];
-        for kk in 0..TB {
-            xl[kk] = vld1q_f32(xp.add(kk * cols + 8 * b));
-            xh[kk] = vld1q_f32(xp.add(kk * cols + 8 * b + 4));
-        }
-        for i in 0..RB {
-            let byte = vdupq_n_u32(*bp.add(i * c.rbytes + b) as u32);
-            let fl = vbicq_u32(sign, vtstq_u32(byte, lo));
-            let fh = vbicq_u32(sign, vtstq_u32(byte, hi));
+    unsafe {
+        let cols = c.cols;
+        let bp = c.bits.as_ptr().add(r * c.rbytes);
+        let xp = c.x.as_ptr().add(k * cols);
+        let sign = vdupq_n_u32(0x8000_0000);
+        let lo = vld1q_u32(BITS_LO.as_ptr());
+        let hi = vld1q_u32(BITS_HI.as_ptr());
+        let mut acc = [[vdupq_n_f32(0.0); TB]; RB];
+        let nbytes = cols / 8;
+        for b in 0..nbytes {
+            let mut xl = [vdupq_n_f32(0.0); TB];
+            let mut xh = [vdupq_n_f32(0.0); TB];
             for kk in 0..TB {
-                acc[i][kk] = flip_add(flip_add(acc[i][kk], xl[kk], fl), xh[kk], fh);
+                xl[kk] = vld1q_f32(xp.add(kk * cols + 8 * b));
+                xh[kk] = vld1q_f32(xp.add(kk * cols + 8 * b + 4));
             }
-        }
-    }
-    let tail = cols % 8;
-    for i in 0..RB {
-        for kk in 0..TB {
-            let mut s = vaddvq_f32(acc[i][kk]);
-            if tail != 0 {
-                // The tail byte exists: 8·nbytes < cols <= 8·rbytes.
-                let last = *bp.add(i * c.rbytes + nbytes);
-                for j in 8 * nbytes..cols {
-                    let xj = *xp.add(kk * cols + j);
-                    s += if (last >> (j % 8)) & 1 == 1 { xj } else { -xj };
+            for i in 0..RB {
+                let byte = vdupq_n_u32(*bp.add(i * c.rbytes + b) as u32);
+                let fl = vbicq_u32(sign, vtstq_u32(byte, lo));
+                let fh = vbicq_u32(sign, vtstq_u32(byte, hi));
+                for kk in 0..TB {
+                    acc[i][kk] = flip_add(flip_add(acc[i][kk], xl[kk], fl), xh[kk], fh);
                 }
             }
-            *y.get_unchecked_mut((k + kk) * c.nr + r - c.r0 + i) = s;
+        }
+        let tail = cols % 8;
+        for i in 0..RB {
+            for kk in 0..TB {
+                let mut s = vaddvq_f32(acc[i][kk]);
+                if tail != 0 {
+                    // The tail byte exists: 8·nbytes < cols <= 8·rbytes.
+                    let last = *bp.add(i * c.rbytes + nbytes);
+                    for j in 8 * nbytes..cols {
+                        let xj = *xp.add(kk * cols + j);
+                        s += if (last >> (j % 8)) & 1 == 1 { xj } else { -xj };
+                    }
+                }
+                *y.get_unchecked_mut((k + kk) * c.nr + r - c.r0 + i) = s;
+            }
         }
     }
 }
@@ -94,16 +96,18 @@ unsafe fn bin_tile<const RB: usize, const TB: usize>(c: &BinCtx, r: usize, k: us
 /// # Safety
 /// The CPU must support NEON.
 pub unsafe fn binary_rows(bits: &[u8], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    let rbytes = row_bytes(cols);
-    assert!(bits.len() >= range.end * rbytes && x.len() >= t * cols);
-    assert_eq!(y.len(), t * range.len());
-    let c = BinCtx { bits, rbytes, cols, x, r0: range.start, nr: range.len() };
-    for_each_tile(range, t, TILES, |r, nrows, k, ntok| match (nrows, ntok) {
-        (4, 4) => bin_tile::<4, 4>(&c, r, k, y),
-        (1, 4) => bin_tile::<1, 4>(&c, r, k, y),
-        (8, 1) => bin_tile::<8, 1>(&c, r, k, y),
-        _ => bin_tile::<1, 1>(&c, r, k, y),
-    });
+    unsafe {
+        let rbytes = row_bytes(cols);
+        assert!(bits.len() >= range.end * rbytes && x.len() >= t * cols);
+        assert_eq!(y.len(), t * range.len());
+        let c = BinCtx { bits, rbytes, cols, x, r0: range.start, nr: range.len() };
+        for_each_tile(range, t, TILES, |r, nrows, k, ntok| match (nrows, ntok) {
+            (4, 4) => bin_tile::<4, 4>(&c, r, k, y),
+            (1, 4) => bin_tile::<1, 4>(&c, r, k, y),
+            (8, 1) => bin_tile::<8, 1>(&c, r, k, y),
+            _ => bin_tile::<1, 1>(&c, r, k, y),
+        });
+    }
 }
 
 /// Loading 4 consecutive weights as f32 lanes.
@@ -115,7 +119,7 @@ trait Load4: Copy {
 impl Load4 for f32 {
     #[inline(always)]
     unsafe fn load4(p: *const f32) -> float32x4_t {
-        vld1q_f32(p)
+        unsafe { vld1q_f32(p) }
     }
     fn widen(self) -> f32 {
         self
@@ -126,7 +130,7 @@ impl Load4 for bf16 {
     /// bf16 is the top half of an f32: zero-extend to 32 bits and shift left by 16 (exact).
     #[inline(always)]
     unsafe fn load4(p: *const bf16) -> float32x4_t {
-        vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(vld1_u16(p.cast()))))
+        unsafe { vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(vld1_u16(p.cast())))) }
     }
     fn widen(self) -> f32 {
         self.to_f32()
@@ -138,15 +142,19 @@ impl Load4 for f16 {
     /// 2^112 rebiases the exponent (exact for normals and subnormals); inf/NaN get exponent 255.
     #[inline(always)]
     unsafe fn load4(p: *const f16) -> float32x4_t {
-        let h = vmovl_u16(vld1_u16(p.cast()));
-        let em = vandq_u32(h, vdupq_n_u32(0x7fff));
-        let shifted = vshlq_n_u32::<13>(em);
-        let scaled =
-            vreinterpretq_u32_f32(vmulq_f32(vreinterpretq_f32_u32(shifted), vdupq_n_f32(f32::from_bits(0x7780_0000))));
-        let special = vcgeq_u32(em, vdupq_n_u32(0x7c00));
-        let mag = vbslq_u32(special, vorrq_u32(shifted, vdupq_n_u32(0x7f80_0000)), scaled);
-        let sign = vshlq_n_u32::<16>(vandq_u32(h, vdupq_n_u32(0x8000)));
-        vreinterpretq_f32_u32(vorrq_u32(mag, sign))
+        unsafe {
+            let h = vmovl_u16(vld1_u16(p.cast()));
+            let em = vandq_u32(h, vdupq_n_u32(0x7fff));
+            let shifted = vshlq_n_u32::<13>(em);
+            let scaled = vreinterpretq_u32_f32(vmulq_f32(
+                vreinterpretq_f32_u32(shifted),
+                vdupq_n_f32(f32::from_bits(0x7780_0000)),
+            ));
+            let special = vcgeq_u32(em, vdupq_n_u32(0x7c00));
+            let mag = vbslq_u32(special, vorrq_u32(shifted, vdupq_n_u32(0x7f80_0000)), scaled);
+            let sign = vshlq_n_u32::<16>(vandq_u32(h, vdupq_n_u32(0x8000)));
+            vreinterpretq_f32_u32(vorrq_u32(mag, sign))
+        }
     }
     fn widen(self) -> f32 {
         self.to_f32()
@@ -158,9 +166,11 @@ impl Load4 for i8 {
     /// converted to f32 (exact for every i8).
     #[inline(always)]
     unsafe fn load4(p: *const i8) -> float32x4_t {
-        let word = std::ptr::read_unaligned(p.cast::<u32>());
-        let b = vreinterpret_s8_u32(vdup_n_u32(word));
-        vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b))))
+        unsafe {
+            let word = std::ptr::read_unaligned(p.cast::<u32>());
+            let b = vreinterpret_s8_u32(vdup_n_u32(word));
+            vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(b))))
+        }
     }
     fn widen(self) -> f32 {
         self as f32
@@ -177,45 +187,49 @@ struct DenseCtx<'a, E> {
 
 #[target_feature(enable = "neon")]
 unsafe fn dense_tile<E: Load4, const RB: usize, const TB: usize>(c: &DenseCtx<E>, r: usize, k: usize, y: &mut [f32]) {
-    let cols = c.cols;
-    let wp = c.w.as_ptr().add(r * cols);
-    let xp = c.x.as_ptr().add(k * cols);
-    let mut acc = [[vdupq_n_f32(0.0); TB]; RB];
-    let nfull = cols / 4;
-    for ch in 0..nfull {
-        let mut wv = [vdupq_n_f32(0.0); RB];
-        for (i, wi) in wv.iter_mut().enumerate() {
-            *wi = E::load4(wp.add(i * cols + 4 * ch));
-        }
-        for kk in 0..TB {
-            let xv = vld1q_f32(xp.add(kk * cols + 4 * ch));
-            for i in 0..RB {
-                acc[i][kk] = vfmaq_f32(acc[i][kk], wv[i], xv);
+    unsafe {
+        let cols = c.cols;
+        let wp = c.w.as_ptr().add(r * cols);
+        let xp = c.x.as_ptr().add(k * cols);
+        let mut acc = [[vdupq_n_f32(0.0); TB]; RB];
+        let nfull = cols / 4;
+        for ch in 0..nfull {
+            let mut wv = [vdupq_n_f32(0.0); RB];
+            for (i, wi) in wv.iter_mut().enumerate() {
+                *wi = E::load4(wp.add(i * cols + 4 * ch));
+            }
+            for kk in 0..TB {
+                let xv = vld1q_f32(xp.add(kk * cols + 4 * ch));
+                for i in 0..RB {
+                    acc[i][kk] = vfmaq_f32(acc[i][kk], wv[i], xv);
+                }
             }
         }
-    }
-    for i in 0..RB {
-        for kk in 0..TB {
-            let mut s = vaddvq_f32(acc[i][kk]);
-            for j in 4 * nfull..cols {
-                s += (*wp.add(i * cols + j)).widen() * *xp.add(kk * cols + j);
+        for i in 0..RB {
+            for kk in 0..TB {
+                let mut s = vaddvq_f32(acc[i][kk]);
+                for j in 4 * nfull..cols {
+                    s += (*wp.add(i * cols + j)).widen() * *xp.add(kk * cols + j);
+                }
+                *y.get_unchecked_mut((k + kk) * c.nr + r - c.r0 + i) = s;
             }
-            *y.get_unchecked_mut((k + kk) * c.nr + r - c.r0 + i) = s;
         }
     }
 }
 
 #[target_feature(enable = "neon")]
 unsafe fn dense_rows<E: Load4>(w: &[E], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    assert!(w.len() >= range.end * cols && x.len() >= t * cols);
-    assert_eq!(y.len(), t * range.len());
-    let c = DenseCtx { w, cols, x, r0: range.start, nr: range.len() };
-    for_each_tile(range, t, TILES, |r, nrows, k, ntok| match (nrows, ntok) {
-        (4, 4) => dense_tile::<E, 4, 4>(&c, r, k, y),
-        (1, 4) => dense_tile::<E, 1, 4>(&c, r, k, y),
-        (8, 1) => dense_tile::<E, 8, 1>(&c, r, k, y),
-        _ => dense_tile::<E, 1, 1>(&c, r, k, y),
-    });
+    unsafe {
+        assert!(w.len() >= range.end * cols && x.len() >= t * cols);
+        assert_eq!(y.len(), t * range.len());
+        let c = DenseCtx { w, cols, x, r0: range.start, nr: range.len() };
+        for_each_tile(range, t, TILES, |r, nrows, k, ntok| match (nrows, ntok) {
+            (4, 4) => dense_tile::<E, 4, 4>(&c, r, k, y),
+            (1, 4) => dense_tile::<E, 1, 4>(&c, r, k, y),
+            (8, 1) => dense_tile::<E, 8, 1>(&c, r, k, y),
+            _ => dense_tile::<E, 1, 1>(&c, r, k, y),
+        });
+    }
 }
 
 /// Dense f32 product over output rows `range`: `y: [t, range.len()]`.
@@ -223,7 +237,7 @@ unsafe fn dense_rows<E: Load4>(w: &[E], cols: usize, x: &[f32], t: usize, range:
 /// # Safety
 /// The CPU must support NEON.
 pub unsafe fn dense_rows_f32(w: &[f32], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    dense_rows(w, cols, x, t, range, y)
+    unsafe { dense_rows(w, cols, x, t, range, y) }
 }
 
 /// Dense bf16 product (see [`dense_rows_f32`]).
@@ -231,7 +245,7 @@ pub unsafe fn dense_rows_f32(w: &[f32], cols: usize, x: &[f32], t: usize, range:
 /// # Safety
 /// The CPU must support NEON.
 pub unsafe fn dense_rows_bf16(w: &[bf16], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    dense_rows(w, cols, x, t, range, y)
+    unsafe { dense_rows(w, cols, x, t, range, y) }
 }
 
 /// Dense f16 product (see [`dense_rows_f32`]).
@@ -239,7 +253,7 @@ pub unsafe fn dense_rows_bf16(w: &[bf16], cols: usize, x: &[f32], t: usize, rang
 /// # Safety
 /// The CPU must support NEON.
 pub unsafe fn dense_rows_f16(w: &[f16], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    dense_rows(w, cols, x, t, range, y)
+    unsafe { dense_rows(w, cols, x, t, range, y) }
 }
 
 /// Dense product over i8 codes (the q8 kernel before its row scales; see `crate::q8_gemm`).
@@ -247,5 +261,5 @@ pub unsafe fn dense_rows_f16(w: &[f16], cols: usize, x: &[f32], t: usize, range:
 /// # Safety
 /// The CPU must support NEON.
 pub unsafe fn dense_rows_i8(w: &[i8], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    dense_rows(w, cols, x, t, range, y)
+    unsafe { dense_rows(w, cols, x, t, range, y) }
 }

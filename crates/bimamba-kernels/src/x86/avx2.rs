@@ -22,10 +22,12 @@ const DENSE_TILES: Tiles = Tiles { rb: 4, tb: 2, rbv: 8 };
 /// Horizontal sum of 8 lanes.
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
 }
 
 /// Loading 8 consecutive weights as f32 lanes.
@@ -35,16 +37,18 @@ trait Load8: Copy + Default {
     /// Loads the first `n < 8` elements from `p`, zeros in the other lanes, reading only `n`.
     #[inline(always)]
     unsafe fn load_partial(p: *const Self, n: usize) -> __m256 {
-        let mut buf = [Self::default(); 8];
-        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
-        Self::load8(buf.as_ptr())
+        unsafe {
+            let mut buf = [Self::default(); 8];
+            std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+            Self::load8(buf.as_ptr())
+        }
     }
 }
 
 impl Load8 for f32 {
     #[inline(always)]
     unsafe fn load8(p: *const f32) -> __m256 {
-        _mm256_loadu_ps(p)
+        unsafe { _mm256_loadu_ps(p) }
     }
 }
 
@@ -52,15 +56,17 @@ impl Load8 for bf16 {
     /// bf16 is the top half of an f32: zero-extend to 32 bits and shift left by 16 (exact).
     #[inline(always)]
     unsafe fn load8(p: *const bf16) -> __m256 {
-        let h = _mm_loadu_si128(p.cast());
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        unsafe {
+            let h = _mm_loadu_si128(p.cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
     }
 }
 
 impl Load8 for f16 {
     #[inline(always)]
     unsafe fn load8(p: *const f16) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     }
 }
 
@@ -68,7 +74,7 @@ impl Load8 for i8 {
     /// Sign-extend 8 codes to i32, convert to f32 (exact for every i8).
     #[inline(always)]
     unsafe fn load8(p: *const i8) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast())))
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
     }
 }
 
@@ -90,51 +96,57 @@ unsafe fn dense_chunk<E: Load8, const RB: usize, const TB: usize>(
     ch: usize,
     n: usize,
 ) {
-    let mut wv = [_mm256_setzero_ps(); RB];
-    for (i, wi) in wv.iter_mut().enumerate() {
-        let p = wp.add(i * cols + 8 * ch);
-        *wi = if n == 8 { E::load8(p) } else { E::load_partial(p, n) };
-    }
-    for kk in 0..TB {
-        let p = xp.add(kk * cols + 8 * ch);
-        let xv = if n == 8 { f32::load8(p) } else { f32::load_partial(p, n) };
-        for i in 0..RB {
-            acc[i][kk] = _mm256_fmadd_ps(wv[i], xv, acc[i][kk]);
+    unsafe {
+        let mut wv = [_mm256_setzero_ps(); RB];
+        for (i, wi) in wv.iter_mut().enumerate() {
+            let p = wp.add(i * cols + 8 * ch);
+            *wi = if n == 8 { E::load8(p) } else { E::load_partial(p, n) };
+        }
+        for kk in 0..TB {
+            let p = xp.add(kk * cols + 8 * ch);
+            let xv = if n == 8 { f32::load8(p) } else { f32::load_partial(p, n) };
+            for i in 0..RB {
+                acc[i][kk] = _mm256_fmadd_ps(wv[i], xv, acc[i][kk]);
+            }
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dense_tile<E: Load8, const RB: usize, const TB: usize>(c: &DenseCtx<E>, r: usize, k: usize, y: &mut [f32]) {
-    let cols = c.cols;
-    let wp = c.w.as_ptr().add(r * cols);
-    let xp = c.x.as_ptr().add(k * cols);
-    let mut acc = [[_mm256_setzero_ps(); TB]; RB];
-    let nfull = cols / 8;
-    for ch in 0..nfull {
-        dense_chunk(&mut acc, wp, xp, cols, ch, 8);
-    }
-    if !cols.is_multiple_of(8) {
-        dense_chunk(&mut acc, wp, xp, cols, nfull, cols % 8);
-    }
-    for (i, acc_i) in acc.iter().enumerate() {
-        for (kk, a) in acc_i.iter().enumerate() {
-            *y.get_unchecked_mut((k + kk) * c.nr + r - c.r0 + i) = hsum(*a);
+    unsafe {
+        let cols = c.cols;
+        let wp = c.w.as_ptr().add(r * cols);
+        let xp = c.x.as_ptr().add(k * cols);
+        let mut acc = [[_mm256_setzero_ps(); TB]; RB];
+        let nfull = cols / 8;
+        for ch in 0..nfull {
+            dense_chunk(&mut acc, wp, xp, cols, ch, 8);
+        }
+        if !cols.is_multiple_of(8) {
+            dense_chunk(&mut acc, wp, xp, cols, nfull, cols % 8);
+        }
+        for (i, acc_i) in acc.iter().enumerate() {
+            for (kk, a) in acc_i.iter().enumerate() {
+                *y.get_unchecked_mut((k + kk) * c.nr + r - c.r0 + i) = hsum(*a);
+            }
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dense_rows<E: Load8>(w: &[E], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    assert!(w.len() >= range.end * cols && x.len() >= t * cols);
-    assert_eq!(y.len(), t * range.len());
-    let c = DenseCtx { w, cols, x, r0: range.start, nr: range.len() };
-    for_each_tile(range, t, DENSE_TILES, |r, nrows, k, ntok| match (nrows, ntok) {
-        (4, 2) => dense_tile::<E, 4, 2>(&c, r, k, y),
-        (1, 2) => dense_tile::<E, 1, 2>(&c, r, k, y),
-        (8, 1) => dense_tile::<E, 8, 1>(&c, r, k, y),
-        _ => dense_tile::<E, 1, 1>(&c, r, k, y),
-    });
+    unsafe {
+        assert!(w.len() >= range.end * cols && x.len() >= t * cols);
+        assert_eq!(y.len(), t * range.len());
+        let c = DenseCtx { w, cols, x, r0: range.start, nr: range.len() };
+        for_each_tile(range, t, DENSE_TILES, |r, nrows, k, ntok| match (nrows, ntok) {
+            (4, 2) => dense_tile::<E, 4, 2>(&c, r, k, y),
+            (1, 2) => dense_tile::<E, 1, 2>(&c, r, k, y),
+            (8, 1) => dense_tile::<E, 8, 1>(&c, r, k, y),
+            _ => dense_tile::<E, 1, 1>(&c, r, k, y),
+        });
+    }
 }
 
 /// Dense f32 product over output rows `range`: `y: [t, range.len()]`.
@@ -142,7 +154,7 @@ unsafe fn dense_rows<E: Load8>(w: &[E], cols: usize, x: &[f32], t: usize, range:
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 pub unsafe fn dense_rows_f32(w: &[f32], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    dense_rows(w, cols, x, t, range, y)
+    unsafe { dense_rows(w, cols, x, t, range, y) }
 }
 
 /// Dense bf16 product (see [`dense_rows_f32`]).
@@ -150,7 +162,7 @@ pub unsafe fn dense_rows_f32(w: &[f32], cols: usize, x: &[f32], t: usize, range:
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 pub unsafe fn dense_rows_bf16(w: &[bf16], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    dense_rows(w, cols, x, t, range, y)
+    unsafe { dense_rows(w, cols, x, t, range, y) }
 }
 
 /// Dense f16 product (see [`dense_rows_f32`]).
@@ -158,7 +170,7 @@ pub unsafe fn dense_rows_bf16(w: &[bf16], cols: usize, x: &[f32], t: usize, rang
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 pub unsafe fn dense_rows_f16(w: &[f16], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    dense_rows(w, cols, x, t, range, y)
+    unsafe { dense_rows(w, cols, x, t, range, y) }
 }
 
 /// Dense product over i8 codes (the q8 kernel before its row scales; see `crate::q8_gemm`).
@@ -166,5 +178,5 @@ pub unsafe fn dense_rows_f16(w: &[f16], cols: usize, x: &[f32], t: usize, range:
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 pub unsafe fn dense_rows_i8(w: &[i8], cols: usize, x: &[f32], t: usize, range: Range<usize>, y: &mut [f32]) {
-    dense_rows(w, cols, x, t, range, y)
+    unsafe { dense_rows(w, cols, x, t, range, y) }
 }

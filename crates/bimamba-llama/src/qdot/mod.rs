@@ -93,7 +93,11 @@ fn f16_at(b: &[u8]) -> f32 {
 impl QActs {
     /// Quantizes `x: [t, cols]` per token and per block of 32 (`cols` a multiple of 32).
     pub fn quantize(x: &[f32], t: usize, cols: usize) -> QActs {
-        assert!(cols % QK == 0 && x.len() == t * cols, "QActs::quantize: [{t} x {cols}] from {} values", x.len());
+        assert!(
+            cols.is_multiple_of(QK) && x.len() == t * cols,
+            "QActs::quantize: [{t} x {cols}] from {} values",
+            x.len()
+        );
         let nb = cols / QK;
         let mut a = QActs {
             t,
@@ -148,7 +152,7 @@ impl QdotMatrix {
     /// Re-lays GGUF blocks of a `rows × cols` matrix; `None` for another type or wrong sizes.
     pub fn from_gguf(dtype: DType, bytes: &[u8], rows: usize, cols: usize) -> Option<QdotMatrix> {
         let ok = matches!(dtype, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
-            && cols % QK == 0
+            && cols.is_multiple_of(QK)
             && rows.checked_mul(cols).and_then(|n| dtype.byte_len(n)) == Some(bytes.len());
         if !ok {
             return None;

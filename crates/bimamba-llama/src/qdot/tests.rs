@@ -166,7 +166,7 @@ fn avx512_matches_scalar_on_random_shapes() {
         return;
     }
     let mut rng = Lcg(2024);
-    let mut pick = |n: usize| ((rng.next() + 1.0) * 0.5 * n as f32) as usize % n;
+    let mut pick = |n: usize| ((rng.next_f32() + 1.0) * 0.5 * n as f32) as usize % n;
     for case in 0..60 {
         let dtype = TYPES[case % 3];
         let rows = 1 + pick(70);

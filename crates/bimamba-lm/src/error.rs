@@ -1,10 +1,11 @@
-//! One error type for the engine: every variant names the file, tensor or field at fault and,
-//! where it applies, the expected and the actual value.
+//! One error type for loading and running a language model, shared by both engines: every
+//! variant names the file, tensor or field at fault and, where it applies, the expected and the
+//! actual value.
 
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
+pub enum ModelError {
     #[error(transparent)]
     Format(#[from] bimamba_formats::FormatError),
 
@@ -23,6 +24,11 @@ pub enum EngineError {
     #[error("token id {id} is outside the model's vocabulary of {vocab} entries")]
     TokenOutOfRange { id: u32, vocab: usize },
 
+    /// A decoding state handed to a model of another kind (a caller's mistake: states come from
+    /// the model's own `new_state`).
+    #[error("a {state} decoding state was passed to a {model} model")]
+    StateKind { model: &'static str, state: &'static str },
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -31,4 +37,4 @@ pub enum EngineError {
     },
 }
 
-pub type Result<T> = std::result::Result<T, EngineError>;
+pub type Result<T> = std::result::Result<T, ModelError>;

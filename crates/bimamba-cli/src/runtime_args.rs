@@ -1,0 +1,161 @@
+//! The options that say how a model runs, one flattened group that every model command takes:
+//! the kernels' instruction set and threads, and the arithmetic settings of each kind of model.
+
+use anyhow::{bail, Context, Result};
+use bimamba_engine::linear::BinaryAct;
+use bimamba_engine::StateDtype;
+use bimamba_kernels::Isa;
+use bimamba_llama::Activations;
+use bimamba_models::{SettingError, Settings};
+use clap::{Args, ValueEnum};
+
+/// The heading these options are listed under in every command's help.
+const HEADING: &str = "Runtime options";
+
+#[derive(Args, Clone, Debug)]
+pub struct RuntimeArgs {
+    /// Kernel instruction set (default: the best this CPU has; also settable with BIMAMBA_ISA).
+    #[arg(long, help_heading = HEADING, value_enum, ignore_case = true, value_name = "ISA")]
+    pub isa: Option<IsaArg>,
+
+    /// Worker threads for the kernels (default: all cores).
+    #[arg(long, help_heading = HEADING, value_name = "N", value_parser = parse_threads)]
+    pub threads: Option<usize>,
+
+    /// Storage precision of the SSM state (Mamba-2 / Bi-Mamba models only).
+    #[arg(long, help_heading = HEADING, value_enum, value_name = "f32|bf16", default_value_t = StateDtypeArg::F32)]
+    pub state_dtype: StateDtypeArg,
+
+    /// Activations of the 1-bit projections (Mamba-2 / Bi-Mamba models only).
+    #[arg(long, help_heading = HEADING, value_enum, value_name = "f32|int8", default_value_t = BinaryActArg::F32)]
+    pub binary_act: BinaryActArg,
+
+    /// Activations in the products of a .gguf model's quantized (Q8_0/Q4_0/Q4_1) matrices.
+    #[arg(long, help_heading = HEADING, value_enum, value_name = "f32|q8", default_value_t = GgufActArg::F32)]
+    pub gguf_act: GgufActArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum IsaArg {
+    /// Portable Rust, on every CPU.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 F + BW + VL.
+    Avx512,
+    /// AArch64 Advanced SIMD.
+    Neon,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateDtypeArg {
+    /// Exact.
+    F32,
+    /// Half the state traffic per token; update and readout still in f32.
+    Bf16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BinaryActArg {
+    /// Exact Bi-Mamba arithmetic.
+    F32,
+    /// Per-token int8 and integer dot products: faster with AVX512-VNNI or AVX2, perplexity
+    /// changes slightly (crates/bimamba-kernels/KERNELS.md).
+    Int8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GgufActArg {
+    /// The exact product on the dequantized weights.
+    F32,
+    /// 8 bits per block of 32 and integer dot products, as llama.cpp computes: about 3x faster
+    /// with AVX-512 VNNI (crates/bimamba-llama/KERNELS.md).
+    Q8,
+}
+
+/// `--threads`: a whole number of at least 1.
+fn parse_threads(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number of at least 1".into()),
+    }
+}
+
+impl RuntimeArgs {
+    /// Applies `--isa` and `--threads` (the rayon pool: all cores when not given); call once,
+    /// before any model work. Returns the number of threads.
+    pub fn setup(&self) -> Result<usize> {
+        if let Some(isa) = self.isa {
+            let isa = isa.isa();
+            bimamba_kernels::set_isa(isa).map_err(|e| anyhow::anyhow!("--isa {isa}: {e}"))?;
+        }
+        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("--threads: could not start the thread pool")?;
+        Ok(threads)
+    }
+
+    /// The settings a model is opened with.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            gguf_act: match self.gguf_act {
+                GgufActArg::F32 => Activations::F32,
+                GgufActArg::Q8 => Activations::Q8,
+            },
+            state_dtype: match self.state_dtype {
+                StateDtypeArg::F32 => StateDtype::F32,
+                StateDtypeArg::Bf16 => StateDtype::Bf16,
+            },
+            binary_act: match self.binary_act {
+                BinaryActArg::F32 => BinaryAct::F32,
+                BinaryActArg::Int8 => BinaryAct::Int8,
+            },
+        }
+    }
+}
+
+impl RuntimeArgs {
+    /// For commands the arithmetic settings do not reach (`why` says so): refuses any of them
+    /// given a value other than its default, naming the flag.
+    pub fn refuse_settings(&self, why: &str) -> Result<()> {
+        let s = self.settings();
+        let given = [
+            ("--state-dtype", s.state_dtype.name(), s.state_dtype != StateDtype::F32),
+            ("--binary-act", s.binary_act.name(), s.binary_act != BinaryAct::F32),
+            ("--gguf-act", s.gguf_act.name(), s.gguf_act != Activations::F32),
+        ];
+        match given.into_iter().find(|g| g.2) {
+            Some((flag, value, _)) => {
+                bail!("{flag} {value}: {why}; the option applies to generate, eval and bench")
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Records the arithmetic settings in a result object (`state_dtype`, `binary_act`,
+    /// `gguf_act`), so that every result file says how it was computed.
+    pub fn record(&self, v: &mut serde_json::Value) {
+        let s = self.settings();
+        v["state_dtype"] = s.state_dtype.name().into();
+        v["binary_act"] = s.binary_act.name().into();
+        v["gguf_act"] = s.gguf_act.name().into();
+    }
+}
+
+impl IsaArg {
+    pub fn isa(self) -> Isa {
+        match self {
+            IsaArg::Scalar => Isa::Scalar,
+            IsaArg::Avx2 => Isa::Avx2,
+            IsaArg::Avx512 => Isa::Avx512,
+            IsaArg::Neon => Isa::Neon,
+        }
+    }
+}
+
+/// A setting refused for the model at hand, as one line naming the flag the user gave.
+pub fn setting_error(e: &SettingError) -> anyhow::Error {
+    anyhow::anyhow!("--{} {}: {} {}", e.setting.replace('_', "-"), e.value, e.file.display(), e.reason)
+}
