@@ -185,9 +185,9 @@ mod tests {
             }
         }
         for i in 0..out {
-            for j in 0..inp {
+            for (j, a) in alpha.iter().enumerate() {
                 let k = i * inp + j;
-                assert!((gw[k] - alpha[j] * gwt[k]).abs() < 1e-12, "dL/dW[{i},{j}]");
+                assert!((gw[k] - a * gwt[k]).abs() < 1e-12, "dL/dW[{i},{j}]");
             }
         }
         for j in 0..inp {

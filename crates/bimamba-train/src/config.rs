@@ -165,10 +165,10 @@ impl ModelConfig {
                 return Err(format!("model.{name} must be positive"));
             }
         }
-        if self.d_inner() % self.headdim != 0 {
+        if !self.d_inner().is_multiple_of(self.headdim) {
             return Err(format!("d_inner {} is not a multiple of headdim {}", self.d_inner(), self.headdim));
         }
-        if self.nheads() % self.ngroups != 0 {
+        if !self.nheads().is_multiple_of(self.ngroups) {
             return Err(format!("heads {} are not a multiple of ngroups {}", self.nheads(), self.ngroups));
         }
         Ok(())

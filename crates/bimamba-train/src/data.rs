@@ -184,7 +184,7 @@ impl TokenFile {
         if width != 2 && width != 4 {
             return Err(Error::format(path, format!("bytes per token {width} (2 or 4 expected)")));
         }
-        if (map.len() - HEADER) % width != 0 {
+        if !(map.len() - HEADER).is_multiple_of(width) {
             return Err(Error::format(path, "truncated token file"));
         }
         let len = (map.len() - HEADER) / width;
@@ -371,7 +371,7 @@ mod tests {
         let mut b = snapshot;
         assert_eq!(next, (0..5).map(|_| b.next_start(20).expect("fits")).collect::<Vec<_>>());
         let mut al = WindowSampler::new(8, true, 1);
-        assert!((0..100).all(|_| al.next_start(25).expect("fits") % 8 == 0));
+        assert!((0..100).all(|_| al.next_start(25).expect("fits").is_multiple_of(8)));
         assert!(WindowSampler::new(8, false, 1).next_start(5).is_err());
     }
 }

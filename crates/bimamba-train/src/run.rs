@@ -347,7 +347,7 @@ pub fn train<B: crate::fused::TrainBackend>(
             "step": state.step, "train_loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
             "tokens_per_s": tps, "tokens": state.tokens_seen, "elapsed_s": state.elapsed_s,
         });
-        let eval_now = (cfg.train.eval_every > 0 && state.step % cfg.train.eval_every == 0) || state.step == total;
+        let eval_now = (cfg.train.eval_every > 0 && state.step.is_multiple_of(cfg.train.eval_every)) || state.step == total;
         if eval_now {
             if let Some(v) = eval(&model) {
                 line["val_loss"] = json!(v);
@@ -359,7 +359,7 @@ pub fn train<B: crate::fused::TrainBackend>(
         pb.set_message(format!("loss {loss_sum:.4} {tps:.0} tok/s"));
         pb.set_position(state.step);
         let out_of_time = opts.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() >= m) && state.step < total;
-        let ck_now = (cfg.train.checkpoint_every > 0 && state.step % cfg.train.checkpoint_every == 0)
+        let ck_now = (cfg.train.checkpoint_every > 0 && state.step.is_multiple_of(cfg.train.checkpoint_every))
             || state.step == total
             || out_of_time;
         if ck_now {

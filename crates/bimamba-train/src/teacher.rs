@@ -188,6 +188,7 @@ fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
 
 /// Runs `teacher` over the first `max_windows` aligned training windows of `data` and writes their
 /// top-k log-probabilities (over the tokenizer's vocabulary) to `out`. Returns the window count.
+#[allow(clippy::too_many_arguments)]
 pub fn write_topk<B: Backend>(
     teacher: &dyn Frozen<B>,
     data: &Dataset,

@@ -34,7 +34,7 @@ use crate::ops::{matmul_in, opts};
 /// # Shapes
 /// - x: [b, L, H, P], dt: [b, L, H], a: [H], bm, cm: [b, L, G, N], dy: [b, L, H, P]
 /// - output: dx [b, L, H, P], ddt [b, L, H], da [H], dbm, dcm [b, L, G, N]
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn ssd_scan_backward<B: FusedOps>(
     x: Tensor<B, 4>,
     dt: Tensor<B, 3>,

@@ -132,6 +132,7 @@ pub fn segment_decay<B: Backend, const D: usize, const D2: usize>(v: Tensor<B, D
 /// - x: [b, L, H, P], dt: [b, L, H] (after softplus), a: [H] (A = −exp(A_log))
 /// - bm, cm: [b, L, G, N]; initial_state: [b, H, P, N]
 /// - output: y [b, L, H, P], final state [b, H, P, N]
+#[allow(clippy::too_many_arguments)]
 pub fn ssd_chunked<B: FusedOps>(
     x: Tensor<B, 4>,
     dt: Tensor<B, 3>,
@@ -284,7 +285,7 @@ mod tests {
         let cm = rand(&mut rng, [b, l, g, n], -1.0, 1.0);
         let (y, _) = ssd_chunked(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), 64, None, None);
         let (y_ref, _) = ssd_recurrent(x, dt, a, bm, cm, None);
-        assert!(y.clone().is_nan().any().into_scalar() == false);
+        assert!(!y.clone().is_nan().any().into_scalar());
         assert!(max_diff(y, y_ref) < 1e-10);
     }
 }
