@@ -347,7 +347,8 @@ pub fn train<B: crate::fused::TrainBackend>(
             "step": state.step, "train_loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
             "tokens_per_s": tps, "tokens": state.tokens_seen, "elapsed_s": state.elapsed_s,
         });
-        let eval_now = (cfg.train.eval_every > 0 && state.step.is_multiple_of(cfg.train.eval_every)) || state.step == total;
+        let eval_now =
+            (cfg.train.eval_every > 0 && state.step.is_multiple_of(cfg.train.eval_every)) || state.step == total;
         if eval_now {
             if let Some(v) = eval(&model) {
                 line["val_loss"] = json!(v);
