@@ -3,7 +3,7 @@
 # there is one, cache.tar.xz of compiled kernels): the fused-kernel checks, then `bench --parts`
 # of the 130M-class Bi-Mamba (bf16 products) for each SSD chunk length and each SSD variant in
 # MODES: "default" (the SSD differentiated op by op, f32 products), "node" (one autodiff node with
-# the hand-written backward), "bf16" (bf16 SSD products). With PROFILE=1 also the forward's
+# the hand-written backward), "bf16" (bf16 SSD products), "node-bf16" (both). With PROFILE=1 also the forward's
 # per-section profile of the default step. JSON per run in $OUT.
 # Usage: [MODES="default node"] [PROFILE=1] bash scripts/gpu/parts_profile.sh [BATCH] [CHUNKS]   (default 4, "256")
 BATCH=${1:-4}
@@ -26,6 +26,7 @@ for c in $CHUNKS; do
       default) flags="" ;;
       node) flags="--ssd-node" ;;
       bf16) flags="--ssd-bf16" ;;
+      node-bf16) flags="--ssd-node --ssd-bf16" ;;
     esac
     el "batch $BATCH chunk $c $mode"
     timeout 200 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $c --steps 3 --warmup 1 --parts $flags \
