@@ -230,16 +230,21 @@ impl<B: FusedOps> Mixer<B> {
         out
     }
 
-    /// in_proj, as its output blocks z | x | B | C | dt (one product per block: no slicing of a
-    /// [b, L, d_in_proj] activation, whose gradient would be assembled from zero-filled slices).
+    /// in_proj, as its output blocks z | x | B | C | dt: one product each for z and x and one for
+    /// the narrow rest (B, C and dt, sliced from it). Slicing the whole [b, L, d_in_proj] output
+    /// instead would make the backward assemble each slice's gradient as a zero-filled tensor of
+    /// the whole output's size; here only the narrow product's output is sliced.
     ///
     /// # Shapes
     /// - u: [b, L, D]; output: as [`MixerInputs`]
     pub fn project_in(&self, u: Tensor<B, 3>) -> MixerInputs<B> {
         let cfg = &self.config;
-        let (di, gn) = (cfg.d_inner(), cfg.ngroups * cfg.d_state);
-        let parts = self.in_proj.forward_split(u, &[di, di, gn, gn, cfg.nheads()]);
-        let [z, x, bm, cm, dt] = <[Tensor<B, 3>; 5]>::try_from(parts).expect("five blocks");
+        let (di, gn, h) = (cfg.d_inner(), cfg.ngroups * cfg.d_state, cfg.nheads());
+        let parts = self.in_proj.forward_split(u, &[di, di, 2 * gn + h]);
+        let [z, x, bcdt] = <[Tensor<B, 3>; 3]>::try_from(parts).expect("three blocks");
+        let bm = bcdt.clone().narrow(2, 0, gn);
+        let cm = bcdt.clone().narrow(2, gn, gn);
+        let dt = bcdt.narrow(2, 2 * gn, h);
         MixerInputs { z, x, bm, cm, dt }
     }
 

@@ -76,8 +76,8 @@ pub fn parts<B: TrainBackend>(
     put("residual_norm", time_part(reps, device, || block.norm.forward(hidden.clone(), cfg.norm_eps)), layers + 1.0);
     let sum5 = |m: MixerInputs<B>| m.z.sum() + m.x.sum() + m.bm.sum() + m.cm.sum() + m.dt.sum();
     put("in_proj", time_part(reps, device, || sum5(mixer.project_in(hidden.clone()))), layers);
-    // The same as one product whose output is sliced into the five blocks (the layout before
-    // `forward_split`), for comparison.
+    // The same as one product whose output is sliced into the five blocks (the layout
+    // `project_in` avoids), for comparison.
     put(
         "in_proj.sliced",
         time_part(reps, device, || {
