@@ -131,7 +131,8 @@ pub struct BenchReport {
     /// With `--profile`: milliseconds per step in each forward section (summed over layers), the
     /// loss, the backward and the optimizer.
     pub profile_ms: Option<std::collections::BTreeMap<String, f64>>,
-    /// With `--parts`: milliseconds per step of each part timed alone, `[forward, backward]`.
+    /// With `--parts`: milliseconds per step of each part timed alone, `[forward, backward]` (the
+    /// backward less the cost of one empty `backward()` call, itself reported as `backward_call`).
     pub parts_ms: Option<std::collections::BTreeMap<String, [f64; 2]>>,
 }
 
