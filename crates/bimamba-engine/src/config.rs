@@ -140,7 +140,11 @@ impl Config {
             ));
         }
         if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
-            return Err(f.err("layer_norm_epsilon", &format!("must be > 0, got {}", self.norm_eps)));
+            let field = match self.dialect {
+                Dialect::StateSpaces => "norm_epsilon",
+                Dialect::Transformers => "layer_norm_epsilon",
+            };
+            return Err(f.err(field, &format!("must be > 0, got {}", self.norm_eps)));
         }
         Ok(())
     }

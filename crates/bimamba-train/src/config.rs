@@ -147,34 +147,19 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Checks the divisibility rules of the architecture.
+    /// Checks the architecture with the inference engine's own rules: the `config.json` that
+    /// [`crate::export`] writes for it is parsed and validated by `bimamba_engine::Config`, the
+    /// code that will load the exported model. One set of rules for what is trained and what is
+    /// run; an error names the `[model]` field.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let positive = [
-            ("d_model", self.d_model),
-            ("n_layer", self.n_layer),
-            ("vocab_size", self.vocab_size),
-            ("d_state", self.d_state),
-            ("d_conv", self.d_conv),
-            ("expand", self.expand),
-            ("headdim", self.headdim),
-            ("ngroups", self.ngroups),
-            ("chunk_size", self.chunk_size),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(format!("model.{name} must be positive"));
-            }
-        }
-        if !self.d_inner().is_multiple_of(self.headdim) {
-            return Err(format!("d_inner {} is not a multiple of headdim {}", self.d_inner(), self.headdim));
-        }
-        if !self.nheads().is_multiple_of(self.ngroups) {
-            return Err(format!("heads {} are not a multiple of ngroups {}", self.nheads(), self.ngroups));
-        }
+        let json = crate::export::mamba_config_json(self).to_string();
+        // The one field whose name differs between the two: `norm_eps` here, `norm_epsilon` there.
+        let engine = EngineConfig::from_json_str(&json, Path::new("[model]"))
+            .map_err(|e| e.to_string().replace("`norm_epsilon`", "`norm_eps`"))?;
+        debug_assert_eq!((engine.padded_vocab_size, engine.nheads), (self.padded_vocab(), self.nheads()));
         Ok(())
     }
 
-    /// Parameters of the model (embedding counted once: it is tied to the LM head).
     pub fn num_params(&self) -> usize {
         let (d, di, h) = (self.d_model, self.d_inner(), self.nheads());
         let scales = match self.precision {
@@ -218,8 +203,18 @@ mod tests {
         assert_eq!(c.conv_dim(), 3328);
         assert_eq!((c.num_params() as f64 / 1e5).round() / 10.0, 752.1);
         c.validate().expect("valid");
-        let bad = ModelConfig { headdim: 100, ..c };
-        assert!(bad.validate().is_err());
+        // The engine's rules, naming the `[model]` field.
+        let cases = [
+            (ModelConfig { headdim: 100, ..c.clone() }, "field `headdim`"),
+            (ModelConfig { headdim: 0, ..c.clone() }, "field `headdim`"),
+            (ModelConfig { ngroups: 5, ..c.clone() }, "field `ngroups`"),
+            (ModelConfig { norm_eps: 0.0, ..c.clone() }, "field `norm_eps`"),
+            (ModelConfig { n_layer: 0, ..c.clone() }, "field `n_layer`"),
+        ];
+        for (bad, field) in cases {
+            let err = bad.validate().expect_err("refused");
+            assert!(err.starts_with("[model]: ") && err.contains(field), "{err}");
+        }
     }
 
     fn from_json(json: &str) -> Result<ModelConfig> {

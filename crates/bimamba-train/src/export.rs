@@ -35,6 +35,7 @@ pub fn mamba_config_json(cfg: &ModelConfig) -> serde_json::Value {
         "residual_in_fp32": true,
         "fused_add_norm": true,
         "pad_vocab_size_multiple": cfg.pad_vocab_size_multiple,
+        "norm_epsilon": cfg.norm_eps,
         "tie_embeddings": true,
     })
 }

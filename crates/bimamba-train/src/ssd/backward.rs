@@ -127,16 +127,10 @@ pub fn ssd_scan_backward<B: FusedOps>(
 mod tests {
     use super::*;
     use crate::rng::SplitMix64;
-    use burn::backend::{Autodiff, NdArray};
-    use burn::tensor::TensorData;
+    use crate::ssd::testing::{scan_inputs, B, SHAPE};
+    use burn::backend::Autodiff;
 
-    type B = NdArray<f64>;
     type A = Autodiff<B>;
-
-    fn rand<const D: usize>(rng: &mut SplitMix64, dims: [usize; D], lo: f64, hi: f64) -> Tensor<B, D> {
-        let v: Vec<f64> = (0..dims.iter().product::<usize>()).map(|_| rng.uniform(lo, hi)).collect();
-        Tensor::from_data(TensorData::new(v, dims), opts::<B>(&Default::default()))
-    }
 
     fn max_rel<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f64 {
         let scale = b.clone().abs().max().into_scalar().max(1e-30);
@@ -149,13 +143,9 @@ mod tests {
     #[test]
     fn backward_equals_autodiff_of_the_reference_scan() {
         let mut rng = SplitMix64::new(17);
-        let (b, l, h, p, g, n) = (2, 13, 4, 3, 2, 5);
-        let x = rand(&mut rng, [b, l, h, p], -1.0, 1.0);
-        let dt = rand(&mut rng, [b, l, h], 0.05, 0.8);
-        let a = rand(&mut rng, [h], -2.0, -0.3);
-        let bm = rand(&mut rng, [b, l, g, n], -1.0, 1.0);
-        let cm = rand(&mut rng, [b, l, g, n], -1.0, 1.0);
-        let dy = rand(&mut rng, [b, l, h, p], -1.0, 1.0);
+        let (b, l, h, p, _, _) = SHAPE;
+        let (x, dt, a, bm, cm) = scan_inputs(&mut rng, (0.05, 0.8), (-2.0, -0.3));
+        let dy = crate::ssd::testing::rand(&mut rng, [b, l, h, p], -1.0, 1.0);
         for chunk in [4, 5, 13, 1] {
             let lift = |t: &Tensor<B, 4>| Tensor::<A, 4>::from_inner(t.clone()).require_grad();
             let (xa, bma, cma) = (lift(&x), lift(&bm), lift(&cm));

@@ -227,20 +227,50 @@ pub fn ssd_recurrent<B: Backend>(
     (Tensor::cat(ys, 1), state)
 }
 
+/// Random scan inputs for the tests of this module and of [`backward`].
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use crate::rng::SplitMix64;
     use burn::backend::NdArray;
     use burn::tensor::TensorData;
 
-    type B = NdArray<f64>;
+    pub type B = NdArray<f64>;
 
-    fn rand<const D: usize>(rng: &mut SplitMix64, dims: [usize; D], lo: f64, hi: f64) -> Tensor<B, D> {
-        let len = dims.iter().product::<usize>();
-        let v: Vec<f64> = (0..len).map(|_| rng.uniform(lo, hi)).collect();
+    /// A tensor of uniform values in [lo, hi).
+    pub fn rand<const D: usize>(rng: &mut SplitMix64, dims: [usize; D], lo: f64, hi: f64) -> Tensor<B, D> {
+        let v: Vec<f64> = (0..dims.iter().product::<usize>()).map(|_| rng.uniform(lo, hi)).collect();
         Tensor::from_data(TensorData::new(v, dims), opts::<B>(&Default::default()))
     }
+
+    /// Shape of [`scan_inputs`]: batch 2, a length of 13 (no chunk size below it divides it),
+    /// H = 4 heads in G = 2 groups, P = 3, N = 5.
+    pub const SHAPE: (usize, usize, usize, usize, usize, usize) = (2, 13, 4, 3, 2, 5);
+
+    /// x, dt, A, B, C of a scan of [`SHAPE`], with dt and A drawn from the given ranges.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_inputs(
+        rng: &mut SplitMix64,
+        dt: (f64, f64),
+        a: (f64, f64),
+    ) -> (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 4>, Tensor<B, 4>) {
+        let (b, l, h, p, g, n) = SHAPE;
+        (
+            rand(rng, [b, l, h, p], -1.0, 1.0),
+            rand(rng, [b, l, h], dt.0, dt.1),
+            rand(rng, [h], a.0, a.1),
+            rand(rng, [b, l, g, n], -1.0, 1.0),
+            rand(rng, [b, l, g, n], -1.0, 1.0),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    use super::testing::{rand, scan_inputs, B, SHAPE};
 
     fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f64 {
         (a - b).abs().max().into_scalar()
@@ -249,13 +279,8 @@ mod tests {
     #[test]
     fn chunked_scan_equals_recurrence_for_every_chunking() {
         let mut rng = SplitMix64::new(11);
-        // H=4 heads in G=2 groups, a length that no chunk size below divides.
-        let (b, l, h, p, g, n) = (2, 13, 4, 3, 2, 5);
-        let x = rand(&mut rng, [b, l, h, p], -1.0, 1.0);
-        let dt = rand(&mut rng, [b, l, h], 0.01, 0.5);
-        let a = rand(&mut rng, [h], -3.0, -0.5);
-        let bm = rand(&mut rng, [b, l, g, n], -1.0, 1.0);
-        let cm = rand(&mut rng, [b, l, g, n], -1.0, 1.0);
+        let (b, l, h, p, _, n) = SHAPE;
+        let (x, dt, a, bm, cm) = scan_inputs(&mut rng, (0.01, 0.5), (-3.0, -0.5));
         let s0 = rand(&mut rng, [b, h, p, n], -1.0, 1.0);
         let (y_ref, s_ref) = ssd_recurrent(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), Some(s0.clone()));
         for chunk in [1, 4, 5, 13, 64] {
