@@ -20,8 +20,6 @@ pub mod profile;
 pub mod random;
 pub mod state;
 
-/// The shared [`ModelError`] under the name the training crate uses.
-pub use bimamba_lm::ModelError as EngineError;
 pub use bimamba_lm::{LanguageModel, ModelError, Result};
 pub use config::{Config, Dialect};
 pub use linear::{BinaryScales, DenseWeight, Linear};

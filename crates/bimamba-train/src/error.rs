@@ -44,7 +44,7 @@ pub enum Error {
     },
     /// A model directory's `config.json` refused by the engine's parser (names the file and field).
     #[error(transparent)]
-    ModelConfig(#[from] bimamba_engine::EngineError),
+    ModelConfig(#[from] bimamba_lm::ModelError),
     /// An invalid configuration or argument.
     #[error("{0}")]
     Config(String),
