@@ -49,9 +49,8 @@ pub fn ssd_scan_backward<B: FusedOps>(
     let [b, l, h, p] = x.dims();
     let [_, _, g, n] = bm.dims();
     let hg = h / g;
-    let ChunkLayout { t, c, dtc, acs, xdt, bc, cc } = chunk_layout(x.clone(), dt, a.clone(), bm, cm, chunk);
+    let ChunkLayout { t, c, dtc, acs, xc, xdt, bc, cc } = chunk_layout(x, dt, a.clone(), bm, cm, chunk);
     let lp = c * t;
-    let xc = super::pad_positions(x, lp).reshape([b, c, t, h, p]).swap_dims(2, 3); // [b,c,H,T,P]
     let dyc = super::pad_positions(dy, lp).reshape([b, c, t, h, p]).swap_dims(2, 3); // [b,c,H,T,P]
                                                                                      // Heads of a group side by side: [b,c,H,T,P] → [b,c,G,T,hg·P] and back.
     let to_group = |v: Tensor<B, 5>| v.reshape([b, c, g, hg, t, p]).swap_dims(3, 4).reshape([b, c, g, t, hg * p]);

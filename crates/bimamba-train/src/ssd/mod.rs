@@ -26,30 +26,29 @@ use crate::ops::{matmul_in, opts};
 
 pub mod backward;
 
-/// Inclusive cumulative sum over the last dimension as a product with an upper-triangular
-/// matrix of ones (U[s, l] = 1 for s ≤ l): matrix work, on every backend.
+/// v times a triangular matrix of ones over the last dimension: upper (U[s, l] = 1 for s ≤ l)
+/// gives the inclusive cumulative sum, lower the reverse one. Matrix work, on every backend.
 ///
 /// # Shapes
 /// - v: [..., T]; output: [..., T]
-fn cumsum_last<B: Backend, const D: usize>(v: Tensor<B, D>) -> Tensor<B, D> {
+fn times_ones_triangle<B: Backend, const D: usize>(v: Tensor<B, D>, upper: bool) -> Tensor<B, D> {
     let dims = v.dims();
     let t = dims[D - 1];
     let rows = v.shape().num_elements() / t;
-    let upper = Tensor::<B, 2>::ones([t, t], opts::<B>(&v.device())).triu(0);
-    v.reshape([rows, t]).matmul(upper).reshape(dims)
+    let ones = Tensor::<B, 2>::ones([t, t], opts::<B>(&v.device()));
+    let tri = if upper { ones.triu(0) } else { ones.tril(0) };
+    v.reshape([rows, t]).matmul(tri).reshape(dims)
 }
 
-/// Reverse inclusive cumulative sum over the last dimension: out[k] = Σ_{i ≥ k} v[i] (the
-/// adjoint of [`cumsum_last`]), as a product with a lower-triangular matrix of ones.
-///
-/// # Shapes
-/// - v: [..., T]; output: [..., T]
+/// Inclusive cumulative sum over the last dimension.
+fn cumsum_last<B: Backend, const D: usize>(v: Tensor<B, D>) -> Tensor<B, D> {
+    times_ones_triangle(v, true)
+}
+
+/// Reverse inclusive cumulative sum over the last dimension, out[k] = Σ_{i ≥ k} v[i]: the
+/// adjoint of [`cumsum_last`].
 fn reverse_cumsum_last<B: Backend, const D: usize>(v: Tensor<B, D>) -> Tensor<B, D> {
-    let dims = v.dims();
-    let t = dims[D - 1];
-    let rows = v.shape().num_elements() / t;
-    let lower = Tensor::<B, 2>::ones([t, t], opts::<B>(&v.device())).tril(0);
-    v.reshape([rows, t]).matmul(lower).reshape(dims)
+    times_ones_triangle(v, false)
 }
 
 /// Zero-pads dimension 1 (positions) to `lp`.
@@ -73,6 +72,8 @@ struct ChunkLayout<B: Backend> {
     dtc: Tensor<B, 4>,
     /// Λ, the chunk-local inclusive cumsum of dt·A: [b,c,H,T].
     acs: Tensor<B, 4>,
+    /// x: [b,c,H,T,P].
+    xc: Tensor<B, 5>,
     /// x̄ = dt ⊙ x: [b,c,H,T,P].
     xdt: Tensor<B, 5>,
     /// B: [b,c,G,T,N].
@@ -98,10 +99,11 @@ fn chunk_layout<B: Backend>(
     let (x, dt, bm, cm) = (pad_positions(x, lp), pad_positions(dt, lp), pad_positions(bm, lp), pad_positions(cm, lp));
     let dtc = dt.reshape([b, c, t, h]).swap_dims(2, 3); // [b,c,H,T]
     let acs = cumsum_last(dtc.clone() * a.reshape([1, 1, h, 1]));
-    let xdt = x.reshape([b, c, t, h, p]).swap_dims(2, 3) * dtc.clone().unsqueeze_dim::<5>(4);
+    let xc = x.reshape([b, c, t, h, p]).swap_dims(2, 3);
+    let xdt = xc.clone() * dtc.clone().unsqueeze_dim::<5>(4);
     let bc = bm.reshape([b, c, t, g, n]).swap_dims(2, 3);
     let cc = cm.reshape([b, c, t, g, n]).swap_dims(2, 3);
-    ChunkLayout { t, c, dtc, acs, xdt, bc, cc }
+    ChunkLayout { t, c, dtc, acs, xc, xdt, bc, cc }
 }
 
 /// Lower-triangular decay matrix exp(v_l − v_s) for s ≤ l, 0 above the diagonal.
@@ -147,7 +149,7 @@ pub fn ssd_chunked<B: FusedOps>(
     let [b, l, h, p] = x.dims();
     let [_, _, g, n] = bm.dims();
     let hg = h / g;
-    let ChunkLayout { t, c, dtc: _, acs, xdt, bc, cc } = chunk_layout(x, dt, a, bm, cm, chunk);
+    let ChunkLayout { t, c, acs, xdt, bc, cc, .. } = chunk_layout(x, dt, a, bm, cm, chunk);
     let lp = c * t;
 
     // 1. Intra-chunk outputs: ((L ⊙ C Bᵀ) x̄), C Bᵀ computed once per group.
