@@ -7,7 +7,6 @@ use std::str::FromStr;
 use burn::backend::{Autodiff, NdArray};
 
 use crate::data::Dataset;
-#[cfg(not(feature = "cuda"))]
 use crate::error::Error;
 use crate::error::Result;
 use crate::run::{self, RunOptions, RunSummary};
@@ -120,4 +119,42 @@ pub fn check_kernels(kind: BackendKind) -> Result<Vec<crate::fused::check::Check
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => Err(no_cuda()),
     }
+}
+
+/// Runs `matmul-kernels` (CUDA only): every family at the 130M-class step's product shapes with
+/// `rows` rows, printing each row as it is measured.
+#[cfg(feature = "cuda")]
+pub fn matmul_kernels(
+    kind: BackendKind,
+    rows: usize,
+    only: &[String],
+    reps: usize,
+) -> Result<Vec<crate::bench::matmul::Row>> {
+    if kind != BackendKind::Cuda {
+        return Err(Error::Config("matmul-kernels times CubeCL kernels: use --backend cuda".into()));
+    }
+    for name in only {
+        crate::fused::set_matmul_kernel(Some(name)).map_err(Error::Config)?;
+    }
+    crate::fused::set_matmul_kernel(None).map_err(Error::Config)?;
+    let problems = crate::bench::matmul::step_problems(rows, 768, 1536, 2 * 1536 + 2 * 128 + 24, 50288);
+    let device = burn::backend::cuda::CudaDevice::new(0);
+    println!("{:<26} {:<26} {:>9} {:>10} {:>9}", "kernel", "product", "TFLOP/s", "rel_l2", "first s");
+    let report = |r: &crate::bench::matmul::Row| match (&r.tflops, &r.error) {
+        (Some(t), _) => println!(
+            "{:<26} {:<26} {t:>9.1} {:>10.2e} {:>9.2}",
+            r.kernel,
+            r.problem,
+            r.rel_l2.unwrap_or(f64::NAN),
+            r.first_call_s
+        ),
+        (None, e) => println!("{:<26} {:<26} unavailable: {}", r.kernel, r.problem, e.as_deref().unwrap_or("")),
+    };
+    Ok(crate::bench::matmul::probe::<cubecl::cuda::CudaRuntime>(&problems, only, reps, &device, report))
+}
+
+/// Without the `cuda` feature there is nothing to time.
+#[cfg(not(feature = "cuda"))]
+pub fn matmul_kernels(_: BackendKind, _: usize, _: &[String], _: usize) -> Result<Vec<serde_json::Value>> {
+    Err(no_cuda())
 }

@@ -126,7 +126,7 @@ impl<B: FusedOps> Projection<B> {
         let mut parts = Vec::with_capacity(sizes.len());
         for &k in sizes {
             let wk = if sizes.len() == 1 { w.clone() } else { w.clone().narrow(0, start, k) };
-            let y = x.clone().matmul(wk.transpose());
+            let y = B::matmul(x.clone(), wk.transpose());
             let y = if dtype != orig { y.cast(orig) } else { y };
             let mut out_dims = dims;
             out_dims[D - 1] = k;

@@ -1,5 +1,6 @@
 //! `bimamba-train`: the training half of the `bimamba` CLI (`bimamba train ...` runs this
-//! binary). Subcommands: train, data prepare, export, teacher-logits, bench.
+//! binary). Subcommands: train, data prepare, export, teacher-logits, bench, check-kernels,
+//! matmul-kernels.
 
 use std::path::PathBuf;
 
@@ -36,6 +37,27 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Compare the backend's fused kernels with their op-by-op references on random inputs.
     CheckKernels(CheckArgs),
+    /// Time every CubeCL matmul kernel family at the training step's product shapes (cuda).
+    MatmulKernels(MatmulArgs),
+}
+
+#[derive(Args, Debug)]
+struct MatmulArgs {
+    /// cuda (the families are CubeCL kernels).
+    #[arg(long, default_value = "cuda")]
+    backend: backend::BackendKind,
+    /// Rows of the step's products: batch × sequence length.
+    #[arg(long, default_value_t = 8192)]
+    rows: usize,
+    /// Only these families (comma-separated names; default all).
+    #[arg(long, value_delimiter = ',')]
+    kernels: Vec<String>,
+    /// Timed products per family and shape.
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Write the rows as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +90,10 @@ struct TrainArgs {
     /// Stop after this many seconds of this process (checkpoint written; continue with --resume).
     #[arg(long)]
     max_seconds: Option<f64>,
+    /// Run the bf16 projection and head products with this CubeCL matmul kernel family (cuda;
+    /// `matmul-kernels` lists and times them).
+    #[arg(long)]
+    matmul_kernel: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +175,7 @@ fn main() -> Result<()> {
                 Some(k) => k,
                 None => cfg.train.backend.parse().map_err(anyhow::Error::msg)?,
             };
+            bimamba_train::fused::set_matmul_kernel(a.matmul_kernel.as_deref()).map_err(anyhow::Error::msg)?;
             let opts = run::RunOptions { out, resume: a.resume, quiet: a.quiet, max_seconds: a.max_seconds };
             let s = backend::train(kind, &cfg, &opts)?;
             let fmt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or("-".into());
@@ -219,6 +246,12 @@ fn main() -> Result<()> {
                 anyhow::bail!("{failed} of {} kernel checks failed", checks.len());
             }
             println!("all {} kernel checks passed", checks.len());
+        }
+        Command::MatmulKernels(a) => {
+            let rows = backend::matmul_kernels(a.backend, a.rows, &a.kernels, a.reps)?;
+            if let Some(p) = &a.json {
+                params::write_atomic(p, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+            }
         }
     }
     Ok(())

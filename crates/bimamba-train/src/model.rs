@@ -398,8 +398,8 @@ impl<B: FusedOps> Mamba2Lm<B> {
         }; // [V, D]
         let v = w.dims()[0];
         match self.matmul_dtype {
-            Some(dt) if dt != h.dtype() => h.reshape([b * l, d]).cast(dt).matmul(w.transpose().cast(dt)),
-            _ => h.reshape([b * l, d]).matmul(w.transpose()),
+            Some(dt) if dt != h.dtype() => B::matmul(h.reshape([b * l, d]).cast(dt), w.transpose().cast(dt)),
+            _ => B::matmul(h.reshape([b * l, d]), w.transpose()),
         }
         .reshape([b, l, v])
     }

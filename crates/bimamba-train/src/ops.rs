@@ -21,13 +21,17 @@ pub fn opts<B: Backend>(device: &B::Device) -> TensorCreationOptions<B> {
 ///
 /// # Shapes
 /// - a: [..., m, k]; b: [..., k, n]; output: [..., m, n]
-pub fn matmul_in<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, dtype: Option<DType>) -> Tensor<B, D> {
+pub fn matmul_in<B: crate::fused::FusedOps, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+    dtype: Option<DType>,
+) -> Tensor<B, D> {
     match dtype {
         Some(dt) if dt != a.dtype() => {
             let orig = a.dtype();
-            a.cast(dt).matmul(b.cast(dt)).cast(orig)
+            B::matmul(a.cast(dt), b.cast(dt)).cast(orig)
         }
-        _ => a.matmul(b),
+        _ => B::matmul(a, b),
     }
 }
 

@@ -23,6 +23,39 @@ fn fused_kernels_equal_their_references_on_wgpu() {
     assert!(checks.len() >= 20);
 }
 
+/// Every matmul family that runs on this device gives Burn's product, for each operand layout
+/// (plain, the right side transposed, the left side transposed) and a batched product; the
+/// plain-unit family runs everywhere.
+#[test]
+fn matmul_families_equal_burns_product_on_wgpu() {
+    use bimamba_train::fused::matmul::{families, launch};
+    use burn::tensor::{DType, Distribution, Tensor, TensorPrimitive};
+    let dev = WgpuDevice::default();
+    let rand = |d: [usize; 3]| Tensor::<Wgpu, 3>::random(d, Distribution::Normal(0.0, 1.0), &dev);
+    let cases = [
+        ("nn", rand([2, 37, 19]), rand([2, 19, 23])),
+        ("nt", rand([2, 37, 19]), rand([2, 23, 19]).swap_dims(1, 2)),
+        ("tn", rand([2, 19, 37]).swap_dims(1, 2), rand([2, 19, 23])),
+    ];
+    let mut ran = Vec::new();
+    for (name, family) in families() {
+        for (layout, a, b) in &cases {
+            let reference = a.clone().matmul(b.clone());
+            let prim = |t: &Tensor<Wgpu, 3>| t.clone().into_primitive().tensor();
+            let Ok(out) = launch(&family, prim(a), prim(b), DType::F32) else { continue };
+            let out = Tensor::<Wgpu, 3>::from_primitive(TensorPrimitive::Float(out));
+            let err: f32 = (out - reference.clone()).abs().max().into_scalar();
+            let scale: f32 = reference.abs().max().into_scalar();
+            assert!(err <= 1e-4 * scale, "{name} {layout}: max error {err} (scale {scale})");
+            ran.push(format!("{name} {layout}"));
+        }
+    }
+    println!("ran: {ran:?}");
+    for layout in ["nn", "nt", "tn"] {
+        assert!(ran.contains(&format!("simple_unit {layout}")), "simple_unit did not run {layout}");
+    }
+}
+
 /// A whole training step's gradients through the autodiff wiring of the fused operations equal
 /// those of the op-by-op model: a small Bi-Mamba (two groups, a length no chunk divides) on WGPU,
 /// once with the fused kernels (with the SSD scan differentiated op by op, and as one node with
@@ -67,9 +100,14 @@ fn model_gradients_with_fused_kernels_equal_the_reference_model() {
     let toks: Vec<i64> = (0..2 * 38).map(|i| (i * 7 + 3) % 50).collect();
     let t = Tensor::<A, 2, Int>::from_data(TensorData::new(toks, [2, 38]), &dev);
     let mut runs = Vec::new();
-    for (fused, ssd_node) in [(false, false), (true, false), (true, true)] {
+    // The last run takes the products through the matmul autodiff node (its f32 products fall
+    // back to Burn's kernel; the node's backward formulas are what it checks).
+    for (fused, ssd_node, matmul) in
+        [(false, false, None), (true, false, None), (true, true, None), (true, false, Some("simple_unit"))]
+    {
         bimamba_train::fused::set_enabled(fused);
         bimamba_train::fused::set_ssd_scan(ssd_node);
+        bimamba_train::fused::set_matmul_kernel(matmul).expect("a known family");
         let loss = cross_entropy(model.forward_logits(t.clone().narrow(1, 0, 37)), t.clone().narrow(1, 1, 37));
         let value: f32 = loss.clone().into_scalar();
         let grads = loss.backward();
@@ -79,6 +117,7 @@ fn model_gradients_with_fused_kernels_equal_the_reference_model() {
     }
     bimamba_train::fused::set_enabled(true);
     bimamba_train::fused::set_ssd_scan(false);
+    bimamba_train::fused::set_matmul_kernel(None).expect("none");
     let (l2, g2) = &runs[0];
     for (run, (l1, g1)) in runs.iter().enumerate().skip(1) {
         assert!((l1 - l2).abs() < 1e-5 * l2.abs(), "run {run}: loss {l1} vs {l2}");

@@ -22,6 +22,8 @@ use crate::model::Mamba2Lm;
 use crate::optim::{AdamW, OptimConfig};
 use crate::rng::SplitMix64;
 
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod matmul;
 pub mod parts;
 
 /// `bench` flags.
@@ -83,6 +85,10 @@ pub struct BenchArgs {
     /// `fused::set_ssd_scan`) instead of differentiating it op by op.
     #[arg(long)]
     pub ssd_node: bool,
+    /// Run the bf16 projection and head products with this CubeCL matmul kernel family instead of
+    /// Burn's default (`bimamba-train matmul-kernels` lists and times them).
+    #[arg(long)]
+    pub matmul_kernel: Option<String>,
     /// Run the op-by-op reference paths instead of the fused kernels (the before/after
     /// comparison in one binary).
     #[arg(long)]
@@ -136,17 +142,17 @@ pub struct BenchReport {
     pub parts_ms: Option<std::collections::BTreeMap<String, [f64; 2]>>,
 }
 
-/// Dense matmul rate of the device in TFLOP/s for `dtype`.
-pub fn matmul_tflops<B: Backend>(n: usize, dtype: DType, device: &B::Device) -> f64 {
+/// Dense matmul rate of the device in TFLOP/s for `dtype` (with the chosen matmul family, if any).
+pub fn matmul_tflops<B: crate::fused::FusedOps>(n: usize, dtype: DType, device: &B::Device) -> f64 {
     let a = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), (device, dtype));
     let b = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), (device, dtype));
-    let _ = a.clone().matmul(b.clone());
+    let _ = B::matmul(a.clone(), b.clone());
     let _ = B::sync(device);
     let reps = 10;
     let t = Instant::now();
     let mut outs = Vec::new();
     for _ in 0..reps {
-        outs.push(a.clone().matmul(b.clone()));
+        outs.push(B::matmul(a.clone(), b.clone()));
     }
     let _ = B::sync(device);
     let s = t.elapsed().as_secs_f64();
@@ -198,6 +204,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
     opt.fused = !a.reference;
     crate::fused::set_enabled(!a.reference);
     crate::fused::set_ssd_scan(a.ssd_node);
+    crate::fused::set_matmul_kernel(a.matmul_kernel.as_deref()).map_err(crate::error::Error::Config)?;
     let mut rng = SplitMix64::new(1);
     let (b, l) = (a.batch, a.seq_len);
     let (mut fw, mut bw, mut op) = (0.0, 0.0, 0.0);

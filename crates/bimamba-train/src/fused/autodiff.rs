@@ -87,6 +87,26 @@ impl<B: FusedOps> Backward<B, 2> for SsdDecayScoresBackward {
 }
 
 #[derive(Debug)]
+struct MatmulBackward<const D: usize>;
+
+impl<B: FusedOps, const D: usize> Backward<B, 2> for MatmulBackward<D> {
+    type State = (Float<B>, Float<B>);
+
+    /// ∂a = g · bᵀ, ∂b = aᵀ · g, through the same kernel family as the forward.
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [na, nb] = ops.parents;
+        let g = float::<B, D>(grads.consume::<B>(&ops.node));
+        let (a, b) = ops.state;
+        if na.is_some() {
+            register!(grads, na, B::matmul(g.clone(), float::<B, D>(b).swap_dims(D - 2, D - 1)));
+        }
+        if nb.is_some() {
+            register!(grads, nb, B::matmul(float::<B, D>(a).swap_dims(D - 2, D - 1), g));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct FbiWeightBackward;
 
 impl<B: FusedOps> Backward<B, 3> for FbiWeightBackward {
@@ -218,6 +238,22 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((student.primitive, teacher, temperature), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(out(student.primitive, teacher)),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(ad))
+    }
+
+    fn matmul<const D: usize>(a: Tensor<Self, D>, b: Tensor<Self, D>) -> Tensor<Self, D> {
+        if !B::KERNELS || !super::enabled() || super::matmul_kernel().is_none() {
+            return a.matmul(b);
+        }
+        let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+        let out = |a: Float<B>, b: Float<B>| B::matmul::<D>(float(a), float(b)).into_primitive().tensor();
+        let ad = match MatmulBackward::<D>.prepare::<C>([a.node.clone(), b.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let y = out(a.primitive.clone(), b.primitive.clone());
+                prep.finish((a.primitive, b.primitive), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out(a.primitive, b.primitive)),
         };
         Tensor::from_primitive(TensorPrimitive::Float(ad))
     }

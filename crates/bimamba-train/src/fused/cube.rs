@@ -132,6 +132,21 @@ where
 {
     const KERNELS: bool = true;
 
+    /// The chosen family runs half-precision products (what `matmul-kernels` measures); f32
+    /// products stay with Burn's.
+    fn matmul<const D: usize>(a: Tensor<Self, D>, b: Tensor<Self, D>) -> Tensor<Self, D> {
+        let dtype = a.dtype();
+        let family = super::matmul_kernel().and_then(|n| super::matmul::family(&n));
+        let Some(family) = family.filter(|_| matches!(dtype, DType::BF16 | DType::F16) && b.dtype() == dtype) else {
+            return a.matmul(b);
+        };
+        match super::matmul::launch(&family, float_prim(a.clone()), float_prim(b.clone()), dtype) {
+            Ok(out) => wrap_d(out),
+            // This family cannot run this problem: Burn's product does.
+            Err(_) => a.matmul(b),
+        }
+    }
+
     fn adamw_update(
         p: Tensor<Self, 1>,
         g: Tensor<Self, 1>,

@@ -15,6 +15,8 @@ pub mod check;
 pub mod cube;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod kernels;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod matmul;
 pub mod reference;
 
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
@@ -46,6 +48,30 @@ pub fn ssd_scan_enabled() -> bool {
     SSD_SCAN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+static MATMUL_KERNEL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Chooses the matmul kernel family of the projection, head and SSD products on CubeCL backends
+/// (`matmul.rs`; `bimamba-train matmul-kernels` lists and times them); `None` leaves them to
+/// Burn's own product (the default). An unknown name is refused with the list of known ones.
+pub fn set_matmul_kernel(name: Option<&str>) -> Result<(), String> {
+    if let Some(n) = name {
+        #[cfg(any(feature = "cuda", feature = "wgpu"))]
+        if matmul::family(n).is_none() {
+            let known: Vec<&str> = matmul::families().into_iter().map(|(k, _)| k).collect();
+            return Err(format!("unknown matmul kernel `{n}` (one of: {})", known.join(", ")));
+        }
+        #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+        return Err(format!("matmul kernel `{n}`: this binary has no CubeCL backend (build with --features cuda)"));
+    }
+    *MATMUL_KERNEL.lock().unwrap_or_else(|e| e.into_inner()) = name.map(str::to_string);
+    Ok(())
+}
+
+/// The chosen matmul kernel family, if any.
+pub fn matmul_kernel() -> Option<String> {
+    MATMUL_KERNEL.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// The scalars of one AdamW update (torch's `AdamW` formulas, decoupled decay).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
@@ -73,6 +99,16 @@ pub trait FusedOps: Backend {
     /// autodiff wrapper uses it: over a backend with kernels it records one custom operation with
     /// a hand-written backward; over one without, it differentiates the reference body.
     const KERNELS: bool = false;
+
+    /// a · b, batched over the leading dimensions (the same in both). On CubeCL backends with a
+    /// family chosen by [`set_matmul_kernel`], that family's kernel; else Burn's product, which is
+    /// the reference.
+    ///
+    /// # Shapes
+    /// - a: [..., m, k], b: [..., k, n]; output: [..., m, n]
+    fn matmul<const D: usize>(a: Tensor<Self, D>, b: Tensor<Self, D>) -> Tensor<Self, D> {
+        a.matmul(b)
+    }
 
     /// One AdamW update of a flattened parameter: returns (parameter, m, v).
     ///
