@@ -29,7 +29,7 @@ printf "$CACHE"'[profiling.logger]\nlevel = "basic"\nfile = "kernels.log"\nappen
 rm -f kernels.log
 timeout 300 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $CHUNK --steps 1 --warmup 1 $FLAGS \
   --matmul-size 256 2>&1 | grep -v "^step" | tail -3
-cp kernels.log $OUT/kernels-$TAG.log
+cp kernels.log $OUT/kernels-$TAG.log; python3 ../../scripts/gpu/kernel_table.py kernels.log --top 12
 printf "$CACHE" > cubecl.toml
 el "parts $TAG"
 timeout 200 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $CHUNK --steps 3 --warmup 1 --parts $FLAGS \
