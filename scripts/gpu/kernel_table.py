@@ -16,10 +16,11 @@ def tables(path):
     """Each table as (total_ms, total_count, [(name, ms, count)])."""
     out, rows = [], None
     for line in open(path, encoding="utf-8", errors="replace"):
+        # Table rows end with a ratio ("12 %"); kernel names may contain "|" themselves.
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 4:
+        if len(cells) < 4 or not cells[-1].endswith("%") and cells[-1] != "Ratio":
             continue
-        name, dur, num, _ratio = cells
+        name, dur, num = " | ".join(cells[:-3]), cells[-3], cells[-2]
         if name == "Name":
             rows = []
             continue

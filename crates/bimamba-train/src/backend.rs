@@ -31,6 +31,9 @@ pub enum BackendKind {
     Ndarray,
     /// Burn's CUDA backend (JIT kernels through NVRTC; needs the `cuda` feature).
     Cuda,
+    /// Burn's WGPU backend with the same CubeCL kernels (Vulkan, Metal or DX12; with Mesa's
+    /// lavapipe, on the CPU: kernel tests and launch counts, not speed; needs the `wgpu` feature).
+    Wgpu,
 }
 
 impl FromStr for BackendKind {
@@ -39,9 +42,15 @@ impl FromStr for BackendKind {
         match s {
             "ndarray" | "cpu" => Ok(Self::Ndarray),
             "cuda" => Ok(Self::Cuda),
-            other => Err(format!("unknown backend `{other}` (ndarray or cuda)")),
+            "wgpu" => Ok(Self::Wgpu),
+            other => Err(format!("unknown backend `{other}` (ndarray, cuda or wgpu)")),
         }
     }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn no_wgpu() -> Error {
+    Error::Config("this binary was built without the `wgpu` feature (cargo build --release --features wgpu)".into())
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -60,6 +69,10 @@ pub fn train(kind: BackendKind, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         }
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => Err(no_cuda()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => run::train::<Autodiff<burn::backend::Wgpu>>(cfg, opts, &Default::default()),
+        #[cfg(not(feature = "wgpu"))]
+        BackendKind::Wgpu => Err(no_wgpu()),
     }
 }
 
@@ -91,6 +104,9 @@ pub fn teacher_logits(
         }
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => return Err(no_cuda()),
+        BackendKind::Wgpu => {
+            return Err(Error::Config("teacher-logits runs on ndarray or cuda".into()));
+        }
     };
     eprintln!();
     Ok(n)
@@ -107,6 +123,12 @@ pub fn bench(kind: BackendKind, args: &crate::bench::BenchArgs) -> Result<crate:
         }
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => Err(no_cuda()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            crate::bench::bench::<Autodiff<burn::backend::Wgpu>>(args, &Default::default(), burn::tensor::DType::F32)
+        }
+        #[cfg(not(feature = "wgpu"))]
+        BackendKind::Wgpu => Err(no_wgpu()),
     }
 }
 
@@ -118,6 +140,10 @@ pub fn check_kernels(kind: BackendKind) -> Result<Vec<crate::fused::check::Check
         BackendKind::Cuda => Ok(crate::fused::check::run::<CudaInfer>(&burn::backend::cuda::CudaDevice::new(0), true)),
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => Err(no_cuda()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => Ok(crate::fused::check::run::<burn::backend::Wgpu>(&Default::default(), false)),
+        #[cfg(not(feature = "wgpu"))]
+        BackendKind::Wgpu => Err(no_wgpu()),
     }
 }
 
