@@ -155,6 +155,11 @@ impl StreamDecoder {
 /// Reads a whole text file, refusing invalid UTF-8 (with the offset) and empty files.
 pub fn read_text_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|source| TextError::Io { path: path.to_path_buf(), source })?;
+    text_from_bytes(bytes, path)
+}
+
+/// [`read_text_file`] on bytes already read (standard input, say); `path` names them in errors.
+pub fn text_from_bytes(bytes: Vec<u8>, path: &Path) -> Result<String> {
     let text = String::from_utf8(bytes)
         .map_err(|e| TextError::NotUtf8 { path: path.to_path_buf(), offset: e.utf8_error().valid_up_to() })?;
     if text.trim().is_empty() {
