@@ -2,6 +2,7 @@
 
 mod commands;
 mod model_args;
+mod progress;
 mod runtime_args;
 
 use std::process::ExitCode;

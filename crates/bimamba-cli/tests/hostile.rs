@@ -199,3 +199,19 @@ fn error_lines_say_each_thing_once_and_escape_what_the_file_holds() {
     assert!(!o.stderr.contains('\u{1b}') && !o.stderr.contains('\u{7}'), "{:?}", o.stderr);
     assert!(o.stderr.contains("\\u{1b}[31m"), "{}", o.stderr);
 }
+
+#[test]
+fn long_work_off_a_terminal_prints_progress_lines() {
+    let m = fixture("ss-bimamba-col");
+    let text = root().join("fixtures/text/pride_excerpt_short.txt").display().to_string();
+    let args = ["eval", "ppl", "--model", &m, "--text", &text, "--seq-len", "16", "--json"];
+    // stderr is a pipe here, not a terminal; a line at every window.
+    let o = bimamba_env(&args, &[("BIMAMBA_PROGRESS_SECS", "0")]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(lines.len() >= 4 && lines.iter().all(|l| l.contains(" windows in ")), "{}", o.stderr);
+    serde_json::from_str::<serde_json::Value>(&o.stdout).expect("stdout is still one JSON object");
+    // At the default interval a run of a second says nothing.
+    let o = bimamba(&args);
+    assert!(!o.stderr.contains("progress: "), "{}", o.stderr);
+}
