@@ -39,8 +39,9 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(TextError::TokenizerMissing { path: path.to_path_buf() });
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| TextError::TokenizerInvalid { path: path.to_path_buf(), detail: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|source| TextError::Io { path: path.to_path_buf(), source })?;
+        let inner = parse_tokenizer_json(&bytes)
+            .map_err(|detail| TextError::TokenizerInvalid { path: path.to_path_buf(), detail })?;
         Ok(Tokenizer { inner, path: path.to_path_buf() })
     }
 
@@ -152,6 +153,13 @@ impl StreamDecoder {
     }
 }
 
+/// Parses the bytes of a tokenizer.json. The JSON syntax is checked first: the tokenizers crate
+/// panics (instead of returning an error) on a syntax error inside its `decoder` section.
+pub fn parse_tokenizer_json(bytes: &[u8]) -> std::result::Result<tokenizers::Tokenizer, String> {
+    serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
 /// Reads a whole text file, refusing invalid UTF-8 (with the offset) and empty files.
 pub fn read_text_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|source| TextError::Io { path: path.to_path_buf(), source })?;
@@ -188,5 +196,16 @@ mod tests {
         assert!(matches!(Tokenizer::from_file(&dir.join("nope.json")), Err(TextError::TokenizerMissing { .. })));
         std::fs::write(dir.join("junk.json"), "{not json").unwrap();
         assert!(matches!(Tokenizer::from_file(&dir.join("junk.json")), Err(TextError::TokenizerInvalid { .. })));
+        // A syntax error inside the decoder section (the tokenizers crate panics on it).
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/ss-bimamba-col/tokenizer.json");
+        let text = std::fs::read_to_string(fixture).unwrap();
+        let at = text.find("\"decoder\"").expect("a decoder section");
+        let bad = format!("{}\"decoder\": {{\"type\": \"Byte\u{1}Level\"{}", &text[..at], &text[at + 11..]);
+        std::fs::write(dir.join("decoder.json"), bad).unwrap();
+        match Tokenizer::from_file(&dir.join("decoder.json")) {
+            Err(TextError::TokenizerInvalid { detail, .. }) => assert!(detail.contains("JSON"), "{detail}"),
+            Err(other) => panic!("expected TokenizerInvalid, got {other}"),
+            Ok(_) => panic!("a tokenizer.json with a syntax error was accepted"),
+        }
     }
 }
