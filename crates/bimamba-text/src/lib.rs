@@ -153,11 +153,46 @@ impl StreamDecoder {
     }
 }
 
-/// Parses the bytes of a tokenizer.json. The JSON syntax is checked first: the tokenizers crate
-/// panics (instead of returning an error) on a syntax error inside its `decoder` section.
+/// Parses the bytes of a tokenizer.json. What the tokenizers crate assumes without checking, and
+/// panics on (found by fuzzing), is checked first: the JSON syntax (a syntax error inside the
+/// `decoder` section) and the BPE merges (see [`check_bpe_merges`]).
 pub fn parse_tokenizer_json(bytes: &[u8]) -> std::result::Result<tokenizers::Tokenizer, String> {
-    serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    check_bpe_merges(&v["model"])?;
     tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
+/// The BPE builder of the tokenizers crate concatenates each merge `(a, b)` as
+/// `a + b[prefix..]` (prefix = `continuing_subword_prefix`) into a buffer as long as the longest
+/// vocabulary entry, before looking the result up; a `b` shorter than the prefix or a result
+/// longer than the buffer panics there. Both are refused here, naming the merge.
+fn check_bpe_merges(model: &serde_json::Value) -> std::result::Result<(), String> {
+    use serde_json::Value;
+    let (Some(vocab), Some(merges)) = (model["vocab"].as_object(), model["merges"].as_array()) else {
+        return Ok(());
+    };
+    let longest = vocab.keys().map(String::len).max().unwrap_or(0);
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    for (i, merge) in merges.iter().enumerate() {
+        let (a, b) = match merge {
+            Value::String(s) => match s.split_once(' ') {
+                Some(pair) => pair,
+                None => continue,
+            },
+            Value::Array(pair) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
+                (Some(a), Some(b)) => (a, b),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        let fits = b.len() >= prefix.len() && a.len() + b.len() - prefix.len() <= longest;
+        if !fits {
+            return Err(format!(
+                "model.merges[{i}] ({a:?}, {b:?}) cannot be a merge: with continuing_subword_prefix {prefix:?} it makes a token longer than every vocabulary entry"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a whole text file, refusing invalid UTF-8 (with the offset) and empty files.
@@ -202,10 +237,20 @@ mod tests {
         let at = text.find("\"decoder\"").expect("a decoder section");
         let bad = format!("{}\"decoder\": {{\"type\": \"Byte\u{1}Level\"{}", &text[..at], &text[at + 11..]);
         std::fs::write(dir.join("decoder.json"), bad).unwrap();
-        match Tokenizer::from_file(&dir.join("decoder.json")) {
-            Err(TextError::TokenizerInvalid { detail, .. }) => assert!(detail.contains("JSON"), "{detail}"),
-            Err(other) => panic!("expected TokenizerInvalid, got {other}"),
-            Ok(_) => panic!("a tokenizer.json with a syntax error was accepted"),
-        }
+        let refused = |name: &str| match Tokenizer::from_file(&dir.join(name)) {
+            Err(TextError::TokenizerInvalid { detail, .. }) => detail,
+            Err(other) => panic!("{name}: expected TokenizerInvalid, got {other}"),
+            Ok(_) => panic!("{name} was accepted"),
+        };
+        assert!(refused("decoder.json").contains("JSON"));
+        // Merges the tokenizers crate's BPE builder would index out of bounds with.
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["model"]["continuing_subword_prefix"] = "\u{0}\u{1b}[31m".into();
+        std::fs::write(dir.join("prefix.json"), v.to_string()).unwrap();
+        assert!(refused("prefix.json").contains("model.merges[0]"));
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["model"]["merges"][0] = serde_json::json!(["abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz"]);
+        std::fs::write(dir.join("long.json"), v.to_string()).unwrap();
+        assert!(refused("long.json").contains("model.merges[0]"));
     }
 }
