@@ -124,7 +124,7 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            eprintln!("error: {}", usage_error_line(&e));
+            eprintln!("error: {}", bimamba_lm::one_line([usage_error_line(&e)]));
             return ExitCode::from(2);
         }
     };

@@ -99,7 +99,7 @@ fn a_prompt_comes_from_a_file_or_standard_input() {
     assert_eq!(from_stdin["tokens"], want["tokens"]);
 
     // Longer than one command-line argument may be (128 KiB on Linux).
-    let long: String = std::iter::repeat("It is a truth universally acknowledged. ").take(3400).collect();
+    let long = "It is a truth universally acknowledged. ".repeat(3400);
     assert!(long.len() > 131_072);
     let v = greedy_json(&["--prompt-file", "-"], Some(long.as_bytes()));
     assert!(v["prompt_tokens"].as_array().unwrap().len() > 10_000);

@@ -19,9 +19,12 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// A tensor to write: name, dtype, shape, little-endian bytes.
+type Tensor = (String, DType, Vec<usize>, Vec<u8>);
+
 /// A copy of fixture `name` whose config.json is `config` and whose weights are `weights`
 /// (the fixture's own when `None`).
-fn model_dir(name: &str, tag: &str, config: &str, weights: Option<&[(String, DType, Vec<usize>, Vec<u8>)]>) -> PathBuf {
+fn model_dir(name: &str, tag: &str, config: &str, weights: Option<&[Tensor]>) -> PathBuf {
     let d = scratch(tag);
     std::fs::write(d.join("config.json"), config).unwrap();
     match weights {
@@ -117,7 +120,7 @@ fn absurd_sizes_are_refused_before_anything_is_allocated() {
 }
 
 /// The fixture's tensors with `name`'s element 3 set to `value`.
-fn poisoned(name: &str, value: f32) -> Vec<(String, DType, Vec<usize>, Vec<u8>)> {
+fn poisoned(name: &str, value: f32) -> Vec<Tensor> {
     let src = Checkpoint::open(&fixture("ss-bimamba-col").join("model.safetensors")).unwrap();
     let mut found = false;
     let out = src
