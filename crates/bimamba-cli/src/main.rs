@@ -2,12 +2,13 @@
 
 mod commands;
 mod model_args;
+mod progress;
 mod runtime_args;
 
 use std::process::ExitCode;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "bimamba", version, about = "1-bit Mamba-2 (Bi-Mamba) language models: run, evaluate, inspect")]
@@ -66,14 +67,51 @@ fn usage_error_line(e: &clap::Error) -> String {
         };
         return format!("{flag} {value}: expected {expected}");
     }
+    // A negative number for an option that counts something (an unsigned integer): say what is
+    // expected rather than clap's "invalid digit".
+    if let (ErrorKind::ValueValidation, Some(ContextValue::String(arg)), Some(ContextValue::String(value))) =
+        (e.kind(), e.get(ContextKind::InvalidArg), e.get(ContextKind::InvalidValue))
+    {
+        let unsigned = std::error::Error::source(e).is_some_and(|s| s.is::<std::num::ParseIntError>());
+        if unsigned && value.starts_with('-') && value.parse::<f64>().is_ok() {
+            let flag = arg.split_whitespace().next().unwrap_or(arg);
+            return format!("{flag} {value}: expected a whole number, not a negative one");
+        }
+    }
     let text = e.render().to_string();
     let lines = text.lines().take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"));
     let kept: Vec<&str> = lines.map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("tip:")).collect();
     kept.join(" ").trim_start_matches("error: ").to_string()
 }
 
+/// Every option of every command reads a value like `-1` as a number, so that `--temperature -1`
+/// reaches the command's own range check instead of being taken for an unknown flag.
+fn negative_numbers(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| if a.get_action().takes_values() { a.allow_negative_numbers(true) } else { a })
+        .mut_subcommands(negative_numbers)
+}
+
+/// `info` and `quantize` read Mamba-2 / Bi-Mamba directories only: their help says so instead of
+/// the `DIR|FILE.gguf` that the commands running any model show.
+fn directories_only(cmd: clap::Command) -> clap::Command {
+    let dir_only = |a: clap::Arg| {
+        a.value_name("DIR").help(
+            "Mamba-2 / Bi-Mamba model directory (config.json + model.safetensors or pytorch_model.bin, \
+             and usually tokenizer.json); .gguf files are not read by this command. Defaults to \
+             $BIMAMBA_MODEL, else the model shipped in models/default.",
+        )
+    };
+    cmd.mut_subcommand("info", |c| c.mut_arg("model", dir_only))
+        .mut_subcommand("quantize", |c| c.mut_arg("model", dir_only))
+}
+
+fn parse() -> Result<Cli, clap::Error> {
+    let matches = negative_numbers(directories_only(Cli::command())).try_get_matches()?;
+    Cli::from_arg_matches(&matches)
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e)
             if matches!(
@@ -86,7 +124,7 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            eprintln!("error: {}", usage_error_line(&e));
+            eprintln!("error: {}", bimamba_lm::one_line([usage_error_line(&e)]));
             return ExitCode::from(2);
         }
     };
@@ -105,8 +143,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes joined by ": ".
-            eprintln!("error: {e:#}");
+            // One line: the error and its causes joined by ": ", each said once.
+            eprintln!("error: {}", bimamba_lm::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }

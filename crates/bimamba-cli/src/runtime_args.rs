@@ -9,6 +9,9 @@ use bimamba_llama::Activations;
 use bimamba_models::{SettingError, Settings};
 use clap::{Args, ValueEnum};
 
+/// The environment variable that chooses the ISA when `--isa` is not given.
+const ENV: &str = bimamba_kernels::isa::ISA_ENV;
+
 /// The heading these options are listed under in every command's help.
 const HEADING: &str = "Runtime options";
 
@@ -73,6 +76,21 @@ pub enum GgufActArg {
     Q8,
 }
 
+/// The kernels' worker threads: `asked` (all cores when `None`), at most the threads this machine
+/// runs at once. More would only take turns on the same cores (10,000 threads start slowly and
+/// gain nothing), so a larger value is lowered with a one-line warning.
+fn usable_threads(asked: Option<usize>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match asked {
+        None => cores,
+        Some(n) if n > cores => {
+            eprintln!("warning: --threads {n}: this machine runs {cores} threads at once; using {cores}");
+            cores
+        }
+        Some(n) => n,
+    }
+}
+
 /// `--threads`: a whole number of at least 1.
 fn parse_threads(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
@@ -85,11 +103,20 @@ impl RuntimeArgs {
     /// Applies `--isa` and `--threads` (the rayon pool: all cores when not given); call once,
     /// before any model work. Returns the number of threads.
     pub fn setup(&self) -> Result<usize> {
-        if let Some(isa) = self.isa {
-            let isa = isa.isa();
-            bimamba_kernels::set_isa(isa).map_err(|e| anyhow::anyhow!("--isa {isa}: {e}"))?;
+        match self.isa {
+            Some(isa) => {
+                let isa = isa.isa();
+                bimamba_kernels::set_isa(isa).map_err(|e| anyhow::anyhow!("--isa {isa}: {e}"))?;
+            }
+            // The variable is refused as the flag is (the flag, when given, wins over it).
+            None => match bimamba_kernels::isa_from_env() {
+                Ok(Some(isa)) => bimamba_kernels::set_isa(isa).map_err(|e| anyhow::anyhow!("{ENV}={isa}: {e}"))?,
+                Ok(None) => {}
+                Err(e) if e.starts_with(ENV) => bail!("{e}"),
+                Err(e) => bail!("{ENV}={}: {e}", std::env::var(ENV).unwrap_or_default()),
+            },
         }
-        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = usable_threads(self.threads);
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()

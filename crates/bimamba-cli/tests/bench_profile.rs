@@ -41,3 +41,12 @@ fn profile_reports_every_section() {
     assert!(p["decode"]["lm_head"].as_f64().unwrap() > 0.0, "decode computes the head every token");
     assert!(bench(&[])["profile_ms_per_token"].is_null(), "no profile without --profile");
 }
+
+#[test]
+fn peak_rss_of_the_model_and_of_the_probe_are_told_apart() {
+    let v = bench(&[]);
+    let (model, probe) = (v["peak_rss_mb"].as_f64().unwrap(), v["peak_rss_with_probe_mb"].as_f64().unwrap());
+    // The probe reads a 1 GiB buffer: the process's peak includes it, the model's does not.
+    assert!(model > 0.0 && model < 900.0, "model {model} MiB");
+    assert!(probe >= model + 900.0, "model {model} MiB, with the probe {probe} MiB");
+}

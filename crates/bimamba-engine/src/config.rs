@@ -74,6 +74,27 @@ impl Config {
         self.nheads / self.ngroups
     }
 
+    /// Parameters of the model this config describes (embedding, untied head, every layer's
+    /// projections, conv, norms and head vectors), or `None` when a size overflows.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let d_inner = self.expand.checked_mul(self.d_model)?;
+        let gn = self.ngroups.checked_mul(self.d_state)?.checked_mul(2)?;
+        let d_in_proj = d_inner.checked_mul(2)?.checked_add(gn)?.checked_add(self.nheads)?;
+        let conv_dim = d_inner.checked_add(gn)?;
+        let per_layer = d_in_proj
+            .checked_mul(self.d_model)?
+            .checked_add(d_inner.checked_mul(self.d_model)?)?
+            .checked_add(conv_dim.checked_mul(self.d_conv.checked_add(1)?)?)?
+            .checked_add(self.nheads.checked_mul(3)?)?
+            .checked_add(d_inner)?
+            .checked_add(self.d_model)?;
+        let vocab = self.padded_vocab_size.checked_mul(self.d_model)?;
+        let heads = if self.tie_embeddings { vocab } else { vocab.checked_mul(2)? };
+        // Bytes must be addressable too (8 per f64 parameter at most).
+        per_layer.checked_mul(self.n_layer)?.checked_add(heads)?.checked_add(self.d_model)?.checked_mul(8)?;
+        per_layer.checked_mul(self.n_layer)?.checked_add(heads)?.checked_add(self.d_model)
+    }
+
     /// Reads `DIR/config.json` (or the given file).
     pub fn from_file(path: &Path) -> Result<Config> {
         let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
@@ -81,9 +102,11 @@ impl Config {
         Config::from_json_str(&text, &file)
     }
 
-    /// Parses either dialect; `file` is only used in error messages.
+    /// Parses either dialect; `file` is only used in error messages. Python's `json.dumps`
+    /// writes the bare literals `Infinity`, `-Infinity` and `NaN`, which JSON lacks; they are read
+    /// as transformers reads them (see [`python_floats`]).
     pub fn from_json_str(text: &str, file: &Path) -> Result<Config> {
-        let value: Value = serde_json::from_str(text)
+        let value: Value = serde_json::from_str(&python_floats(text))
             .map_err(|e| ModelError::Invalid { file: file.to_path_buf(), detail: format!("not valid JSON: {e}") })?;
         let Value::Object(obj) = value else {
             return Err(ModelError::Invalid { file: file.to_path_buf(), detail: "expected a JSON object".into() });
@@ -121,13 +144,33 @@ impl Config {
                 return Err(f.err(name, "must be at least 1, got 0"));
             }
         }
+        if self.padded_vocab_size == 0 {
+            return Err(f.err(
+                "pad_vocab_size_multiple",
+                &format!(
+                    "vocab_size {} rounded up to a multiple of {} overflows",
+                    self.vocab_size, self.pad_vocab_size_multiple
+                ),
+            ));
+        }
+        // Every size the model is built from must be computable: a dimension so large that one of
+        // them overflows is no model (the weight file's shapes are checked against them later).
+        if self.parameter_count().is_none() {
+            return Err(f.err(
+                "d_model",
+                &format!(
+                    "the sizes (d_model {}, n_layer {}, vocab {}, d_state {}, expand {}, ngroups {}, d_conv {}) give a model too large to address",
+                    self.d_model, self.n_layer, self.padded_vocab_size, self.d_state, self.expand, self.ngroups, self.d_conv
+                ),
+            ));
+        }
         if !self.d_inner().is_multiple_of(self.headdim) {
             return Err(f.err(
                 "headdim",
                 &format!("d_inner = expand*d_model = {} is not a multiple of headdim {}", self.d_inner(), self.headdim),
             ));
         }
-        if self.nheads * self.headdim != self.d_inner() {
+        if self.nheads.checked_mul(self.headdim) != Some(self.d_inner()) {
             return Err(f.err(
                 "num_heads",
                 &format!("expected d_inner/headdim = {}, got {}", self.d_inner() / self.headdim, self.nheads),
@@ -147,6 +190,65 @@ impl Config {
             return Err(f.err(field, &format!("must be > 0, got {}", self.norm_eps)));
         }
         Ok(())
+    }
+}
+
+/// Rewrites the bare literals `NaN`, `Infinity` and `-Infinity` that Python's `json.dumps` writes
+/// outside strings into transformers' own spelling `{"__float__": "..."}`, which JSON can hold.
+/// Outside a string no valid JSON has these words, so a valid document comes back unchanged.
+pub fn python_floats(text: &str) -> std::borrow::Cow<'_, str> {
+    const WORDS: [&str; 3] = ["-Infinity", "Infinity", "NaN"];
+    let b = text.as_bytes();
+    let (mut out, mut copied) = (String::new(), 0);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        let word = WORDS.iter().find(|w| {
+            b[i..].starts_with(w.as_bytes())
+                && !b.get(i + w.len()).is_some_and(|n| n.is_ascii_alphanumeric() || *n == b'_')
+                && !(i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'))
+        });
+        match word {
+            Some(w) => {
+                out.push_str(&text[copied..i]);
+                out.push_str(&format!(r#"{{"__float__": "{w}"}}"#));
+                i += w.len();
+                copied = i;
+            }
+            None => i += 1,
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// A float in any spelling transformers reads: a JSON number, `{"__float__": "Infinity"}`, or a
+/// string Python's `float()` takes (`"Infinity"`, `"-inf"`, `"NaN"`, `"1e-5"`).
+fn float_value(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Object(o) if o.len() == 1 => o.get("__float__").and_then(Value::as_str)?.trim().parse().ok(),
+        _ => None,
     }
 }
 
@@ -173,7 +275,7 @@ impl Fields {
     fn f64_or(&self, obj: &Map<String, Value>, key: &str, default: f64) -> Result<f64> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(key, &format!("expected a number, got {v}"))),
+            Some(v) => float_value(v).ok_or_else(|| self.err(key, &format!("expected a number, got {v}"))),
         }
     }
 
@@ -184,23 +286,27 @@ impl Fields {
         }
     }
 
-    /// `[lo, hi]` pair; JSON has no infinity, so `null`, missing or a huge number mean +inf.
+    /// `[lo, hi]` pair; `null` or missing mean (0, +inf), as does a `null` upper end; each end
+    /// may be spelled as [`float_value`] reads.
     fn limit_or(&self, obj: &Map<String, Value>, key: &str) -> Result<(f64, f64)> {
+        let bad = |v: &Value| self.err(key, &format!("expected [lo, hi] with lo <= hi, got {v}"));
         match obj.get(key) {
             None | Some(Value::Null) => Ok((0.0, f64::INFINITY)),
-            Some(Value::Array(a)) if a.len() == 2 => {
-                let lo = a[0].as_f64().unwrap_or(0.0);
-                // transformers writes infinity as {"__float__": "Infinity"}.
+            Some(whole @ Value::Array(a)) if a.len() == 2 => {
+                let lo = match &a[0] {
+                    Value::Null => 0.0,
+                    v => float_value(v).ok_or_else(|| bad(whole))?,
+                };
                 let hi = match &a[1] {
                     Value::Null => f64::INFINITY,
-                    Value::Object(o) if o.get("__float__").and_then(Value::as_str) == Some("Infinity") => f64::INFINITY,
-                    v => v
-                        .as_f64()
-                        .ok_or_else(|| self.err(key, &format!("expected [lo, hi], got {}", Value::Array(a.clone()))))?,
+                    v => float_value(v).ok_or_else(|| bad(whole))?,
                 };
+                if lo.is_nan() || hi.is_nan() || lo > hi {
+                    return Err(bad(whole));
+                }
                 Ok((lo, hi))
             }
-            Some(v) => Err(self.err(key, &format!("expected [lo, hi], got {v}"))),
+            Some(v) => Err(bad(v)),
         }
     }
 
@@ -265,13 +371,14 @@ impl Fields {
         let pad = self.usize_or(obj, "pad_vocab_size_multiple", Some(8))?.max(1);
         let expand = self.usize_or(ssm, "expand", Some(2))?;
         let headdim = self.usize_or(ssm, "headdim", Some(64))?;
-        let nheads = (expand * d_model).checked_div(headdim).unwrap_or(0);
+        let nheads = expand.checked_mul(d_model).and_then(|d| d.checked_div(headdim)).unwrap_or(0);
         Ok(Config {
             dialect: Dialect::StateSpaces,
             d_model,
             n_layer: self.usize_or(obj, "n_layer", None)?,
             vocab_size,
-            padded_vocab_size: vocab_size.div_ceil(pad) * pad,
+            // An overflow is left as 0, which `validate` refuses.
+            padded_vocab_size: vocab_size.div_ceil(pad).checked_mul(pad).unwrap_or(0),
             pad_vocab_size_multiple: pad,
             d_state: self.usize_or(ssm, "d_state", Some(128))?,
             d_conv: self.usize_or(ssm, "d_conv", Some(4))?,
@@ -300,7 +407,7 @@ impl Fields {
         let d_model = self.usize_or(obj, "hidden_size", None)?;
         let expand = self.usize_or(obj, "expand", Some(2))?;
         let headdim = self.usize_or(obj, "head_dim", Some(64))?;
-        let derived = (expand * d_model).checked_div(headdim).unwrap_or(0);
+        let derived = expand.checked_mul(d_model).and_then(|d| d.checked_div(headdim)).unwrap_or(0);
         let vocab_size = self.usize_or(obj, "vocab_size", None)?;
         Ok(Config {
             dialect: Dialect::Transformers,

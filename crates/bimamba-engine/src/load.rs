@@ -60,7 +60,20 @@ impl Model {
         let rows_ok = emb_rows == v || (emb_rows >= c.vocab_size && emb_rows <= v);
         let embedding = ld.vocab(emb_name, if rows_ok { emb_rows } else { v }, d)?;
 
-        let mut layers = Vec::with_capacity(c.n_layer);
+        // The layer count comes from config.json: checked against the file before anything is
+        // sized by it.
+        let held = layers_in(ckpt);
+        if held < c.n_layer {
+            return Err(ModelError::Invalid {
+                file: ld.file.clone(),
+                detail: format!(
+                    "config.json declares n_layer = {} but the weights hold {held} layers (`backbone.layers.0` to `backbone.layers.{}`)",
+                    c.n_layer,
+                    held.saturating_sub(1)
+                ),
+            });
+        }
+        let mut layers = Vec::new();
         for i in 0..c.n_layer {
             let p = format!("backbone.layers.{i}");
             let m = format!("{p}.mixer");
@@ -113,6 +126,30 @@ impl Model {
     }
 }
 
+/// How many consecutive layers `backbone.layers.{0,1,...}` the checkpoint holds tensors of.
+fn layers_in(ckpt: &Checkpoint) -> usize {
+    let present: std::collections::BTreeSet<usize> = ckpt
+        .tensors()
+        .iter()
+        .filter_map(|t| t.name.strip_prefix("backbone.layers.")?.split('.').next()?.parse().ok())
+        .collect();
+    (0..).find(|i| !present.contains(i)).unwrap_or(0)
+}
+
+/// Refuses a tensor holding NaN or an infinity: such a model only ever computes NaN.
+fn check_finite(file: &Path, name: &str, values: impl IntoIterator<Item = bool>) -> Result<()> {
+    match values.into_iter().position(|finite| !finite) {
+        None => Ok(()),
+        Some(i) => Err(ModelError::Invalid {
+            file: file.to_path_buf(),
+            detail: format!(
+                "tensor `{}` holds a non-finite value (NaN or infinity) at element {i}",
+                name.escape_debug()
+            ),
+        }),
+    }
+}
+
 /// The file the tensors come from, for error messages (the directory's weights file when a
 /// model directory was opened; same order of preference as `Checkpoint::open`).
 pub(crate) fn weights_file(ckpt: &Checkpoint) -> PathBuf {
@@ -153,7 +190,14 @@ impl Loader<'_> {
         if !shapes.contains(&actual.as_slice()) {
             return Err(self.shape_err(name, shapes[0], actual));
         }
-        Ok(self.ckpt.to_f32(name)?)
+        self.finite_f32(name)
+    }
+
+    /// f32 data of a tensor, refused when any value is NaN or infinite.
+    fn finite_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let v = self.ckpt.to_f32(name)?;
+        check_finite(&self.file, name, v.iter().map(|x| x.is_finite()))?;
+        Ok(v)
     }
 
     fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
@@ -168,13 +212,19 @@ impl Loader<'_> {
         }
         let info = self.ckpt.info(name).expect("shape_of checked presence");
         let weight = match info.dtype {
-            DType::F16 => DenseWeight::F16(
-                self.ckpt.bytes(name)?.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect(),
-            ),
-            DType::BF16 => DenseWeight::BF16(
-                self.ckpt.bytes(name)?.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect(),
-            ),
-            _ => DenseWeight::F32(self.ckpt.to_f32(name)?),
+            DType::F16 => {
+                let w: Vec<f16> =
+                    self.ckpt.bytes(name)?.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect();
+                check_finite(&self.file, name, w.iter().map(|x| x.is_finite()))?;
+                DenseWeight::F16(w)
+            }
+            DType::BF16 => {
+                let w: Vec<bf16> =
+                    self.ckpt.bytes(name)?.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]])).collect();
+                check_finite(&self.file, name, w.iter().map(|x| x.is_finite()))?;
+                DenseWeight::BF16(w)
+            }
+            _ => DenseWeight::F32(self.finite_f32(name)?),
         };
         Ok(Linear::Dense { rows, cols, weight })
     }
@@ -243,12 +293,12 @@ impl Loader<'_> {
             });
         };
         let n = if column { cols } else { rows };
-        let alpha = self.ckpt.to_f32(&scale_name)?;
+        let alpha = self.finite_f32(&scale_name)?;
         let b_shape = self.shape_of(&bias_name)?;
         if b_shape != s_shape {
             return Err(self.shape_err(&bias_name, &s_shape, b_shape));
         }
-        let beta = self.ckpt.to_f32(&bias_name)?;
+        let beta = self.finite_f32(&bias_name)?;
         debug_assert_eq!(alpha.len(), n);
         let scales = if column { BinaryScales::Column { alpha, beta } } else { BinaryScales::Row { alpha, beta } };
         let bits_name = format!("{prefix}.bits");
@@ -275,7 +325,8 @@ impl Loader<'_> {
         if actual != [rows, cols] {
             return Err(self.shape_err(&wname, &[rows, cols], actual));
         }
-        let latent = self.ckpt.to_f32(&wname)?;
+        // Only the signs are kept, but a NaN latent weight means a broken checkpoint.
+        let latent = self.finite_f32(&wname)?;
         Ok(Linear::binarize(&latent, rows, cols, scales))
     }
 }

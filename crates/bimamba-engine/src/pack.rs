@@ -96,7 +96,8 @@ pub fn check_metadata(ckpt: &Checkpoint) -> Result<Option<PackedMeta>> {
     let version = meta.get("version").map(String::as_str);
     if version != Some(PACKED_VERSION) && version != Some(PACKED_VERSION_Q8) {
         return Err(invalid(format!(
-            "packed format version {version:?} is not supported; this build reads versions {PACKED_VERSION} and {PACKED_VERSION_Q8}"
+            "packed format version {} is not supported; this build reads versions {PACKED_VERSION} and {PACKED_VERSION_Q8}",
+            version.map_or("(none given)".to_string(), |v| format!("\"{}\"", v.escape_debug()))
         )));
     }
     let vocab_q8 = match meta.get(EMBEDDING_STORAGE).map(String::as_str) {

@@ -331,6 +331,14 @@ fn broken_archives() {
         assert!(matches!(e, FormatError::Zip { .. } | FormatError::Truncated { .. }), "cut {cut}: {e}");
     }
 
+    // One flipped bit in a tensor's storage: the entry's CRC-32 no longer matches.
+    let mut flipped = bytes.clone();
+    let at = flipped.windows(14).position(|w| w == b"archive/data/0").expect("storage 0") + 14;
+    flipped[at + 5] ^= 0x10; // inside the six floats (the local header's name is followed by the data)
+    std::fs::write(&path, &flipped).expect("write");
+    let e = Checkpoint::open(&path).expect_err("damaged storage");
+    assert!(matches!(&e, FormatError::Zip { what, .. } if what.contains("`archive/data/0` is damaged")), "{e}");
+
     // Mark every entry as deflated (method 8) in the local and central headers.
     let mut deflated = bytes.clone();
     for i in 0..deflated.len().saturating_sub(12) {

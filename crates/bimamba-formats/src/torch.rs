@@ -26,6 +26,32 @@ struct ZipEntry {
     encrypted: bool,
 }
 
+/// Compares a stored entry's bytes with the CRC-32 its header records (once per entry, when the
+/// archive is opened): a flipped bit in a tensor must not load silently. Entries that cannot be
+/// read as stored bytes are left to [`Archive::range`] to report.
+fn check_crc(file: &std::path::Path, buf: &[u8], name: &str, e: &ZipEntry, want: u32) -> Result<(), FormatError> {
+    if e.encrypted || e.method != CompressionMethod::Stored || e.size != e.compressed {
+        return Ok(());
+    }
+    let Some(start) = e.start else { return Ok(()) };
+    let Some(bytes) =
+        usize::try_from(start).ok().zip(usize::try_from(e.size).ok()).and_then(|(s, n)| buf.get(s..s.checked_add(n)?))
+    else {
+        return Ok(());
+    };
+    let got = crc32fast::hash(bytes);
+    if got != want {
+        return Err(FormatError::Zip {
+            file: file.to_path_buf(),
+            what: format!(
+                "entry `{}` is damaged: its CRC-32 is {got:08x}, the archive records {want:08x}",
+                name.escape_debug()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The zip's entries by name, with bounds-checked access to stored ones.
 struct Archive<'a> {
     file: &'a std::path::Path,
@@ -49,6 +75,7 @@ impl<'a> Archive<'a> {
                 method: f.compression(),
                 encrypted: f.encrypted(),
             };
+            check_crc(file, buf, &name, &e, f.crc32())?;
             entries.insert(name, e);
         }
         Ok(Archive { file, buf, entries })

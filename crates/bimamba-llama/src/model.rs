@@ -86,19 +86,19 @@ impl KvCache {
     }
 }
 
-/// Every tensor name the loader reads: anything else in the file (biases, RoPE frequency
-/// factors, ...) belongs to a variant this forward does not implement and is refused.
-fn expected_names(n_layer: usize) -> Vec<String> {
-    let mut names: Vec<String> =
-        ["token_embd.weight", "output_norm.weight", "output.weight"].iter().map(|s| s.to_string()).collect();
-    for i in 0..n_layer {
-        for t in
-            ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
-        {
-            names.push(format!("blk.{i}.{t}.weight"));
-        }
+/// Whether `name` is a tensor the loader reads for `n_layer` blocks: anything else in the file
+/// (biases, RoPE frequency factors, ...) belongs to a variant this forward does not implement and
+/// is refused.
+fn is_known(name: &str, n_layer: usize) -> bool {
+    const BLOCK: [&str; 9] =
+        ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"];
+    if ["token_embd.weight", "output_norm.weight", "output.weight"].contains(&name) {
+        return true;
     }
-    names
+    let Some((i, t)) = name.strip_prefix("blk.").and_then(|r| r.strip_suffix(".weight")?.split_once('.')) else {
+        return false;
+    };
+    i.parse::<usize>().is_ok_and(|i| i < n_layer) && BLOCK.contains(&t)
 }
 
 /// Reads tensors by key, checking each shape against the configuration.
@@ -191,9 +191,8 @@ impl LlamaModel {
             }
         };
         let cfg = LlamaConfig::from_gguf(meta, vocab_size, &file)?;
-        let known = expected_names(cfg.n_layer);
         let unknown: Vec<&str> =
-            ck.tensors().into_iter().map(|t| t.name.as_str()).filter(|n| !known.iter().any(|k| k == n)).collect();
+            ck.tensors().into_iter().map(|t| t.name.as_str()).filter(|n| !is_known(n, cfg.n_layer)).collect();
         if !unknown.is_empty() {
             return Err(ModelError::Invalid {
                 file,
@@ -204,6 +203,15 @@ impl LlamaModel {
             });
         }
 
+        // The block count comes from the metadata: checked against the tensors before the blocks
+        // are built (a corrupted count must not size anything).
+        let last = format!("blk.{}.attn_norm.weight", cfg.n_layer.saturating_sub(1));
+        if cfg.n_layer > 0 && ck.info(&last).is_none() {
+            return Err(ModelError::Invalid {
+                file,
+                detail: format!("llama.block_count is {} but the file has no tensor `{last}`", cfg.n_layer),
+            });
+        }
         let l = Loader { ck };
         let (d, ff, qd, kvd) = (cfg.d_model, cfg.d_ff, cfg.q_dim(), cfg.kv_dim());
         let embedding = l.matrix("token_embd.weight", vocab_size, d)?;

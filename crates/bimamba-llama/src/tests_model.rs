@@ -395,3 +395,20 @@ fn tiny_llama_gguf_loads_with_its_tokenizer() {
         assert!(max_rel_err(&row, &want) < 1e-5, "position {i}");
     }
 }
+
+/// A block count far beyond the file's tensors is refused before anything is sized by it (it
+/// used to build a list of nine names per block first: 10^9 blocks aborted the process).
+#[test]
+fn an_absurd_block_count_is_refused() {
+    let mut bytes = crate::testing::tiny_llama_gguf(3);
+    let key = b"llama.block_count";
+    let at = bytes.windows(key.len()).position(|w| w == key).expect("the key") + key.len();
+    // The value follows the key and its 4-byte type (u32).
+    bytes[at + 4..at + 8].copy_from_slice(&1_000_000_000u32.to_le_bytes());
+    let path = tmp_path("blocks");
+    std::fs::write(&path, &bytes).expect("the temp file is writable");
+    let ck = bimamba_formats::Checkpoint::open(&path).expect("opens");
+    std::fs::remove_file(&path).ok();
+    let err = LlamaModel::from_checkpoint(&ck).expect_err("refused").to_string();
+    assert!(err.contains("llama.block_count is 1000000000") && err.contains("blk.999999999"), "{err}");
+}

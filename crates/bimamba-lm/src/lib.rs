@@ -9,5 +9,5 @@ pub mod lm;
 pub mod sampling;
 pub mod softmax;
 
-pub use error::{ModelError, Result};
+pub use error::{one_line, ModelError, Result};
 pub use lm::{log_prob, LanguageModel};

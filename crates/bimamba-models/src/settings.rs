@@ -29,7 +29,22 @@ impl ModelKind {
         let mut magic = [0u8; 4];
         let mut f = std::fs::File::open(path).map_err(io)?;
         let n = f.read(&mut magic).map_err(io)?;
-        Ok(if n == 4 && &magic == b"GGUF" { ModelKind::Llama } else { ModelKind::Mamba })
+        if n == 4 && &magic == b"GGUF" {
+            return Ok(ModelKind::Llama);
+        }
+        // A file named .gguf that lacks the magic is a damaged or mislabelled GGUF, not a
+        // misplaced model directory: say so.
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            let shown: Vec<String> = magic[..n].iter().map(|b| format!("{b:02x}")).collect();
+            return Err(ModelError::Invalid {
+                file: path.to_path_buf(),
+                detail: format!(
+                    "not a GGUF file: it begins with the bytes [{}], not the magic \"GGUF\" (47 47 55 46)",
+                    shown.join(" ")
+                ),
+            });
+        }
+        Ok(ModelKind::Mamba)
     }
 
     /// The architecture's name, for messages.

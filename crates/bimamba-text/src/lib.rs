@@ -39,8 +39,9 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(TextError::TokenizerMissing { path: path.to_path_buf() });
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| TextError::TokenizerInvalid { path: path.to_path_buf(), detail: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|source| TextError::Io { path: path.to_path_buf(), source })?;
+        let inner = parse_tokenizer_json(&bytes)
+            .map_err(|detail| TextError::TokenizerInvalid { path: path.to_path_buf(), detail })?;
         Ok(Tokenizer { inner, path: path.to_path_buf() })
     }
 
@@ -152,9 +153,56 @@ impl StreamDecoder {
     }
 }
 
+/// Parses the bytes of a tokenizer.json. What the tokenizers crate assumes without checking, and
+/// panics on (found by fuzzing), is checked first: the JSON syntax (a syntax error inside the
+/// `decoder` section) and the BPE merges (see [`check_bpe_merges`]).
+pub fn parse_tokenizer_json(bytes: &[u8]) -> std::result::Result<tokenizers::Tokenizer, String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    check_bpe_merges(&v["model"])?;
+    tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
+/// The BPE builder of the tokenizers crate concatenates each merge `(a, b)` as
+/// `a + b[prefix..]` (prefix = `continuing_subword_prefix`) into a buffer as long as the longest
+/// vocabulary entry, before looking the result up; a `b` shorter than the prefix or a result
+/// longer than the buffer panics there. Both are refused here, naming the merge.
+fn check_bpe_merges(model: &serde_json::Value) -> std::result::Result<(), String> {
+    use serde_json::Value;
+    let (Some(vocab), Some(merges)) = (model["vocab"].as_object(), model["merges"].as_array()) else {
+        return Ok(());
+    };
+    let longest = vocab.keys().map(String::len).max().unwrap_or(0);
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    for (i, merge) in merges.iter().enumerate() {
+        let (a, b) = match merge {
+            Value::String(s) => match s.split_once(' ') {
+                Some(pair) => pair,
+                None => continue,
+            },
+            Value::Array(pair) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
+                (Some(a), Some(b)) => (a, b),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        let fits = b.len() >= prefix.len() && a.len() + b.len() - prefix.len() <= longest;
+        if !fits {
+            return Err(format!(
+                "model.merges[{i}] ({a:?}, {b:?}) cannot be a merge: with continuing_subword_prefix {prefix:?} it makes a token longer than every vocabulary entry"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reads a whole text file, refusing invalid UTF-8 (with the offset) and empty files.
 pub fn read_text_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|source| TextError::Io { path: path.to_path_buf(), source })?;
+    text_from_bytes(bytes, path)
+}
+
+/// [`read_text_file`] on bytes already read (standard input, say); `path` names them in errors.
+pub fn text_from_bytes(bytes: Vec<u8>, path: &Path) -> Result<String> {
     let text = String::from_utf8(bytes)
         .map_err(|e| TextError::NotUtf8 { path: path.to_path_buf(), offset: e.utf8_error().valid_up_to() })?;
     if text.trim().is_empty() {
@@ -183,5 +231,26 @@ mod tests {
         assert!(matches!(Tokenizer::from_file(&dir.join("nope.json")), Err(TextError::TokenizerMissing { .. })));
         std::fs::write(dir.join("junk.json"), "{not json").unwrap();
         assert!(matches!(Tokenizer::from_file(&dir.join("junk.json")), Err(TextError::TokenizerInvalid { .. })));
+        // A syntax error inside the decoder section (the tokenizers crate panics on it).
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/ss-bimamba-col/tokenizer.json");
+        let text = std::fs::read_to_string(fixture).unwrap();
+        let at = text.find("\"decoder\"").expect("a decoder section");
+        let bad = format!("{}\"decoder\": {{\"type\": \"Byte\u{1}Level\"{}", &text[..at], &text[at + 11..]);
+        std::fs::write(dir.join("decoder.json"), bad).unwrap();
+        let refused = |name: &str| match Tokenizer::from_file(&dir.join(name)) {
+            Err(TextError::TokenizerInvalid { detail, .. }) => detail,
+            Err(other) => panic!("{name}: expected TokenizerInvalid, got {other}"),
+            Ok(_) => panic!("{name} was accepted"),
+        };
+        assert!(refused("decoder.json").contains("JSON"));
+        // Merges the tokenizers crate's BPE builder would index out of bounds with.
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["model"]["continuing_subword_prefix"] = "\u{0}\u{1b}[31m".into();
+        std::fs::write(dir.join("prefix.json"), v.to_string()).unwrap();
+        assert!(refused("prefix.json").contains("model.merges[0]"));
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["model"]["merges"][0] = serde_json::json!(["abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnopqrstuvwxyz"]);
+        std::fs::write(dir.join("long.json"), v.to_string()).unwrap();
+        assert!(refused("long.json").contains("model.merges[0]"));
     }
 }

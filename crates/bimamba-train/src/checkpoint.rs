@@ -131,6 +131,68 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     })
 }
 
+/// What every checkpoint of a run must agree with: fixed by its configuration, which `--resume`
+/// has already compared with the run's own.
+#[derive(Clone, Copy, Debug)]
+pub struct RunShape {
+    /// `data.seq_len`.
+    pub seq_len: usize,
+    /// Windows aligned to a top-k teacher file's.
+    pub aligned: bool,
+    /// Windows drawn per optimizer step: batch size × accumulation.
+    pub windows_per_step: u64,
+    /// Tokens per optimizer step: windows × seq_len.
+    pub tokens_per_step: u64,
+}
+
+impl Checkpoint {
+    /// Refuses a checkpoint whose `state.json` disagrees with its folder or the run's
+    /// configuration (an edited or damaged file), naming the field, before training reads it.
+    pub fn check(&self, run: &RunShape) -> Result<()> {
+        let spath = self.dir.join("state.json");
+        let s = &self.state;
+        let bad = |field: &str, got: String, want: String| {
+            Err(Error::format(&spath, format!("{field} is {got} but {want}; the checkpoint was edited or damaged")))
+        };
+        let folder = self.dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-"));
+        if let Some(step) = folder.and_then(|n| n.parse::<u64>().ok()) {
+            if s.step != step {
+                return bad("step", s.step.to_string(), format!("the folder is step {step}"));
+            }
+        }
+        if s.sampler.seq_len != run.seq_len {
+            return bad("sampler.seq_len", s.sampler.seq_len.to_string(), format!("data.seq_len is {}", run.seq_len));
+        }
+        if s.sampler.aligned != run.aligned {
+            let why =
+                if run.aligned { "the top-k teacher file needs aligned windows" } else { "windows are not aligned" };
+            return bad("sampler.aligned", s.sampler.aligned.to_string(), why.to_string());
+        }
+        let want = |per: u64| s.step.checked_mul(per);
+        if s.adam_steps != s.step {
+            return bad("adam_steps", s.adam_steps.to_string(), format!("{} steps were taken", s.step));
+        }
+        if Some(s.sampler.drawn) != want(run.windows_per_step) {
+            return bad(
+                "sampler.drawn",
+                s.sampler.drawn.to_string(),
+                format!("{} steps of {} windows were drawn", s.step, run.windows_per_step),
+            );
+        }
+        if Some(s.tokens_seen) != want(run.tokens_per_step) {
+            return bad(
+                "tokens_seen",
+                s.tokens_seen.to_string(),
+                format!("{} steps of {} tokens were seen", s.step, run.tokens_per_step),
+            );
+        }
+        if !(s.elapsed_s.is_finite() && s.elapsed_s >= 0.0) {
+            return bad("elapsed_s", s.elapsed_s.to_string(), "it counts seconds".into());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -157,6 +157,22 @@ impl ModelConfig {
         let engine = EngineConfig::from_json_str(&json, Path::new("[model]"))
             .map_err(|e| e.to_string().replace("`norm_epsilon`", "`norm_eps`"))?;
         debug_assert_eq!((engine.padded_vocab_size, engine.nheads), (self.padded_vocab(), self.nheads()));
+        // The engine refused sizes that overflow; a size that fits a usize can still be far more
+        // than this machine holds, and Burn would abort on the allocation.
+        if let Some(memory) = physical_memory() {
+            let need = self.num_params() as u128 * TRAIN_BYTES_PER_PARAM as u128;
+            if need > memory as u128 {
+                return Err(format!(
+                    "[model]: {:.3e} parameters (d_model {}, n_layer {}, vocab {}) need {:.1} GB for their f32 weights alone; this machine has {:.1} GB",
+                    self.num_params() as f64,
+                    self.d_model,
+                    self.n_layer,
+                    self.padded_vocab(),
+                    need as f64 / 1e9,
+                    memory as f64 / 1e9
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -187,6 +203,18 @@ impl ModelConfig {
     }
 }
 
+/// Bytes per parameter that training surely holds: the f32 weight (its gradient and AdamW's two
+/// moments come on top, so a model refused by this bound could never train here).
+pub const TRAIN_BYTES_PER_PARAM: usize = 4;
+
+/// This machine's physical memory in bytes (`MemTotal` of /proc/meminfo), where it can be read.
+fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +242,24 @@ mod tests {
         for (bad, field) in cases {
             let err = bad.validate().expect_err("refused");
             assert!(err.starts_with("[model]: ") && err.contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_allocated() {
+        let c: ModelConfig =
+            serde_json::from_str(r#"{"d_model":128,"n_layer":4,"vocab_size":451}"#).expect("valid json");
+        c.validate().expect("a tiny model is fine");
+        let cases = [
+            // Sizes that overflow a usize somewhere: the engine's rule.
+            (ModelConfig { d_model: 1_000_000_000, ..c.clone() }, "too large"),
+            (ModelConfig { vocab_size: usize::MAX - 3, ..c.clone() }, "overflows"),
+            // Sizes that fit a usize but no machine (about 4e12 parameters).
+            (ModelConfig { d_model: 100_000, n_layer: 64, ..c.clone() }, "f32 weights alone"),
+        ];
+        for (bad, needle) in cases {
+            let err = bad.validate().expect_err("refused");
+            assert!(err.starts_with("[model]: ") && err.contains(needle) && !err.contains('\n'), "{err}");
         }
     }
 

@@ -65,7 +65,8 @@ pub fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
         let meta = ck.gguf().ok_or_else(|| Error::format(path, "not a GGUF file"))?;
         return bimamba_llama::tokenizer::build(meta, path).map_err(|e| Error::format(path, e.to_string()));
     }
-    tokenizers::Tokenizer::from_file(path).map_err(|e| Error::format(path, e.to_string()))
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    bimamba_text::parse_tokenizer_json(&bytes).map_err(|e| Error::format(path, e))
 }
 
 /// The end-of-document id: the first special token among the usual names.

@@ -3,8 +3,10 @@
 //! matmul-kernels.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
 use bimamba_train::backend::{self, BackendKind};
@@ -158,8 +160,29 @@ struct TeacherArgs {
     backend: BackendKind,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// A mistake is one line on stderr and a non-zero exit, as in the `bimamba` CLI: clap's message
+/// without its usage, or the error and its causes joined by ": " (no backtrace).
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid arguments");
+            eprintln!("error: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", bimamba_lm::one_line(e.chain()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
             let cfg = TrainConfig::load(&a.config).with_context(|| format!("reading {}", a.config.display()))?;

@@ -202,7 +202,15 @@ pub fn train<B: crate::fused::TrainBackend>(
                     cfg_path.display()
                 )));
             }
-            Some(checkpoint::load(dir)?)
+            let ck = checkpoint::load(dir)?;
+            let windows = (bs * accum) as u64;
+            ck.check(&checkpoint::RunShape {
+                seq_len,
+                aligned,
+                windows_per_step: windows,
+                tokens_per_step: windows * seq_len as u64,
+            })?;
+            Some(ck)
         }
         (Some(_), false) => {
             return Err(Error::Config(format!(

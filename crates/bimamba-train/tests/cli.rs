@@ -166,6 +166,29 @@ fn train_resume_after_sigkill_export_and_nonfinite_stop() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("differs"));
     assert!(!train(&cfg, &run_b, false).status.success());
 
+    // 3b. An edited or damaged state.json is refused on --resume, one line naming the field.
+    let state_path = checkpoint::latest(&run_b).expect("ok").expect("some").join("state.json");
+    let orig = std::fs::read_to_string(&state_path).expect("state.json");
+    let v: serde_json::Value = serde_json::from_str(&orig).expect("json");
+    let edits: [(&str, serde_json::Value, &str); 5] = [
+        ("/sampler/seq_len", 0.into(), "sampler.seq_len"),
+        ("/step", 1_000_000_000_000_000u64.into(), "step"),
+        ("/adam_steps", 3.into(), "adam_steps"),
+        ("/sampler/drawn", 1.into(), "sampler.drawn"),
+        ("/tokens_seen", 7.into(), "tokens_seen"),
+    ];
+    for (pointer, value, field) in edits {
+        let mut e = v.clone();
+        *e.pointer_mut(pointer).expect(pointer) = value;
+        std::fs::write(&state_path, e.to_string()).expect("edit state.json");
+        let out = train(&cfg, &run_b, true);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{pointer}: the edited checkpoint was accepted");
+        assert_eq!(err.lines().count(), 1, "{pointer}: {err}");
+        assert!(err.contains("state.json") && err.contains(&format!("{field} is")), "{pointer}: {err}");
+    }
+    std::fs::write(&state_path, orig).expect("restore state.json");
+
     // 4. Export: the model directory loads and computes what the checkpoint computes. The run
     // keeps its own tokenizer, so the export does not need the data directory.
     assert!(run_a.join("tokenizer.json").exists());

@@ -9,11 +9,11 @@ use bimamba_eval::compare::{self, MetricChoice};
 use bimamba_eval::tasks::{self, Task, TaskResult};
 use bimamba_text::{read_text_file, Tokenizer};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use bimamba_models::AnyModel;
 
 use crate::model_args::{ModelArgs, Opened};
+use crate::progress::Progress;
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -106,18 +106,12 @@ fn ppl(a: PplArgs) -> Result<()> {
             a.seq_len
         );
     }
-    let bar = ProgressBar::new(windows as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} windows [{elapsed_precise} < {eta_precise}]")
-            .expect("the progress template is a valid constant"),
-    );
-    if windows < 4 {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let template = "{bar:40} {pos}/{len} windows [{elapsed_precise} < {eta_precise}]";
+    let mut bar = Progress::new(windows as u64, template, "windows", windows < 4);
     let t0 = std::time::Instant::now();
-    let r = bimamba_eval::perplexity(&model, &ids, &ends, a.seq_len, |w| bar.set_position(w as u64))?
+    let r = bimamba_eval::perplexity(&model, &ids, &ends, a.seq_len, |w| bar.set(w as u64, windows as u64))?
         .expect("at least one window was checked above");
-    bar.finish_and_clear();
+    bar.finish();
     let elapsed = t0.elapsed().as_secs_f64();
     if a.json {
         let mut v = serde_json::to_value(&r)?;
@@ -167,17 +161,13 @@ fn run_tasks(
         if docs.is_empty() {
             bail!("{}: no documents", tasks::task_file(data_dir, t)?.display());
         }
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix:>14} {bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]")
-                .expect("the progress template is a valid constant"),
-        );
-        bar.set_prefix(t.name());
-        let r = tasks::evaluate(model, tok, t, &docs, &|done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        })?;
-        bar.finish_and_clear();
+        let template = "{prefix:>14} {bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}]";
+        // Shared with the scoring threads, which report as they finish.
+        let bar = std::sync::Mutex::new(Progress::new(0, template, &format!("{} requests", t.name()), false));
+        let bar_of = || bar.lock().unwrap_or_else(|e| e.into_inner());
+        bar_of().set_prefix(t.name());
+        let r = tasks::evaluate(model, tok, t, &docs, &|done, total| bar_of().set(done as u64, total as u64))?;
+        bar_of().finish();
         results.push((t, r));
     }
     let elapsed = t0.elapsed().as_secs_f64();

@@ -1,12 +1,13 @@
 //! `bimamba generate`: prefill the prompt, then decode token by token, streaming UTF-8 text.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bimamba_lm::sampling::{Sampler, SamplingParams};
 use bimamba_lm::LanguageModel;
-use bimamba_text::{StreamDecoder, Tokenizer};
+use bimamba_text::{read_text_file, text_from_bytes, StreamDecoder, Tokenizer};
 use clap::Args;
 
 use crate::model_args::{ModelArgs, Opened};
@@ -17,10 +18,15 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
 
     /// The prompt; encoded without special tokens.
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
 
-    /// Maximum number of tokens to generate (stops earlier at end-of-sequence).
+    /// Read the prompt from a UTF-8 file instead, `-` for standard input (for prompts too long
+    /// for a command line); one final line break is dropped.
+    #[arg(long, value_name = "FILE|-")]
+    pub prompt_file: Option<PathBuf>,
+
+    /// Maximum number of tokens to generate, at least 1 (stops earlier at end-of-sequence).
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
 
@@ -57,10 +63,36 @@ pub struct GenerateArgs {
     pub repeat_penalty: f32,
 }
 
-pub fn run(a: GenerateArgs) -> Result<()> {
-    if a.prompt.is_empty() {
-        bail!("--prompt: the prompt is empty; give some text to continue");
+/// The prompt: `--prompt`, or the contents of `--prompt-file` (a file, or `-` for stdin).
+fn prompt_text(a: &GenerateArgs) -> Result<String> {
+    let Some(path) = &a.prompt_file else {
+        let p = a.prompt.clone().unwrap_or_default();
+        if p.is_empty() {
+            bail!("--prompt: the prompt is empty; give some text to continue");
+        }
+        return Ok(p);
+    };
+    let mut text = if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes).context("--prompt-file -: cannot read standard input")?;
+        text_from_bytes(bytes, Path::new("standard input"))?
+    } else {
+        read_text_file(path)?
+    };
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
     }
+    Ok(text)
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    if a.max_tokens == 0 {
+        bail!("--max-tokens 0: nothing would be generated; expected at least 1");
+    }
+    let prompt = prompt_text(&a)?;
     let temperature = if a.greedy { 0.0 } else { a.temperature.unwrap_or(0.0) };
     if !temperature.is_finite() || temperature < 0.0 {
         bail!("--temperature: expected a number >= 0, got {temperature}");
@@ -73,7 +105,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let Opened { model, tokenizer, .. } = a.model.open()?;
     let stops = if a.ignore_eos { Vec::new() } else { model.stop_tokens(&tokenizer) };
-    generate(&model, &tokenizer, &a, temperature, &stops)
+    generate(&model, &tokenizer, &a, &prompt, temperature, &stops)
 }
 
 /// Prefill, then sample and step until `max_tokens` or a stop token.
@@ -81,10 +113,11 @@ fn generate<M: LanguageModel>(
     model: &M,
     tok: &Tokenizer,
     a: &GenerateArgs,
+    text: &str,
     temperature: f32,
     stops: &[u32],
 ) -> Result<()> {
-    let prompt = tok.encode(&a.prompt)?;
+    let prompt = tok.encode(text)?;
     if prompt.is_empty() {
         bail!("--prompt: the prompt encodes to no tokens");
     }

@@ -51,14 +51,20 @@ pub struct PackArgs {
     #[arg(long, value_enum, default_value = "source")]
     pub dtype: KeepArg,
 
-    /// Storage of the embedding / tied LM head (and an untied lm_head).
-    #[arg(long, value_enum, value_name = "dense|q8", default_value_t = EmbedArg::Dense)]
-    pub embed: EmbedArg,
+    /// Storage of the embedding / tied LM head (and an untied lm_head); default: as the source
+    /// stores it (q8 stays q8, anything else is dense).
+    #[arg(long, value_enum, value_name = "dense|q8")]
+    pub embed: Option<EmbedArg>,
 }
 
 pub fn run(a: PackArgs) -> Result<()> {
-    let embed = a.embed.storage();
     let model = Model::load(&a.model)?;
+    // Re-packing a packed model keeps its 8-bit embedding unless told otherwise.
+    let embed = match a.embed {
+        Some(e) => e.storage(),
+        None if model.embedding.storage() == "q8" => EmbedStorage::Q8,
+        None => EmbedStorage::Dense,
+    };
     let src = Checkpoint::open(&a.model)?;
     let keep = match a.dtype {
         KeepArg::Source => KeepDType::Source,
