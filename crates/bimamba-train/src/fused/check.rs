@@ -129,7 +129,40 @@ pub fn run<B: FusedOps>(device: &B::Device, bf16: bool) -> Vec<Check> {
         }
     }
     block_checks::<B>(device, &mut out);
+    scan_checks::<B>(device, &mut out);
     out
+}
+
+/// The whole SSD scan, forward and every input's gradient, against the op-by-op chunked scan
+/// and its hand-written backward: a partial last chunk, tiles that neither the head size, the
+/// state size nor the chunk fills (two groups of two heads), and one group of six heads with a
+/// chunk longer than one product tile.
+fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
+    let opts = crate::ops::opts::<B>(device);
+    for (b, l, h, p, g, n, chunk) in
+        [(2usize, 150usize, 4usize, 70usize, 2usize, 66usize, 64usize), (1, 256, 6, 16, 1, 24, 100)]
+    {
+        let x = rand_t::<B, 4>([b, l, h, p], 1.0, device);
+        let dt = Tensor::<B, 3>::random([b, l, h], Distribution::Uniform(0.01, 0.5), opts.clone());
+        let a = Tensor::<B, 1>::random([h], Distribution::Uniform(-3.0, -0.5), opts.clone());
+        let bm = rand_t::<B, 4>([b, l, g, n], 1.0, device);
+        let cm = rand_t::<B, 4>([b, l, g, n], 1.0, device);
+        let dy = rand_t::<B, 4>([b, l, h, p], 1.0, device);
+        let shape = vec![b, l, h, p, g, n, chunk];
+        let name = |what: &str| format!("ssd_scan{what}.t{chunk}");
+        let (y, _) =
+            crate::ssd::ssd_chunked(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, None, None);
+        let fused = B::ssd_scan(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, None);
+        out.push(compare(&name(""), shape.clone(), fused, y, 1e-4));
+        let (fx, fdt, fa, fb, fc) =
+            B::ssd_scan_backward(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, dy.clone(), None);
+        let (rx, rdt, ra, rb, rc) = crate::ssd::backward::ssd_scan_backward(x, dt, a, bm, cm, chunk, dy, None);
+        out.push(compare(&name("_backward.x"), shape.clone(), fx, rx, 1e-4));
+        out.push(compare(&name("_backward.dt"), shape.clone(), fdt, rdt, 1e-4));
+        out.push(compare(&name("_backward.a"), shape.clone(), fa, ra, 1e-4));
+        out.push(compare(&name("_backward.b"), shape.clone(), fb, rb, 1e-4));
+        out.push(compare(&name("_backward.c"), shape, fc, rc, 1e-4));
+    }
 }
 
 fn rand_t<B: Backend, const D: usize>(dims: [usize; D], std: f64, device: &B::Device) -> Tensor<B, D> {

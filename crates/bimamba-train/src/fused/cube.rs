@@ -43,19 +43,27 @@ fn empty_like<R: CubeRuntime>(t: &Prim<R>) -> Prim<R> {
     empty_device_dtype(t.client.clone(), t.device.clone(), t.meta.shape().clone(), t.dtype)
 }
 
-fn float_prim<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime, const D: usize>(
+pub(super) fn float_prim<
+    B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>,
+    R: CubeRuntime,
+    const D: usize,
+>(
     t: Tensor<B, D>,
 ) -> Prim<R> {
     t.into_primitive().tensor()
 }
 
-fn wrap_d<B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime, const D: usize>(
+pub(super) fn wrap_d<
+    B: burn::tensor::backend::Backend<FloatTensorPrimitive = Prim<R>>,
+    R: CubeRuntime,
+    const D: usize,
+>(
     p: Prim<R>,
 ) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
-fn empty_f32<R: CubeRuntime>(like: &Prim<R>, shape: Vec<usize>) -> Prim<R> {
+pub(super) fn empty_f32<R: CubeRuntime>(like: &Prim<R>, shape: Vec<usize>) -> Prim<R> {
     empty_device_dtype(like.client.clone(), like.device.clone(), shape.into(), DType::F32)
 }
 
@@ -507,6 +515,41 @@ where
             }
         };
         (wrap_d(gw), sum_to(wrap_d(gs)), sum_to(g))
+    }
+
+    /// The scan's kernels (`ssd_cube.rs`), products in f32 whatever `dtype` asks; problems they
+    /// do not take (non-f32 inputs, chunks over 1024, grids over the backends' limits) run op by op.
+    #[allow(clippy::too_many_arguments)]
+    fn ssd_scan(
+        x: Tensor<Self, 4>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 1>,
+        bm: Tensor<Self, 4>,
+        cm: Tensor<Self, 4>,
+        chunk: usize,
+        dtype: Option<DType>,
+    ) -> Tensor<Self, 4> {
+        if !super::ssd_cube::supported(&x, &dt, &a, &bm, &cm, chunk) {
+            return crate::ssd::ssd_chunked(x, dt, a, bm, cm, chunk, None, dtype).0;
+        }
+        super::ssd_cube::scan::<Self, R>(x, dt, a, bm, cm, chunk)
+    }
+
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn ssd_scan_backward(
+        x: Tensor<Self, 4>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 1>,
+        bm: Tensor<Self, 4>,
+        cm: Tensor<Self, 4>,
+        chunk: usize,
+        dy: Tensor<Self, 4>,
+        dtype: Option<DType>,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 3>, Tensor<Self, 1>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        if !super::ssd_cube::supported(&x, &dt, &a, &bm, &cm, chunk) || dy.dtype() != DType::F32 {
+            return crate::ssd::backward::ssd_scan_backward(x, dt, a, bm, cm, chunk, dy, dtype);
+        }
+        super::ssd_cube::scan_backward::<Self, R>(x, dt, a, bm, cm, chunk, dy)
     }
 
     fn ssd_decay_scores(acs: Tensor<Self, 4>, cb: Tensor<Self, 5>) -> Tensor<Self, 5> {

@@ -18,6 +18,8 @@ pub mod kernels;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod matmul;
 pub mod reference;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod ssd_cube;
 
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 

@@ -52,7 +52,7 @@ fn reverse_cumsum_last<B: Backend, const D: usize>(v: Tensor<B, D>) -> Tensor<B,
 }
 
 /// Zero-pads dimension 1 (positions) to `lp`.
-fn pad_positions<B: Backend, const D: usize>(v: Tensor<B, D>, lp: usize) -> Tensor<B, D> {
+pub(crate) fn pad_positions<B: Backend, const D: usize>(v: Tensor<B, D>, lp: usize) -> Tensor<B, D> {
     let mut dims = v.dims();
     if dims[1] == lp {
         return v;

@@ -9,6 +9,7 @@ pub mod block;
 pub mod loss;
 pub mod optim;
 pub mod ssd;
+pub mod ssd_scan;
 
 /// Sum over a cube of 256 threads; every thread gets the total.
 #[cube]

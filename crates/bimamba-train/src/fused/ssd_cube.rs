@@ -1,0 +1,333 @@
+//! The whole chunked SSD scan, forward and backward, as CubeCL kernels (`kernels/ssd_scan.rs`):
+//! what [`FusedOps::ssd_scan`] and [`FusedOps::ssd_scan_backward`] run on Burn's CubeCL backends.
+//! The formulas are those of `crate::ssd::backward` (the op-by-op reference of the backward) and
+//! `crate::ssd::ssd_chunked` (of the forward); nothing of size batch × chunks × heads × T × T is
+//! kept between the forward and the backward: the backward recomputes the chunk states, as
+//! mamba_ssm's does.
+//!
+//! Layouts: x, dy and dx are [b, L, H, P]; B and C [b, L, G, N]; the kernels read and write them
+//! through 5-D views [b, chunks, head or group, T, ·] made by Burn's reshape and permute (free
+//! for contiguous tensors). Per-position factors are [b, chunks, H, T]. All f32.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeRuntime;
+use cubecl::{CubeCount, CubeDim};
+
+use super::cube::{empty_f32, float_prim, wrap_d};
+use super::kernels::ssd_scan::{
+    ssd_chunk_cumsum_kernel, ssd_finish_kernel, ssd_product_kernel, ssd_state_pass_backward_kernel,
+    ssd_state_pass_kernel, MAX_CHUNK, PRODUCT_THREADS, TILE,
+};
+use super::FusedOps;
+use crate::ssd::pad_positions;
+
+type Prim<R> = CubeTensor<R>;
+
+/// Most cubes along one axis of a launch grid (WGPU's limit; CUDA's y and z are the same).
+const MAX_GRID: usize = 65_535;
+
+/// The decay mask of a product (the module documentation of `kernels/ssd_scan.rs`).
+#[derive(Clone, Copy)]
+enum Mask {
+    /// D(i, k) = exp(Λ_i − Λ_k) for k ≤ i.
+    Lower,
+    /// D(i, k) = exp(Λ_k − Λ_i) for k ≥ i.
+    Upper,
+}
+
+/// The optional factors of one product.
+struct Factors<'a, R: CubeRuntime> {
+    /// u_k along the inner dimension, [z0, z1, z2', K].
+    inner: Option<&'a Prim<R>>,
+    /// r_i per output row, [z0, z1, z2', M].
+    rows: Option<&'a Prim<R>>,
+    /// c_j per output column, [z0, z1, z2', N].
+    cols: Option<&'a Prim<R>>,
+    /// The decay mask and its Λ, [z0, z1, H, T].
+    decay: Option<(&'a Prim<R>, Mask)>,
+    /// Add to the output instead of overwriting it.
+    accumulate: bool,
+}
+
+impl<R: CubeRuntime> Default for Factors<'_, R> {
+    fn default() -> Self {
+        Factors { inner: None, rows: None, cols: None, decay: None, accumulate: false }
+    }
+}
+
+/// out[z] (=, or +=) r ⊙ (A[z] · diag(u) ⊙ D) · B[z] ⊙ c over 5-D views.
+fn product<R: CubeRuntime>(a: &Prim<R>, b: &Prim<R>, out: &Prim<R>, f: Factors<'_, R>) {
+    let (sa, sb, so) = (a.meta.shape(), b.meta.shape(), out.meta.shape());
+    debug_assert!(sa[4] == sb[3] && sa[3] == so[3] && sb[4] == so[4], "SSD product: {sa:?} · {sb:?} → {so:?}");
+    let z = so[0] * so[1] * so[2];
+    let count = CubeCount::new_3d(so[4].div_ceil(TILE) as u32, so[3].div_ceil(TILE) as u32, z as u32);
+    let dummy = || a.clone().into_tensor_arg();
+    let arg = |t: Option<&Prim<R>>| t.map(|t| t.clone().into_tensor_arg()).unwrap_or_else(dummy);
+    let (acs, decay) = match f.decay {
+        None => (None, 0),
+        Some((acs, Mask::Lower)) => (Some(acs), 1),
+        Some((acs, Mask::Upper)) => (Some(acs), 2),
+    };
+    ssd_product_kernel::launch::<R>(
+        &a.client,
+        count,
+        CubeDim::new_1d(PRODUCT_THREADS),
+        a.clone().into_tensor_arg(),
+        b.clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        arg(f.inner),
+        arg(f.rows),
+        arg(f.cols),
+        arg(acs),
+        f.inner.is_some(),
+        f.rows.is_some(),
+        f.cols.is_some(),
+        decay,
+        f.accumulate,
+        a.meta.strides()[4] == 1,
+        b.meta.strides()[4] == 1,
+    );
+}
+
+fn prim<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime, const D: usize>(t: &Tensor<B, D>) -> Prim<R> {
+    float_prim(t.clone())
+}
+
+/// Whether the kernels take this problem: f32 inputs, a chunk the finishing kernel holds, and
+/// launch grids within every backend's limits. Otherwise the op-by-op scan runs.
+pub fn supported<B: Backend>(
+    x: &Tensor<B, 4>,
+    dt: &Tensor<B, 3>,
+    a: &Tensor<B, 1>,
+    bm: &Tensor<B, 4>,
+    cm: &Tensor<B, 4>,
+    chunk: usize,
+) -> bool {
+    let [b, l, h, _] = x.dims();
+    let g = bm.dims()[2];
+    let t = chunk.clamp(1, l.max(1));
+    let c = l.div_ceil(t);
+    [x.dtype(), dt.dtype(), a.dtype(), bm.dtype(), cm.dtype()].iter().all(|d| *d == DType::F32)
+        && l > 0
+        && g > 0
+        && h % g == 0
+        && t <= MAX_CHUNK
+        && b * c * h <= MAX_GRID
+}
+
+/// What the forward and the backward both compute: the inputs as chunk views, the decay factors,
+/// C·Bᵀ, the chunk states and the states entering each chunk.
+struct Chunks<B: Backend> {
+    /// (b, L, H, P, G, N, T, chunks).
+    dims: [usize; 8],
+    /// x padded to whole chunks, [b, c·T, H, P], and its view [b, c, H, T, P].
+    x: Tensor<B, 4>,
+    x5: Tensor<B, 5>,
+    /// B and C as [b, c, G, T, N].
+    b5: Tensor<B, 5>,
+    c5: Tensor<B, 5>,
+    /// Λ, dt, exp(Λ), exp(Λ_end − Λ) and dt·exp(Λ_end − Λ): [b, c, H, T].
+    acs: Tensor<B, 4>,
+    dts: Tensor<B, 4>,
+    ex: Tensor<B, 4>,
+    wend: Tensor<B, 4>,
+    dtw: Tensor<B, 4>,
+    /// C·Bᵀ per group, [b, c, G, T, T].
+    cb: Tensor<B, 5>,
+    /// The states entering each chunk, [b, c, H, P, N].
+    s_in: Tensor<B, 5>,
+}
+
+fn chunks<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
+    x: Tensor<B, 4>,
+    dt: Tensor<B, 3>,
+    a: Tensor<B, 1>,
+    bm: Tensor<B, 4>,
+    cm: Tensor<B, 4>,
+    chunk: usize,
+) -> Chunks<B> {
+    let [b, l, h, p] = x.dims();
+    let [_, _, g, n] = bm.dims();
+    let t = chunk.clamp(1, l.max(1));
+    let c = l.div_ceil(t);
+    let lp = c * t;
+    let (x, dt, bm, cm) = (pad_positions(x, lp), pad_positions(dt, lp), pad_positions(bm, lp), pad_positions(cm, lp));
+    let x5 = x.clone().reshape([b, c, t, h, p]).swap_dims(2, 3);
+    let b5 = bm.reshape([b, c, t, g, n]).swap_dims(2, 3);
+    let c5 = cm.reshape([b, c, t, g, n]).swap_dims(2, 3);
+
+    let like = prim(&x);
+    let per_pos = || empty_f32(&like, vec![b, c, h, t]);
+    let (acs, dts, ex, wend, dtw) = (per_pos(), per_pos(), per_pos(), per_pos(), per_pos());
+    ssd_chunk_cumsum_kernel::launch::<R>(
+        &like.client,
+        CubeCount::new_1d((b * c * h).div_ceil(64) as u32),
+        CubeDim::new_1d(64),
+        prim(&dt).into_tensor_arg(),
+        prim(&a).into_tensor_arg(),
+        acs.clone().into_tensor_arg(),
+        dts.clone().into_tensor_arg(),
+        ex.clone().into_tensor_arg(),
+        wend.clone().into_tensor_arg(),
+        dtw.clone().into_tensor_arg(),
+    );
+
+    let cb = empty_f32(&like, vec![b, c, g, t, t]);
+    product(&prim(&c5), &prim(&b5.clone().swap_dims(3, 4)), &cb, Factors::default());
+    // states[p, n] = Σ_s dt_s·exp(Λ_end − Λ_s) · x[s, p] · B[s, n]
+    let states = empty_f32(&like, vec![b, c, h, p, n]);
+    product(
+        &prim(&x5.clone().swap_dims(3, 4)),
+        &prim(&b5),
+        &states,
+        Factors { inner: Some(&dtw), ..Default::default() },
+    );
+    let s_in = empty_f32(&like, vec![b, c, h, p, n]);
+    let fin = empty_f32(&like, vec![b, h, p * n]);
+    let flat = |t: &Prim<R>| prim(&wrap_d::<B, R, 5>(t.clone()).reshape([b, c, h, p * n]));
+    ssd_state_pass_kernel::launch::<R>(
+        &like.client,
+        CubeCount::new_1d((b * h * p * n).div_ceil(256) as u32),
+        CubeDim::new_1d(256),
+        flat(&states).into_tensor_arg(),
+        acs.clone().into_tensor_arg(),
+        flat(&s_in).into_tensor_arg(),
+        fin.into_tensor_arg(),
+    );
+    Chunks {
+        dims: [b, l, h, p, g, n, t, c],
+        x,
+        x5,
+        b5,
+        c5,
+        acs: wrap_d(acs),
+        dts: wrap_d(dts),
+        ex: wrap_d(ex),
+        wend: wrap_d(wend),
+        dtw: wrap_d(dtw),
+        cb: wrap_d(cb),
+        s_in: wrap_d(s_in),
+    }
+}
+
+/// y of the scan (without the D·x skip), [b, L, H, P].
+pub fn scan<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
+    x: Tensor<B, 4>,
+    dt: Tensor<B, 3>,
+    a: Tensor<B, 1>,
+    bm: Tensor<B, 4>,
+    cm: Tensor<B, 4>,
+    chunk: usize,
+) -> Tensor<B, 4> {
+    let s = chunks(x, dt, a, bm, cm, chunk);
+    let [b, l, h, p, _, _, t, c] = s.dims;
+    let y: Tensor<B, 4> = wrap_d(empty_f32(&prim(&s.x), vec![b, c * t, h, p]));
+    let yv = prim(&y.clone().reshape([b, c, t, h, p]).swap_dims(2, 3));
+    // The carried-in state's outputs, exp(Λ_l) · C_l · S_inᵀ, then the intra-chunk ones added:
+    // Σ_{s ≤ l} exp(Λ_l − Λ_s) · (C_l·B_s) · dt_s · x_s.
+    let (ex, dts, acs) = (prim(&s.ex), prim(&s.dts), prim(&s.acs));
+    product(&prim(&s.c5), &prim(&s.s_in.swap_dims(3, 4)), &yv, Factors { rows: Some(&ex), ..Default::default() });
+    let diag = Factors { inner: Some(&dts), decay: Some((&acs, Mask::Lower)), accumulate: true, ..Default::default() };
+    product(&prim(&s.cb), &prim(&s.x5), &yv, diag);
+    y.narrow(1, 0, l)
+}
+
+/// Gradients of `Σ dy ⊙ scan(x, dt, a, bm, cm)`: (dx, ddt, da, dbm, dcm).
+#[allow(clippy::type_complexity)]
+pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
+    x: Tensor<B, 4>,
+    dt: Tensor<B, 3>,
+    a: Tensor<B, 1>,
+    bm: Tensor<B, 4>,
+    cm: Tensor<B, 4>,
+    chunk: usize,
+    dy: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 4>, Tensor<B, 4>) {
+    let s = chunks(x, dt, a.clone(), bm, cm, chunk);
+    let [b, l, h, p, g, n, t, c] = s.dims;
+    let hg = h / g;
+    let lp = c * t;
+    let like = prim(&s.x);
+    let dy = pad_positions(dy, lp);
+    let dy5 = dy.clone().reshape([b, c, t, h, p]).swap_dims(2, 3);
+    let (acs, ex, dts, wend) = (prim(&s.acs), prim(&s.ex), prim(&s.dts), prim(&s.wend));
+    let none = Factors::<R>::default;
+
+    // dS_in[p, n] = Σ_l exp(Λ_l) · dy[l, p] · C[l, n]; then back through the state passing.
+    let dsin = empty_f32(&like, vec![b, c, h, p, n]);
+    product(&prim(&dy5.clone().swap_dims(3, 4)), &prim(&s.c5), &dsin, Factors { inner: Some(&ex), ..none() });
+    let dstates = empty_f32(&like, vec![b, c, h, p, n]);
+    let dtot = empty_f32(&like, vec![b, c, h]);
+    let flat = |t: Prim<R>| prim(&wrap_d::<B, R, 5>(t).reshape([b, c, h, p * n]));
+    ssd_state_pass_backward_kernel::launch::<R>(
+        &like.client,
+        CubeCount::new_2d(h as u32, b as u32),
+        CubeDim::new_1d(256),
+        flat(dsin).into_tensor_arg(),
+        flat(prim(&s.s_in)).into_tensor_arg(),
+        acs.clone().into_tensor_arg(),
+        flat(dstates.clone()).into_tensor_arg(),
+        dtot.clone().into_tensor_arg(),
+    );
+
+    // The intra-chunk scores: dM[l, s] = Σ_p dy[l, p] · x[s, p] · dt_s, then through the decay
+    // mask to dΛ and to d(C·Bᵀ) (summed over each group's heads).
+    let dm = empty_f32(&like, vec![b, c, h, t, t]);
+    product(&prim(&dy5), &prim(&s.x5.clone().swap_dims(3, 4)), &dm, Factors { cols: Some(&dts), ..none() });
+    let (dl_diag, dcb) = B::ssd_decay_scores_backward(s.acs.clone(), s.cb.clone(), wrap_d(dm));
+    let dcb = prim(&dcb);
+
+    // dx̄ through the scores, Σ_{l ≥ s} exp(Λ_l − Λ_s) · (C_l·B_s) · dy[l, p]; through the chunk
+    // state, exp(Λ_end − Λ_s) · Σ_n B[s, n] · dstates[p, n]; and y_off again for dΛ.
+    let dxd = empty_f32(&like, vec![b, c, h, t, p]);
+    let upper = Factors { decay: Some((&acs, Mask::Upper)), ..none() };
+    product(&prim(&s.cb.clone().swap_dims(3, 4)), &prim(&dy5), &dxd, upper);
+    let dxs = empty_f32(&like, vec![b, c, h, t, p]);
+    let dstates_t = prim(&wrap_d::<B, R, 5>(dstates.clone()).swap_dims(3, 4));
+    product(&prim(&s.b5), &dstates_t, &dxs, Factors { rows: Some(&wend), ..none() });
+    let yoff = empty_f32(&like, vec![b, c, h, t, p]);
+    product(&prim(&s.c5), &prim(&s.s_in.clone().swap_dims(3, 4)), &yoff, Factors { rows: Some(&ex), ..none() });
+
+    // dC = Σ_heads (exp(Λ) ⊙ dy) · S_in + d(C·Bᵀ) · B and dB = Σ_heads (dt·exp(Λ_end − Λ) ⊙ x) ·
+    // dstates + d(C·Bᵀ)ᵀ · C, a group's heads side by side in the inner dimension.
+    let per_position = |f: &Tensor<B, 4>| f.clone().swap_dims(2, 3).reshape([b, lp, h, 1]);
+    let grouped = |v: Tensor<B, 4>| v.reshape([b, c, t, g, hg * p]).swap_dims(2, 3);
+    let dye = grouped(dy.clone() * per_position(&s.ex));
+    let xw = grouped(s.x.clone() * per_position(&s.dtw));
+    let by_group = |v: Prim<R>| prim(&wrap_d::<B, R, 5>(v).reshape([b, c, g, hg * p, n]));
+    let dcm: Tensor<B, 4> = wrap_d(empty_f32(&like, vec![b, lp, g, n]));
+    let dbm: Tensor<B, 4> = wrap_d(empty_f32(&like, vec![b, lp, g, n]));
+    let dcv = prim(&dcm.clone().reshape([b, c, t, g, n]).swap_dims(2, 3));
+    let dbv = prim(&dbm.clone().reshape([b, c, t, g, n]).swap_dims(2, 3));
+    product(&prim(&dye), &by_group(prim(&s.s_in)), &dcv, none());
+    product(&dcb, &prim(&s.b5), &dcv, Factors { accumulate: true, ..none() });
+    product(&prim(&xw), &by_group(dstates), &dbv, none());
+    let dcb_t = prim(&wrap_d::<B, R, 5>(dcb).swap_dims(3, 4));
+    product(&dcb_t, &prim(&s.c5), &dbv, Factors { accumulate: true, ..none() });
+
+    // dx, ddt and dA's partial sums per chunk.
+    let dx: Tensor<B, 4> = wrap_d(empty_f32(&like, vec![b, lp, h, p]));
+    let ddt: Tensor<B, 3> = wrap_d(empty_f32(&like, vec![b, lp, h]));
+    let dapart = empty_f32(&like, vec![b, c, h]);
+    ssd_finish_kernel::launch::<R>(
+        &like.client,
+        CubeCount::new_1d((b * c * h) as u32),
+        CubeDim::new_1d(256),
+        prim(&s.x5).into_tensor_arg(),
+        prim(&dy5).into_tensor_arg(),
+        dxd.into_tensor_arg(),
+        dxs.into_tensor_arg(),
+        yoff.into_tensor_arg(),
+        dts.into_tensor_arg(),
+        prim(&dl_diag).into_tensor_arg(),
+        dtot.into_tensor_arg(),
+        prim(&a).into_tensor_arg(),
+        prim(&dx.clone().reshape([b, c, t, h, p]).swap_dims(2, 3)).into_tensor_arg(),
+        prim(&ddt.clone().reshape([b, c, t, h]).swap_dims(2, 3)).into_tensor_arg(),
+        dapart.clone().into_tensor_arg(),
+    );
+    let da = wrap_d::<B, R, 3>(dapart).sum_dim(1).sum_dim(0).reshape([h]);
+    (dx.narrow(1, 0, l), ddt.narrow(1, 0, l), da, dbm.narrow(1, 0, l), dcm.narrow(1, 0, l))
+}
