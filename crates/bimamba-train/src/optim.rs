@@ -15,7 +15,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fused::{AdamStep, FusedOps};
+use crate::fused::{AdamParam, AdamStep, FusedOps};
 use crate::params::NamedTensors;
 
 /// Optimizer and schedule hyper-parameters.
@@ -134,61 +134,41 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for GradCollector<'_, AB::InnerBacke
     }
 }
 
-struct UpdateMapper<'a, B: Backend> {
+/// The parameters that have a gradient, in the model's order: id, name, rank and the flattened
+/// parameter and gradient.
+struct UpdateCollector<'a, B: Backend> {
     path: Vec<String>,
     grads: &'a mut GradientsParams,
-    moments: &'a mut HashMap<String, Moments<B>>,
-    config: &'a OptimConfig,
-    lr: f64,
-    fused: bool,
-    grad_scale: f64,
-    bias1: f64,
-    bias2: f64,
+    out: Vec<(ParamId, String, usize, Tensor<B, 1>, Tensor<B, 1>)>,
 }
 
-impl<AB: AutodiffBackend> ModuleMapper<AB> for UpdateMapper<'_, AB::InnerBackend>
-where
-    AB::InnerBackend: FusedOps,
-{
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for UpdateCollector<'_, AB::InnerBackend> {
     fn enter_module(&mut self, name: &str, _c: &str) {
         self.path.push(name.to_string());
     }
     fn exit_module(&mut self, _n: &str, _c: &str) {
         self.path.pop();
     }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let Some(grad) = self.grads.remove::<AB::InnerBackend, D>(param.id) else { return };
+        let n = grad.shape().num_elements();
+        let p = param.val().inner().reshape([n]);
+        self.out.push((param.id, self.path.join("."), D, p, grad.reshape([n])));
+    }
+}
+
+/// Puts the updated parameters (flattened, by id) back into the model.
+struct UpdateMapper<B: Backend> {
+    updated: HashMap<ParamId, Tensor<B, 1>>,
+}
+
+impl<AB: AutodiffBackend> ModuleMapper<AB> for UpdateMapper<AB::InnerBackend> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
         let (id, tensor, mapper): (ParamId, _, _) = param.consume();
-        let Some(grad) = self.grads.remove::<AB::InnerBackend, D>(id) else {
+        let Some(p) = self.updated.remove(&id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let name = self.path.join(".");
-        let c = self.config;
-        let shape = tensor.shape();
-        let n = shape.num_elements();
-        let p = tensor.inner().reshape([n]);
-        let (m, v) = match self.moments.remove(&name) {
-            Some(mo) => (mo.m, mo.v),
-            None => (p.zeros_like(), p.zeros_like()),
-        };
-        let decay = if D >= 2 { 1.0 - self.lr * c.weight_decay } else { 1.0 };
-        let step = AdamStep {
-            lr: self.lr,
-            decay,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            bias1: self.bias1,
-            bias2: self.bias2,
-            grad_scale: self.grad_scale,
-        };
-        let g = grad.reshape([n]);
-        let (p, m, v) = if self.fused {
-            AB::InnerBackend::adamw_update(p, g, m, v, &step)
-        } else {
-            crate::fused::reference::adamw_update(p, g, m, v, &step)
-        };
-        self.moments.insert(name, Moments { m, v });
-        let t = Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad();
+        let t = Tensor::<AB, D>::from_inner(p.reshape(tensor.shape())).require_grad();
         Param::from_mapped_value(id, t, mapper)
     }
 }
@@ -229,18 +209,47 @@ impl<B: FusedOps> AdamW<B> {
         let grad_scale = if clip > 0.0 && norm > clip { clip / (norm + 1e-6) } else { 1.0 };
         self.steps += 1;
         let t = self.steps as i32;
-        let mut mapper = UpdateMapper::<B> {
-            path: Vec::new(),
-            grads: &mut grads,
-            moments: &mut self.moments,
-            config: &self.config,
+        let c = &self.config;
+        let step = AdamStep {
             lr,
-            fused: self.fused,
+            decay: 1.0,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            bias1: 1.0 - c.beta1.powi(t),
+            bias2: 1.0 - c.beta2.powi(t),
             grad_scale,
-            bias1: 1.0 - self.config.beta1.powi(t),
-            bias2: 1.0 - self.config.beta2.powi(t),
         };
-        (model.map(&mut mapper), norm)
+        let mut collect = UpdateCollector::<B> { path: Vec::new(), grads: &mut grads, out: Vec::new() };
+        model.visit(&mut collect);
+        let (mut ids, mut names, mut params) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, name, rank, p, g) in collect.out {
+            let (m, v) = match self.moments.remove(&name) {
+                Some(mo) => (mo.m, mo.v),
+                None => (p.zeros_like(), p.zeros_like()),
+            };
+            // Decoupled weight decay on matrices only.
+            let decay = if rank >= 2 { 1.0 - lr * c.weight_decay } else { 1.0 };
+            params.push(AdamParam { p, g, m, v, decay });
+            ids.push(id);
+            names.push(name);
+        }
+        let results = if self.fused {
+            B::adamw_update_many(params, &step)
+        } else {
+            params
+                .into_iter()
+                .map(|q| {
+                    crate::fused::reference::adamw_update(q.p, q.g, q.m, q.v, &AdamStep { decay: q.decay, ..step })
+                })
+                .collect()
+        };
+        let mut updated = HashMap::with_capacity(ids.len());
+        for ((id, name), (p, m, v)) in ids.into_iter().zip(names).zip(results) {
+            self.moments.insert(name, Moments { m, v });
+            updated.insert(id, p);
+        }
+        (model.map(&mut UpdateMapper::<B> { updated }), norm)
     }
 
     /// The moments as host tensors named `exp_avg.<param>` and `exp_avg_sq.<param>`.

@@ -77,6 +77,35 @@ pub fn run<B: FusedOps>(device: &B::Device, bf16: bool) -> Vec<Check> {
         out.push(compare("adamw.param", vec![n], fp, rp, 1e-6));
         out.push(compare("adamw.m", vec![n], fm, rm, 1e-6));
         out.push(compare("adamw.v", vec![n], fv, rv, 1e-6));
+        // Several parameters in one call, each with its own decay (a multi-tensor launch on
+        // CubeCL backends), against the single-parameter reference of each.
+        let sizes = [1usize, n / 2 + 3, n];
+        let many: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                let gk = rand::<B>(k, -0.1, 0.1, device);
+                super::AdamParam {
+                    p: rand::<B>(k, -1.0, 1.0, device),
+                    m: rand::<B>(k, 0.0, 0.01, device) * gk.clone().sign(),
+                    v: rand::<B>(k, 0.0, 1e-4, device),
+                    g: gk,
+                    decay: if i == 1 { 1.0 } else { s.decay },
+                }
+            })
+            .collect();
+        let want: Vec<_> = many
+            .iter()
+            .map(|q| {
+                let step = AdamStep { decay: q.decay, ..s };
+                reference::adamw_update(q.p.clone(), q.g.clone(), q.m.clone(), q.v.clone(), &step)
+            })
+            .collect();
+        for (((fp, fm, fv), (rp, rm, rv)), &k) in B::adamw_update_many(many, &s).into_iter().zip(want).zip(&sizes) {
+            out.push(compare("adamw_many.param", vec![k], fp, rp, 1e-6));
+            out.push(compare("adamw_many.m", vec![k], fm, rm, 1e-6));
+            out.push(compare("adamw_many.v", vec![k], fv, rv, 1e-6));
+        }
         let xs = vec![g.clone(), rand::<B>(n / 3 + 1, -2.0, 2.0, device), g];
         let f = B::sum_squares(&xs, device);
         let r = reference::sum_squares(&xs, device);

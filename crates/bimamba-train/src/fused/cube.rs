@@ -21,17 +21,15 @@ use super::kernels::block::{
 use super::kernels::loss::{
     ce_rows_backward_kernel, ce_rows_kernel, soft_ce_rows_backward_kernel, soft_ce_rows_kernel,
 };
-use super::kernels::optim::{adamw_kernel, sum_squares_kernel};
+use super::kernels::optim::adamw_kernel;
 use super::kernels::ssd::{
     ssd_decay_scores_backward_acs_kernel, ssd_decay_scores_backward_cb_kernel, ssd_decay_scores_kernel,
 };
 
 use super::{AdamStep, FusedOps};
 
-/// Threads per cube of the elementwise and reduction kernels (`sum_squares_kernel` assumes 256).
+/// Threads per cube of the elementwise and reduction kernels.
 const CUBE: u32 = 256;
-/// Most cubes one tensor's sum of squares is split over (each writes one partial sum).
-const MAX_SUM_CUBES: usize = 264;
 
 type Prim<R> = CubeTensor<R>;
 
@@ -196,31 +194,15 @@ where
         (wrap_d(po), wrap_d(mo), wrap_d(vo))
     }
 
+    fn adamw_update_many(
+        params: Vec<super::AdamParam<Self>>,
+        s: &AdamStep,
+    ) -> Vec<(Tensor<Self, 1>, Tensor<Self, 1>, Tensor<Self, 1>)> {
+        super::optim_cube::adamw_many::<Self, R>(params, s)
+    }
+
     fn sum_squares(xs: &[Tensor<Self, 1>], device: &Self::Device) -> Tensor<Self, 1> {
-        let opts = crate::ops::opts::<Self>(device);
-        let sizes: Vec<usize> = xs.iter().map(|x| x.dims()[0]).collect();
-        let cubes: Vec<usize> = sizes.iter().map(|&n| n.div_ceil(CUBE as usize * 8).clamp(1, MAX_SUM_CUBES)).collect();
-        let total: usize = cubes.iter().sum();
-        if total == 0 {
-            return Tensor::zeros([1], opts);
-        }
-        let partials = prim(Tensor::<Self, 1>::zeros([total], opts));
-        let mut offset = 0usize;
-        for (x, &c) in xs.iter().zip(&cubes) {
-            let x = prim(x.clone());
-            check_f32(&x, "sum of squares");
-            let client = x.client.clone();
-            sum_squares_kernel::launch::<R>(
-                &client,
-                CubeCount::new_1d(c as u32),
-                CubeDim::new_1d(CUBE),
-                x.into_tensor_arg(),
-                partials.clone().into_tensor_arg(),
-                offset as u32,
-            );
-            offset += c;
-        }
-        wrap_d::<Self, R, 1>(partials).sum()
+        super::optim_cube::sum_squares_many::<Self, R>(xs, device)
     }
 
     fn ce_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {

@@ -17,6 +17,8 @@ pub mod cube;
 pub mod kernels;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod matmul;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod optim_cube;
 pub mod reference;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 mod ssd_cube;
@@ -95,6 +97,17 @@ pub struct AdamStep {
     pub grad_scale: f64,
 }
 
+/// One parameter of a multi-tensor AdamW update ([`FusedOps::adamw_update_many`]).
+pub struct AdamParam<B: Backend> {
+    /// The flattened parameter, its gradient and its moments: [n] each.
+    pub p: Tensor<B, 1>,
+    pub g: Tensor<B, 1>,
+    pub m: Tensor<B, 1>,
+    pub v: Tensor<B, 1>,
+    /// Its decay multiplier, 1 − lr·wd (1 without decay); replaces [`AdamStep::decay`].
+    pub decay: f64,
+}
+
 /// Backend operations that the trainer runs fused where the backend has a kernel for them.
 pub trait FusedOps: Backend {
     /// Whether the methods below run kernels of their own (else the reference bodies). The
@@ -129,6 +142,16 @@ pub trait FusedOps: Backend {
         s: &AdamStep,
     ) -> (Tensor<Self, 1>, Tensor<Self, 1>, Tensor<Self, 1>) {
         reference::adamw_update(p, g, m, v, s)
+    }
+
+    /// [`FusedOps::adamw_update`] on several parameters, each with its own decay: (parameter, m,
+    /// v) of each, in order. On CubeCL backends a few launches for all of them.
+    #[allow(clippy::type_complexity)]
+    fn adamw_update_many(
+        params: Vec<AdamParam<Self>>,
+        s: &AdamStep,
+    ) -> Vec<(Tensor<Self, 1>, Tensor<Self, 1>, Tensor<Self, 1>)> {
+        params.into_iter().map(|q| Self::adamw_update(q.p, q.g, q.m, q.v, &AdamStep { decay: q.decay, ..*s })).collect()
     }
 
     /// Σ x² over every element of every tensor, as a one-element tensor (the squared global
