@@ -12,9 +12,10 @@
 //! ```
 //!
 //! Generation stops at [`TURN_STOP`] (the model starting the next user line). A reply is
-//! returned without its leading whitespace, so that the transcript of the next turn
-//! (`Assistant: ` + reply) repeats the tokens the model generated: the next turn's prompt then
-//! extends the state the previous turn left in the prefix cache.
+//! returned as generated, leading whitespace included, and an assistant message that starts
+//! with whitespace is written right after `Assistant:` (others after `Assistant: `): the
+//! transcript of the next turn then repeats the text, and so the tokens, the model generated,
+//! and the next turn's prompt extends the state the previous turn left in the prefix cache.
 
 use serde::Deserialize;
 
@@ -75,8 +76,10 @@ pub fn render(messages: &[ChatMessage]) -> Result<String, ApiError> {
             }
             "assistant" => {
                 out.push_str(REPLY_PREFIX);
-                out.push(' ');
-                out.push_str(text.trim());
+                if !text.starts_with(char::is_whitespace) {
+                    out.push(' ');
+                }
+                out.push_str(&text);
                 out.push('\n');
             }
             other => {
@@ -89,12 +92,6 @@ pub fn render(messages: &[ChatMessage]) -> Result<String, ApiError> {
     }
     out.push_str(REPLY_PREFIX);
     Ok(out)
-}
-
-/// The reply as returned to the client: without the whitespace the model put after
-/// [`REPLY_PREFIX`].
-pub fn clean_reply(text: &str) -> &str {
-    text.trim_start()
 }
 
 #[cfg(test)]
@@ -110,13 +107,18 @@ mod tests {
         let first = vec![msg("system", "Be brief."), msg("user", "Hello?")];
         let text = render(&first).expect("valid");
         assert_eq!(text, "Be brief.\n\nUser: Hello?\nAssistant:");
-        // The model generated " Hi there." and stopped at "\nUser:".
-        let mut second = first.clone();
-        second.push(msg("assistant", clean_reply(" Hi there.")));
-        second.push(msg("user", "And then?"));
-        let next = render(&second).expect("valid");
-        assert!(next.starts_with(&format!("{text} Hi there.{TURN_STOP}")), "{next}");
-        assert!(next.ends_with("User: And then?\nAssistant:"));
+        // The model generated "\nHi there." and stopped at "\nUser:": the next transcript
+        // repeats exactly what it generated.
+        for reply in ["\nHi there.", " Hi there."] {
+            let mut second = first.clone();
+            second.push(msg("assistant", reply));
+            second.push(msg("user", "And then?"));
+            let next = render(&second).expect("valid");
+            assert!(next.starts_with(&format!("{text}{reply}{TURN_STOP}")), "{next}");
+            assert!(next.ends_with("User: And then?\nAssistant:"));
+        }
+        let written = render(&[msg("assistant", "Hello."), msg("user", "Hi")]).expect("valid");
+        assert!(written.starts_with("Assistant: Hello.\nUser: Hi\n"), "{written}");
         let err = render(&[msg("tool", "x")]).unwrap_err();
         assert_eq!(err.param.as_deref(), Some("messages[0].role"));
     }

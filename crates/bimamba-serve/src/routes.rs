@@ -275,38 +275,20 @@ fn usage_value(u: &Usage) -> Value {
     })
 }
 
-/// Removes the whitespace a chat reply starts with (`chat::clean_reply`) from streamed pieces,
-/// until the first other character.
-struct ReplyStart {
-    started: bool,
-}
-
-impl ReplyStart {
-    fn clean(&mut self, endpoint: Endpoint, text: String) -> String {
-        if endpoint != Endpoint::Chat || self.started {
-            return text;
-        }
-        let t = crate::chat::clean_reply(&text);
-        self.started = !t.is_empty();
-        t.to_string()
-    }
-}
-
 /// Waits for the whole generation and builds the response.
 async fn collect(reply: &Reply, mut rx: UnboundedReceiver<Event>) -> (StatusCode, Value) {
     let mut text = String::new();
     let mut tokens = Vec::new();
-    let mut start = ReplyStart { started: false };
     while let Some(event) = rx.recv().await {
         match event {
             Event::Token { text: t, token, logprob } => {
-                text.push_str(&start.clean(reply.endpoint, t));
+                text.push_str(&t);
                 if let Some(lp) = logprob {
                     tokens.push(Token { token, logprob: lp });
                 }
             }
             Event::Done { text: t, finish, usage } => {
-                text.push_str(&start.clean(reply.endpoint, t));
+                text.push_str(&t);
                 let choice = reply.choice(&text, &tokens, 0, Some(finish), false);
                 return (StatusCode::OK, reply.body(json!([choice]), Some(&usage), false));
             }
@@ -331,7 +313,6 @@ fn event_stream(
         reply: Reply,
         rx: UnboundedReceiver<Event>,
         out: VecDeque<SseEvent>,
-        start: ReplyStart,
         /// Bytes of completion text sent so far (text offsets of log-probabilities).
         sent: usize,
         done: bool,
@@ -342,7 +323,7 @@ fn event_stream(
             json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
         out.push_back(SseEvent::default().data(reply.body(json!([choice]), None, true).to_string()));
     }
-    let state = StreamState { reply, rx, out, start: ReplyStart { started: false }, sent: 0, done: false };
+    let state = StreamState { reply, rx, out, sent: 0, done: false };
     stream::unfold(state, move |mut s| async move {
         loop {
             if let Some(e) = s.out.pop_front() {
@@ -354,7 +335,6 @@ fn event_stream(
             let data = |v: Value| SseEvent::default().data(v.to_string());
             match s.rx.recv().await {
                 Some(Event::Token { text, token, logprob }) => {
-                    let text = s.start.clean(s.reply.endpoint, text);
                     let tokens: Vec<Token> = logprob.map(|lp| Token { token, logprob: lp }).into_iter().collect();
                     if text.is_empty() && tokens.is_empty() {
                         continue;
@@ -364,7 +344,6 @@ fn event_stream(
                     s.out.push_back(data(s.reply.body(json!([choice]), None, true)));
                 }
                 Some(Event::Done { text, finish, usage }) => {
-                    let text = s.start.clean(s.reply.endpoint, text);
                     let choice = s.reply.choice(&text, &[], s.sent, Some(finish), true);
                     s.out.push_back(data(s.reply.body(json!([choice]), None, true)));
                     if usage_chunk {
