@@ -21,6 +21,7 @@ use bimamba_lm::sampling::{Sampler, SamplingParams};
 use bimamba_lm::{log_prob, LanguageModel};
 use bimamba_models::{AnyModel, AnyState};
 use bimamba_text::{StreamDecoder, Tokenizer};
+use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backend;
@@ -165,7 +166,8 @@ struct Sequence {
     phase: Phase,
     /// Every token fed into `state` (the cache key of the state).
     fed: Vec<u32>,
-    /// The logits after the last fed token.
+    /// The logits after the last fed token, while they are needed: from a prefill chunk until
+    /// the first token is sampled, and after the sequence ends (for the cache).
     logits: Vec<f32>,
     sampler: Sampler,
     decoder: StreamDecoder,
@@ -292,15 +294,18 @@ impl Scheduler {
         Metrics::set(&self.metrics.cache_bytes, self.cache.bytes());
         self.metrics.time_to_first_token(seq.job.arrived.elapsed());
         let seq = &mut self.active[i];
-        emit_next(seq, &self.tokenizer, &self.stop_tokens, &self.metrics);
+        let logits = std::mem::take(&mut seq.logits);
+        let (next, logprob) = choose(seq, &logits, self.tokenizer.vocab_size());
+        if report(seq, next, logprob, &self.tokenizer, &self.stop_tokens, &self.metrics) {
+            seq.logits = logits;
+        }
     }
 
-    /// One batched step of every decoding sequence.
+    /// One batched step of every decoding sequence, then each one's next token.
     fn decode_step(&mut self) {
         let mut tokens = Vec::new();
         let mut states: Vec<&mut AnyState> = Vec::new();
-        let mut which = Vec::new();
-        for (i, seq) in self.active.iter_mut().enumerate() {
+        for seq in self.active.iter_mut() {
             if let Phase::Decode { pending } = seq.phase {
                 if seq.job.events.is_closed() {
                     seq.phase = Phase::Retired;
@@ -309,32 +314,40 @@ impl Scheduler {
                 }
                 tokens.push(pending);
                 states.push(&mut seq.state);
-                which.push(i);
             }
         }
         if tokens.is_empty() {
             return;
         }
-        let n = tokens.len();
-        Metrics::set(&self.metrics.batch_size, n);
+        Metrics::set(&self.metrics.batch_size, tokens.len());
         Metrics::add(&self.metrics.decode_steps, 1);
         let result = backend::step_batch(&self.model, &mut states, &tokens);
-        let vocab = self.model.vocab_size();
-        match result {
-            Ok(logits) => {
-                for (k, &i) in which.iter().enumerate() {
-                    let seq = &mut self.active[i];
-                    seq.fed.push(tokens[k]);
-                    seq.logits = logits[k * vocab..(k + 1) * vocab].to_vec();
-                    emit_next(seq, &self.tokenizer, &self.stop_tokens, &self.metrics);
-                }
-            }
+        // The same sequences, in the same order, as the tokens fed.
+        let mut stepped: Vec<&mut Sequence> =
+            self.active.iter_mut().filter(|s| matches!(s.phase, Phase::Decode { .. })).collect();
+        let logits = match result {
+            Ok(logits) => logits,
             Err(e) => {
-                for &i in &which {
-                    let seq = &mut self.active[i];
+                for seq in stepped {
                     let _ = seq.job.events.send(Event::Failed(e.to_string()));
                     seq.phase = Phase::Retired;
                 }
+                return;
+            }
+        };
+        let vocab = self.model.vocab_size();
+        let allowed = self.tokenizer.vocab_size();
+        // Sampling reads the whole vocabulary per sequence: the sequences are sampled in parallel.
+        let picks: Vec<(u32, Option<f64>)> = stepped
+            .par_iter_mut()
+            .zip(logits.par_chunks(vocab.max(1)))
+            .map(|(seq, l)| choose(seq, l, allowed))
+            .collect();
+        for (k, (seq, (next, logprob))) in stepped.into_iter().zip(picks).enumerate() {
+            seq.fed.push(tokens[k]);
+            if report(seq, next, logprob, &self.tokenizer, &self.stop_tokens, &self.metrics) {
+                // The logits after the last fed token go into the cache with the final state.
+                seq.logits = logits[k * vocab..(k + 1) * vocab].to_vec();
             }
         }
     }
@@ -365,43 +378,58 @@ impl Scheduler {
     }
 }
 
-/// Samples the sequence's next token from its logits and reports it; ends the sequence at an
-/// end-of-sequence token, a stop sequence or `max_tokens`.
-fn emit_next(seq: &mut Sequence, tok: &Tokenizer, stop_tokens: &[u32], metrics: &Metrics) {
+/// The sequence's next token sampled from `logits`, and its log-probability when asked for.
+fn choose(seq: &mut Sequence, logits: &[f32], allowed: usize) -> (u32, Option<f64>) {
+    let next = seq.sampler.sample(logits, &[], allowed);
+    (next, seq.job.generation.logprobs.then(|| log_prob(logits, next)))
+}
+
+/// Reports the sequence's sampled token; ends the sequence at an end-of-sequence token, a stop
+/// sequence or `max_tokens`. Returns whether it ended (finished, failed or cancelled).
+fn report(
+    seq: &mut Sequence,
+    next: u32,
+    logprob: Option<f64>,
+    tok: &Tokenizer,
+    stop_tokens: &[u32],
+    metrics: &Metrics,
+) -> bool {
     let g = &seq.job.generation;
-    let next = seq.sampler.sample(&seq.logits, &[], tok.vocab_size());
     if !g.ignore_eos && stop_tokens.contains(&next) {
         let rest = flush(seq, tok);
         finish(seq, Finish::Stop, rest);
-        return;
+        return true;
     }
     seq.usage.completion_tokens += 1;
     Metrics::add(&metrics.generated_tokens, 1);
-    let logprob = g.logprobs.then(|| log_prob(&seq.logits, next));
+    let max_reached = seq.usage.completion_tokens >= g.max_tokens;
     let piece = match seq.decoder.push(tok, next) {
         Ok(p) => p,
         Err(e) => {
             let _ = seq.job.events.send(Event::Failed(e.to_string()));
             seq.phase = Phase::Retired;
-            return;
+            return true;
         }
     };
     let token = tok.decode(&[next]).unwrap_or_default();
-    let max_reached = seq.usage.completion_tokens >= g.max_tokens;
     match seq.scanner.push(&piece) {
         Scan::Stopped(text) => {
             let _ = seq.job.events.send(Event::Token { text, token, logprob });
             finish(seq, Finish::Stop, String::new());
+            true
         }
         Scan::Text(text) => {
             if seq.job.events.send(Event::Token { text, token, logprob }).is_err() {
                 seq.phase = Phase::Retired;
                 Metrics::add(&metrics.cancelled, 1);
+                true
             } else if max_reached {
                 let rest = flush(seq, tok);
                 finish(seq, Finish::Length, rest);
+                true
             } else {
                 seq.phase = Phase::Decode { pending: next };
+                false
             }
         }
     }
