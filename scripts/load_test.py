@@ -202,6 +202,8 @@ def decode_rate(port, streams, max_tokens, prompt):
     # first stream's last token (the other streams' prefills fall outside it).
     start = max(r[1][0] for r in out)
     end = min(r[1][-1] for r in out)
+    if end <= start:
+        sys.exit(f"load_test: the {streams} streams never decoded together (give them more tokens)")
     decoded = sum(sum(1 for t in r[1] if start < t <= end) for r in out)
     return decoded / (end - start)
 

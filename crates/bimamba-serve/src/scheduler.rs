@@ -3,8 +3,8 @@
 //! Each turn of its loop
 //! 1. admits waiting requests while the batch has room (a request's prompt is first looked up
 //!    in the prefix-state cache; only the tokens after the longest cached prefix are prefilled);
-//! 2. prefills one chunk of one new sequence (the whole prompt when nothing is decoding, else at
-//!    most [`PREFILL_CHUNK`] tokens, so that running streams do not stall behind a long prompt);
+//! 2. prefills new sequences (every prompt when nothing is decoding, else at most
+//!    [`PREFILL_CHUNK`] tokens in all, so that running streams do not stall behind long prompts);
 //! 3. advances every decoding sequence by one token in one batched step, so the weights are read
 //!    once per step for the whole batch;
 //! 4. retires finished sequences (their final state goes into the cache) and drops those whose
@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::prefix_cache::PrefixCache;
 use crate::stop::{Scan, StopScanner};
 
-/// Prompt tokens prefilled per loop turn while other sequences are decoding.
+/// Prompt tokens prefilled per loop turn, over all new sequences, while others are decoding.
 pub const PREFILL_CHUNK: usize = 128;
 
 /// A request as the scheduler runs it (validated, tokenized).
@@ -193,7 +193,7 @@ impl Scheduler {
             if !self.admit(&rx) {
                 return;
             }
-            self.prefill_one();
+            self.prefill();
             self.decode_step();
             self.retire();
             Metrics::set(&self.metrics.active_sequences, self.active.len());
@@ -261,31 +261,42 @@ impl Scheduler {
         }
     }
 
-    /// Prefills (part of) the first sequence still in its prompt; when its prompt is done, its
-    /// first token is sampled.
-    fn prefill_one(&mut self) {
-        let decoding = self.active.iter().filter(|s| matches!(s.phase, Phase::Decode { .. })).count();
-        let Some(i) = self.active.iter().position(|s| matches!(s.phase, Phase::Prefill)) else {
-            return;
-        };
+    /// Prefills sequences still in their prompt, oldest first: all of them when nothing is
+    /// decoding, else at most [`PREFILL_CHUNK`] tokens in all this turn. A sequence whose prompt
+    /// is done samples its first token.
+    fn prefill(&mut self) {
+        let decoding = self.active.iter().any(|s| matches!(s.phase, Phase::Decode { .. }));
+        let mut budget = if decoding { PREFILL_CHUNK } else { usize::MAX };
+        for i in 0..self.active.len() {
+            if budget == 0 {
+                break;
+            }
+            if matches!(self.active[i].phase, Phase::Prefill) {
+                budget -= self.prefill_chunk(i, budget);
+            }
+        }
+    }
+
+    /// Feeds up to `budget` more prompt tokens of sequence `i` (and samples its first token
+    /// once the prompt is done); returns the number of tokens fed.
+    fn prefill_chunk(&mut self, i: usize, budget: usize) -> usize {
         let seq = &mut self.active[i];
         let prompt_len = seq.job.generation.prompt.len();
         let start = seq.fed.len();
-        if start < prompt_len {
-            let chunk = if decoding == 0 { prompt_len - start } else { PREFILL_CHUNK };
-            let end = prompt_len.min(start + chunk);
+        let end = prompt_len.min(start.saturating_add(budget));
+        if start < end {
             let tokens = &seq.job.generation.prompt[start..end];
             match self.model.forward_last(&mut seq.state, tokens) {
                 Ok(logits) => seq.logits = logits,
                 Err(e) => {
                     let _ = seq.job.events.send(Event::Failed(e.to_string()));
                     seq.phase = Phase::Retired;
-                    return;
+                    return end - start;
                 }
             }
             seq.fed.extend_from_slice(tokens);
             if end < prompt_len {
-                return;
+                return end - start;
             }
         }
         // The prompt's state, kept so that a request repeating or extending the prompt resumes it.
@@ -299,6 +310,7 @@ impl Scheduler {
         if report(seq, next, logprob, &self.tokenizer, &self.stop_tokens, &self.metrics) {
             seq.logits = logits;
         }
+        end - start
     }
 
     /// One batched step of every decoding sequence, then each one's next token.
