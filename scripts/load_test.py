@@ -80,7 +80,7 @@ class Server:
 
 
 def stream(port, path, body):
-    """One streamed request: (time to first token, token arrival times, usage, error)."""
+    """One streamed request: (time to first token, the clock time each token arrived, usage, error)."""
     t0 = time.perf_counter()
     body = dict(body, stream=True, stream_options={"include_usage": True})
     try:
@@ -107,11 +107,11 @@ def stream(port, path, body):
                 # A token chunk: text (completions), content or per-token logprobs (chat).
                 has_token = c.get("text") or (c.get("delta") or {}).get("content") or c.get("logprobs")
                 if has_token and not c.get("finish_reason"):
-                    arrivals.append(time.perf_counter() - t0)
+                    arrivals.append(time.perf_counter())
         conn.close()
         if not done:
             return None, [], None, "the stream ended without [DONE]"
-        return (arrivals[0] if arrivals else None), arrivals, usage, None
+        return (arrivals[0] - t0 if arrivals else None), arrivals, usage, None
     except Exception as e:  # noqa: BLE001 - every failure counts as an error of the test
         return None, [], None, repr(e)
 
@@ -187,7 +187,10 @@ def decode_rate(port, streams, max_tokens, prompt):
     out = [None] * streams
 
     def one(i):
-        body = {"prompt": f"{prompt} ({i})", "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+        # logprobs: every token sends a chunk, even one whose text is held back (an incomplete
+        # UTF-8 character), so that each token's arrival is seen.
+        body = {"prompt": f"{prompt} ({i})", "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+                "logprobs": 0}
         out[i] = stream(port, "/v1/completions", body)
 
     workers = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
@@ -214,6 +217,7 @@ def scaling_part(binary, threads, label, args, max_tokens, prompt):
         decode_rate(srv.port, 1, 4, prompt)  # warm-up
         one = decode_rate(srv.port, 1, max_tokens, prompt)
         eight = decode_rate(srv.port, 8, max_tokens, prompt)
+        print(f"{label}: 1 stream {one:.1f} tok/s, 8 streams {eight:.1f} tok/s", flush=True)
         return {"model": label, "command": srv.cmd, "tokens_per_stream": max_tokens,
                 "one_stream_tok_s": one, "eight_streams_tok_s": eight, "speedup": eight / one}
     finally:
