@@ -31,6 +31,10 @@ use crate::model::{in_pool, Model};
 use crate::profile::{Section, Timer};
 use crate::state::{LayerState, SsmState, State};
 
+/// One head's state update and readout for one token: `(x, B, C, dt, decay, y)`, as
+/// `ssm::head_step` computes it.
+type HeadStep<'a> = dyn FnMut(&[f32], &[f32], &[f32], f32, f32, &mut [f32]) + 'a;
+
 impl Model {
     /// Feeds one token to each of several independent sequences: `tokens[i]` to `states[i]`.
     /// The logits of row i are those [`Model::step`] would return for sequence i alone.
@@ -107,21 +111,20 @@ impl Mixer {
         states.par_iter_mut().zip(ys.par_chunks_mut(d_inner.max(1))).zip(zxbcdt.par_chunks(dip.max(1))).for_each(
             |((state, y), zx)| {
                 let xbc = self.conv(cfg, state, zx, 1); // [conv_dim]
-                let head =
-                    |h: usize, yh: &mut [f32], step: &mut dyn FnMut(&[f32], &[f32], &[f32], f32, f32, &mut [f32])| {
-                        let g = h / hpg;
-                        let x = &xbc[h * p_n..(h + 1) * p_n];
-                        let b = &xbc[d_inner + g * n_n..d_inner + (g + 1) * n_n];
-                        let c = &xbc[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
-                        let raw = zx[2 * d_inner + 2 * g_n * n_n + h] + self.dt_bias[h];
-                        let dtv = (softplus(raw) as f64).clamp(cfg.dt_limit.0, cfg.dt_limit.1) as f32;
-                        let decay = (dtv * self.a[h]).exp();
-                        // S ← decay·S + dt·x⊗B and y = S·C + D·x.
-                        step(x, b, c, dtv, decay, yh);
-                        for (v, xv) in yh.iter_mut().zip(x) {
-                            *v += self.d[h] * xv;
-                        }
-                    };
+                let head = |h: usize, yh: &mut [f32], step: &mut HeadStep<'_>| {
+                    let g = h / hpg;
+                    let x = &xbc[h * p_n..(h + 1) * p_n];
+                    let b = &xbc[d_inner + g * n_n..d_inner + (g + 1) * n_n];
+                    let c = &xbc[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
+                    let raw = zx[2 * d_inner + 2 * g_n * n_n + h] + self.dt_bias[h];
+                    let dtv = (softplus(raw) as f64).clamp(cfg.dt_limit.0, cfg.dt_limit.1) as f32;
+                    let decay = (dtv * self.a[h]).exp();
+                    // S ← decay·S + dt·x⊗B and y = S·C + D·x.
+                    step(x, b, c, dtv, decay, yh);
+                    for (v, xv) in yh.iter_mut().zip(x) {
+                        *v += self.d[h] * xv;
+                    }
+                };
                 let y_heads = y.par_chunks_mut(p_n.max(1));
                 match &mut state.ssm {
                     SsmState::F32(s) => {
