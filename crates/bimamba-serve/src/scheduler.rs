@@ -205,6 +205,7 @@ impl Scheduler {
     fn admit(&mut self, rx: &Receiver<Job>) -> bool {
         while self.active.len() < self.max_batch {
             let job = if self.active.is_empty() {
+                release_freed_memory();
                 match rx.recv() {
                     Ok(job) => job,
                     Err(_) => return false,
@@ -461,4 +462,22 @@ fn flush(seq: &mut Sequence, tok: &Tokenizer) -> String {
 fn finish(seq: &mut Sequence, reason: Finish, text: String) {
     let _ = seq.job.events.send(Event::Done { text, finish: reason, usage: seq.usage });
     seq.phase = Phase::Retired;
+}
+
+/// Hands memory freed by finished sequences back to the system before the scheduler waits for
+/// work. glibc keeps freed blocks in per-thread arenas, so after a burst of concurrent requests
+/// (each with its own state and logits) the process would otherwise keep the burst's
+/// high-water mark as resident memory while idle.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's malloc_trim takes no pointers and may be called from any thread at
+        // any time; it only returns free memory at the top of heaps and in free pages.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }
