@@ -32,6 +32,8 @@ enum Command {
     Pack(commands::pack::PackArgs),
     /// Measure decode/prefill speed against this machine's memory-bandwidth ceiling.
     Bench(commands::bench::BenchArgs),
+    /// Serve a model over HTTP with OpenAI's API (completions, chat completions, streaming).
+    Serve(commands::serve::ServeArgs),
     /// Train a Bi-Mamba or Mamba-2 model (runs the bimamba-train binary; see its --help).
     #[command(disable_help_flag = true)]
     Train(ExternalArgs),
@@ -135,6 +137,7 @@ fn main() -> ExitCode {
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Pack(a) => commands::pack::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Serve(a) => commands::serve::run(a),
         Command::Train(a) => commands::external::run("train", &a.args),
         Command::Data(a) => commands::external::run("data", &a.args),
         Command::Export(a) => commands::external::run("export", &a.args),

@@ -9,6 +9,7 @@
 //! `bimamba_lm::LanguageModel`, and its errors are `bimamba_lm::ModelError`.
 
 pub mod activation;
+mod batch;
 pub mod config;
 pub mod linear;
 mod lm;

@@ -234,7 +234,7 @@ impl Mixer {
     ///
     /// # Shapes
     /// - `zxbcdt`: [t, d_in_proj]; returns xBC [t, conv_dim]
-    fn conv(&self, cfg: &Config, state: &mut LayerState, zxbcdt: &[f32], t: usize) -> Vec<f32> {
+    pub(crate) fn conv(&self, cfg: &Config, state: &mut LayerState, zxbcdt: &[f32], t: usize) -> Vec<f32> {
         let (conv_dim, kw, dip, off) = (cfg.conv_dim(), cfg.d_conv, cfg.d_in_proj(), cfg.d_inner());
         let input = |k: usize| &zxbcdt[k * dip + off..k * dip + off + conv_dim];
         let past = &state.conv;

@@ -153,7 +153,7 @@ impl Model {
         tokens.iter().flat_map(|&tok| self.embedding.row_f32(tok as usize)).collect()
     }
 
-    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         let vocab = self.vocab_size();
         match tokens.iter().find(|&&t| t as usize >= vocab) {
             Some(&id) => Err(ModelError::TokenOutOfRange { id, vocab }),
@@ -288,7 +288,7 @@ impl Model {
 }
 
 /// Runs `f` on a thread of the global rayon pool (directly if already on one).
-fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+pub(crate) fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }

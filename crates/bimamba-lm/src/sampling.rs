@@ -69,13 +69,13 @@ impl Sampler {
         if self.params.temperature <= 0.0 {
             return argmax(&l) as u32;
         }
-        let mut idx: Vec<usize> = (0..l.len()).collect();
-        idx.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
-        if self.params.top_k > 0 {
-            idx.truncate(self.params.top_k);
-        }
+        // A top-k or top-p cut needs the candidates ranked; without one, the order in which they
+        // are walked does not change the distribution drawn from, and they are taken in id order
+        // (no sort of the whole vocabulary per token).
+        let cut = self.params.top_k > 0 || self.params.top_p < 1.0;
+        let idx = if cut { ranked(&l, self.params.top_k) } else { (0..l.len()).collect() };
         let inv_t = 1.0 / self.params.temperature as f64;
-        let max = l[idx[0]] as f64;
+        let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
         let mut probs: Vec<f64> = idx.iter().map(|&i| ((l[i] as f64 - max) * inv_t).exp()).collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
@@ -105,6 +105,20 @@ impl Sampler {
     }
 }
 
+/// The indices of `l` from the largest value down (ties: lower index first), only the `top_k`
+/// first when `top_k > 0`. With a cut, the `top_k` largest are selected in linear time before
+/// being sorted, instead of sorting the whole vocabulary (the order is the same).
+fn ranked(l: &[f32], top_k: usize) -> Vec<usize> {
+    let order = |a: &usize, b: &usize| l[*b].total_cmp(&l[*a]).then(a.cmp(b));
+    let mut idx: Vec<usize> = (0..l.len()).collect();
+    if top_k > 0 && top_k < idx.len() {
+        idx.select_nth_unstable_by(top_k - 1, order);
+        idx.truncate(top_k);
+    }
+    idx.sort_unstable_by(order);
+    idx
+}
+
 /// Index of the largest value (the first one on ties).
 pub fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
@@ -128,6 +142,39 @@ mod tests {
         assert_eq!(p.sample(&[0.1, 3.0, 2.0], &[1], 3), 2);
         // Padded rows beyond the tokenizer's vocabulary are never chosen.
         assert_eq!(s.sample(&[0.1, 3.0, 9.0], &[], 2), 1);
+    }
+
+    /// The top-k selection ranks exactly as sorting everything and cutting does, ties included.
+    #[test]
+    fn ranked_selection_matches_a_full_sort() {
+        let mut rng = Rng::new(9);
+        for n in [1usize, 2, 10, 1000] {
+            // Few distinct values, so that many ties cross the cut.
+            let l: Vec<f32> = (0..n).map(|_| (rng.next_u64() % 7) as f32 - 3.0).collect();
+            let mut full: Vec<usize> = (0..n).collect();
+            full.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+            for k in [0usize, 1, 3, n / 2, n, n + 5] {
+                let want: Vec<usize> = if k == 0 { full.clone() } else { full.iter().copied().take(k).collect() };
+                assert_eq!(ranked(&l, k), want, "n {n}, k {k}");
+            }
+        }
+    }
+
+    /// Without a cut the candidates are walked in id order: the draws still follow the softmax.
+    #[test]
+    fn plain_temperature_follows_the_softmax() {
+        // p = softmax([0, ln 3, -inf-ish]) = [0.25, 0.75, ~0].
+        let logits = [0.0, 3f32.ln(), -80.0];
+        let mut s =
+            Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, seed: 5 });
+        let n = 20_000;
+        let ones = (0..n).filter(|_| s.sample(&logits, &[], 3) == 1).count() as f64 / n as f64;
+        assert!((ones - 0.75).abs() < 0.015, "token 1 drawn {ones:.3} of the time, expected 0.75");
+        // At T = 2 the logits are halved: p1 = √3 / (1 + √3) = 0.634.
+        let mut s =
+            Sampler::new(SamplingParams { temperature: 2.0, top_k: 0, top_p: 1.0, repeat_penalty: 1.0, seed: 6 });
+        let ones = (0..n).filter(|_| s.sample(&logits, &[], 3) == 1).count() as f64 / n as f64;
+        assert!((ones - 0.634).abs() < 0.015, "token 1 drawn {ones:.3} of the time at T = 2");
     }
 
     #[test]

@@ -5,3 +5,4 @@ pub mod generate;
 pub mod info;
 pub mod pack;
 pub mod quantize;
+pub mod serve;
