@@ -96,6 +96,10 @@ struct TrainArgs {
     /// `matmul-kernels` lists and times them).
     #[arg(long)]
     matmul_kernel: Option<String>,
+    /// Run the SSD scan as one autodiff node (on CUDA: the scan's own kernels, forward and
+    /// backward) instead of differentiating it op by op.
+    #[arg(long)]
+    ssd_node: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -199,6 +203,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => cfg.train.backend.parse().map_err(anyhow::Error::msg)?,
             };
             bimamba_train::fused::set_matmul_kernel(a.matmul_kernel.as_deref()).map_err(anyhow::Error::msg)?;
+            bimamba_train::fused::set_ssd_scan(a.ssd_node);
             let opts = run::RunOptions { out, resume: a.resume, quiet: a.quiet, max_seconds: a.max_seconds };
             let s = backend::train(kind, &cfg, &opts)?;
             let fmt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or("-".into());

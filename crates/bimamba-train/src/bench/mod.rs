@@ -81,8 +81,8 @@ pub struct BenchArgs {
     /// Also time each part of the model alone, forward and backward (see [`parts`]).
     #[arg(long)]
     pub parts: bool,
-    /// Run the SSD scan as one autodiff node with its hand-written backward (see
-    /// `fused::set_ssd_scan`) instead of differentiating it op by op.
+    /// Run the SSD scan as one autodiff node (on CUDA and WGPU: the scan's own kernels, forward
+    /// and backward; see `fused::set_ssd_scan`) instead of differentiating it op by op.
     #[arg(long)]
     pub ssd_node: bool,
     /// Run the bf16 projection and head products with this CubeCL matmul kernel family instead of
