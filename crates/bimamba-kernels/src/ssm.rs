@@ -252,7 +252,7 @@ pub fn head_steps(s: &mut [f32], p_n: usize, n: usize, blk: &HeadBlock, y: &mut 
 /// - `s`: [P, N] (updated in place); `y`: [t, P]
 pub fn head_steps_prefill_with(isa: Isa, s: &mut [f32], p_n: usize, n: usize, blk: &HeadBlock, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && isa.is_supported() && n % 16 == 0 && (16..=128).contains(&n) {
+    if isa == Isa::Avx512 && isa.is_supported() && n.is_multiple_of(16) && (16..=128).contains(&n) {
         let t = blk.dt.len();
         assert!(
             s.len() == p_n * n && blk.decay.len() == t && y.len() == t * p_n,
