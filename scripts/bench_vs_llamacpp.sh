@@ -9,7 +9,8 @@
 # usage: scripts/bench_vs_llamacpp.sh [OUT_DIR]        (default runs/bench-vs-llamacpp)
 #   env: SHAPES ("780m 1.3b 2.7b"), THREADS (2), ROUNDS (2), PROMPT (128), GEN (64),
 #        REPS (llama-bench -r, 3), LLAMA_CPP_PYTHON (the sdist version, 0.3.36), BIMAMBA (the
-#        binary; default target/release/bimamba, built if missing), JOBS (build jobs, THREADS)
+#        binary; default target/release/bimamba, built if missing), JOBS (build jobs, THREADS),
+#        TABLE_ONLY=1 (print the table of an earlier OUT/results.tsv, run nothing)
 # Needs a C/C++ compiler, curl, Python 3 and the PyPI registry (pip installs cmake, numpy, gguf
 # into OUT/venv; the llama-cpp-python sdist, which vendors llama.cpp, comes from PyPI). Building llama.cpp
 # takes a while on two cores; the build and the GGUFs are kept in OUT for the next run. Disk: the
@@ -24,13 +25,15 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
+RES=$OUT/results.tsv
+PY=$OUT/venv/bin/python
+SRC=$OUT/llama_cpp_python-$VER/vendor/llama.cpp
+if [ -z "${TABLE_ONLY:-}" ]; then
 # 1. Tools: a venv with cmake, numpy and gguf; llama.cpp from the sdist.
 if [ ! -x "$OUT/venv/bin/python" ]; then
   python3 -m venv "$OUT/venv"
   "$OUT/venv/bin/pip" install -q cmake numpy gguf
 fi
-PY=$OUT/venv/bin/python
-SRC=$OUT/llama_cpp_python-$VER/vendor/llama.cpp
 if [ ! -d "$SRC" ]; then
   # The sdist from PyPI's simple index, checked against the index's sha256 (`pip download` of an
   # sdist would first build its metadata, i.e. install its whole build backend).
@@ -48,7 +51,6 @@ if [ ! -x "$LB/llama-bench" ] || [ ! -x "$LB/llama-quantize" ]; then
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF > "$OUT/cmake.log" 2>&1
   "$OUT/venv/bin/cmake" --build "$SRC/build" --target llama-bench llama-quantize -j "$JOBS" > "$OUT/build.log" 2>&1
 fi
-LLAMA_COMMIT=$(grep -o '"[0-9a-f]\{7,\}"' "$SRC/build/common/build-info.cpp" 2>/dev/null | head -1 | tr -d '"' || true)
 [ -x "$B" ] || cargo build --release -p bimamba-cli
 
 # 2. The models: F16 from random weights, then each type with llama-quantize.
@@ -64,7 +66,6 @@ for s in $SHAPES; do
 done
 
 # 3. Alternating runs: per round and shape, each llama.cpp type, then bimamba.
-RES=$OUT/results.tsv
 : > "$RES"
 llama() { # shape type round -> "decode prefill"
   "$LB/llama-bench" -m "$OUT/mamba2-$1-$2.gguf" -p "$PP" -n "$TG" -r "$REPS" -t "$T" -o json 2> "$OUT/llama-bench.log" |
@@ -83,11 +84,13 @@ print(f"{v[\"decode_tok_s\"]:.2f} {v[\"prefill_tok_s\"]:.2f} {v[\"peak_rss_mb\"]
 for r in $(seq "$ROUNDS"); do
   for s in $SHAPES; do
     for ty in $TYPES; do
-      printf '%s\t%s\t%s\t%s\n' "$r" "$s" "llama.cpp $ty" "$(llama "$s" "$ty")" | tr ' ' '\t' >> "$RES"
+      printf '%s\t%s\t%s\t%s\n' "$r" "$s" "llama.cpp $ty" "$(llama "$s" "$ty" | tr ' ' '\t')" >> "$RES"
     done
-    printf '%s\t%s\t%s\t%s\n' "$r" "$s" "bimamba" "$(bimamba "$s")" | tr ' ' '\t' >> "$RES"
+    printf '%s\t%s\t%s\t%s\n' "$r" "$s" "bimamba" "$(bimamba "$s" | tr ' ' '\t')" >> "$RES"
   done
 done
+fi
+LLAMA_COMMIT=$(grep -o '"[0-9a-f]\{7,\}"' "$SRC/build/common/build-info.cpp" 2>/dev/null | head -1 | tr -d '"' || true)
 
 # 4. One table: both rounds per configuration, bimamba's ratio to llama.cpp TQ2_0 (decode) and
 # to llama.cpp's best prefill type, per round.

@@ -6,7 +6,7 @@ use bimamba_engine::linear::BinaryAct;
 use bimamba_engine::StateDtype;
 use bimamba_kernels::Isa;
 use bimamba_llama::Activations;
-use bimamba_models::{SettingError, Settings};
+use bimamba_models::{ModelKind, SettingError, Settings};
 use clap::{Args, ValueEnum};
 
 /// The environment variable that chooses the ISA when `--isa` is not given.
@@ -171,12 +171,14 @@ impl RuntimeArgs {
     }
 
     /// Records the arithmetic settings in a result object (`state_dtype`, `binary_act`,
-    /// `gguf_act`), so that every result file says how it was computed.
-    pub fn record(&self, v: &mut serde_json::Value) {
+    /// `gguf_act`), so that every result file says how it was computed; a model of `kind` that
+    /// has no use for a setting records it as f32 (the arithmetic it runs).
+    pub fn record(&self, kind: ModelKind, v: &mut serde_json::Value) {
         let s = self.settings();
-        v["state_dtype"] = s.state_dtype().name().into();
-        v["binary_act"] = s.binary_act().name().into();
-        v["gguf_act"] = s.gguf_act.name().into();
+        let mamba = kind == ModelKind::Mamba;
+        v["state_dtype"] = if mamba { s.state_dtype() } else { StateDtype::F32 }.name().into();
+        v["binary_act"] = if mamba { s.binary_act() } else { BinaryAct::F32 }.name().into();
+        v["gguf_act"] = if mamba { Activations::F32 } else { s.gguf_act }.name().into();
     }
 }
 

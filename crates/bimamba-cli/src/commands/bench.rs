@@ -252,6 +252,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         state_desc,
     } = subject(&a)?;
     let isa = bimamba_kernels::selected_isa().name();
+    let kind = model.kind();
     let speed = measure(&model, a.prefill_tokens, a.decode_tokens, 7, a.profile)?;
     // The model's peak, read before the bandwidth probe, whose 1 GiB buffer would dominate it;
     // the process's own peak, probe included, is reported beside it.
@@ -282,16 +283,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let dense_tok = |k: &str| dense.get(k).and_then(|v| v["decode_tok_s"].as_f64());
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let v = json!({
+    let mut v = json!({
         "model": label,
         "command": command,
         "isa": isa,
         "threads": threads,
         "embedding": emb_storage,
-        "state_dtype": settings.state_dtype().name(),
-        "binary_act": settings.binary_act().name(),
         "binary_act_kernel": bimamba_kernels::act8_kernel(bimamba_kernels::selected_isa()).unwrap_or("scalar"),
-        "gguf_act": settings.gguf_act.name(),
         "state_bytes": state_bytes,
         "decode_tok_s": speed.decode_tok_s,
         "prefill_tok_s": speed.prefill_tok_s,
@@ -313,6 +311,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             json!(null)
         },
     });
+    a.runtime.record(kind, &mut v);
     if a.json {
         println!("{v}");
         return Ok(());
