@@ -73,20 +73,22 @@ llama() { # shape type round -> "decode prefill"
 r = json.load(sys.stdin)
 tg = [x["avg_ts"] for x in r if x["n_gen"] > 0][0]
 pp = [x["avg_ts"] for x in r if x["n_prompt"] > 0][0]
-print(f"{tg:.2f} {pp:.2f}")'
+print("%.2f %.2f" % (tg, pp))'
 }
 bimamba() { # shape -> "decode prefill peak_rss_mb"
   "$B" bench --shape "$1" --threads "$T" --prefill-tokens "$PP" --decode-tokens "$TG" --no-dense --json |
     "$PY" -c 'import json,sys
 v = json.load(sys.stdin)
-print(f"{v[\"decode_tok_s\"]:.2f} {v[\"prefill_tok_s\"]:.2f} {v[\"peak_rss_mb\"]:.0f}")'
+print("%.2f %.2f %.0f" % (v["decode_tok_s"], v["prefill_tok_s"], v["peak_rss_mb"]))'
 }
 for r in $(seq "$ROUNDS"); do
   for s in $SHAPES; do
     for ty in $TYPES; do
-      printf '%s\t%s\t%s\t%s\n' "$r" "$s" "llama.cpp $ty" "$(llama "$s" "$ty" | tr ' ' '\t')" >> "$RES"
+      got=$(llama "$s" "$ty")
+      printf '%s\t%s\t%s\t%s\n' "$r" "$s" "llama.cpp $ty" "${got// /$'\t'}" >> "$RES"
     done
-    printf '%s\t%s\t%s\t%s\n' "$r" "$s" "bimamba" "$(bimamba "$s" | tr ' ' '\t')" >> "$RES"
+    got=$(bimamba "$s")
+    printf '%s\t%s\t%s\t%s\n' "$r" "$s" "bimamba" "${got// /$'\t'}" >> "$RES"
   done
 done
 fi
