@@ -6,7 +6,7 @@ use bimamba_engine::linear::BinaryAct;
 use bimamba_engine::StateDtype;
 use bimamba_kernels::Isa;
 use bimamba_llama::Activations;
-use bimamba_models::{SettingError, Settings};
+use bimamba_models::{ModelKind, SettingError, Settings};
 use clap::{Args, ValueEnum};
 
 /// The environment variable that chooses the ISA when `--isa` is not given.
@@ -25,17 +25,24 @@ pub struct RuntimeArgs {
     #[arg(long, help_heading = HEADING, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<usize>,
 
-    /// Storage precision of the SSM state (Mamba-2 / Bi-Mamba models only).
-    #[arg(long, help_heading = HEADING, value_enum, value_name = "f32|bf16", default_value_t = StateDtypeArg::F32)]
-    pub state_dtype: StateDtypeArg,
+    /// Storage precision of the SSM state (Mamba-2 / Bi-Mamba models only; default bf16, f32
+    /// with --exact).
+    #[arg(long, help_heading = HEADING, value_enum, value_name = "f32|bf16", conflicts_with = "exact")]
+    pub state_dtype: Option<StateDtypeArg>,
 
-    /// Activations of the 1-bit projections (Mamba-2 / Bi-Mamba models only).
-    #[arg(long, help_heading = HEADING, value_enum, value_name = "f32|int8", default_value_t = BinaryActArg::F32)]
-    pub binary_act: BinaryActArg,
+    /// Activations of the 1-bit projections (Mamba-2 / Bi-Mamba models only; default int8 where
+    /// this CPU has an AVX512-VNNI or AVX2 kernel for it, else f32; f32 with --exact).
+    #[arg(long, help_heading = HEADING, value_enum, value_name = "f32|int8", conflicts_with = "exact")]
+    pub binary_act: Option<BinaryActArg>,
 
     /// Activations in the products of a .gguf model's quantized (Q8_0/Q4_0/Q4_1) matrices.
     #[arg(long, help_heading = HEADING, value_enum, value_name = "f32|q8", default_value_t = GgufActArg::F32)]
     pub gguf_act: GgufActArg,
+
+    /// The reference arithmetic: f32 activations for the 1-bit products and an f32 SSM state
+    /// (slower; crates/bimamba-kernels/KERNELS.md has what the defaults change).
+    #[arg(long, help_heading = HEADING, conflicts_with = "gguf_act")]
+    pub exact: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -54,7 +61,7 @@ pub enum IsaArg {
 pub enum StateDtypeArg {
     /// Exact.
     F32,
-    /// Half the state traffic per token; update and readout still in f32.
+    /// Half the state traffic per token; update and readout still in f32 (the default).
     Bf16,
 }
 
@@ -63,7 +70,7 @@ pub enum BinaryActArg {
     /// Exact Bi-Mamba arithmetic.
     F32,
     /// Per-token int8 and integer dot products: faster with AVX512-VNNI or AVX2, perplexity
-    /// changes slightly (crates/bimamba-kernels/KERNELS.md).
+    /// changes slightly (crates/bimamba-kernels/KERNELS.md); the default where a SIMD kernel runs it.
     Int8,
 }
 
@@ -124,33 +131,35 @@ impl RuntimeArgs {
         Ok(threads)
     }
 
-    /// The settings a model is opened with.
+    /// The settings a model is opened with (call after [`RuntimeArgs::setup`]: the default
+    /// 1-bit activations depend on the selected ISA).
     pub fn settings(&self) -> Settings {
         Settings {
             gguf_act: match self.gguf_act {
                 GgufActArg::F32 => Activations::F32,
                 GgufActArg::Q8 => Activations::Q8,
             },
-            state_dtype: match self.state_dtype {
+            state_dtype: self.state_dtype.map(|d| match d {
                 StateDtypeArg::F32 => StateDtype::F32,
                 StateDtypeArg::Bf16 => StateDtype::Bf16,
-            },
-            binary_act: match self.binary_act {
+            }),
+            binary_act: self.binary_act.map(|a| match a {
                 BinaryActArg::F32 => BinaryAct::F32,
                 BinaryActArg::Int8 => BinaryAct::Int8,
-            },
+            }),
+            exact: self.exact,
         }
     }
 }
 
 impl RuntimeArgs {
     /// For commands the arithmetic settings do not reach (`why` says so): refuses any of them
-    /// given a value other than its default, naming the flag.
+    /// that was given, naming the flag.
     pub fn refuse_settings(&self, why: &str) -> Result<()> {
         let s = self.settings();
         let given = [
-            ("--state-dtype", s.state_dtype.name(), s.state_dtype != StateDtype::F32),
-            ("--binary-act", s.binary_act.name(), s.binary_act != BinaryAct::F32),
+            ("--state-dtype", s.state_dtype().name(), s.state_dtype.is_some()),
+            ("--binary-act", s.binary_act().name(), s.binary_act.is_some()),
             ("--gguf-act", s.gguf_act.name(), s.gguf_act != Activations::F32),
         ];
         match given.into_iter().find(|g| g.2) {
@@ -162,12 +171,14 @@ impl RuntimeArgs {
     }
 
     /// Records the arithmetic settings in a result object (`state_dtype`, `binary_act`,
-    /// `gguf_act`), so that every result file says how it was computed.
-    pub fn record(&self, v: &mut serde_json::Value) {
+    /// `gguf_act`), so that every result file says how it was computed; a model of `kind` that
+    /// has no use for a setting records it as f32 (the arithmetic it runs).
+    pub fn record(&self, kind: ModelKind, v: &mut serde_json::Value) {
         let s = self.settings();
-        v["state_dtype"] = s.state_dtype.name().into();
-        v["binary_act"] = s.binary_act.name().into();
-        v["gguf_act"] = s.gguf_act.name().into();
+        let mamba = kind == ModelKind::Mamba;
+        v["state_dtype"] = if mamba { s.state_dtype() } else { StateDtype::F32 }.name().into();
+        v["binary_act"] = if mamba { s.binary_act() } else { BinaryAct::F32 }.name().into();
+        v["gguf_act"] = if mamba { Activations::F32 } else { s.gguf_act }.name().into();
     }
 }
 

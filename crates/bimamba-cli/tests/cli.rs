@@ -50,6 +50,7 @@ fn eval_ppl_matches_the_reference_on_every_fixture() {
             "--seq-len",
             "32",
             "--json",
+            "--exact",
         ]);
         assert_eq!(o.code, 0, "{name}: {}", o.stderr);
         let got: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
@@ -81,6 +82,7 @@ fn generate_greedy_matches_the_reference_continuation() {
             "--greedy",
             "--max-tokens",
             &n,
+            "--exact",
         ]);
         assert_eq!(o.code, 0, "{name}: {}", o.stderr);
         let eos = tok.eos_id();

@@ -1,6 +1,6 @@
 //! The runtime options every model command shares (`--isa`, `--threads`, `--state-dtype`,
-//! `--binary-act`, `--gguf-act`): the same spellings everywhere, applied where they mean
-//! something, and every mistake one line naming the flag.
+//! `--binary-act`, `--gguf-act`, `--exact`): the same spellings everywhere, applied where they
+//! mean something, fast by default, and every mistake one line naming the flag.
 
 mod common;
 use common::{assert_user_error, bimamba, root};
@@ -76,4 +76,36 @@ fn a_missing_argument_is_one_line_and_help_still_shows() {
     let o = bimamba(&["generate", "--help"]);
     assert_eq!(o.code, 0);
     assert!(o.stdout.contains("Runtime options:") && o.stdout.contains("--gguf-act"), "{}", o.stdout);
+}
+
+#[test]
+fn the_defaults_are_fast_and_exact_restores_f32() {
+    let m = fixture("ss-bimamba-col");
+    let text = root().join("fixtures/text/pride_excerpt_short.txt").display().to_string();
+    let ppl = |extra: &[&str]| {
+        let args: Vec<&str> = ["eval", "ppl", "--model", &m, "--text", &text, "--seq-len", "32", "--json"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let o = bimamba(&args);
+        assert_eq!(o.code, 0, "{args:?}: {}", o.stderr);
+        serde_json::from_str::<serde_json::Value>(&o.stdout).expect("JSON")
+    };
+    let (fast, exact) = (ppl(&[]), ppl(&["--exact"]));
+    // This machine's default: int8 where a SIMD int8 kernel runs it, else f32.
+    let int8 = bimamba_kernels::act8_has_simd(bimamba_kernels::selected_isa());
+    assert_eq!(fast["binary_act"], if int8 { "int8" } else { "f32" }, "{fast}");
+    assert_eq!(fast["state_dtype"], "bf16", "{fast}");
+    assert_eq!((&exact["binary_act"], &exact["state_dtype"]), (&"f32".into(), &"f32".into()), "{exact}");
+    // A flag given beside the default keeps the other default.
+    let f32_act = ppl(&["--binary-act", "f32"]);
+    assert_eq!((&f32_act["binary_act"], &f32_act["state_dtype"]), (&"f32".into(), &"bf16".into()), "{f32_act}");
+    let (a, b) = (fast["ppl"].as_f64().unwrap(), exact["ppl"].as_f64().unwrap());
+    assert!(a != b && (a - b).abs() <= 0.01 * b, "fast {a} vs exact {b}");
+
+    // --exact and an explicit precision contradict each other: one line.
+    for (flag, value) in [("--binary-act", "int8"), ("--state-dtype", "bf16"), ("--gguf-act", "q8")] {
+        let o = bimamba(&["eval", "ppl", "--model", &m, "--text", &text, "--exact", flag, value]);
+        assert_user_error(&o, &["--exact", flag]);
+    }
 }

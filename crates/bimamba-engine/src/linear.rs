@@ -17,8 +17,9 @@ use half::{bf16, f16};
 /// Precision of the activations entering a 1-bit product (a run-time choice, not part of the
 /// weights). `F32` is Bi-Mamba's own arithmetic (ARCHITECTURE.md §2: activations stay high precision);
 /// `Int8` quantizes the (α-scaled) input per token to int8 (`bimamba_kernels::act8`) and runs
-/// integer dot products: opt-in, with its perplexity change measured in
-/// crates/bimamba-kernels/KERNELS.md. Dense layers ignore it.
+/// integer dot products, with its perplexity change measured in crates/bimamba-kernels/KERNELS.md.
+/// A loaded [`crate::Model`] starts exact (`F32`); the commands and `bimamba_models::Settings`
+/// choose [`BinaryAct::fastest`] unless asked for the exact arithmetic. Dense layers ignore it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BinaryAct {
     #[default]
@@ -27,6 +28,17 @@ pub enum BinaryAct {
 }
 
 impl BinaryAct {
+    /// The faster of the two on this CPU and the selected ISA: `Int8` where the kernels have a
+    /// SIMD int8 product (AVX512-VNNI or AVX2), else `F32` (elsewhere the int8 product runs its
+    /// scalar twin, slower than the f32 kernels).
+    pub fn fastest() -> BinaryAct {
+        if kernels::act8_has_simd(kernels::selected_isa()) {
+            BinaryAct::Int8
+        } else {
+            BinaryAct::F32
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             BinaryAct::F32 => "f32",

@@ -1,8 +1,10 @@
 //! The Mamba-2 mixer (ARCHITECTURE.md §1.2), one code path for a block of T tokens: T = 1 is a decode step,
 //! T > 1 is prefill. Prefill gains by reading every projection weight once per block of tokens
 //! (a matrix-matrix product) and by running the scan with each head's state kept in cache
-//! ("blocked scan"); the recurrence itself is applied token by token, so prefilling N tokens
-//! leaves exactly the state N single steps leave.
+//! ("blocked scan"); the recurrence itself is applied token by token. With an f32 state (the
+//! exact arithmetic) prefilling N tokens leaves exactly the state N single steps leave; a bf16
+//! state is widened to f32 for a prefill block and rounded once at its end (steps round after
+//! every token), so the two agree to bf16 rounding.
 //!
 //! Per token, per head h (group g = h / (H/G)):
 //! ```text
@@ -159,32 +161,43 @@ impl Mixer {
                 }
             }
         };
+        // Head h's dt and decay exp(dt·A) per token, and its skip term y += D·x.
+        let head_dt = |h: usize| {
+            let dts: Vec<f32> = (0..t).map(|k| dt[k * h_n + h]).collect();
+            let decays: Vec<f32> = dts.iter().map(|&dtv| (dtv * self.a[h]).exp()).collect();
+            (dts, decays)
+        };
+        let add_skip = |h: usize, y: &mut [f32]| {
+            for (yk, row) in y.chunks_exact_mut(p_n.max(1)).zip(xbc.chunks_exact(conv_dim.max(1))) {
+                for (v, xv) in yk.iter_mut().zip(&row[h * p_n..(h + 1) * p_n]) {
+                    *v += self.d[h] * xv;
+                }
+            }
+        };
         let y_heads = ys.par_chunks_mut((t * p_n).max(1));
         match &mut state.ssm {
             // Several tokens per state row load (`head_steps`, bit-identical to token by token).
             SsmState::F32(ssm) => ssm.par_chunks_mut(p_n * n_n).zip(y_heads).enumerate().for_each(|(h, (s, y))| {
-                let g = h / hpg;
-                let dts: Vec<f32> = (0..t).map(|k| dt[k * h_n + h]).collect();
-                let decays: Vec<f32> = dts.iter().map(|&dtv| (dtv * self.a[h]).exp()).collect();
-                let blk = ssm::HeadBlock {
-                    xbc: &xbc,
-                    stride: conv_dim,
-                    x_off: h * p_n,
-                    b_off: d_inner + g * n_n,
-                    c_off: d_inner + g_n * n_n + g * n_n,
-                    dt: &dts,
-                    decay: &decays,
-                };
-                ssm::head_steps(s, p_n, n_n, &blk, y);
-                for (yk, row) in y.chunks_exact_mut(p_n.max(1)).zip(xbc.chunks_exact(conv_dim.max(1))) {
-                    for (v, xv) in yk.iter_mut().zip(&row[h * p_n..(h + 1) * p_n]) {
-                        *v += self.d[h] * xv;
-                    }
-                }
+                let (dts, decays) = head_dt(h);
+                ssm::head_steps(s, p_n, n_n, &head_block(cfg, &xbc, h, &dts, &decays), y);
+                add_skip(h, y);
             }),
-            // Same recurrence, S stored as bf16 and rounded once per token (prefill included).
+            // Decode: same recurrence, S stored as bf16 and rounded once per token.
+            SsmState::Bf16(ssm) if t == 1 => {
+                ssm.par_chunks_mut(p_n * n_n).zip(y_heads).enumerate().for_each(|(h, (s, y))| {
+                    scan_head(h, y, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(s, x, b, c, dtv, decay, yk))
+                })
+            }
+            // Prefill of a bf16 state: widened to f32 for the block, the register-blocked scan
+            // (`ssm::head_steps_prefill`), rounded to bf16 once at the block's end.
             SsmState::Bf16(ssm) => ssm.par_chunks_mut(p_n * n_n).zip(y_heads).enumerate().for_each(|(h, (s, y))| {
-                scan_head(h, y, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(s, x, b, c, dtv, decay, yk))
+                let (dts, decays) = head_dt(h);
+                let mut wide: Vec<f32> = s.iter().map(|&v| ssm::bf16_widen(v)).collect();
+                ssm::head_steps_prefill(&mut wide, p_n, n_n, &head_block(cfg, &xbc, h, &dts, &decays), y);
+                for (d, v) in s.iter_mut().zip(&wide) {
+                    *d = ssm::bf16_round(*v);
+                }
+                add_skip(h, y);
             }),
         }
 
@@ -273,5 +286,20 @@ impl Mixer {
             state.conv[p * conv_dim..(p + 1) * conv_dim].copy_from_slice(input(t + p - kw));
         }
         out
+    }
+}
+
+/// Head `h`'s inputs over a block, read in place from `xbc: [t, conv_dim]`.
+fn head_block<'a>(cfg: &Config, xbc: &'a [f32], h: usize, dt: &'a [f32], decay: &'a [f32]) -> ssm::HeadBlock<'a> {
+    let (p_n, n_n, g_n, d_inner) = (cfg.headdim, cfg.d_state, cfg.ngroups, cfg.d_inner());
+    let g = h / cfg.heads_per_group();
+    ssm::HeadBlock {
+        xbc,
+        stride: cfg.conv_dim(),
+        x_off: h * p_n,
+        b_off: d_inner + g * n_n,
+        c_off: d_inner + g_n * n_n + g * n_n,
+        dt,
+        decay,
     }
 }

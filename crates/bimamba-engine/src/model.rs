@@ -133,7 +133,7 @@ impl Model {
         self.lm_head.as_ref().unwrap_or(&self.embedding)
     }
 
-    /// Chooses the activation precision of the 1-bit projections (`BinaryAct::Int8` is opt-in).
+    /// Chooses the activation precision of the 1-bit projections (see [`BinaryAct::fastest`]).
     pub fn set_binary_act(&mut self, act: BinaryAct) {
         self.binary_act = act;
     }

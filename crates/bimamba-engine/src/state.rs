@@ -2,8 +2,9 @@
 //! Constant size whatever the sequence length (no KV cache). It can be saved to and restored from
 //! a safetensors file that records the shapes it belongs to and the SSM state's storage dtype.
 //!
-//! The SSM state is stored in f32 (the default) or, opt-in, in bf16: half the bytes that decode
-//! reads and writes per token; the update and the readout still run in f32
+//! The SSM state is stored in f32 (a loaded model's own default, the exact arithmetic) or in bf16
+//! (what the commands and `bimamba_models::Settings` choose unless asked to be exact): half the
+//! bytes that decode reads and writes per token; the update and the readout still run in f32
 //! (`bimamba_kernels::ssm::head_step_bf16`), and each new value is rounded to nearest even once.
 
 use std::collections::BTreeMap;

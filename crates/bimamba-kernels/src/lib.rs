@@ -143,11 +143,20 @@ pub fn act8_kernel(isa: Isa) -> Option<&'static str> {
     None
 }
 
+/// From this many tokens on, the AVX512-VNNI int8 product unpacks each panel of sign bits once
+/// and runs the register-blocked GEMM (`x86/avx512_vnni_gemm.rs`); below, the decode kernel
+/// expands the bits per tile. Both return the scalar twin's bits.
+pub const ACT8_GEMM_MIN_TOKENS: usize = 8;
+
 /// One ISA's int8-activation binary kernel over `range` of output rows.
 fn act8_range(isa: Isa, bits: &[u8], cols: usize, a: &act8::Act8, range: Range<usize>, y: &mut [f32]) {
     match act8_kernel(isa) {
         // SAFETY (both arms): `act8_kernel` names a kernel only after checking `is_supported` (AVX-512
         // F/BW/VL resp. AVX2) and, for the VNNI kernel, VNNI and VBMI.
+        #[cfg(target_arch = "x86_64")]
+        Some("avx512-vnni") if a.tokens() >= ACT8_GEMM_MIN_TOKENS => unsafe {
+            x86::avx512_vnni_gemm::binary_rows(bits, cols, a, range, y)
+        },
         #[cfg(target_arch = "x86_64")]
         Some("avx512-vnni") => unsafe { x86::avx512_vnni::binary_rows(bits, cols, a, range, y) },
         #[cfg(target_arch = "x86_64")]

@@ -1,6 +1,7 @@
 //! The int8-activation binary product (`bimamba_kernels::act8`): every ISA against the scalar
 //! twin, bit for bit (the sums are integers), over random shapes with tails (cols not multiples
-//! of 64, cols past the AVX2 kernel's widening period, odd row counts, row sub-ranges, t = 1..9), padding bits set, the parallel entry point,
+//! of 64, cols past the AVX2 kernel's widening period, odd row counts, row sub-ranges, t = 1..9
+//! and prefill counts up to 64), padding bits set, the parallel entry point,
 //! and the distance to the exact f32 product under its named budget.
 
 use bimamba_kernels::{act8, act8_has_simd, binary_gemm_i8, binary_gemm_i8_with, binary_gemm_with, pack, Isa};
@@ -38,6 +39,9 @@ fn shapes(rng: &mut Rng) -> Vec<(usize, usize, usize)> {
     }
     // Wider than 128 words of 32 columns: the AVX2 kernel's i16 accumulators widen in between.
     v.extend([(5, 4096, 2), (3, 4097, 5), (7, 8300, 1), (2, 9000, 4)]);
+    // Prefill token counts (the AVX512-VNNI GEMM from ACT8_GEMM_MIN_TOKENS on): odd counts, a
+    // partial token block and panels of 32 rows with tails.
+    v.extend([(70, 300, 13), (33, 129, 25), (97, 2560, 37), (64, 5120, 64), (1, 65, 11)]);
     v
 }
 

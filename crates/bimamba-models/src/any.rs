@@ -39,7 +39,7 @@ pub enum AnyState {
 
 impl AnyModel {
     /// Opens a Mamba model directory or a LLaMA GGUF file ([`ModelKind::of`]) with the default
-    /// settings.
+    /// settings (the fast arithmetic; [`Settings::exact`] gives the reference one).
     pub fn open(path: &Path) -> std::result::Result<AnyModel, OpenError> {
         AnyModel::open_with(path, &Settings::default())
     }
@@ -52,8 +52,8 @@ impl AnyModel {
         Ok(match kind {
             ModelKind::Mamba => {
                 let mut m = Model::load(path)?;
-                m.set_state_dtype(settings.state_dtype);
-                m.set_binary_act(settings.binary_act);
+                m.set_state_dtype(settings.state_dtype());
+                m.set_binary_act(settings.binary_act());
                 AnyModel::Mamba(m)
             }
             ModelKind::Llama => AnyModel::Llama(LlamaModel::load_with(path, settings.gguf_act)?),

@@ -56,16 +56,43 @@ impl ModelKind {
     }
 }
 
-/// How a model runs, chosen when it is opened. Each setting belongs to one kind of model; its
-/// default means "unchanged" and is accepted by both.
+/// How a model runs, chosen when it is opened. Each setting belongs to one kind of model.
+///
+/// The default is the fast arithmetic, as llama.cpp's is: a Mamba model's 1-bit products take
+/// int8 activations (where this CPU has a SIMD kernel for them, see
+/// [`BinaryAct::fastest`]) and its SSM state is stored in bf16; a GGUF model keeps f32
+/// activations. [`Settings::exact`] asks for the reference arithmetic instead (f32 activations,
+/// f32 state). A field left `None` takes that default; a field set names a choice the model
+/// must have a use for ([`Settings::check`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// Activations of a GGUF model's block-quantized products (LLaMA only).
     pub gguf_act: Activations,
-    /// Storage precision of the SSM state (Mamba only).
-    pub state_dtype: StateDtype,
-    /// Activations of the 1-bit projections (Mamba only).
-    pub binary_act: BinaryAct,
+    /// Storage precision of the SSM state (Mamba only); `None`: bf16, f32 when `exact`.
+    pub state_dtype: Option<StateDtype>,
+    /// Activations of the 1-bit projections (Mamba only); `None`: int8 where this CPU has a SIMD
+    /// kernel for it, f32 when `exact`.
+    pub binary_act: Option<BinaryAct>,
+    /// The reference arithmetic for whatever is not set: f32 activations and f32 state.
+    pub exact: bool,
+}
+
+impl Settings {
+    /// The reference arithmetic: f32 activations for the 1-bit products, f32 SSM state, f32 GGUF
+    /// activations.
+    pub fn exact() -> Settings {
+        Settings { exact: true, ..Settings::default() }
+    }
+
+    /// The SSM state precision a Mamba model runs with.
+    pub fn state_dtype(&self) -> StateDtype {
+        self.state_dtype.unwrap_or(if self.exact { StateDtype::F32 } else { StateDtype::Bf16 })
+    }
+
+    /// The activation precision of a Mamba model's 1-bit products.
+    pub fn binary_act(&self) -> BinaryAct {
+        self.binary_act.unwrap_or(if self.exact { BinaryAct::F32 } else { BinaryAct::fastest() })
+    }
 }
 
 /// A setting that the model at `file` cannot honour.
@@ -81,7 +108,8 @@ pub struct SettingError {
 }
 
 impl Settings {
-    /// Refuses every setting other than its default that `kind` has no use for.
+    /// Refuses every setting that `kind` has no use for: a GGUF activation other than f32 for a
+    /// Mamba model, an SSM state or 1-bit activation precision set for a LLaMA model.
     pub fn check(&self, kind: ModelKind, file: &Path) -> std::result::Result<(), SettingError> {
         let refuse = |setting, value, reason| Err(SettingError { file: file.to_path_buf(), setting, value, reason });
         match kind {
@@ -90,12 +118,14 @@ impl Settings {
                 self.gguf_act.name(),
                 "is not a .gguf model (the setting applies to GGUF LLaMA models only)",
             ),
-            ModelKind::Llama if self.state_dtype != StateDtype::F32 => {
-                refuse("state_dtype", self.state_dtype.name(), "is a LLaMA-architecture model, which has no SSM state")
-            }
-            ModelKind::Llama if self.binary_act != BinaryAct::F32 => refuse(
+            ModelKind::Llama if self.state_dtype.is_some() => refuse(
+                "state_dtype",
+                self.state_dtype().name(),
+                "is a LLaMA-architecture model, which has no SSM state",
+            ),
+            ModelKind::Llama if self.binary_act.is_some() => refuse(
                 "binary_act",
-                self.binary_act.name(),
+                self.binary_act().name(),
                 "is a LLaMA-architecture model, which has no 1-bit projections",
             ),
             _ => Ok(()),

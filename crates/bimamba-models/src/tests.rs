@@ -37,7 +37,8 @@ fn kinds_are_told_apart_by_content() {
 #[test]
 fn a_mamba_directory_gives_the_engines_logits() {
     let dir = fixture("ss-bimamba-col");
-    let any = AnyModel::open(&dir).unwrap();
+    // A loaded engine model runs the exact arithmetic; so does AnyModel when asked.
+    let any = AnyModel::open_with(&dir, &Settings::exact()).unwrap();
     assert_eq!(any.kind(), ModelKind::Mamba);
     let m = Model::load(&dir).unwrap();
     let want = m.forward(&mut m.new_state(), &TOKENS).unwrap();
@@ -89,8 +90,8 @@ fn settings_apply_to_their_kind_only() {
     let dir = fixture("ss-bimamba-col");
     let gguf = tiny_gguf("settings");
     let q8 = Settings { gguf_act: Activations::Q8, ..Settings::default() };
-    let bf16 = Settings { state_dtype: StateDtype::Bf16, ..Settings::default() };
-    let int8 = Settings { binary_act: BinaryAct::Int8, ..Settings::default() };
+    let bf16 = Settings { state_dtype: Some(StateDtype::Bf16), ..Settings::default() };
+    let int8 = Settings { binary_act: Some(BinaryAct::Int8), ..Settings::default() };
 
     let e = q8.check(ModelKind::Mamba, &dir).unwrap_err();
     assert_eq!(e.setting, "gguf_act");
@@ -102,13 +103,35 @@ fn settings_apply_to_their_kind_only() {
         assert!(s.check(ModelKind::Mamba, &dir).is_ok());
     }
     assert!(matches!(AnyModel::open_with(&dir, &q8), Err(OpenError::Setting(_))));
+    // The defaults and the exact arithmetic apply to both kinds.
+    for s in [Settings::default(), Settings::exact()] {
+        assert!(s.check(ModelKind::Llama, &gguf).is_ok() && s.check(ModelKind::Mamba, &dir).is_ok());
+    }
 
     // Applied: the state is stored in bf16, the 1-bit products take int8 activations.
-    let AnyModel::Mamba(m) = AnyModel::open_with(&dir, &Settings { binary_act: BinaryAct::Int8, ..bf16 }).unwrap()
+    let AnyModel::Mamba(m) =
+        AnyModel::open_with(&dir, &Settings { binary_act: Some(BinaryAct::Int8), ..bf16 }).unwrap()
     else {
         panic!("a directory opens as Mamba");
     };
     assert_eq!(m.new_state().dtype(), StateDtype::Bf16);
+    assert_eq!(m.binary_act, BinaryAct::Int8);
+}
+
+#[test]
+fn the_defaults_are_fast_and_exact_is_f32() {
+    let dir = fixture("ss-bimamba-col");
+    let AnyModel::Mamba(fast) = AnyModel::open(&dir).unwrap() else { panic!("a directory opens as Mamba") };
+    assert_eq!(fast.new_state().dtype(), StateDtype::Bf16);
+    assert_eq!(fast.binary_act, BinaryAct::fastest());
+    let AnyModel::Mamba(exact) = AnyModel::open_with(&dir, &Settings::exact()).unwrap() else {
+        panic!("a directory opens as Mamba")
+    };
+    assert_eq!(exact.new_state().dtype(), StateDtype::F32);
+    assert_eq!(exact.binary_act, BinaryAct::F32);
+    // A choice that is set wins over `exact`.
+    let s = Settings { state_dtype: Some(StateDtype::Bf16), ..Settings::exact() };
+    assert_eq!((s.state_dtype(), s.binary_act()), (StateDtype::Bf16, BinaryAct::F32));
 }
 
 #[test]

@@ -46,9 +46,10 @@ pub struct BenchArgs {
     pub prefill_tokens: usize,
 
     /// Embedding / tied LM head storage in memory during the measurement (Mamba-2 / Bi-Mamba
-    /// models only).
-    #[arg(long, value_enum, value_name = "dense|q8", default_value_t = EmbedArg::Dense)]
-    pub embed: EmbedArg,
+    /// models only; default: q8 for --shape, as `bimamba pack --embed q8` and the shipped model
+    /// store it; as stored for --model).
+    #[arg(long, value_enum, value_name = "dense|q8")]
+    pub embed: Option<EmbedArg>,
 
     /// Skip the dense f32 / bf16 comparison (it needs 4x / 2x the memory of the weights;
     /// Mamba-2 / Bi-Mamba models only).
@@ -175,7 +176,7 @@ fn subject(a: &BenchArgs) -> Result<Subject> {
         tied: m.lm_head.is_none(),
         bytes_per_token: bytes_per_token(&m),
         state_bytes: m.new_state().bytes(),
-        state_desc: format!("SSM state in {}", settings.state_dtype),
+        state_desc: format!("SSM state in {}", settings.state_dtype()),
         model: AnyModel::Mamba(m),
     };
     match (&a.shape, &a.model) {
@@ -184,12 +185,12 @@ fn subject(a: &BenchArgs) -> Result<Subject> {
             settings.check(ModelKind::Mamba, Path::new(&label)).map_err(|e| setting_error(&e))?;
             let cfg = shape_config(s)
                 .ok_or_else(|| anyhow::anyhow!("--shape {s}: unknown shape; expected one of {}", SHAPES.join(", ")))?;
-            let m = prepare(random_model(cfg, ProjFormat::Binary, 1)?, a.embed, &settings);
+            let m = prepare(random_model(cfg, ProjFormat::Binary, 1)?, embed_of(a), &settings);
             Ok(mamba(m, format!("shape {s} (random Bi-Mamba)")))
         }
         (None, Some(path)) => {
             if ModelKind::of(path)? == ModelKind::Llama {
-                for (given, flag) in [(a.embed == EmbedArg::Q8, "--embed q8"), (a.profile, "--profile")] {
+                for (given, flag) in [(a.embed == Some(EmbedArg::Q8), "--embed q8"), (a.profile, "--profile")] {
                     if given {
                         bail!(
                             "{flag}: {} is a LLaMA-architecture model; the option applies to Mamba-2 / Bi-Mamba models",
@@ -200,7 +201,7 @@ fn subject(a: &BenchArgs) -> Result<Subject> {
             }
             let label = path.display().to_string();
             Ok(match AnyModel::open_with(path, &settings).map_err(cli_error)? {
-                AnyModel::Mamba(m) => mamba(prepare(m, a.embed, &settings), label),
+                AnyModel::Mamba(m) => mamba(prepare(m, embed_of(a), &settings), label),
                 AnyModel::Llama(m) => {
                     let positions = a.prefill_tokens + a.decode_tokens;
                     Subject {
@@ -219,13 +220,19 @@ fn subject(a: &BenchArgs) -> Result<Subject> {
     }
 }
 
+/// The embedding storage `--embed` asks for: q8 by default for a built-in shape (as the shipped
+/// model stores it), the stored one for a model read from disk.
+fn embed_of(a: &BenchArgs) -> EmbedArg {
+    a.embed.unwrap_or(if a.shape.is_some() { EmbedArg::Q8 } else { EmbedArg::Dense })
+}
+
 /// A Mamba model as the options ask: embedding storage, state dtype, 1-bit activations.
 fn prepare(mut m: Model, embed: EmbedArg, settings: &Settings) -> Model {
     if embed == EmbedArg::Q8 {
         m.quantize_vocab_q8();
     }
-    m.set_state_dtype(settings.state_dtype);
-    m.set_binary_act(settings.binary_act);
+    m.set_state_dtype(settings.state_dtype());
+    m.set_binary_act(settings.binary_act());
     m
 }
 
@@ -245,6 +252,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         state_desc,
     } = subject(&a)?;
     let isa = bimamba_kernels::selected_isa().name();
+    let kind = model.kind();
     let speed = measure(&model, a.prefill_tokens, a.decode_tokens, 7, a.profile)?;
     // The model's peak, read before the bandwidth probe, whose 1 GiB buffer would dominate it;
     // the process's own peak, probe included, is reported beside it.
@@ -267,7 +275,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let n = a.decode_tokens.min(32);
         let mut out = serde_json::Map::new();
         for (key, f) in [("bf16", ProjFormat::DenseBF16), ("f32", ProjFormat::DenseF32)] {
-            let m = prepare(random_model(cfg.clone(), f, 1)?, a.embed, &settings);
+            let m = prepare(random_model(cfg.clone(), f, 1)?, embed_of(&a), &settings);
             let s = measure(&m, 16, n, 7, false)?;
             out.insert(key.into(), json!({ "decode_tok_s": s.decode_tok_s, "bytes_per_token": bytes_per_token(&m) }));
         }
@@ -275,16 +283,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let dense_tok = |k: &str| dense.get(k).and_then(|v| v["decode_tok_s"].as_f64());
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let v = json!({
+    let mut v = json!({
         "model": label,
         "command": command,
         "isa": isa,
         "threads": threads,
         "embedding": emb_storage,
-        "state_dtype": settings.state_dtype.name(),
-        "binary_act": settings.binary_act.name(),
         "binary_act_kernel": bimamba_kernels::act8_kernel(bimamba_kernels::selected_isa()).unwrap_or("scalar"),
-        "gguf_act": settings.gguf_act.name(),
         "state_bytes": state_bytes,
         "decode_tok_s": speed.decode_tok_s,
         "prefill_tok_s": speed.prefill_tok_s,
@@ -306,6 +311,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             json!(null)
         },
     });
+    a.runtime.record(kind, &mut v);
     if a.json {
         println!("{v}");
         return Ok(());
@@ -320,8 +326,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         println!(
             "1-bit acts   {}{}",
-            settings.binary_act,
-            match (settings.binary_act, bimamba_kernels::act8_kernel(bimamba_kernels::selected_isa())) {
+            settings.binary_act(),
+            match (settings.binary_act(), bimamba_kernels::act8_kernel(bimamba_kernels::selected_isa())) {
                 (BinaryAct::Int8, Some(k)) => format!(" ({k} kernel)"),
                 (BinaryAct::Int8, None) => " (scalar kernel on this ISA)".to_string(),
                 _ => String::new(),

@@ -120,7 +120,7 @@ fn ppl(a: PplArgs) -> Result<()> {
         v["tokenizer"] = tok.path().display().to_string().into();
         v["tokenizer_vocab"] = tok.vocab_size().into();
         v["elapsed_s"] = elapsed.into();
-        a.model.runtime.record(&mut v);
+        a.model.runtime.record(model.kind(), &mut v);
         v["tokens_per_s"] = ((r.windows * r.seq_len) as f64 / elapsed.max(1e-9)).into();
         println!("{v}");
     } else {
@@ -184,7 +184,7 @@ fn run_tasks(
             "limit": a.limit,
             "elapsed_s": elapsed,
         });
-        a.model.runtime.record(&mut v);
+        a.model.runtime.record(model.kind(), &mut v);
         println!("{v}");
         return Ok(());
     }

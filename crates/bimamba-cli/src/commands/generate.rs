@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bimamba_lm::sampling::{Sampler, SamplingParams};
 use bimamba_lm::LanguageModel;
+use bimamba_models::ModelKind;
 use bimamba_text::{read_text_file, text_from_bytes, StreamDecoder, Tokenizer};
 use clap::Args;
 
@@ -105,12 +106,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
     let Opened { model, tokenizer, .. } = a.model.open()?;
     let stops = if a.ignore_eos { Vec::new() } else { model.stop_tokens(&tokenizer) };
-    generate(&model, &tokenizer, &a, &prompt, temperature, &stops)
+    generate(&model, model.kind(), &tokenizer, &a, &prompt, temperature, &stops)
 }
 
 /// Prefill, then sample and step until `max_tokens` or a stop token.
 fn generate<M: LanguageModel>(
     model: &M,
+    kind: ModelKind,
     tok: &Tokenizer,
     a: &GenerateArgs,
     text: &str,
@@ -169,7 +171,7 @@ fn generate<M: LanguageModel>(
             "prefill_tok_s": prompt.len() as f64 / prefill_s.max(1e-9),
             "decode_tok_s": generated as f64 / decode_s.max(1e-9),
         });
-        a.model.runtime.record(&mut v);
+        a.model.runtime.record(kind, &mut v);
         let _ = writeln!(out, "{v}");
         return Ok(());
     }

@@ -6,4 +6,6 @@ pub mod avx2_lut;
 pub mod avx512;
 pub mod avx512_lut;
 pub mod avx512_vnni;
+pub mod avx512_vnni_gemm;
 pub mod ssm_bf16;
+pub mod ssm_prefill;
