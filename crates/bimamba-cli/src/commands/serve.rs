@@ -118,8 +118,8 @@ fn random_shape(a: &ServeArgs, shape: &str) -> Result<(AnyModel, Tokenizer, Stri
     a.model.runtime.setup()?;
     let tokenizer = Tokenizer::from_file(tok_path)?;
     let mut m = random_model(cfg, ProjFormat::Binary, 1)?;
-    m.set_state_dtype(settings.state_dtype);
-    m.set_binary_act(settings.binary_act);
+    m.set_state_dtype(settings.state_dtype());
+    m.set_binary_act(settings.binary_act());
     check_vocab(&m, &tokenizer, Path::new(&label))?;
     Ok((AnyModel::Mamba(m), tokenizer, format!("random-{shape}")))
 }
