@@ -93,7 +93,8 @@ struct TrainArgs {
     #[arg(long)]
     max_seconds: Option<f64>,
     /// Run the bf16 projection and head products with this CubeCL matmul kernel family (cuda;
-    /// `matmul-kernels` lists and times them).
+    /// `matmul-kernels` lists and times them; `burn` is Burn's own product; the default on CUDA
+    /// is `specialized_tma_mma`).
     #[arg(long)]
     matmul_kernel: Option<String>,
     /// Run the SSD scan as one autodiff node (on CUDA: the scan's own kernels, forward and
@@ -202,7 +203,9 @@ fn run(cli: Cli) -> Result<()> {
                 Some(k) => k,
                 None => cfg.train.backend.parse().map_err(anyhow::Error::msg)?,
             };
-            bimamba_train::fused::set_matmul_kernel(a.matmul_kernel.as_deref()).map_err(anyhow::Error::msg)?;
+            let cuda = matches!(kind, BackendKind::Cuda);
+            let family = bimamba_train::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda);
+            bimamba_train::fused::set_matmul_kernel(family).map_err(anyhow::Error::msg)?;
             bimamba_train::fused::set_ssd_scan(a.ssd_node);
             let opts = run::RunOptions { out, resume: a.resume, quiet: a.quiet, max_seconds: a.max_seconds };
             let s = backend::train(kind, &cfg, &opts)?;

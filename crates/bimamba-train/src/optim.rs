@@ -134,12 +134,20 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for GradCollector<'_, AB::InnerBacke
     }
 }
 
-/// The parameters that have a gradient, in the model's order: id, name, rank and the flattened
-/// parameter and gradient.
+/// One parameter that has a gradient: its id, name, rank, and the flattened parameter and gradient.
+struct Update<B: Backend> {
+    id: ParamId,
+    name: String,
+    rank: usize,
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+}
+
+/// The parameters that have a gradient, in the model's order.
 struct UpdateCollector<'a, B: Backend> {
     path: Vec<String>,
     grads: &'a mut GradientsParams,
-    out: Vec<(ParamId, String, usize, Tensor<B, 1>, Tensor<B, 1>)>,
+    out: Vec<Update<B>>,
 }
 
 impl<AB: AutodiffBackend> ModuleVisitor<AB> for UpdateCollector<'_, AB::InnerBackend> {
@@ -153,7 +161,7 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for UpdateCollector<'_, AB::InnerBac
         let Some(grad) = self.grads.remove::<AB::InnerBackend, D>(param.id) else { return };
         let n = grad.shape().num_elements();
         let p = param.val().inner().reshape([n]);
-        self.out.push((param.id, self.path.join("."), D, p, grad.reshape([n])));
+        self.out.push(Update { id: param.id, name: self.path.join("."), rank: D, p, g: grad.reshape([n]) });
     }
 }
 
@@ -223,7 +231,7 @@ impl<B: FusedOps> AdamW<B> {
         let mut collect = UpdateCollector::<B> { path: Vec::new(), grads: &mut grads, out: Vec::new() };
         model.visit(&mut collect);
         let (mut ids, mut names, mut params) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, name, rank, p, g) in collect.out {
+        for Update { id, name, rank, p, g } in collect.out {
             let (m, v) = match self.moments.remove(&name) {
                 Some(mo) => (mo.m, mo.v),
                 None => (p.zeros_like(), p.zeros_like()),

@@ -85,8 +85,9 @@ pub struct BenchArgs {
     /// and backward; see `fused::set_ssd_scan`) instead of differentiating it op by op.
     #[arg(long)]
     pub ssd_node: bool,
-    /// Run the bf16 projection and head products with this CubeCL matmul kernel family instead of
-    /// Burn's default (`bimamba-train matmul-kernels` lists and times them).
+    /// Run the bf16 projection and head products with this CubeCL matmul kernel family
+    /// (`bimamba-train matmul-kernels` lists and times them; `burn` is Burn's own product; on CUDA
+    /// the default is `specialized_tma_mma`).
     #[arg(long)]
     pub matmul_kernel: Option<String>,
     /// Run the op-by-op reference paths instead of the fused kernels (the before/after
@@ -204,7 +205,9 @@ pub fn bench<B: crate::fused::TrainBackend>(
     opt.fused = !a.reference;
     crate::fused::set_enabled(!a.reference);
     crate::fused::set_ssd_scan(a.ssd_node);
-    crate::fused::set_matmul_kernel(a.matmul_kernel.as_deref()).map_err(crate::error::Error::Config)?;
+    let cuda = matches!(a.backend, BackendKind::Cuda);
+    crate::fused::set_matmul_kernel(crate::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda))
+        .map_err(crate::error::Error::Config)?;
     let mut rng = SplitMix64::new(1);
     let (b, l) = (a.batch, a.seq_len);
     let (mut fw, mut bw, mut op) = (0.0, 0.0, 0.0);

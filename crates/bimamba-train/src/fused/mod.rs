@@ -71,6 +71,22 @@ pub fn set_matmul_kernel(name: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// The matmul family that CUDA runs when `--matmul-kernel` is not given: of CubeCL's families, the
+/// one with the least product time per step at the 130M-class step's shapes on an H100
+/// (docs/TRAINING_KERNELS.md, "Matrix-product kernels"). A GPU that cannot run it (it needs the
+/// Hopper TMA) falls back to Burn's product, problem by problem.
+pub const CUDA_DEFAULT_MATMUL: &str = "specialized_tma_mma";
+
+/// The family a `--matmul-kernel` value means: `burn` is Burn's own product, none is the backend's
+/// default ([`CUDA_DEFAULT_MATMUL`] on CUDA, Burn's product elsewhere).
+pub fn matmul_kernel_for(flag: Option<&str>, cuda: bool) -> Option<&str> {
+    match flag {
+        Some("burn") => None,
+        Some(name) => Some(name),
+        None => cuda.then_some(CUDA_DEFAULT_MATMUL),
+    }
+}
+
 /// The chosen matmul kernel family, if any.
 pub fn matmul_kernel() -> Option<String> {
     MATMUL_KERNEL.lock().unwrap_or_else(|e| e.into_inner()).clone()
