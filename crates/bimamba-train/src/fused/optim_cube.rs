@@ -33,15 +33,29 @@ fn upload<R: CubeRuntime>(like: &Prim<R>, bytes: Vec<u8>, len: usize, dtype: DTy
     CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), [len].into(), handle, dtype)
 }
 
+/// Elements between the starts of two parameters in the flat outputs: each starts on a 256-byte
+/// boundary, so that its slice is a view of the buffer (Burn copies an unaligned slice).
+const SLOT: usize = 64;
+
+/// Where each tensor starts in the flat outputs, and their total length.
+fn slots(sizes: &[usize]) -> (Vec<usize>, usize) {
+    let mut starts = Vec::with_capacity(sizes.len());
+    let mut flat = 0usize;
+    for &n in sizes {
+        starts.push(flat);
+        flat += n.div_ceil(SLOT) * SLOT;
+    }
+    (starts, flat)
+}
+
 /// The cube table of one launch: (tensor, first element, offset in the flat outputs) per cube.
 fn blocks<R: CubeRuntime>(like: &Prim<R>, sizes: &[usize]) -> (Prim<R>, usize) {
     let mut table = Vec::new();
-    let mut flat = 0usize;
-    for (j, &n) in sizes.iter().enumerate() {
+    let (starts, _) = slots(sizes);
+    for (j, (&n, &flat)) in sizes.iter().zip(&starts).enumerate() {
         for start in (0..n).step_by(MULTI_BLOCK) {
-            table.extend([j as u32, start as u32, (flat) as u32]);
+            table.extend([j as u32, start as u32, flat as u32]);
         }
-        flat += n;
     }
     let cubes = table.len() / 3;
     let bytes = table.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -50,6 +64,24 @@ fn blocks<R: CubeRuntime>(like: &Prim<R>, sizes: &[usize]) -> (Prim<R>, usize) {
 
 fn sequence<R: CubeRuntime>(ts: &[Prim<R>]) -> SequenceArg<R, CubeArg<f32>> {
     ts.iter().map(|t| t.clone().into_tensor_arg()).collect()
+}
+
+/// Elements [start, start + n) of a flat f32 buffer of `total` elements, as a tensor sharing its
+/// memory (`start` is a multiple of [`SLOT`]).
+fn view<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
+    flat: &Prim<R>,
+    start: usize,
+    n: usize,
+    total: usize,
+) -> Tensor<B, 1> {
+    let handle = flat.handle.clone().offset_start((start * 4) as u64).offset_end(((total - start - n) * 4) as u64);
+    wrap_d::<B, R, 1>(CubeTensor::new_contiguous(
+        flat.client.clone(),
+        flat.device.clone(),
+        [n].into(),
+        handle,
+        DType::F32,
+    ))
 }
 
 /// AdamW on every parameter of `params`, [`TENSORS_PER_LAUNCH`] per launch.
@@ -77,7 +109,7 @@ pub fn adamw_many<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
             decays.push(q.decay as f32);
         }
         let sizes: Vec<usize> = ps.iter().map(|p| p.meta.shape()[0]).collect();
-        let total: usize = sizes.iter().sum();
+        let (starts, total) = slots(&sizes);
         let like = ps[0].clone();
         let (po, mo, vo) =
             (empty_f32(&like, vec![total]), empty_f32(&like, vec![total]), empty_f32(&like, vec![total]));
@@ -107,15 +139,8 @@ pub fn adamw_many<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
                 s.grad_scale as f32,
             );
         }
-        let (po, mo, vo) = (wrap_d::<B, R, 1>(po), wrap_d::<B, R, 1>(mo), wrap_d::<B, R, 1>(vo));
-        let mut offset = 0;
-        for n in sizes {
-            out.push((
-                po.clone().narrow(0, offset, n),
-                mo.clone().narrow(0, offset, n),
-                vo.clone().narrow(0, offset, n),
-            ));
-            offset += n;
+        for (&n, &start) in sizes.iter().zip(&starts) {
+            out.push((view(&po, start, n, total), view(&mo, start, n, total), view(&vo, start, n, total)));
         }
     }
     out
