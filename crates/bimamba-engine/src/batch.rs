@@ -23,7 +23,6 @@ use bimamba_kernels::ssm;
 use bimamba_lm::Result;
 use rayon::prelude::*;
 
-use crate::activation::mul_silu;
 use crate::config::Config;
 use crate::linear::BinaryAct;
 use crate::mixer::{rms_norm, softplus, Mixer};
@@ -143,23 +142,9 @@ impl Mixer {
         timer.lap(Section::Scan);
 
         // Gate and grouped RMSNorm per sequence, as `Mixer::forward` does per token.
-        let gsize = d_inner / g_n;
-        ys.par_chunks_mut(d_inner.max(1)).zip(zxbcdt.par_chunks(dip.max(1))).for_each(|(yk, zx)| {
-            let z = &zx[..d_inner];
-            if !cfg.gated_norm {
-                mul_silu(yk, z);
-            } else if cfg.norm_before_gate {
-                for (yg, wg) in yk.chunks_exact_mut(gsize).zip(self.norm_weight.chunks_exact(gsize)) {
-                    rms_norm(yg, wg, cfg.norm_eps);
-                }
-                mul_silu(yk, z);
-            } else {
-                mul_silu(yk, z);
-                for (yg, wg) in yk.chunks_exact_mut(gsize).zip(self.norm_weight.chunks_exact(gsize)) {
-                    rms_norm(yg, wg, cfg.norm_eps);
-                }
-            }
-        });
+        ys.par_chunks_mut(d_inner.max(1))
+            .zip(zxbcdt.par_chunks(dip.max(1)))
+            .for_each(|(yk, zx)| self.gate_norm(cfg, yk, &zx[..d_inner]));
         timer.lap(Section::Gate);
 
         let mut out = vec![0.0f32; n * cfg.d_model];

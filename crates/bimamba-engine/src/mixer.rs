@@ -205,25 +205,11 @@ impl Mixer {
 
         // Gate and grouped RMSNorm, per token (tokens in parallel in prefill). y: [t, d_inner]
         let mut y = vec![0.0f32; t * d_inner];
-        let gsize = d_inner / g_n;
         let gate = |k: usize, yk: &mut [f32]| {
             for (h, hy) in ys.chunks_exact((t * p_n).max(1)).enumerate().take(h_n) {
                 yk[h * p_n..(h + 1) * p_n].copy_from_slice(&hy[k * p_n..(k + 1) * p_n]);
             }
-            let z = &zxbcdt[k * dip..k * dip + d_inner];
-            if !cfg.gated_norm {
-                mul_silu(yk, z);
-            } else if cfg.norm_before_gate {
-                for (yg, wg) in yk.chunks_exact_mut(gsize).zip(self.norm_weight.chunks_exact(gsize)) {
-                    rms_norm(yg, wg, cfg.norm_eps);
-                }
-                mul_silu(yk, z);
-            } else {
-                mul_silu(yk, z);
-                for (yg, wg) in yk.chunks_exact_mut(gsize).zip(self.norm_weight.chunks_exact(gsize)) {
-                    rms_norm(yg, wg, cfg.norm_eps);
-                }
-            }
+            self.gate_norm(cfg, yk, &zxbcdt[k * dip..k * dip + d_inner]);
         };
         if t == 1 {
             gate(0, &mut y);
@@ -237,6 +223,26 @@ impl Mixer {
         self.out_proj.forward_act(&y, t, &mut out, act);
         timer.lap(Section::OutProj);
         out
+    }
+
+    /// The output gate of one token's y (d_inner), in place: y ⊙ SiLU(z), with the grouped
+    /// RMSNorm before or after it when the config has one.
+    pub(crate) fn gate_norm(&self, cfg: &Config, y: &mut [f32], z: &[f32]) {
+        let gsize = cfg.d_inner() / cfg.ngroups;
+        let norm = |y: &mut [f32]| {
+            for (yg, wg) in y.chunks_exact_mut(gsize).zip(self.norm_weight.chunks_exact(gsize)) {
+                rms_norm(yg, wg, cfg.norm_eps);
+            }
+        };
+        if !cfg.gated_norm {
+            mul_silu(y, z);
+        } else if cfg.norm_before_gate {
+            norm(y);
+            mul_silu(y, z);
+        } else {
+            mul_silu(y, z);
+            norm(y);
+        }
     }
 
     /// Causal depthwise conv with the carried window, SiLU applied; updates the window.
