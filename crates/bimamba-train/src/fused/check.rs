@@ -113,10 +113,12 @@ pub fn run<B: FusedOps>(device: &B::Device, bf16: bool) -> Vec<Check> {
         out.push(compare("sum_squares", vec![n, n / 3 + 1, n], f, r, 1e-5));
     }
     // Losses: a vocabulary that no cube divides, f32 and bf16 logits, a narrower teacher.
-    // Forward tolerance, then backward: the gradient (softmax − target) subtracts terms of similar
-    // size, and the two sides compute exp in f32 differently (a few 1e-5 relative).
+    // Forward tolerance, then backward. The forward sums about 50,000 f32 terms per row in another
+    // order than the reference: sqrt(n)·eps ≈ 1.3e-5 relative is typical, so 1e-5 failed on some
+    // random draws. The gradient (softmax − target) subtracts terms of similar size, and the two
+    // sides compute exp in f32 differently (a few 1e-5 relative).
     let dtypes: &[(DType, f64, f64)] =
-        if bf16 { &[(DType::F32, 1e-5, 2e-4), (DType::BF16, 1e-2, 2e-2)] } else { &[(DType::F32, 1e-5, 2e-4)] };
+        if bf16 { &[(DType::F32, 5e-5, 2e-4), (DType::BF16, 1e-2, 2e-2)] } else { &[(DType::F32, 5e-5, 2e-4)] };
     for &(dtype, tol, btol) in dtypes {
         let (r, v, vt) = (37usize, 50_291usize, 49_152usize);
         let opts = crate::ops::opts::<B>(device);
