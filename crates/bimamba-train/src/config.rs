@@ -1,6 +1,9 @@
-//! Model hyper-parameters (the state-spaces `MambaConfig` with a Mamba-2 `ssm_cfg`) and the
-//! sizes derived from them (ARCHITECTURE.md §1.1).
+//! The architecture a run trains. There is one architecture type, the engine's
+//! [`bimamba_engine::Config`]: the `[model]` section of a training config ([`ModelSpec`]) is only
+//! what a user writes, and becomes a [`ModelConfig`] by going through the engine's parser and its
+//! rules, the same code that loads the exported model (ARCHITECTURE.md §1.1).
 
+use std::ops::Deref;
 use std::path::Path;
 
 use bimamba_engine::{Config as EngineConfig, Dialect};
@@ -19,16 +22,18 @@ pub enum Precision {
     Full,
 }
 
-/// The architecture of one Mamba-2 language model.
+/// `[model]` as a user writes it: the state-spaces `MambaConfig` names, flat, with the trainer's
+/// defaults. It holds no rules and no derived sizes; [`ModelSpec::resolve`] gives it to the engine.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelConfig {
+pub struct ModelSpec {
     /// Width of the residual stream D.
     pub d_model: usize,
     /// Number of Mamba-2 blocks.
     pub n_layer: usize,
-    /// Vocabulary size as given (the embedding is padded to `pad_vocab_size_multiple`).
-    pub vocab_size: usize,
+    /// Vocabulary size before padding; taken from the data's tokenizer when absent.
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
     /// SSM state size N.
     #[serde(default = "defaults::d_state")]
     pub d_state: usize,
@@ -85,29 +90,93 @@ mod defaults {
     }
 }
 
-impl ModelConfig {
-    /// expand · d_model.
-    pub fn d_inner(&self) -> usize {
-        self.expand * self.d_model
-    }
-    /// Number of heads H = d_inner / P.
-    pub fn nheads(&self) -> usize {
-        self.d_inner() / self.headdim
-    }
-    /// Channels that go through the convolution: x, B and C.
-    pub fn conv_dim(&self) -> usize {
-        self.d_inner() + 2 * self.ngroups * self.d_state
-    }
-    /// Output width of in_proj: z, xBC and dt.
-    pub fn d_in_proj(&self) -> usize {
-        2 * self.d_inner() + 2 * self.ngroups * self.d_state + self.nheads()
-    }
-    /// Embedding rows: vocab_size rounded up to `pad_vocab_size_multiple`.
-    pub fn padded_vocab(&self) -> usize {
-        let m = self.pad_vocab_size_multiple.max(1);
-        self.vocab_size.div_ceil(m) * m
+impl ModelSpec {
+    /// A spec with the trainer's defaults for everything but the three sizes.
+    pub fn new(d_model: usize, n_layer: usize, vocab_size: usize) -> Self {
+        Self {
+            d_model,
+            n_layer,
+            vocab_size: Some(vocab_size),
+            d_state: defaults::d_state(),
+            d_conv: defaults::d_conv(),
+            expand: defaults::expand(),
+            headdim: defaults::headdim(),
+            ngroups: defaults::ngroups(),
+            chunk_size: defaults::chunk_size(),
+            pad_vocab_size_multiple: defaults::pad_vocab(),
+            norm_eps: defaults::eps(),
+            precision: Precision::default(),
+        }
     }
 
+    /// The state-spaces `config.json` of this architecture (what [`crate::export`] writes), with
+    /// `vocab` where the spec gives no vocabulary.
+    pub fn state_spaces_json(&self, vocab: usize) -> serde_json::Value {
+        serde_json::json!({
+            "d_model": self.d_model,
+            "d_intermediate": 0,
+            "n_layer": self.n_layer,
+            "vocab_size": self.vocab_size.unwrap_or(vocab),
+            "ssm_cfg": {
+                "layer": "Mamba2",
+                "d_state": self.d_state,
+                "d_conv": self.d_conv,
+                "expand": self.expand,
+                "headdim": self.headdim,
+                "ngroups": self.ngroups,
+                "chunk_size": self.chunk_size,
+            },
+            "attn_layer_idx": [],
+            "attn_cfg": {},
+            "rms_norm": true,
+            "residual_in_fp32": true,
+            "fused_add_norm": true,
+            "pad_vocab_size_multiple": self.pad_vocab_size_multiple,
+            "norm_epsilon": self.norm_eps,
+            "tie_embeddings": true,
+        })
+    }
+
+    /// The model this spec describes, with `vocab` used when the spec gives none. The engine
+    /// parses and validates the `config.json` that the export will write: one set of rules for
+    /// what is trained and what is run. An error is one line naming the `[model]` field.
+    pub fn resolve(&self, vocab: usize) -> Result<ModelConfig> {
+        let json = self.state_spaces_json(vocab).to_string();
+        // The one field whose name differs between the two: `norm_eps` here, `norm_epsilon` there.
+        let arch = EngineConfig::from_json_str(&json, Path::new("[model]"))
+            .map_err(|e| Error::Config(e.to_string().replace("`norm_epsilon`", "`norm_eps`")))?;
+        let cfg = ModelConfig { arch, precision: self.precision };
+        cfg.check_fits_memory().map_err(Error::Config)?;
+        Ok(cfg)
+    }
+}
+
+/// The model a run trains: the engine's architecture, and the precision of the projections
+/// (which only training chooses; an exported model tells it by its tensors). Every size is read
+/// from the engine's `Config` (`d_inner()`, `nheads`, `padded_vocab_size`, ...), by `Deref`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// The architecture, as parsed and validated by the engine.
+    pub arch: EngineConfig,
+    /// Binarized or full-precision projections.
+    pub precision: Precision,
+}
+
+impl Deref for ModelConfig {
+    type Target = EngineConfig;
+    fn deref(&self) -> &EngineConfig {
+        &self.arch
+    }
+}
+
+/// Written as its [`ModelSpec`] (run directories, benchmark reports).
+impl Serialize for ModelConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.spec().serialize(s)
+    }
+}
+
+impl ModelConfig {
     /// The architecture of a model directory's `config.json`, as parsed (either dialect) and
     /// validated by the engine, which already refuses what neither crate implements (Mamba-1,
     /// MLP blocks, LayerNorm, biases, a per-channel D, ...). Here the knobs the engine runs but
@@ -129,10 +198,17 @@ impl ModelConfig {
             let (lo, hi) = c.dt_limit;
             return Err(refuse(field, format!("[{lo}, {hi}] is not supported by the trainer; only [0, inf] is")));
         }
-        let cfg = Self {
+        Ok(Self { arch: c.clone(), precision: Precision::Full })
+    }
+
+    /// The `[model]` section that describes this model (a transformers config keeps its row
+    /// count as `vocab_size` with a padding multiple of 1).
+    pub fn spec(&self) -> ModelSpec {
+        let c = &self.arch;
+        ModelSpec {
             d_model: c.d_model,
             n_layer: c.n_layer,
-            vocab_size: c.vocab_size,
+            vocab_size: Some(c.vocab_size),
             d_state: c.d_state,
             d_conv: c.d_conv,
             expand: c.expand,
@@ -141,62 +217,51 @@ impl ModelConfig {
             chunk_size: c.chunk_size,
             pad_vocab_size_multiple: c.pad_vocab_size_multiple,
             norm_eps: c.norm_eps,
-            precision: Precision::Full,
-        };
-        debug_assert_eq!((cfg.padded_vocab(), cfg.nheads()), (c.padded_vocab_size, c.nheads));
-        Ok(cfg)
+            precision: self.precision,
+        }
     }
 
-    /// Checks the architecture with the inference engine's own rules: the `config.json` that
-    /// [`crate::export`] writes for it is parsed and validated by `bimamba_engine::Config`, the
-    /// code that will load the exported model. One set of rules for what is trained and what is
-    /// run; an error names the `[model]` field.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        let json = crate::export::mamba_config_json(self).to_string();
-        // The one field whose name differs between the two: `norm_eps` here, `norm_epsilon` there.
-        let engine = EngineConfig::from_json_str(&json, Path::new("[model]"))
-            .map_err(|e| e.to_string().replace("`norm_epsilon`", "`norm_eps`"))?;
-        debug_assert_eq!((engine.padded_vocab_size, engine.nheads), (self.padded_vocab(), self.nheads()));
-        // The engine refused sizes that overflow; a size that fits a usize can still be far more
-        // than this machine holds, and Burn would abort on the allocation.
-        if let Some(memory) = physical_memory() {
-            let need = self.num_params() as u128 * TRAIN_BYTES_PER_PARAM as u128;
-            if need > memory as u128 {
-                return Err(format!(
-                    "[model]: {:.3e} parameters (d_model {}, n_layer {}, vocab {}) need {:.1} GB for their f32 weights alone; this machine has {:.1} GB",
-                    self.num_params() as f64,
-                    self.d_model,
-                    self.n_layer,
-                    self.padded_vocab(),
-                    need as f64 / 1e9,
-                    memory as f64 / 1e9
-                ));
-            }
+    /// The engine refused sizes that overflow; a size that fits a usize can still be far more
+    /// than this machine holds, and Burn would abort on the allocation.
+    fn check_fits_memory(&self) -> std::result::Result<(), String> {
+        let Some(memory) = physical_memory() else { return Ok(()) };
+        let need = self.num_params() as u128 * TRAIN_BYTES_PER_PARAM as u128;
+        if need > memory as u128 {
+            return Err(format!(
+                "[model]: {:.3e} parameters (d_model {}, n_layer {}, vocab {}) need {:.1} GB for their f32 weights alone; this machine has {:.1} GB",
+                self.num_params() as f64,
+                self.d_model,
+                self.n_layer,
+                self.padded_vocab_size,
+                need as f64 / 1e9,
+                memory as f64 / 1e9
+            ));
         }
         Ok(())
     }
 
+    /// Trainable parameters (tied head).
     pub fn num_params(&self) -> usize {
-        let (d, di, h) = (self.d_model, self.d_inner(), self.nheads());
+        let (d, di, h) = (self.d_model, self.d_inner(), self.nheads);
         let scales = match self.precision {
             Precision::Binary => 2 * (d + di),
             Precision::Full => 0,
         };
         let per_layer = d + self.d_in_proj() * d + self.conv_dim() * (self.d_conv + 1) + 3 * h + di + d * di + scales;
-        self.padded_vocab() * d + self.n_layer * per_layer + d
+        self.padded_vocab_size * d + self.n_layer * per_layer + d
     }
 
     /// Multiply-adds of the projections and the LM head per token, times 2 (FLOPs), i.e. the
     /// "6N" numerator of model-FLOPs utilization uses 3× this for forward + backward.
     pub fn matmul_flops_per_token(&self) -> usize {
         let d = self.d_model;
-        2 * (self.n_layer * (self.d_in_proj() * d + d * self.d_inner()) + self.padded_vocab() * d)
+        2 * (self.n_layer * (self.d_in_proj() * d + d * self.d_inner()) + self.padded_vocab_size * d)
     }
 
     /// Forward FLOPs per token of the SSD matrix form (intra-chunk quadratic part and states),
     /// for a sequence chunked by `chunk_size`.
     pub fn ssd_flops_per_token(&self) -> usize {
-        let (h, p, n, g, t) = (self.nheads(), self.headdim, self.d_state, self.ngroups, self.chunk_size);
+        let (h, p, n, g, t) = (self.nheads, self.headdim, self.d_state, self.ngroups, self.chunk_size);
         // C·Bᵀ per group (t·n per token), scores·X per head (t·p), chunk states (p·n per head),
         // state outputs (p·n per head); the decay matrices are elementwise and not counted.
         self.n_layer * 2 * (g * t * n + h * t * p + 2 * h * p * n)
@@ -222,44 +287,53 @@ mod tests {
     #[test]
     fn derived_sizes_match_the_spec_table() {
         // ARCHITECTURE.md §1.1: 780M has d_in_proj 6448, conv_dim 3328, 752.1M params with V=32000.
-        let c: ModelConfig =
+        let s: ModelSpec =
             serde_json::from_str(r#"{"d_model":1536,"n_layer":48,"vocab_size":32000,"precision":"full"}"#)
                 .expect("valid json");
+        let c = s.resolve(0).expect("valid");
         assert_eq!(c.d_inner(), 3072);
-        assert_eq!(c.nheads(), 48);
+        assert_eq!(c.nheads, 48);
         assert_eq!(c.d_in_proj(), 6448);
         assert_eq!(c.conv_dim(), 3328);
         assert_eq!((c.num_params() as f64 / 1e5).round() / 10.0, 752.1);
-        c.validate().expect("valid");
+        assert_eq!(c.spec(), s);
         // The engine's rules, naming the `[model]` field.
         let cases = [
-            (ModelConfig { headdim: 100, ..c.clone() }, "field `headdim`"),
-            (ModelConfig { headdim: 0, ..c.clone() }, "field `headdim`"),
-            (ModelConfig { ngroups: 5, ..c.clone() }, "field `ngroups`"),
-            (ModelConfig { norm_eps: 0.0, ..c.clone() }, "field `norm_eps`"),
-            (ModelConfig { n_layer: 0, ..c.clone() }, "field `n_layer`"),
+            (ModelSpec { headdim: 100, ..s.clone() }, "field `headdim`"),
+            (ModelSpec { headdim: 0, ..s.clone() }, "field `headdim`"),
+            (ModelSpec { ngroups: 5, ..s.clone() }, "field `ngroups`"),
+            (ModelSpec { norm_eps: 0.0, ..s.clone() }, "field `norm_eps`"),
+            (ModelSpec { n_layer: 0, ..s.clone() }, "field `n_layer`"),
         ];
         for (bad, field) in cases {
-            let err = bad.validate().expect_err("refused");
-            assert!(err.starts_with("[model]: ") && err.contains(field), "{err}");
+            let err = bad.resolve(0).expect_err("refused").to_string();
+            assert!(err.contains("[model]: ") && err.contains(field) && !err.contains('\n'), "{err}");
         }
     }
 
     #[test]
+    fn the_vocabulary_comes_from_the_data_when_the_spec_has_none() {
+        let s = ModelSpec { vocab_size: None, ..ModelSpec::new(64, 2, 0) };
+        let c = s.resolve(451).expect("valid");
+        assert_eq!((c.vocab_size, c.padded_vocab_size), (451, 464));
+        let c = ModelSpec::new(64, 2, 100).resolve(451).expect("valid");
+        assert_eq!(c.vocab_size, 100);
+    }
+
+    #[test]
     fn absurd_sizes_are_refused_before_anything_is_allocated() {
-        let c: ModelConfig =
-            serde_json::from_str(r#"{"d_model":128,"n_layer":4,"vocab_size":451}"#).expect("valid json");
-        c.validate().expect("a tiny model is fine");
+        let s = ModelSpec::new(128, 4, 451);
+        s.resolve(0).expect("a tiny model is fine");
         let cases = [
             // Sizes that overflow a usize somewhere: the engine's rule.
-            (ModelConfig { d_model: 1_000_000_000, ..c.clone() }, "too large"),
-            (ModelConfig { vocab_size: usize::MAX - 3, ..c.clone() }, "overflows"),
+            (ModelSpec { d_model: 1_000_000_000, ..s.clone() }, "too large"),
+            (ModelSpec { vocab_size: Some(usize::MAX - 3), ..s.clone() }, "overflows"),
             // Sizes that fit a usize but no machine (about 4e12 parameters).
-            (ModelConfig { d_model: 100_000, n_layer: 64, ..c.clone() }, "f32 weights alone"),
+            (ModelSpec { d_model: 100_000, n_layer: 64, ..s.clone() }, "f32 weights alone"),
         ];
         for (bad, needle) in cases {
-            let err = bad.validate().expect_err("refused");
-            assert!(err.starts_with("[model]: ") && err.contains(needle) && !err.contains('\n'), "{err}");
+            let err = bad.resolve(0).expect_err("refused").to_string();
+            assert!(err.contains("[model]: ") && err.contains(needle) && !err.contains('\n'), "{err}");
         }
     }
 
@@ -270,20 +344,16 @@ mod tests {
 
     #[test]
     fn export_config_parses_back_to_the_same_model() {
-        let c = ModelConfig {
-            d_model: 48,
-            n_layer: 3,
-            vocab_size: 451,
+        let s = ModelSpec {
             d_state: 8,
             d_conv: 3,
-            expand: 2,
             headdim: 12,
             ngroups: 2,
             chunk_size: 8,
-            pad_vocab_size_multiple: 16,
-            norm_eps: 1e-5,
             precision: Precision::Full,
+            ..ModelSpec::new(48, 3, 451)
         };
+        let c = s.resolve(0).expect("valid");
         let json = crate::export::mamba_config_json(&c).to_string();
         assert_eq!(from_json(&json).expect("exported config loads"), c);
     }
@@ -296,7 +366,7 @@ mod tests {
         )
         .expect("fixture config");
         let c = from_json(&text).expect("fixture loads");
-        assert_eq!((c.vocab_size, c.pad_vocab_size_multiple, c.padded_vocab()), (464, 1, 464));
+        assert_eq!((c.vocab_size, c.pad_vocab_size_multiple, c.padded_vocab_size), (464, 1, 464));
         assert_eq!((c.d_model, c.n_layer, c.d_state, c.headdim, c.ngroups, c.chunk_size), (48, 3, 8, 12, 2, 8));
         assert_eq!(c.norm_eps, 1e-5);
     }

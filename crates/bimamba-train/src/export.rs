@@ -5,8 +5,6 @@
 
 use std::path::Path;
 
-use serde_json::json;
-
 use crate::checkpoint;
 use crate::config::{ModelConfig, Precision};
 use crate::error::{Error, Result};
@@ -15,29 +13,7 @@ use crate::runconfig::TrainConfig;
 
 /// The state-spaces `config.json` of a model.
 pub fn mamba_config_json(cfg: &ModelConfig) -> serde_json::Value {
-    json!({
-        "d_model": cfg.d_model,
-        "d_intermediate": 0,
-        "n_layer": cfg.n_layer,
-        "vocab_size": cfg.vocab_size,
-        "ssm_cfg": {
-            "layer": "Mamba2",
-            "d_state": cfg.d_state,
-            "d_conv": cfg.d_conv,
-            "expand": cfg.expand,
-            "headdim": cfg.headdim,
-            "ngroups": cfg.ngroups,
-            "chunk_size": cfg.chunk_size,
-        },
-        "attn_layer_idx": [],
-        "attn_cfg": {},
-        "rms_norm": true,
-        "residual_in_fp32": true,
-        "fused_add_norm": true,
-        "pad_vocab_size_multiple": cfg.pad_vocab_size_multiple,
-        "norm_epsilon": cfg.norm_eps,
-        "tie_embeddings": true,
-    })
+    cfg.spec().state_spaces_json(cfg.vocab_size)
 }
 
 /// Writes a model directory from a config, weights by name and a tokenizer file.

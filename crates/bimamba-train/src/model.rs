@@ -12,6 +12,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::bitlinear::Projection;
+#[cfg(test)]
+use crate::config::ModelSpec;
 use crate::config::{ModelConfig, Precision};
 use crate::fused::FusedOps;
 use crate::ops::{opts, softplus};
@@ -174,7 +176,7 @@ pub struct MixerInputs<B: Backend> {
 impl<B: Backend> Mixer<B> {
     /// Official initialization (ARCHITECTURE.md §3.3) for layer of a model with `cfg.n_layer` layers.
     pub fn init(cfg: &ModelConfig, rng: &mut SplitMix64, device: &B::Device) -> Self {
-        let (d, di, h, cd, k) = (cfg.d_model, cfg.d_inner(), cfg.nheads(), cfg.conv_dim(), cfg.d_conv);
+        let (d, di, h, cd, k) = (cfg.d_model, cfg.d_inner(), cfg.nheads, cfg.conv_dim(), cfg.d_conv);
         let binary = cfg.precision == Precision::Binary;
         // nn.Linear default: kaiming_uniform(a=√5) = U(±1/√fan_in).
         let w_in = uniform(rng, cfg.d_in_proj() * d, 1.0 / (d as f64).sqrt());
@@ -239,7 +241,7 @@ impl<B: FusedOps> Mixer<B> {
     /// - u: [b, L, D]; output: as [`MixerInputs`]
     pub fn project_in(&self, u: Tensor<B, 3>) -> MixerInputs<B> {
         let cfg = &self.config;
-        let (di, gn, h) = (cfg.d_inner(), cfg.ngroups * cfg.d_state, cfg.nheads());
+        let (di, gn, h) = (cfg.d_inner(), cfg.ngroups * cfg.d_state, cfg.nheads);
         let parts = self.in_proj.forward_split(u, &[di, di, 2 * gn + h]);
         let [z, x, bcdt] = <[Tensor<B, 3>; 3]>::try_from(parts).expect("three blocks");
         let bm = bcdt.clone().narrow(2, 0, gn);
@@ -255,7 +257,7 @@ impl<B: FusedOps> Mixer<B> {
     /// - as [`MixerInputs`]
     pub fn conv_dt(&self, raw: MixerInputs<B>) -> MixerInputs<B> {
         let cfg = &self.config;
-        let (di, gn, h) = (cfg.d_inner(), cfg.ngroups * cfg.d_state, cfg.nheads());
+        let (di, gn, h) = (cfg.d_inner(), cfg.ngroups * cfg.d_state, cfg.nheads);
         MixerInputs {
             z: raw.z,
             x: self.conv1d.forward_silu_channels(raw.x, 0),
@@ -272,7 +274,7 @@ impl<B: FusedOps> Mixer<B> {
     pub fn scan(&self, inputs: MixerInputs<B>) -> Tensor<B, 4> {
         let cfg = &self.config;
         let [b, l, _] = inputs.x.dims();
-        let (h, p, g, n) = (cfg.nheads(), cfg.headdim, cfg.ngroups, cfg.d_state);
+        let (h, p, g, n) = (cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state);
         let x = inputs.x.reshape([b, l, h, p]);
         let bm = inputs.bm.reshape([b, l, g, n]);
         let cm = inputs.cm.reshape([b, l, g, n]);
@@ -296,7 +298,7 @@ impl<B: Backend> Mamba2Lm<B> {
     /// A freshly initialized model (ARCHITECTURE.md §3.3); the same seed gives the same weights on every backend.
     pub fn init(cfg: &ModelConfig, seed: u64, device: &B::Device) -> Self {
         let mut rng = SplitMix64::new(seed);
-        let (v, d) = (cfg.padded_vocab(), cfg.d_model);
+        let (v, d) = (cfg.padded_vocab_size, cfg.d_model);
         let emb: Vec<f32> = (0..v * d).map(|_| (0.02 * rng.normal()) as f32).collect();
         let layers = (0..cfg.n_layer)
             .map(|_| Block { norm: RmsNorm::ones(d, device), mixer: Mixer::init(cfg, &mut rng, device) })
@@ -416,20 +418,16 @@ mod tests {
     type Ad = Autodiff<NdArray<f64>>;
 
     fn tiny(precision: Precision) -> ModelConfig {
-        ModelConfig {
-            d_model: 8,
-            n_layer: 2,
-            vocab_size: 11,
+        let spec = ModelSpec {
             d_state: 4,
-            d_conv: 4,
-            expand: 2,
             headdim: 4,
             ngroups: 2,
             chunk_size: 3,
             pad_vocab_size_multiple: 8,
-            norm_eps: 1e-5,
             precision,
-        }
+            ..ModelSpec::new(8, 2, 11)
+        };
+        spec.resolve(0).expect("valid model")
     }
 
     struct Grads<'a, B: AutodiffBackend> {
@@ -482,8 +480,8 @@ mod tests {
             }
             let model = params::load(model, &named, "test").expect("same names");
             let tokens: Vec<i64> = (0..14).map(|_| rng.below(11) as i64).collect();
-            let rv: Vec<f64> = (0..2 * 7 * cfg.padded_vocab()).map(|_| rng.normal()).collect();
-            let r = Tensor::<Ad, 3>::from_data(TensorData::new(rv, [2, 7, cfg.padded_vocab()]), opts::<Ad>(&dev));
+            let rv: Vec<f64> = (0..2 * 7 * cfg.padded_vocab_size).map(|_| rng.normal()).collect();
+            let r = Tensor::<Ad, 3>::from_data(TensorData::new(rv, [2, 7, cfg.padded_vocab_size]), opts::<Ad>(&dev));
             let grads = loss_of(&model, &tokens, &r).backward();
             let mut v = Grads::<Ad> { path: Vec::new(), grads: &grads, out: NamedTensors::new() };
             model.visit(&mut v);
@@ -546,9 +544,8 @@ mod tests {
 
     #[test]
     fn init_follows_the_official_recipe() {
-        let mut cfg = tiny(Precision::Binary);
-        cfg.d_model = 64;
-        cfg.n_layer = 4;
+        let spec = ModelSpec { d_state: 4, headdim: 4, ngroups: 2, chunk_size: 3, ..ModelSpec::new(64, 4, 11) };
+        let cfg = spec.resolve(0).expect("valid model");
         let model = Mamba2Lm::<NdArray<f32>>::init(&cfg, 1, &Default::default());
         let named = params::collect(&model);
         let v = |k: &str| named[k].iter::<f32>().collect::<Vec<f32>>();

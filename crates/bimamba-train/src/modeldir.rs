@@ -129,7 +129,7 @@ mod tests {
         {
             let md = ModelDir::open(&fixture(name)).expect(name);
             assert_eq!(
-                (md.config.precision, md.untied_head, md.config.padded_vocab()),
+                (md.config.precision, md.untied_head, md.config.padded_vocab_size),
                 (precision, untied, 464),
                 "{name}"
             );

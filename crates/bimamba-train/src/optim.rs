@@ -292,7 +292,7 @@ impl<B: FusedOps> AdamW<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ModelConfig, Precision};
+    use crate::config::{ModelSpec, Precision};
     use crate::model::Mamba2Lm;
     use crate::params;
     use burn::backend::{Autodiff, NdArray};
@@ -316,20 +316,16 @@ mod tests {
     /// with clipping active, decay on matrices only, and a save/load of the moments in between.
     #[test]
     fn adamw_matches_scalar_reference_and_state_round_trips() {
-        let cfg = ModelConfig {
-            d_model: 4,
-            n_layer: 1,
-            vocab_size: 8,
+        let spec = ModelSpec {
             d_state: 2,
             d_conv: 2,
-            expand: 2,
             headdim: 4,
-            ngroups: 1,
             chunk_size: 4,
             pad_vocab_size_multiple: 8,
-            norm_eps: 1e-5,
             precision: Precision::Binary,
+            ..ModelSpec::new(4, 1, 8)
         };
+        let cfg = spec.resolve(0).expect("valid model");
         let dev = Default::default();
         let oc = OptimConfig { lr: 0.01, grad_clip: 0.01, ..Default::default() };
         let mut model = Mamba2Lm::<A>::init(&cfg, 3, &dev);

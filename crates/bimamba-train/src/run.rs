@@ -151,7 +151,7 @@ pub fn train<B: crate::fused::TrainBackend>(
 ) -> Result<RunSummary> {
     let data = Dataset::open(&cfg.data.dir)?;
     let mcfg: ModelConfig = cfg.model.resolve(data.meta.vocab_size)?;
-    if mcfg.padded_vocab() < data.meta.vocab_size {
+    if mcfg.padded_vocab_size < data.meta.vocab_size {
         return Err(Error::Config(format!(
             "model.vocab_size {} is smaller than the tokenizer's {}",
             mcfg.vocab_size, data.meta.vocab_size

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ModelConfig;
+use crate::config::ModelSpec;
 use crate::error::{Error, Result};
 use crate::loss::LossMix;
 use crate::optim::OptimConfig;
@@ -113,7 +113,7 @@ fn backend() -> String {
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     /// Architecture (`vocab_size` may be omitted: it is taken from the data).
-    pub model: ModelSection,
+    pub model: ModelSpec,
     /// Batches.
     pub data: DataConfig,
     /// AdamW and schedule.
@@ -127,35 +127,6 @@ pub struct TrainConfig {
     pub teacher: TeacherConfig,
     /// Loop.
     pub train: LoopConfig,
-}
-
-/// `[model]` as written by a user: a [`ModelConfig`] whose vocabulary may come from the data.
-/// (Unknown keys are caught when it resolves into a `ModelConfig`, which denies them.)
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelSection {
-    /// See [`ModelConfig`].
-    pub d_model: usize,
-    /// See [`ModelConfig`].
-    pub n_layer: usize,
-    /// Taken from the data's tokenizer when absent.
-    #[serde(default)]
-    pub vocab_size: Option<usize>,
-    /// Every other [`ModelConfig`] field, with its default.
-    #[serde(flatten)]
-    pub rest: toml::Table,
-}
-
-impl ModelSection {
-    /// The full model config, with `vocab` used when the section gives none.
-    pub fn resolve(&self, vocab: usize) -> Result<ModelConfig> {
-        let mut t = self.rest.clone();
-        t.insert("d_model".into(), toml::Value::Integer(self.d_model as i64));
-        t.insert("n_layer".into(), toml::Value::Integer(self.n_layer as i64));
-        t.insert("vocab_size".into(), toml::Value::Integer(self.vocab_size.unwrap_or(vocab) as i64));
-        let cfg: ModelConfig = t.try_into().map_err(|e| Error::Config(format!("[model]: {e}")))?;
-        cfg.validate().map_err(Error::Config)?;
-        Ok(cfg)
-    }
 }
 
 impl TrainConfig {
@@ -251,7 +222,7 @@ steps = 10
         let again: TrainConfig = toml::from_str(&c.to_toml().expect("toml")).expect("parses");
         assert_eq!(again, c);
         std::fs::write(&p, "[model]\nd_model = 32\nn_layer = 2\nbogus = 1\n[data]\ndir='d'\nseq_len=8\nbatch_size=1\n[train]\nsteps=1\n[loss]\nsoft_weight=0.0\nhard_weight=1.0\ntemperature=1.0\n").expect("write");
-        let e = TrainConfig::load(&p).expect("parses").model.resolve(10).expect_err("unknown key");
+        let e = TrainConfig::load(&p).expect_err("unknown key");
         assert!(e.to_string().contains("bogus"), "{e}");
         std::fs::write(
             &p,

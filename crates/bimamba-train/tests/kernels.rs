@@ -62,7 +62,7 @@ fn matmul_families_equal_burns_product_on_wgpu() {
 /// its hand-written backward) and once without, same weights and tokens.
 #[test]
 fn model_gradients_with_fused_kernels_equal_the_reference_model() {
-    use bimamba_train::config::{ModelConfig, Precision};
+    use bimamba_train::config::{ModelSpec, Precision};
     use bimamba_train::loss::cross_entropy;
     use bimamba_train::model::Mamba2Lm;
     use burn::backend::Autodiff;
@@ -81,20 +81,16 @@ fn model_gradients_with_fused_kernels_equal_the_reference_model() {
         }
     }
 
-    let cfg = ModelConfig {
-        d_model: 32,
-        n_layer: 2,
-        vocab_size: 50,
+    let spec = ModelSpec {
         d_state: 8,
-        d_conv: 4,
-        expand: 2,
         headdim: 8,
         ngroups: 2,
         chunk_size: 16,
         pad_vocab_size_multiple: 8,
-        norm_eps: 1e-5,
         precision: Precision::Binary,
+        ..ModelSpec::new(32, 2, 50)
     };
+    let cfg = spec.resolve(0).expect("valid model");
     let dev = WgpuDevice::default();
     let model = Mamba2Lm::<A>::init(&cfg, 5, &dev);
     let toks: Vec<i64> = (0..2 * 38).map(|i| (i * 7 + 3) % 50).collect();

@@ -15,7 +15,7 @@ use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::backend::BackendKind;
-use crate::config::{ModelConfig, Precision};
+use crate::config::{ModelConfig, ModelSpec, Precision};
 use crate::error::Result;
 use crate::loss::cross_entropy;
 use crate::model::Mamba2Lm;
@@ -182,21 +182,15 @@ pub fn bench<B: crate::fused::TrainBackend>(
     device: &B::Device,
     peak_dtype: DType,
 ) -> Result<BenchReport> {
-    let cfg = ModelConfig {
-        d_model: a.d_model,
-        n_layer: a.n_layer,
-        vocab_size: a.vocab,
+    let spec = ModelSpec {
         d_state: a.d_state,
-        d_conv: 4,
-        expand: 2,
         headdim: a.headdim,
-        ngroups: 1,
         chunk_size: a.chunk_size,
         pad_vocab_size_multiple: 16,
-        norm_eps: 1e-5,
         precision: if a.full_precision { Precision::Full } else { Precision::Binary },
+        ..ModelSpec::new(a.d_model, a.n_layer, a.vocab)
     };
-    cfg.validate().map_err(crate::error::Error::Config)?;
+    let cfg = spec.resolve(0)?;
     let mut model = Mamba2Lm::<B>::init(&cfg, 0, device).with_matmul_dtype(a.bf16.then_some(DType::BF16));
     if a.bf16 && a.ssd_bf16 {
         model = model.with_ssd_dtype(Some(DType::BF16));

@@ -85,7 +85,7 @@ pub fn parts<B: TrainBackend>(
             let (di, gn) = (cfg.d_inner(), cfg.ngroups * cfg.d_state);
             let mut start = 0;
             let mut total = Tensor::<B, 1>::zeros([1], crate::ops::opts::<B>(device));
-            for k in [di, di, gn, gn, cfg.nheads()] {
+            for k in [di, di, gn, gn, cfg.nheads] {
                 total = total + all.clone().narrow(2, start, k).sum();
                 start += k;
             }
@@ -114,7 +114,7 @@ pub fn parts<B: TrainBackend>(
         layers,
     );
 
-    let (di, gn, h) = (cfg.d_inner(), cfg.ngroups * cfg.d_state, cfg.nheads());
+    let (di, gn, h) = (cfg.d_inner(), cfg.ngroups * cfg.d_state, cfg.nheads);
     let inputs = MixerInputs {
         z: leaf::<B, 3>([b, l, di], -1.0, 1.0, device),
         x: leaf::<B, 3>([b, l, di], -1.0, 1.0, device),
@@ -126,7 +126,7 @@ pub fn parts<B: TrainBackend>(
     let scan_in = MixerInputs { dt: leaf::<B, 3>([b, l, h], 0.001, 0.1, device), ..inputs.clone() };
     put("ssd", time_part(reps, device, || mixer.scan(scan_in.clone())), layers);
 
-    let y = leaf::<B, 4>([b, l, cfg.nheads(), cfg.headdim], -1.0, 1.0, device);
+    let y = leaf::<B, 4>([b, l, cfg.nheads, cfg.headdim], -1.0, 1.0, device);
     let z = leaf::<B, 3>([b, l, cfg.d_inner()], -1.0, 1.0, device);
     put("gate_norm", time_part(reps, device, || mixer.gate_norm(y.clone(), z.clone())), layers);
 
