@@ -64,7 +64,8 @@ pub fn train(kind: BackendKind, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         BackendKind::Ndarray => run::train::<CpuTrain>(cfg, opts, &Default::default()),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
-            let device = burn::backend::cuda::CudaDevice::new(0);
+            // One GPU per rank on each host.
+            let device = burn::backend::cuda::CudaDevice::new(opts.ranks.local_rank);
             run::train::<CudaTrain>(cfg, opts, &device)
         }
         #[cfg(not(feature = "cuda"))]

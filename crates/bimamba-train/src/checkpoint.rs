@@ -30,6 +30,13 @@ pub struct TrainState {
     pub tokens_seen: u64,
     /// Wall-clock seconds spent training so far.
     pub elapsed_s: f64,
+    /// Data-parallel ranks the run trains with (checkpoints from before data parallelism: 1).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A loaded checkpoint.
@@ -139,7 +146,9 @@ pub struct RunShape {
     pub seq_len: usize,
     /// Windows aligned to a top-k teacher file's.
     pub aligned: bool,
-    /// Windows drawn per optimizer step: batch size × accumulation.
+    /// Data-parallel ranks.
+    pub world: usize,
+    /// Windows drawn per optimizer step: batch size × accumulation × ranks.
     pub windows_per_step: u64,
     /// Tokens per optimizer step: windows × seq_len.
     pub tokens_per_step: u64,
@@ -167,6 +176,15 @@ impl Checkpoint {
             let why =
                 if run.aligned { "the top-k teacher file needs aligned windows" } else { "windows are not aligned" };
             return bad("sampler.aligned", s.sampler.aligned.to_string(), why.to_string());
+        }
+        if s.world_size != run.world {
+            return Err(Error::format(
+                &spath,
+                format!(
+                    "the run was trained with {} data-parallel ranks; resume it with --nproc {} (this process has {})",
+                    s.world_size, s.world_size, run.world
+                ),
+            ));
         }
         let want = |per: u64| s.step.checked_mul(per);
         if s.adam_steps != s.step {
@@ -212,6 +230,7 @@ mod tests {
             sampler: WindowSampler::new(8, false, 3),
             tokens_seen: 0,
             elapsed_s: 0.0,
+            world_size: 1,
         };
         assert!(latest(dir.path()).expect("no error").is_none());
         for step in [10, 20, 30] {

@@ -18,6 +18,7 @@ pub mod bitlinear;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod export;
 pub mod fused;

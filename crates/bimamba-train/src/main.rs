@@ -10,6 +10,7 @@ use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 
 use bimamba_train::backend::{self, BackendKind};
+use bimamba_train::dist::{self, RankEnv};
 use bimamba_train::runconfig::TrainConfig;
 use bimamba_train::{bench, data, export, params, run};
 
@@ -101,6 +102,12 @@ struct TrainArgs {
     /// backward) instead of differentiating it op by op.
     #[arg(long)]
     ssd_node: bool,
+    /// Data-parallel ranks to start on this host, one per GPU with `--backend cuda` (rank r uses
+    /// GPU r); each rank trains on `data.batch_size` windows of every step. Under an external
+    /// launcher (torchrun-style WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) leave
+    /// it out.
+    #[arg(long, visible_alias = "gpus", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    nproc: Option<u16>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,7 +188,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", bimamba_lm::one_line(e.chain()));
+            // A data-parallel rank says which one it is.
+            let rank = match (std::env::var("WORLD_SIZE"), std::env::var("RANK")) {
+                (Ok(w), Ok(r)) if w.trim() != "1" => format!("rank {}: ", r.trim()),
+                _ => String::new(),
+            };
+            eprintln!("error: {rank}{}", bimamba_lm::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }
@@ -191,6 +203,21 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
             let cfg = TrainConfig::load(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+            let launched = std::env::var_os("WORLD_SIZE").is_some();
+            let ranks = RankEnv::from_env()?;
+            match a.nproc.map(usize::from) {
+                Some(n) if n > 1 && !launched => {
+                    // Start the ranks (this same command line, with the launcher's environment).
+                    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                    dist::launch::local(n, &args)?;
+                    println!("all {n} ranks finished");
+                    return Ok(());
+                }
+                Some(n) if launched && n != ranks.world => {
+                    bail!("--nproc {n} but the environment says WORLD_SIZE {}", ranks.world)
+                }
+                _ => {}
+            }
             let out = match (a.out, &cfg.train.out) {
                 (Some(o), _) => o,
                 (None, Some(o)) => o.clone(),
@@ -207,8 +234,12 @@ fn run(cli: Cli) -> Result<()> {
             let family = bimamba_train::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda);
             bimamba_train::fused::set_matmul_kernel(family).map_err(anyhow::Error::msg)?;
             bimamba_train::fused::set_ssd_scan(a.ssd_node);
-            let opts = run::RunOptions { out, resume: a.resume, quiet: a.quiet, max_seconds: a.max_seconds };
+            let root = ranks.rank == 0;
+            let opts = run::RunOptions { out, resume: a.resume, quiet: a.quiet, max_seconds: a.max_seconds, ranks };
             let s = backend::train(kind, &cfg, &opts)?;
+            if !root {
+                return Ok(());
+            }
             let fmt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or("-".into());
             if s.stopped_early {
                 println!("time limit reached: checkpoint at step {}; continue with --resume", s.steps);

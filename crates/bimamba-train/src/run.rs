@@ -5,6 +5,10 @@
 //! both written before step 0, with a copy of the data's `tokenizer.json`; `metrics.jsonl` (one
 //! JSON object per step; `val_loss` on the steps where it is measured); `checkpoints/`; `loss.png`
 //! at the end. `--max-seconds` ends the loop early with a checkpoint, for `--resume` to continue.
+//!
+//! Data-parallel ([`crate::dist`]): every rank runs this loop on its share of each step's global
+//! batch, the gradients and the loss are averaged across ranks, and rank 0 alone writes the run
+//! directory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ use serde_json::json;
 use crate::checkpoint::{self, TrainState, CHECKPOINT_VERSION};
 use crate::config::ModelConfig;
 use crate::data::{Dataset, WindowSampler};
+use crate::dist::{self, RankEnv};
 use crate::error::{Error, Result};
 use crate::loss::{cross_entropy, soft_cross_entropy, soft_cross_entropy_topk};
 use crate::model::Mamba2Lm;
@@ -39,6 +44,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop (with a checkpoint) once this process has run this many seconds.
     pub max_seconds: Option<f64>,
+    /// This process's place among the data-parallel ranks ([`RankEnv::solo`] for one process).
+    pub ranks: RankEnv,
 }
 
 /// What a finished run reports.
@@ -158,6 +165,9 @@ pub fn train<B: crate::fused::TrainBackend>(
         )));
     }
     let (seq_len, bs, accum) = (cfg.data.seq_len, cfg.data.batch_size, cfg.data.grad_accum);
+    // Every rank trains on `bs` windows of a global batch of `world · bs`.
+    let (rank, world) = (opts.ranks.rank, opts.ranks.world);
+    let root = rank == 0;
     let teacher: Teacher<B::InnerBackend> = match &cfg.teacher {
         TeacherConfig::None => Teacher::None,
         TeacherConfig::Mamba { path } => Teacher::Model(Box::new(load_mamba_teacher(path, &data, device)?)),
@@ -203,10 +213,11 @@ pub fn train<B: crate::fused::TrainBackend>(
                 )));
             }
             let ck = checkpoint::load(dir)?;
-            let windows = (bs * accum) as u64;
+            let windows = (bs * accum * world) as u64;
             ck.check(&checkpoint::RunShape {
                 seq_len,
                 aligned,
+                world,
                 windows_per_step: windows,
                 tokens_per_step: windows * seq_len as u64,
             })?;
@@ -220,19 +231,24 @@ pub fn train<B: crate::fused::TrainBackend>(
         }
         (None, _) => None,
     };
-    params::write_atomic(&cfg_path, resolved_toml.as_bytes())?;
-    let run_info = json!({
-        "git_commit": git_commit(),
-        "backend": std::any::type_name::<B>(),
-        "params": mcfg.num_params(),
-        "model": mcfg,
-        "tokens_per_step": bs * accum * seq_len,
-    });
-    params::write_atomic(&run_dir.join("run.json"), format!("{run_info:#}\n").as_bytes())?;
-    // The run keeps its own tokenizer, so `export` needs nothing outside the run directory.
-    let tok_src = cfg.data.dir.join("tokenizer.json");
-    let tok = std::fs::read(&tok_src).map_err(Error::io(&tok_src))?;
-    params::write_atomic(&run_dir.join("tokenizer.json"), &tok)?;
+    // Every rank has checked the run directory; from here on only rank 0 writes to it.
+    let mut comm = opts.ranks.connect()?;
+    if root {
+        params::write_atomic(&cfg_path, resolved_toml.as_bytes())?;
+        let run_info = json!({
+            "git_commit": git_commit(),
+            "backend": std::any::type_name::<B>(),
+            "params": mcfg.num_params(),
+            "model": mcfg,
+            "ranks": world,
+            "tokens_per_step": bs * accum * seq_len * world,
+        });
+        params::write_atomic(&run_dir.join("run.json"), format!("{run_info:#}\n").as_bytes())?;
+        // The run keeps its own tokenizer, so `export` needs nothing outside the run directory.
+        let tok_src = cfg.data.dir.join("tokenizer.json");
+        let tok = std::fs::read(&tok_src).map_err(Error::io(&tok_src))?;
+        params::write_atomic(&run_dir.join("tokenizer.json"), &tok)?;
+    }
 
     let matmul_dtype = crate::runconfig::parse_dtype(cfg.train.matmul_dtype.as_deref())?;
     let mut model = Mamba2Lm::<B>::init(&mcfg, cfg.train.seed, device).with_matmul_dtype(matmul_dtype);
@@ -244,21 +260,25 @@ pub fn train<B: crate::fused::TrainBackend>(
         sampler: WindowSampler::new(seq_len, aligned, cfg.train.seed),
         tokens_seen: 0,
         elapsed_s: 0.0,
+        world_size: world,
     };
     let metrics = run_dir.join("metrics.jsonl");
     if let Some(ck) = resumed {
         model = params::load(model, &ck.model, &ck.dir.display().to_string())?;
         optim.load_state(&ck.optim, ck.state.adam_steps, device)?;
         state = ck.state;
-        truncate_metrics(&metrics, state.step)?;
-    } else if metrics.exists() {
+        if root {
+            truncate_metrics(&metrics, state.step)?;
+        }
+    } else if root && metrics.exists() {
         std::fs::remove_file(&metrics).map_err(Error::io(&metrics))?;
     }
 
     let total = cfg.train.steps;
     let started = Instant::now();
     let mut stopped_early = false;
-    let pb = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
+    let quiet = opts.quiet || !root;
+    let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
     pb.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} {msg} ETA {eta}")
             .map_err(|e| Error::Config(e.to_string()))?,
@@ -266,7 +286,7 @@ pub fn train<B: crate::fused::TrainBackend>(
     pb.set_position(state.step);
     // A hidden bar (no terminal) prints nothing, so evaluation lines go to stderr then.
     let say = |pb: &ProgressBar, s: String| {
-        if opts.quiet {
+        if quiet {
         } else if pb.is_hidden() {
             eprintln!("{s}");
         } else {
@@ -274,7 +294,10 @@ pub fn train<B: crate::fused::TrainBackend>(
         }
     };
 
-    let eval = |m: &Mamba2Lm<B>| validation_loss(&m.valid(), &data, seq_len, cfg.train.eval_windows, bs, device);
+    // Rank 0 alone measures the validation loss (it alone reports it).
+    let eval = |m: &Mamba2Lm<B>| {
+        root.then(|| validation_loss(&m.valid(), &data, seq_len, cfg.train.eval_windows, bs, device)).flatten()
+    };
     let mut first_val = None;
     if state.step == 0 {
         first_val = eval(&model);
@@ -290,7 +313,10 @@ pub fn train<B: crate::fused::TrainBackend>(
         let mut acc = GradientsAccumulator::<Mamba2Lm<B>>::new();
         let mut loss_sum = 0.0;
         for _ in 0..accum {
-            let (toks, starts) = state.sampler.next_batch_in(&data.train, train_len, bs)?;
+            let (toks, starts) = state.sampler.next_batch_in(&data.train, train_len, bs * world)?;
+            let mine = rank * bs..(rank + 1) * bs;
+            let toks = toks[mine.start * (seq_len + 1)..mine.end * (seq_len + 1)].to_vec();
+            let starts = &starts[mine];
             let t = int_tensor::<B>(toks, [bs, seq_len + 1], device);
             let (inputs, targets) = (t.clone().narrow(1, 0, seq_len), t.narrow(1, 1, seq_len));
             let logits = model.forward_logits(inputs.clone());
@@ -309,7 +335,7 @@ pub fn train<B: crate::fused::TrainBackend>(
                     Some(soft_cross_entropy(logits, tl, temp))
                 }
                 Teacher::Topk(f) => {
-                    let (ids, lp) = f.batch::<B>(&starts, device)?;
+                    let (ids, lp) = f.batch::<B>(starts, device)?;
                     Some(soft_cross_entropy_topk(logits, ids, lp, temp))
                 }
             };
@@ -330,6 +356,8 @@ pub fn train<B: crate::fused::TrainBackend>(
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             acc.accumulate(&model, grads);
         }
+        // The step's loss over the global batch; a non-finite loss on any rank stops every rank.
+        let loss_sum = dist::all_reduce_scalars(comm.as_mut(), &[loss_sum])?[0] / world as f64;
         if !loss_sum.is_finite() {
             let msg = format!(
                 "non-finite loss ({loss_sum}) at step {}: stopping; the last good checkpoint is kept{}",
@@ -337,15 +365,18 @@ pub fn train<B: crate::fused::TrainBackend>(
                 checkpoint::latest(&run_dir)?.map(|p| format!(" ({})", p.display())).unwrap_or_default()
             );
             pb.abandon();
-            params::write_atomic(&run_dir.join("STOPPED"), format!("{msg}\n").as_bytes())?;
+            if root {
+                params::write_atomic(&run_dir.join("STOPPED"), format!("{msg}\n").as_bytes())?;
+            }
             return Err(Error::Config(msg));
         }
         let lr = cfg.optim.lr_at(state.step, total);
-        let (m, grad_norm) = optim.step::<B, _>(model, acc.grads(), lr);
+        let (m, grads) = dist::average_gradients::<B, _>(model, acc.grads(), comm.as_mut())?;
+        let (m, grad_norm) = optim.step::<B, _>(m, grads, lr);
         model = m;
         state.step += 1;
         state.adam_steps = optim.steps;
-        let step_tokens = (bs * accum * seq_len) as u64;
+        let step_tokens = (bs * accum * seq_len * world) as u64;
         state.tokens_seen += step_tokens;
         let dt = t0.elapsed().as_secs_f64();
         state.elapsed_s += dt;
@@ -364,14 +395,21 @@ pub fn train<B: crate::fused::TrainBackend>(
                 say(&pb, format!("step {}: train_loss {loss_sum:.4} val_loss {v:.4}", state.step));
             }
         }
-        append_line(&metrics, &line)?;
+        if root {
+            append_line(&metrics, &line)?;
+        }
         pb.set_message(format!("loss {loss_sum:.4} {tps:.0} tok/s"));
         pb.set_position(state.step);
-        let out_of_time = opts.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() >= m) && state.step < total;
+        let mut out_of_time =
+            opts.max_seconds.is_some_and(|m| started.elapsed().as_secs_f64() >= m) && state.step < total;
+        if opts.max_seconds.is_some() {
+            // Every rank stops at the same step when any rank's clock has run out.
+            out_of_time = dist::all_reduce_scalars(comm.as_mut(), &[out_of_time as u8 as f64])?[0] > 0.0;
+        }
         let ck_now = (cfg.train.checkpoint_every > 0 && state.step.is_multiple_of(cfg.train.checkpoint_every))
             || state.step == total
             || out_of_time;
-        if ck_now {
+        if ck_now && root {
             checkpoint::save(
                 &run_dir,
                 &params::collect(&model),
@@ -386,8 +424,10 @@ pub fn train<B: crate::fused::TrainBackend>(
         }
     }
     pb.finish();
-    if let Err(e) = crate::plot::plot_losses(&metrics, &run_dir.join("loss.png")) {
-        say(&pb, format!("warning: no loss plot: {e}"));
+    if root {
+        if let Err(e) = crate::plot::plot_losses(&metrics, &run_dir.join("loss.png")) {
+            say(&pb, format!("warning: no loss plot: {e}"));
+        }
     }
     Ok(RunSummary {
         run_dir,

@@ -3,7 +3,7 @@
 //! `--max-seconds` stop, the stop on a non-finite loss, and the export round trip.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bimamba_train::modeldir::ModelDir;
@@ -11,27 +11,8 @@ use bimamba_train::{checkpoint, params, Mamba2Lm};
 use burn::backend::NdArray;
 use burn::tensor::{Int, Tensor, TensorData};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bimamba-train"))
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn prepare(dir: &Path) -> PathBuf {
-    let data = dir.join("data");
-    let out = bin()
-        .args(["data", "prepare", "--val-fraction", "0.1", "--tokenizer"])
-        .arg(fixtures().join("ss-bimamba-col/tokenizer.json"))
-        .arg("--out")
-        .arg(&data)
-        .arg(fixtures().join("text/pride_excerpt.txt"))
-        .output()
-        .expect("run data prepare");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    data
-}
+mod common;
+use common::{bin, metrics, prepare};
 
 fn write_config(dir: &Path, data: &Path, steps: u64, lr: f64, ckpt_every: u64) -> PathBuf {
     let p = dir.join(format!("cfg-{steps}-{lr}.toml"));
@@ -66,14 +47,6 @@ checkpoint_every = {ckpt_every}
     );
     std::fs::write(&p, text).expect("write config");
     p
-}
-
-fn metrics(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .expect("metrics.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
 }
 
 fn train(cfg: &Path, out: &Path, resume: bool) -> std::process::Output {
