@@ -12,41 +12,11 @@ use burn::backend::NdArray;
 use burn::tensor::{Int, Tensor, TensorData};
 
 mod common;
-use common::{bin, metrics, prepare};
+use common::{bin, metrics, prepare, TinyRun};
 
 fn write_config(dir: &Path, data: &Path, steps: u64, lr: f64, ckpt_every: u64) -> PathBuf {
-    let p = dir.join(format!("cfg-{steps}-{lr}.toml"));
-    let text = format!(
-        r#"
-[model]
-d_model = 32
-n_layer = 2
-d_state = 8
-headdim = 8
-chunk_size = 16
-[data]
-dir = "{}"
-seq_len = 48
-batch_size = 4
-grad_accum = 2
-[optim]
-lr = {lr:e}
-warmup_steps = 3
-[loss]
-soft_weight = 0.0
-hard_weight = 1.0
-temperature = 1.0
-[train]
-steps = {steps}
-seed = 7
-eval_every = 10
-eval_windows = 8
-checkpoint_every = {ckpt_every}
-"#,
-        data.display()
-    );
-    std::fs::write(&p, text).expect("write config");
-    p
+    let run = TinyRun { steps, lr, checkpoint_every: ckpt_every, ..TinyRun::default() };
+    run.write(dir, data, &format!("cfg-{steps}-{lr}"))
 }
 
 fn train(cfg: &Path, out: &Path, resume: bool) -> std::process::Output {

@@ -8,41 +8,20 @@ use std::path::{Path, PathBuf};
 use bimamba_train::{checkpoint, params};
 
 mod common;
-use common::{bin, metrics, prepare};
+use common::{bin, metrics, prepare, TinyRun};
 
 fn write_config(dir: &Path, data: &Path, name: &str, batch: usize, steps: u64) -> PathBuf {
-    let p = dir.join(format!("{name}.toml"));
-    let text = format!(
-        r#"
-[model]
-d_model = 32
-n_layer = 2
-d_state = 8
-headdim = 8
-chunk_size = 16
-[data]
-dir = "{}"
-seq_len = 48
-batch_size = {batch}
-grad_accum = 2
-[optim]
-lr = 3e-3
-warmup_steps = 2
-[loss]
-soft_weight = 0.0
-hard_weight = 1.0
-temperature = 1.0
-[train]
-steps = {steps}
-seed = 11
-eval_every = 0
-eval_windows = 4
-checkpoint_every = 2
-"#,
-        data.display()
-    );
-    std::fs::write(&p, text).expect("write config");
-    p
+    let run = TinyRun {
+        batch,
+        steps,
+        warmup: 2,
+        seed: 11,
+        eval_every: 0,
+        eval_windows: 4,
+        checkpoint_every: 2,
+        ..TinyRun::default()
+    };
+    run.write(dir, data, name)
 }
 
 fn train(cfg: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
