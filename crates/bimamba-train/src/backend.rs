@@ -66,7 +66,7 @@ pub fn train(kind: BackendKind, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         BackendKind::Cuda => {
             // One GPU per rank on each host.
             let device = burn::backend::cuda::CudaDevice::new(opts.ranks.local_rank);
-            run::train::<CudaTrain>(cfg, opts, &device)
+            run::train::<CudaTrain>(cfg, &RunOptions { gpu: true, ..opts.clone() }, &device)
         }
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => Err(no_cuda()),

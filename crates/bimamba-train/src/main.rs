@@ -235,7 +235,14 @@ fn run(cli: Cli) -> Result<()> {
             bimamba_train::fused::set_matmul_kernel(family).map_err(anyhow::Error::msg)?;
             bimamba_train::fused::set_ssd_scan(a.ssd_node);
             let root = ranks.rank == 0;
-            let opts = run::RunOptions { out, resume: a.resume, quiet: a.quiet, max_seconds: a.max_seconds, ranks };
+            let opts = run::RunOptions {
+                out,
+                resume: a.resume,
+                quiet: a.quiet,
+                max_seconds: a.max_seconds,
+                ranks,
+                gpu: false,
+            };
             let s = backend::train(kind, &cfg, &opts)?;
             if !root {
                 return Ok(());

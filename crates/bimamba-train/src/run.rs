@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub max_seconds: Option<f64>,
     /// This process's place among the data-parallel ranks ([`RankEnv::solo`] for one process).
     pub ranks: RankEnv,
+    /// The model is on CUDA GPU `ranks.local_rank` (set by the backend dispatch).
+    pub gpu: bool,
 }
 
 /// What a finished run reports.
@@ -232,7 +234,8 @@ pub fn train<B: crate::fused::TrainBackend>(
         (None, _) => None,
     };
     // Every rank has checked the run directory; from here on only rank 0 writes to it.
-    let mut comm = opts.ranks.connect()?;
+    // GPU tensors are summed by NCCL on the rank's GPU; host ones over TCP.
+    let mut comm = opts.ranks.connect(opts.gpu.then_some(opts.ranks.local_rank))?;
     if root {
         params::write_atomic(&cfg_path, resolved_toml.as_bytes())?;
         let run_info = json!({

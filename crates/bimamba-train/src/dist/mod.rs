@@ -6,9 +6,10 @@
 //!   `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`, as `torchrun` sets them), or from
 //!   `bimamba-train train --nproc N`, which starts N ranks of itself on this host ([`launch`]).
 //! - The exchange is the [`Collective`] trait: a sum across ranks, identical on every rank. Its
-//!   implementation here is [`tcp::TcpCollective`], host buffers over TCP to rank 0, which adds
-//!   them in rank order and sends the sum back: deterministic, and enough for CPU ranks and the
-//!   tests. One rank ([`Solo`]) exchanges nothing, so a one-rank run is today's run exactly.
+//!   implementations: [`tcp::TcpCollective`], host buffers over TCP to rank 0, which adds them in
+//!   rank order and sends the sum back (deterministic; CPU ranks and the tests), and on CUDA
+//!   `nccl::NcclCollective`, which sums the gradients in GPU memory. One rank ([`Solo`])
+//!   exchanges nothing, so a one-rank run is the single-process run exactly.
 //! - The data: step s draws the same global batch of `world · batch_size` windows on every rank
 //!   (one seeded sampler); rank r trains on windows `[r·b, (r+1)·b)`. N ranks with `batch_size`
 //!   b therefore see exactly what one process with `batch_size` N·b sees, and the averaged
@@ -17,14 +18,17 @@
 //!   resumes from the same checkpoint, which records the world size it was trained with.
 
 pub mod launch;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod tcp;
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+use crate::fused::FusedOps;
 
 /// A group of ranks that can sum buffers across all of them.
 pub trait Collective {
@@ -35,6 +39,14 @@ pub trait Collective {
     /// Replaces `buf` on every rank by the elementwise sum of all ranks' `buf` (the same length on
     /// every rank, else an error). Every rank gets bit-identical values.
     fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<()>;
+    /// Whether this group sums buffers in GPU memory ([`Collective::all_reduce_device`]).
+    fn device_buffers(&self) -> bool {
+        false
+    }
+    /// Sums, across ranks and in place, `len` f32 values at the CUDA device address `addr`.
+    fn all_reduce_device(&mut self, _addr: u64, _len: usize) -> Result<()> {
+        Err(Error::Config("this data-parallel group exchanges host buffers only".into()))
+    }
 }
 
 /// The single-process group: nothing to exchange.
@@ -110,12 +122,19 @@ impl RankEnv {
         Ok(Self { world, rank, local_rank, master_addr, master_port })
     }
 
-    /// Joins the group: [`Solo`] for one rank, else the TCP group (rank 0 waits for the others).
-    pub fn connect(&self) -> Result<Box<dyn Collective>> {
+    /// Joins the group (rank 0 waits for the others): [`Solo`] for one rank; NCCL when the
+    /// model is on a CUDA GPU (`gpu`: its ordinal), since GPU tensors travel through NCCL only;
+    /// else the TCP group.
+    pub fn connect(&self, gpu: Option<usize>) -> Result<Box<dyn Collective>> {
         if self.world == 1 {
-            Ok(Box::new(Solo))
-        } else {
-            Ok(Box::new(tcp::TcpCollective::connect(self)?))
+            return Ok(Box::new(Solo));
+        }
+        match gpu {
+            #[cfg(feature = "cuda")]
+            Some(ordinal) => Ok(Box::new(nccl::NcclCollective::connect(self, ordinal)?)),
+            #[cfg(not(feature = "cuda"))]
+            Some(_) => Err(Error::Config("data-parallel training on GPUs needs the `cuda` feature (NCCL)".into())),
+            None => Ok(Box::new(tcp::TcpCollective::connect(self)?)),
         }
     }
 }
@@ -130,27 +149,40 @@ pub fn all_reduce_scalars(comm: &mut dyn Collective, values: &[f64]) -> Result<V
     Ok(buf.into_iter().map(f64::from).collect())
 }
 
-/// Gradients of `model`'s parameters, flattened in the model's order onto the host.
-struct Flatten<'a> {
+/// Gradients of `model`'s parameters in the model's order: onto the host, flattened, or as
+/// flat f32 tensors on the device.
+struct Gather<'a, B: Backend> {
     grads: &'a GradientsParams,
-    flat: Vec<f32>,
+    host: Option<Vec<f32>>,
+    device: Vec<Tensor<B, 1>>,
 }
 
-impl<AB: AutodiffBackend> ModuleVisitor<AB> for Flatten<'_> {
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Gather<'_, AB::InnerBackend> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
         if let Some(g) = self.grads.get::<AB::InnerBackend, D>(param.id) {
-            self.flat.extend(g.into_data().iter::<f32>());
+            match &mut self.host {
+                Some(flat) => flat.extend(g.into_data().iter::<f32>()),
+                None => {
+                    let n = g.shape().num_elements();
+                    self.device.push(g.reshape([n]).cast(DType::F32));
+                }
+            }
         }
     }
+}
+
+/// Where the summed gradients are.
+enum Summed<'a, B: Backend> {
+    Host(&'a [f32]),
+    Device(Tensor<B, 1>),
 }
 
 /// Puts the averaged gradients back, in the same order.
 struct Unflatten<'a, B: Backend> {
     grads: &'a mut GradientsParams,
-    flat: &'a [f32],
+    summed: Summed<'a, B>,
     at: usize,
     scale: f32,
-    _backend: std::marker::PhantomData<B>,
 }
 
 impl<AB: AutodiffBackend> ModuleMapper<AB> for Unflatten<'_, AB::InnerBackend> {
@@ -158,45 +190,60 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Unflatten<'_, AB::InnerBackend> {
         if let Some(g) = self.grads.remove::<AB::InnerBackend, D>(param.id) {
             let shape = g.shape();
             let n = shape.num_elements();
-            let vals: Vec<f32> = self.flat[self.at..self.at + n].iter().map(|v| v * self.scale).collect();
+            let avg = match &self.summed {
+                Summed::Host(flat) => {
+                    let vals: Vec<f32> = flat[self.at..self.at + n].iter().map(|v| v * self.scale).collect();
+                    let opts = crate::ops::opts::<AB::InnerBackend>(&g.device());
+                    Tensor::<AB::InnerBackend, D>::from_data(TensorData::new(vals, shape), opts)
+                }
+                Summed::Device(flat) => flat.clone().narrow(0, self.at, n).mul_scalar(self.scale).reshape(shape),
+            };
             self.at += n;
-            let opts = crate::ops::opts::<AB::InnerBackend>(&g.device());
-            let avg = Tensor::<AB::InnerBackend, D>::from_data(TensorData::new(vals, shape), opts).cast(g.dtype());
-            self.grads.register::<AB::InnerBackend, D>(param.id, avg);
+            self.grads.register::<AB::InnerBackend, D>(param.id, avg.cast(g.dtype()));
         }
         param
     }
 }
 
 /// Averages the gradients across the group: every rank ends with the mean of all ranks'
-/// gradients. The gradients travel as one flat f32 buffer, which the collective sends in
-/// buckets. With one rank the gradients are returned untouched.
+/// gradients. They are summed as one flat f32 buffer: in GPU memory when the group can
+/// (NCCL), else on the host, which the collective sends in buckets. With one rank the gradients
+/// are returned untouched.
 pub fn average_gradients<AB, M>(
     model: M,
     mut grads: GradientsParams,
     comm: &mut dyn Collective,
 ) -> Result<(M, GradientsParams)>
 where
-    AB: AutodiffBackend,
+    AB: AutodiffBackend<InnerBackend: FusedOps>,
     M: AutodiffModule<AB>,
 {
     let world = comm.world();
     if world == 1 {
         return Ok((model, grads));
     }
-    let mut f = Flatten { grads: &grads, flat: Vec::new() };
-    model.visit(&mut f);
-    let mut flat = f.flat;
-    comm.all_reduce_sum(&mut flat)?;
-    let mut u = Unflatten::<AB::InnerBackend> {
-        grads: &mut grads,
-        flat: &flat,
-        at: 0,
-        scale: 1.0 / world as f32,
-        _backend: std::marker::PhantomData,
+    let on_device = comm.device_buffers();
+    let mut gather =
+        Gather::<AB::InnerBackend> { grads: &grads, host: (!on_device).then(Vec::new), device: Vec::new() };
+    model.visit(&mut gather);
+    let (mut host, parts) = (gather.host, gather.device);
+    let summed = match host.as_mut() {
+        Some(flat) => {
+            comm.all_reduce_sum(flat)?;
+            Summed::Host(&flat[..])
+        }
+        None if parts.is_empty() => return Ok((model, grads)),
+        None => {
+            let flat = Tensor::cat(parts, 0);
+            let addr = AB::InnerBackend::cuda_address(&flat).ok_or_else(|| {
+                Error::Config("data-parallel: the gradients are not in CUDA memory, which NCCL sums".into())
+            })?;
+            comm.all_reduce_device(addr, flat.dims()[0])?;
+            Summed::Device(flat)
+        }
     };
+    let mut u = Unflatten::<AB::InnerBackend> { grads: &mut grads, summed, at: 0, scale: 1.0 / world as f32 };
     let model = model.map(&mut u);
-    debug_assert_eq!(u.at, flat.len());
     Ok((model, grads))
 }
 

@@ -129,14 +129,33 @@ fn check_f32<R: CubeRuntime>(t: &Prim<R>, what: &str) {
     assert_eq!(t.dtype, burn::tensor::DType::F32, "fused {what}: f32 tensors only");
 }
 
+/// The memory a CUDA tensor lives in (cubecl-cuda's `GpuResource`, whose `ptr` is the address).
+#[cfg(feature = "cuda")]
+type CudaResource = <<<cubecl::cuda::CudaRuntime as cubecl::Runtime>::Server as cubecl::server::ComputeServer>::Storage as cubecl_runtime::storage::ComputeStorage>::Resource;
+
 impl<R, F, I, BT> FusedOps for CubeBackend<R, F, I, BT>
 where
     R: CubeRuntime,
     F: FloatElement,
     I: IntElement,
     BT: BoolElement,
+    <<R::Server as cubecl::server::ComputeServer>::Storage as cubecl_runtime::storage::ComputeStorage>::Resource:
+        'static,
 {
     const KERNELS: bool = true;
+
+    #[cfg(feature = "cuda")]
+    fn cuda_address(t: &Tensor<Self, 1>) -> Option<u64> {
+        // The address must be the tensor's own memory: a contiguous copy would be summed and lost.
+        let p = prim(t.clone());
+        if !p.is_contiguous() {
+            return None;
+        }
+        cubecl::future::block_on(p.client.sync()).ok()?;
+        let res = p.client.get_resource(p.handle.clone()).ok()?;
+        let any: &dyn std::any::Any = res.resource();
+        any.downcast_ref::<CudaResource>().map(|r| r.ptr)
+    }
 
     /// The chosen family runs half-precision products (what `matmul-kernels` measures); f32
     /// products stay with Burn's.

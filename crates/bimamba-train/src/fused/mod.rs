@@ -141,6 +141,12 @@ pub trait FusedOps: Backend {
         a.matmul(b)
     }
 
+    /// The CUDA device address of a contiguous tensor's memory, once every queued kernel has run
+    /// (data-parallel gradients summed in place by NCCL); `None` where it is not in CUDA memory.
+    fn cuda_address(_t: &Tensor<Self, 1>) -> Option<u64> {
+        None
+    }
+
     /// One AdamW update of a flattened parameter: returns (parameter, m, v).
     ///
     /// ```text
