@@ -7,15 +7,18 @@
 //!
 //! Layouts: x, dy and dx are [b, L, H, P]; B and C [b, L, G, N]; the kernels read and write them
 //! through 5-D views [b, chunks, head or group, T, ·] made by Burn's reshape and permute (free
-//! for contiguous tensors). Per-position factors are [b, chunks, H, T]. All f32.
+//! for contiguous tensors). Per-position factors are [b, chunks, H, T]. All f32. Every tensor the
+//! kernels write is allocated contiguous ([`out_f32`]): some are written through reshaped views,
+//! which only a contiguous tensor is sure to give.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::{CubeCount, CubeDim};
 
-use super::cube::{empty_f32, float_prim, wrap_d};
+use super::cube::{float_prim, wrap_d};
 use super::kernels::ssd_scan::{
     ssd_chunk_cumsum_kernel, ssd_finish_kernel, ssd_product_kernel, ssd_state_pass_backward_kernel,
     ssd_state_pass_kernel, MAX_CHUNK, PRODUCT_THREADS, TILE,
@@ -95,6 +98,39 @@ fn prim<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime, const D: usi
     float_prim(t.clone())
 }
 
+/// A new f32 tensor for the kernels to write, laid out contiguously on every runtime.
+///
+/// CUDA's allocator pads the rows of a tensor it lays out itself (the last dimension rounded up
+/// to a power of two of bytes, up to 512), and Burn's reshape copies a tensor whose strides it
+/// cannot regroup: any merge of padded dimensions, and a split next to a dimension of size 1
+/// (batch 1, one group). Several outputs here are written through reshaped views
+/// ([`written`]); into such a copy, the kernel's results would never reach the output.
+fn out_f32<R: CubeRuntime>(like: &Prim<R>, shape: Vec<usize>) -> Prim<R> {
+    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape.into(), DType::F32)
+}
+
+/// `t`, an output from [`out_f32`], reshaped for a kernel to write through; panics unless `t` is
+/// contiguous, the layout whose every reshape Burn makes a view of the same memory.
+fn written<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime, const D: usize, const D2: usize>(
+    t: &Tensor<B, D>,
+    shape: [usize; D2],
+) -> Tensor<B, D2> {
+    let p = prim(t);
+    let mut size = 1;
+    let contiguous = p.meta.shape().iter().zip(p.meta.strides().iter()).rev().all(|(&d, &s)| {
+        let ok = s == size;
+        size *= d;
+        ok
+    });
+    assert!(
+        contiguous,
+        "SSD scan: an output written through a reshape must be contiguous (shape {:?}, strides {:?})",
+        p.meta.shape(),
+        p.meta.strides()
+    );
+    t.clone().reshape(shape)
+}
+
 /// Whether the kernels take this problem: f32 inputs, a chunk the finishing kernel holds, and
 /// launch grids within every backend's limits. Otherwise the op-by-op scan runs.
 pub fn supported<B: Backend>(
@@ -159,7 +195,7 @@ fn chunks<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     let c5 = cm.reshape([b, c, t, g, n]).swap_dims(2, 3);
 
     let like = prim(&x);
-    let per_pos = || empty_f32(&like, vec![b, c, h, t]);
+    let per_pos = || out_f32(&like, vec![b, c, h, t]);
     let (acs, dts, ex, wend, dtw) = (per_pos(), per_pos(), per_pos(), per_pos(), per_pos());
     ssd_chunk_cumsum_kernel::launch::<R>(
         &like.client,
@@ -174,18 +210,18 @@ fn chunks<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
         dtw.clone().into_tensor_arg(),
     );
 
-    let cb = empty_f32(&like, vec![b, c, g, t, t]);
+    let cb = out_f32(&like, vec![b, c, g, t, t]);
     product(&prim(&c5), &prim(&b5.clone().swap_dims(3, 4)), &cb, Factors::default());
     // states[p, n] = Σ_s dt_s·exp(Λ_end − Λ_s) · x[s, p] · B[s, n]
-    let states = empty_f32(&like, vec![b, c, h, p, n]);
+    let states = out_f32(&like, vec![b, c, h, p, n]);
     product(
         &prim(&x5.clone().swap_dims(3, 4)),
         &prim(&b5),
         &states,
         Factors { inner: Some(&dtw), ..Default::default() },
     );
-    let s_in = empty_f32(&like, vec![b, c, h, p, n]);
-    let fin = empty_f32(&like, vec![b, h, p * n]);
+    let s_in = out_f32(&like, vec![b, c, h, p, n]);
+    let fin = out_f32(&like, vec![b, h, p * n]);
     let flat = |t: &Prim<R>| prim(&wrap_d::<B, R, 5>(t.clone()).reshape([b, c, h, p * n]));
     ssd_state_pass_kernel::launch::<R>(
         &like.client,
@@ -193,7 +229,7 @@ fn chunks<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
         CubeDim::new_1d(256),
         flat(&states).into_tensor_arg(),
         acs.clone().into_tensor_arg(),
-        flat(&s_in).into_tensor_arg(),
+        prim(&written(&wrap_d::<B, R, 5>(s_in.clone()), [b, c, h, p * n])).into_tensor_arg(),
         fin.into_tensor_arg(),
     );
     Chunks {
@@ -223,8 +259,8 @@ pub fn scan<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
 ) -> Tensor<B, 4> {
     let s = chunks(x, dt, a, bm, cm, chunk);
     let [b, l, h, p, _, _, t, c] = s.dims;
-    let y: Tensor<B, 4> = wrap_d(empty_f32(&prim(&s.x), vec![b, c * t, h, p]));
-    let yv = prim(&y.clone().reshape([b, c, t, h, p]).swap_dims(2, 3));
+    let y: Tensor<B, 4> = wrap_d(out_f32(&prim(&s.x), vec![b, c * t, h, p]));
+    let yv = prim(&written(&y, [b, c, t, h, p]).swap_dims(2, 3));
     // The carried-in state's outputs, exp(Λ_l) · C_l · S_inᵀ, then the intra-chunk ones added:
     // Σ_{s ≤ l} exp(Λ_l − Λ_s) · (C_l·B_s) · dt_s · x_s.
     let (ex, dts, acs) = (prim(&s.ex), prim(&s.dts), prim(&s.acs));
@@ -256,10 +292,10 @@ pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: C
     let none = Factors::<R>::default;
 
     // dS_in[p, n] = Σ_l exp(Λ_l) · dy[l, p] · C[l, n]; then back through the state passing.
-    let dsin = empty_f32(&like, vec![b, c, h, p, n]);
+    let dsin = out_f32(&like, vec![b, c, h, p, n]);
     product(&prim(&dy5.clone().swap_dims(3, 4)), &prim(&s.c5), &dsin, Factors { inner: Some(&ex), ..none() });
-    let dstates = empty_f32(&like, vec![b, c, h, p, n]);
-    let dtot = empty_f32(&like, vec![b, c, h]);
+    let dstates = out_f32(&like, vec![b, c, h, p, n]);
+    let dtot = out_f32(&like, vec![b, c, h]);
     let flat = |t: Prim<R>| prim(&wrap_d::<B, R, 5>(t).reshape([b, c, h, p * n]));
     ssd_state_pass_backward_kernel::launch::<R>(
         &like.client,
@@ -268,26 +304,26 @@ pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: C
         flat(dsin).into_tensor_arg(),
         flat(prim(&s.s_in)).into_tensor_arg(),
         acs.clone().into_tensor_arg(),
-        flat(dstates.clone()).into_tensor_arg(),
+        prim(&written(&wrap_d::<B, R, 5>(dstates.clone()), [b, c, h, p * n])).into_tensor_arg(),
         dtot.clone().into_tensor_arg(),
     );
 
     // The intra-chunk scores: dM[l, s] = Σ_p dy[l, p] · x[s, p] · dt_s, then through the decay
     // mask to dΛ and to d(C·Bᵀ) (summed over each group's heads).
-    let dm = empty_f32(&like, vec![b, c, h, t, t]);
+    let dm = out_f32(&like, vec![b, c, h, t, t]);
     product(&prim(&dy5), &prim(&s.x5.clone().swap_dims(3, 4)), &dm, Factors { cols: Some(&dts), ..none() });
     let (dl_diag, dcb) = B::ssd_decay_scores_backward(s.acs.clone(), s.cb.clone(), wrap_d(dm));
     let dcb = prim(&dcb);
 
     // dx̄ through the scores, Σ_{l ≥ s} exp(Λ_l − Λ_s) · (C_l·B_s) · dy[l, p]; through the chunk
     // state, exp(Λ_end − Λ_s) · Σ_n B[s, n] · dstates[p, n]; and y_off again for dΛ.
-    let dxd = empty_f32(&like, vec![b, c, h, t, p]);
+    let dxd = out_f32(&like, vec![b, c, h, t, p]);
     let upper = Factors { decay: Some((&acs, Mask::Upper)), ..none() };
     product(&prim(&s.cb.clone().swap_dims(3, 4)), &prim(&dy5), &dxd, upper);
-    let dxs = empty_f32(&like, vec![b, c, h, t, p]);
+    let dxs = out_f32(&like, vec![b, c, h, t, p]);
     let dstates_t = prim(&wrap_d::<B, R, 5>(dstates.clone()).swap_dims(3, 4));
     product(&prim(&s.b5), &dstates_t, &dxs, Factors { rows: Some(&wend), ..none() });
-    let yoff = empty_f32(&like, vec![b, c, h, t, p]);
+    let yoff = out_f32(&like, vec![b, c, h, t, p]);
     product(&prim(&s.c5), &prim(&s.s_in.clone().swap_dims(3, 4)), &yoff, Factors { rows: Some(&ex), ..none() });
 
     // dC = Σ_heads (exp(Λ) ⊙ dy) · S_in + d(C·Bᵀ) · B and dB = Σ_heads (dt·exp(Λ_end − Λ) ⊙ x) ·
@@ -297,10 +333,10 @@ pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: C
     let dye = grouped(dy.clone() * per_position(&s.ex));
     let xw = grouped(s.x.clone() * per_position(&s.dtw));
     let by_group = |v: Prim<R>| prim(&wrap_d::<B, R, 5>(v).reshape([b, c, g, hg * p, n]));
-    let dcm: Tensor<B, 4> = wrap_d(empty_f32(&like, vec![b, lp, g, n]));
-    let dbm: Tensor<B, 4> = wrap_d(empty_f32(&like, vec![b, lp, g, n]));
-    let dcv = prim(&dcm.clone().reshape([b, c, t, g, n]).swap_dims(2, 3));
-    let dbv = prim(&dbm.clone().reshape([b, c, t, g, n]).swap_dims(2, 3));
+    let dcm: Tensor<B, 4> = wrap_d(out_f32(&like, vec![b, lp, g, n]));
+    let dbm: Tensor<B, 4> = wrap_d(out_f32(&like, vec![b, lp, g, n]));
+    let dcv = prim(&written(&dcm, [b, c, t, g, n]).swap_dims(2, 3));
+    let dbv = prim(&written(&dbm, [b, c, t, g, n]).swap_dims(2, 3));
     product(&prim(&dye), &by_group(prim(&s.s_in)), &dcv, none());
     product(&dcb, &prim(&s.b5), &dcv, Factors { accumulate: true, ..none() });
     product(&prim(&xw), &by_group(dstates), &dbv, none());
@@ -308,9 +344,9 @@ pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: C
     product(&dcb_t, &prim(&s.c5), &dbv, Factors { accumulate: true, ..none() });
 
     // dx, ddt and dA's partial sums per chunk.
-    let dx: Tensor<B, 4> = wrap_d(empty_f32(&like, vec![b, lp, h, p]));
-    let ddt: Tensor<B, 3> = wrap_d(empty_f32(&like, vec![b, lp, h]));
-    let dapart = empty_f32(&like, vec![b, c, h]);
+    let dx: Tensor<B, 4> = wrap_d(out_f32(&like, vec![b, lp, h, p]));
+    let ddt: Tensor<B, 3> = wrap_d(out_f32(&like, vec![b, lp, h]));
+    let dapart = out_f32(&like, vec![b, c, h]);
     ssd_finish_kernel::launch::<R>(
         &like.client,
         CubeCount::new_1d((b * c * h) as u32),
@@ -324,8 +360,8 @@ pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: C
         prim(&dl_diag).into_tensor_arg(),
         dtot.into_tensor_arg(),
         prim(&a).into_tensor_arg(),
-        prim(&dx.clone().reshape([b, c, t, h, p]).swap_dims(2, 3)).into_tensor_arg(),
-        prim(&ddt.clone().reshape([b, c, t, h]).swap_dims(2, 3)).into_tensor_arg(),
+        prim(&written(&dx, [b, c, t, h, p]).swap_dims(2, 3)).into_tensor_arg(),
+        prim(&written(&ddt, [b, c, t, h]).swap_dims(2, 3)).into_tensor_arg(),
         dapart.clone().into_tensor_arg(),
     );
     let da = wrap_d::<B, R, 3>(dapart).sum_dim(1).sum_dim(0).reshape([h]);
