@@ -65,7 +65,7 @@ fn decay_factor(acs: &Tensor<f32>, lam: usize, i: usize, k: usize, #[comptime] u
 /// z over batch × chunk × head. `decay`: 0 none, 1 lower, 2 upper. `a_k_fast` / `b_n_fast` say
 /// which index of A (B) is contiguous in memory, so that neighbouring threads load neighbours.
 #[cube(launch)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
 pub fn ssd_product_kernel(
     a: &Tensor<f32>,
     b: &Tensor<f32>,
