@@ -374,7 +374,9 @@ pub fn train<B: crate::fused::TrainBackend>(
             return Err(Error::Config(msg));
         }
         let lr = cfg.optim.lr_at(state.step, total);
+        let exchange = Instant::now();
         let (m, grads) = dist::average_gradients::<B, _>(model, acc.grads(), comm.as_mut())?;
+        let exchange_s = exchange.elapsed().as_secs_f64();
         let (m, grad_norm) = optim.step::<B, _>(m, grads, lr);
         model = m;
         state.step += 1;
@@ -389,6 +391,10 @@ pub fn train<B: crate::fused::TrainBackend>(
             "step": state.step, "train_loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
             "tokens_per_s": tps, "tokens": state.tokens_seen, "elapsed_s": state.elapsed_s,
         });
+        if world > 1 {
+            // The gradient exchange's share of the step (gather, sum across ranks, scatter).
+            line["exchange_s"] = json!(exchange_s);
+        }
         let eval_now =
             (cfg.train.eval_every > 0 && state.step.is_multiple_of(cfg.train.eval_every)) || state.step == total;
         if eval_now {
