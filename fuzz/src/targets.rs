@@ -165,6 +165,7 @@ impl Setup {
                     sampler,
                     tokens_seen: 3840,
                     elapsed_s: 1.5,
+                    world_size: 1,
                 };
                 vec![serde_json::to_vec_pretty(&st).expect("serialize")]
             }
@@ -279,7 +280,7 @@ fn state_json(s: &Setup, data: &[u8]) -> bool {
     let dir = s.scratch.join("ckpt/checkpoints/step-00000010");
     std::fs::write(dir.join("state.json"), data).expect("write state.json");
     let Ok(ck) = checkpoint::load(&dir) else { return false };
-    let shape = RunShape { seq_len: 48, aligned: false, windows_per_step: 8, tokens_per_step: 384 };
+    let shape = RunShape { seq_len: 48, aligned: false, world: 1, windows_per_step: 8, tokens_per_step: 384 };
     ck.check(&shape).is_ok()
 }
 
