@@ -13,7 +13,8 @@ use bimamba_formats::Checkpoint;
 use bimamba_lm::LanguageModel;
 use bimamba_models::AnyModel;
 use bimamba_train::checkpoint::{self, RunShape, TrainState, CHECKPOINT_VERSION};
-use bimamba_train::data::{TokenFile, WindowSampler};
+use bimamba_train::data::{Dataset, TokenFile, WindowSampler};
+use bimamba_train::teacher::{topk_header, TopkFile};
 
 /// One target: its name, what it drives, and the function given each input (true when the
 /// parser accepted it).
@@ -31,7 +32,7 @@ pub struct Setup {
     torch_entries: Vec<(String, Vec<u8>)>,
 }
 
-pub const TARGETS: [Target; 12] = [
+pub const TARGETS: [Target; 14] = [
     Target { name: "config-json", about: "config.json, both dialects (Config::from_json_str)", run: config_json },
     Target { name: "tokenizer-json", about: "tokenizer.json, then encode and decode", run: tokenizer_json },
     Target { name: "safetensors", about: "a safetensors file: header, offsets, every tensor's data", run: safetensors },
@@ -52,6 +53,12 @@ pub const TARGETS: [Target; 12] = [
         run: state_json,
     },
     Target { name: "token-file", about: "a BMTK token file from data prepare, mapped and read", run: token_file },
+    Target {
+        name: "data-meta",
+        about: "a data directory's meta.json against its token files (Dataset::open), one batch",
+        run: data_meta,
+    },
+    Target { name: "topk-file", about: "a BMTL teacher top-k file, opened, one batch read", run: topk_file },
 ];
 
 fn fixture(s: &Setup, rel: &str) -> Vec<u8> {
@@ -105,6 +112,10 @@ impl Setup {
         for f in ["model.safetensors", "optim.safetensors"] {
             bimamba_train::params::write_safetensors(&ck_dir.join(f), &empty, None).expect("write");
         }
+        // The data directory whose meta.json the data-meta target replaces.
+        let texts = [root.join("fixtures/text/pride_excerpt_short.txt")];
+        let tok = root.join("fixtures/ss-bimamba-col/tokenizer.json");
+        bimamba_train::data::prepare(&tok, &scratch.join("meta-data"), &texts, 0.1).expect("data prepare");
         let mut torch_entries = Vec::new();
         let bin = std::fs::read(fx.join("ss-mamba2-g1/pytorch_model.bin")).expect("fixture");
         let mut z = zip::ZipArchive::new(std::io::Cursor::new(bin)).expect("fixture zip");
@@ -168,6 +179,21 @@ impl Setup {
                     world_size: 1,
                 };
                 vec![serde_json::to_vec_pretty(&st).expect("serialize")]
+            }
+            "data-meta" => vec![std::fs::read(s.scratch.join("meta-data/meta.json")).expect("meta.json")],
+            "topk-file" => {
+                // Two windows of 8 positions, top 4, ids below the fixture vocabulary.
+                let (k, seq_len, windows) = (4usize, 8usize, 2usize);
+                let mut f = topk_header(k, seq_len, windows, "0123456789abcdef");
+                for w in 0..windows {
+                    for i in 0..seq_len * k {
+                        f.extend_from_slice(&(((w * 31 + i * 7) % 451) as u32).to_le_bytes());
+                    }
+                    for i in 0..seq_len * k {
+                        f.extend_from_slice(&(-0.5 * (i % k + 1) as f32).to_le_bytes());
+                    }
+                }
+                vec![f]
             }
             "token-file" => {
                 let out = s.scratch.join("data");
@@ -282,6 +308,30 @@ fn state_json(s: &Setup, data: &[u8]) -> bool {
     let Ok(ck) = checkpoint::load(&dir) else { return false };
     let shape = RunShape { seq_len: 48, aligned: false, world: 1, windows_per_step: 8, tokens_per_step: 384 };
     ck.check(&shape).is_ok()
+}
+
+fn data_meta(s: &Setup, data: &[u8]) -> bool {
+    let dir = s.scratch.join("meta-data");
+    std::fs::write(dir.join("meta.json"), data).expect("write meta.json");
+    let Ok(ds) = Dataset::open(&dir) else { return false };
+    // What training does with an accepted directory: windows whose ids index the embedding.
+    let mut sampler = WindowSampler::new(8, false, 1);
+    if let Ok((toks, _)) = sampler.next_batch_in(&ds.train, ds.train.len(), 2) {
+        assert!(toks.iter().all(|&t| (t as usize) < ds.meta.vocab_size), "a token id beyond meta.json's vocabulary");
+    }
+    true
+}
+
+fn topk_file(s: &Setup, data: &[u8]) -> bool {
+    let p = put(s, "teacher.topk", data);
+    let Ok(f) = TopkFile::open(&p) else { return false };
+    if f.windows > 0 {
+        let _ = f.window(f.windows - 1);
+        let dev = Default::default();
+        let starts = [0, (f.windows - 1) * f.seq_len];
+        let _ = f.batch::<bimamba_train::backend::Cpu>(&starts, 451, &dev);
+    }
+    true
 }
 
 fn token_file(s: &Setup, data: &[u8]) -> bool {

@@ -213,6 +213,16 @@ impl TokenFile {
         }
     }
 
+    /// The largest token id in the file (None when it is empty): one pass over the mapping.
+    pub fn max_id(&self) -> Option<u32> {
+        let body = &self.map[HEADER..];
+        if self.width == 2 {
+            body.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32).max()
+        } else {
+            body.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).max()
+        }
+    }
+
     /// Tokens [start, start + n) as i64 ids.
     pub fn window(&self, start: usize, n: usize) -> Vec<i64> {
         (start..start + n).map(|i| self.get(i) as i64).collect()
@@ -238,12 +248,31 @@ impl Dataset {
         let mpath = dir.join("meta.json");
         let text = std::fs::read_to_string(&mpath).map_err(Error::io(&mpath))?;
         let meta: DataMeta = serde_json::from_str(&text).map_err(|e| Error::format(&mpath, e.to_string()))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            meta,
-            train: TokenFile::open(&dir.join("train.tok"))?,
-            val: TokenFile::open(&dir.join("val.tok"))?,
-        })
+        let (train, val) = (TokenFile::open(&dir.join("train.tok"))?, TokenFile::open(&dir.join("val.tok"))?);
+        // meta.json must describe these files: the model's vocabulary is taken from it, and a
+        // token id beyond it would index past the embedding.
+        let bad = |field: &str, detail: String| Err(Error::format(&mpath, format!("field `{field}`: {detail}")));
+        if meta.vocab_size == 0 {
+            return bad("vocab_size", "must be at least 1".into());
+        }
+        if meta.eos_id as usize >= meta.vocab_size {
+            return bad("eos_id", format!("{} is outside the vocabulary of {}", meta.eos_id, meta.vocab_size));
+        }
+        for (name, file, count) in [("train", &train, meta.train_tokens), ("val", &val, meta.val_tokens)] {
+            if count != file.len() as u64 {
+                return bad(&format!("{name}_tokens"), format!("says {count} but {name}.tok holds {}", file.len()));
+            }
+            if meta.token_bytes as usize != file.width {
+                return bad(
+                    "token_bytes",
+                    format!("says {} but {name}.tok stores {} bytes per token", meta.token_bytes, file.width),
+                );
+            }
+            if let Some(max) = file.max_id().filter(|&m| m as usize >= meta.vocab_size) {
+                return bad("vocab_size", format!("{} but {name}.tok holds token id {max}", meta.vocab_size));
+            }
+        }
+        Ok(Self { dir: dir.to_path_buf(), meta, train, val })
     }
 }
 
@@ -321,6 +350,31 @@ mod tests {
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    }
+
+    #[test]
+    fn meta_json_that_disagrees_with_the_token_files_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tok_path = fixtures().join("ss-bimamba-col/tokenizer.json");
+        let meta =
+            prepare(&tok_path, dir.path(), &[fixtures().join("text/pride_excerpt_short.txt")], 0.1).expect("prepare");
+        let max = Dataset::open(dir.path()).expect("open").train.max_id().expect("tokens") as usize;
+        let cases: [(&str, serde_json::Value, &str); 6] = [
+            ("vocab_size", 0.into(), "at least 1"),
+            ("vocab_size", max.into(), "holds token id"),
+            ("eos_id", (meta.vocab_size as u64 + 5).into(), "outside the vocabulary"),
+            ("train_tokens", (meta.train_tokens + 1).into(), "train.tok holds"),
+            ("val_tokens", 0.into(), "val.tok holds"),
+            ("token_bytes", 4.into(), "bytes per token"),
+        ];
+        let good = serde_json::to_value(&meta).expect("json");
+        for (field, value, needle) in cases {
+            let mut m = good.clone();
+            m[field] = value;
+            std::fs::write(dir.path().join("meta.json"), m.to_string()).expect("write");
+            let msg = Dataset::open(dir.path()).expect_err(field).to_string();
+            assert!(msg.contains(&format!("`{field}`")) && msg.contains(needle) && !msg.contains('\n'), "{msg}");
+        }
     }
 
     #[test]

@@ -338,7 +338,7 @@ pub fn train<B: crate::fused::TrainBackend>(
                     Some(soft_cross_entropy(logits, tl, temp))
                 }
                 Teacher::Topk(f) => {
-                    let (ids, lp) = f.batch::<B>(starts, device)?;
+                    let (ids, lp) = f.batch::<B>(starts, data.meta.vocab_size, device)?;
                     Some(soft_cross_entropy_topk(logits, ids, lp, temp))
                 }
             };

@@ -132,9 +132,18 @@ impl TopkFile {
         w.copy_from_slice(&map[16..24]);
         let windows = u64::from_le_bytes(w) as usize;
         let vocab_hash = String::from_utf8_lossy(&map[24..40]).to_string();
-        let want = HEADER + windows * seq_len * k * 8;
-        if map.len() != want || k == 0 || seq_len == 0 {
-            return Err(Error::format(path, format!("size {} does not match its header ({want})", map.len())));
+        // Sizes from a damaged header can overflow: such a file matches no length.
+        let want = windows.checked_mul(seq_len).and_then(|n| n.checked_mul(k)).and_then(|n| n.checked_mul(8));
+        let want = want.and_then(|n| n.checked_add(HEADER));
+        if want != Some(map.len()) || k == 0 || seq_len == 0 {
+            let want = want.map(|n| n.to_string()).unwrap_or_else(|| "more than any file holds".into());
+            return Err(Error::format(
+                path,
+                format!(
+                    "size {} does not match its header (k {k}, seq_len {seq_len}, windows {windows}: {want})",
+                    map.len()
+                ),
+            ));
         }
         Ok(Self { map, k, seq_len, windows, vocab_hash })
     }
@@ -154,17 +163,29 @@ impl TopkFile {
         (ids, lp)
     }
 
-    /// Teacher tensors for a batch of aligned window starts.
+    /// Teacher tensors for a batch of aligned window starts; every id must be below `vocab` (the
+    /// tokenizer's vocabulary, which the student's logits cover).
     ///
     /// # Shapes
     /// - output: ids [b, seq_len, k], log-probabilities [b, seq_len, k]
-    pub fn batch<B: Backend>(&self, starts: &[usize], device: &B::Device) -> Result<(Tensor<B, 3, Int>, Tensor<B, 3>)> {
+    pub fn batch<B: Backend>(
+        &self,
+        starts: &[usize],
+        vocab: usize,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 3, Int>, Tensor<B, 3>)> {
         let (mut ids, mut lps) = (Vec::new(), Vec::new());
         for &s in starts {
             if s % self.seq_len != 0 || s / self.seq_len >= self.windows {
                 return Err(Error::Config(format!("window start {s} is not covered by the top-k file")));
             }
             let (i, l) = self.window(s / self.seq_len);
+            if let Some(bad) = i.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::Config(format!(
+                    "the top-k file holds token id {bad} in window {}, outside the vocabulary of {vocab} (the file is damaged or from another tokenizer)",
+                    s / self.seq_len
+                )));
+            }
             ids.extend(i);
             lps.extend(l);
         }
@@ -174,6 +195,24 @@ impl TopkFile {
             Tensor::from_data(TensorData::new(lps, dims), crate::ops::opts::<B>(device)),
         ))
     }
+}
+
+/// The header of a top-k file (`BMTL` v1, 48 bytes): magic, version, k, seq_len (u32 each),
+/// windows (u64), the first 16 bytes of the vocabulary hash, 8 reserved bytes. Each window
+/// follows as `seq_len · k` u32 ids, then as many f32 log-probabilities.
+pub fn topk_header(k: usize, seq_len: usize, windows: usize, vocab_hash: &str) -> Vec<u8> {
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&(k as u32).to_le_bytes());
+    header.extend_from_slice(&(seq_len as u32).to_le_bytes());
+    header.extend_from_slice(&(windows as u64).to_le_bytes());
+    let mut hash = [b'0'; 16];
+    let h = vocab_hash.as_bytes();
+    hash[..h.len().min(16)].copy_from_slice(&h[..h.len().min(16)]);
+    header.extend_from_slice(&hash);
+    header.extend_from_slice(&0u64.to_le_bytes());
+    header
 }
 
 /// The `k` largest entries of `row` with their indices, in descending order.
@@ -210,18 +249,7 @@ pub fn write_topk<B: Backend>(
     }
     let tmp = out.with_extension("topk.tmp");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(Error::io(&tmp))?);
-    let mut header = Vec::with_capacity(HEADER);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&(k as u32).to_le_bytes());
-    header.extend_from_slice(&(seq_len as u32).to_le_bytes());
-    header.extend_from_slice(&(windows as u64).to_le_bytes());
-    let mut hash = [b'0'; 16];
-    let h = data.meta.vocab_hash.as_bytes();
-    hash[..h.len().min(16)].copy_from_slice(&h[..h.len().min(16)]);
-    header.extend_from_slice(&hash);
-    header.extend_from_slice(&0u64.to_le_bytes());
-    f.write_all(&header).map_err(Error::io(&tmp))?;
+    f.write_all(&topk_header(k, seq_len, windows, &data.meta.vocab_hash)).map_err(Error::io(&tmp))?;
     let mut done = 0;
     while done < windows {
         let nb = batch.max(1).min(windows - done);
@@ -255,6 +283,33 @@ pub fn write_topk<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn damaged_top_k_files_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("t.topk");
+        // Header sizes whose product overflows: no panic, no wrap-around match.
+        let mut h = topk_header(1 << 31, 1 << 31, 0, "abc");
+        h[16..24].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        std::fs::write(&p, &h).expect("write");
+        let msg = TopkFile::open(&p).expect_err("overflow").to_string();
+        assert!(msg.contains("does not match its header"), "{msg}");
+        // A valid file whose ids leave the vocabulary.
+        let (k, seq_len) = (2usize, 3usize);
+        let mut f = topk_header(k, seq_len, 1, "abc");
+        for id in [0u32, 1, 2, 3, 4, 999] {
+            f.extend_from_slice(&id.to_le_bytes());
+        }
+        for _ in 0..k * seq_len {
+            f.extend_from_slice(&(-1.0f32).to_le_bytes());
+        }
+        std::fs::write(&p, &f).expect("write");
+        let t = TopkFile::open(&p).expect("opens");
+        let dev = Default::default();
+        t.batch::<burn::backend::NdArray<f32>>(&[0], 1000, &dev).expect("ids within 1000");
+        let msg = t.batch::<burn::backend::NdArray<f32>>(&[0], 451, &dev).expect_err("id 999").to_string();
+        assert!(msg.contains("999") && msg.contains("451"), "{msg}");
+    }
 
     #[test]
     fn top_k_is_sorted_and_exact() {
