@@ -375,9 +375,9 @@ pub fn train<B: crate::fused::TrainBackend>(
         }
         let lr = cfg.optim.lr_at(state.step, total);
         let exchange = Instant::now();
-        let (m, grads) = dist::average_gradients::<B, _>(model, acc.grads(), comm.as_mut())?;
+        let grads = dist::average_gradients::<B, _>(&model, acc.grads(), comm.as_mut())?;
         let exchange_s = exchange.elapsed().as_secs_f64();
-        let (m, grad_norm) = optim.step::<B, _>(m, grads, lr);
+        let (m, grad_norm) = optim.step::<B, _>(model, grads, lr);
         model = m;
         state.step += 1;
         state.adam_steps = optim.steps;

@@ -22,7 +22,7 @@ pub mod launch;
 pub mod nccl;
 pub mod tcp;
 
-use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
@@ -185,8 +185,8 @@ struct Unflatten<'a, B: Backend> {
     scale: f32,
 }
 
-impl<AB: AutodiffBackend> ModuleMapper<AB> for Unflatten<'_, AB::InnerBackend> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Unflatten<'_, AB::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
         if let Some(g) = self.grads.remove::<AB::InnerBackend, D>(param.id) {
             let shape = g.shape();
             let n = shape.num_elements();
@@ -201,7 +201,6 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Unflatten<'_, AB::InnerBackend> {
             self.at += n;
             self.grads.register::<AB::InnerBackend, D>(param.id, avg.cast(g.dtype()));
         }
-        param
     }
 }
 
@@ -210,17 +209,17 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Unflatten<'_, AB::InnerBackend> {
 /// (NCCL), else on the host, which the collective sends in buckets. With one rank the gradients
 /// are returned untouched.
 pub fn average_gradients<AB, M>(
-    model: M,
+    model: &M,
     mut grads: GradientsParams,
     comm: &mut dyn Collective,
-) -> Result<(M, GradientsParams)>
+) -> Result<GradientsParams>
 where
     AB: AutodiffBackend<InnerBackend: FusedOps>,
     M: AutodiffModule<AB>,
 {
     let world = comm.world();
     if world == 1 {
-        return Ok((model, grads));
+        return Ok(grads);
     }
     let on_device = comm.device_buffers();
     let mut gather =
@@ -232,7 +231,7 @@ where
             comm.all_reduce_sum(flat)?;
             Summed::Host(&flat[..])
         }
-        None if parts.is_empty() => return Ok((model, grads)),
+        None if parts.is_empty() => return Ok(grads),
         None => {
             let flat = Tensor::cat(parts, 0);
             let addr = AB::InnerBackend::cuda_address(&flat).ok_or_else(|| {
@@ -243,8 +242,8 @@ where
         }
     };
     let mut u = Unflatten::<AB::InnerBackend> { grads: &mut grads, summed, at: 0, scale: 1.0 / world as f32 };
-    let model = model.map(&mut u);
-    Ok((model, grads))
+    model.visit(&mut u);
+    Ok(grads)
 }
 
 #[cfg(test)]
