@@ -1,27 +1,31 @@
-//! A/B of the two AVX-512 int8-activation decode kernels, in one process: the VNNI
-//! multiply-add kernel (`x86/avx512_vnni.rs`) against the table-lookup kernel
-//! (`x86/avx512_tmac.rs`), through the public `binary_gemm_i8` (quantization, tables and the
-//! rayon row split included) with `set_act8_decode` switching between them.
+//! A/B of the AVX-512 int8-activation decode kernels, in one process: the VNNI multiply-add
+//! kernel (`x86/avx512_vnni.rs`) against the table-lookup kernel (`x86/avx512_tmac.rs`), both
+//! through the public `binary_gemm_i8` (quantization, tables and the rayon row split included)
+//! with `set_act8_decode` switching between them; and, as a third column, the table kernel on the
+//! interleaved layout (`tmac::interleave16`, no transpose), which the engine does not use.
 //!
 //! Shapes: in_proj `[2·d_inner + 2·d_state + n_heads, d_model]` and out_proj `[d_model, d_inner]`
 //! of the 780M, 1.3B and 2.7B Bi-Mamba (d_model 1536 / 2048 / 2560, expand 2, d_state 128,
-//! head dim 64). For each shape and thread count (1, 2), `ROUNDS` rounds; each round runs both
-//! kernels for `MS` milliseconds of calls, in alternating order, and records the mean time per
-//! call of each. Reported: the median over rounds of each kernel's mean, the best single call, and
-//! the median of the per-round ratios (on a shared machine the paired ratio is the steadier
-//! figure). Each call uses the next of several weight copies (`BIMAMBA_BENCH_ROTATION_MB`, 256 by
-//! default; 0 = one copy, cache-hot).
+//! head dim 64). For each shape and thread count (1, 2), `BIMAMBA_AB_ROUNDS` rounds (9); each
+//! round runs the three for `BIMAMBA_AB_MS` milliseconds (100) of calls each, the order rotating
+//! from round to round, and records the mean time per call of each. Printed: the median over
+//! rounds of each mean and the median of the per-round ratios (on a shared machine the paired
+//! ratio is the steadier figure), and the table build alone. Each call uses the next of several
+//! weight copies (`BIMAMBA_BENCH_ROTATION_MB`, 256 by default; 0 = one copy, cache-hot).
 //!
 //! ```text
 //! cargo bench -p bimamba-kernels --bench act8_decode
-//! BIMAMBA_AB_ROUNDS=15 BIMAMBA_AB_MS=200 BIMAMBA_BENCH_TOKENS=1 cargo bench -p bimamba-kernels --bench act8_decode
-//! BIMAMBA_AB_ONLY=2.7b BIMAMBA_BENCH_ROTATION_MB=0 cargo bench -p bimamba-kernels --bench act8_decode  # cache-hot, 2.7B
+//! BIMAMBA_BENCH_ROTATION_MB=0 cargo bench -p bimamba-kernels --bench act8_decode     # cache-hot
+//! BIMAMBA_AB_ONLY=2.7b BIMAMBA_AB_ROUNDS=15 cargo bench -p bimamba-kernels --bench act8_decode
+//! BIMAMBA_AB_SHAPE=2560x5120 BIMAMBA_BENCH_TOKENS=2 cargo bench -p bimamba-kernels --bench act8_decode
 //! ```
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bimamba_kernels::{act8, act8_kernel, binary_gemm_i8, pack, selected_isa, set_act8_decode, tmac, Act8Decode};
+use bimamba_kernels::{
+    act8, act8_kernel, act8_kernel_for, binary_gemm_i8, pack, selected_isa, set_act8_decode, tmac, Act8Decode,
+};
 
 const SHAPES: [(&str, usize, usize); 6] = [
     ("780m/in_proj", 2 * 3072 + 2 * 128 + 48, 1536),
@@ -180,4 +184,7 @@ fn main() {
         }
     }
     set_act8_decode(Act8Decode::Auto);
+    let auto: Vec<String> =
+        shapes.iter().map(|&(name, r, c)| format!("{name} {}", act8_kernel_for(isa, r, c, t))).collect();
+    println!("\nBIMAMBA_ACT8_DECODE=auto runs: {}", auto.join(", "));
 }

@@ -1,9 +1,11 @@
 //! Which AVX-512 kernel runs the int8-activation product below the prefill GEMM's token count:
 //! the VNNI multiply-add kernel (`x86::avx512_vnni`) or the table-lookup one
 //! (`x86::avx512_tmac`, [`crate::tmac`]). Both return the same bits; the choice is speed only.
-//! [`Act8Decode::Auto`] (the default) takes the faster per shape (see
-//! [`crate::tmac_wins`]); `BIMAMBA_ACT8_DECODE=auto|vnni|tmac` or [`set_act8_decode`] force
-//! one, for benchmarks. Like the ISA, chosen once at first use unless set.
+//! [`Act8Decode::Auto`] (the default) takes the faster per shape as measured in KERNELS.md ("The
+//! table-lookup int8 kernel": the VNNI kernel at every Bi-Mamba shape so far);
+//! `BIMAMBA_ACT8_DECODE=auto|vnni|tmac` or [`set_act8_decode`] force one, for benchmarks.
+//! Like the ISA, chosen once at first use unless set; [`crate::act8_kernel_for`] names the kernel
+//! a call runs.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -8,6 +8,8 @@
 //! - [`scalar`]: single-threaded reference kernels, also the fallback on any CPU.
 //! - [`act8`]: the opt-in int8-activation binary product (spec and scalar twin);
 //!   `x86::avx512_vnni` and `x86::avx2_i8` are its fast paths.
+//! - [`tmac`]: the same product by byte-table lookup (T-MAC style; tables, layout, scalar twin);
+//!   `x86::avx512_tmac` is its fast path, [`act8_choice`] picks it or the VNNI kernel.
 //! - [`lut`]: the f32 lookup tables that turn 4 sign bits into one lookup (x86 binary kernels).
 //! - `x86::{avx512_lut, avx2_lut}` (binary), `x86::{avx512, avx2}` (dense), `aarch64::neon`:
 //!   per-ISA single-threaded kernels, chosen at runtime, each with a scalar twin.
@@ -353,8 +355,10 @@ pub fn binary_gemm_i8(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize
 }
 
 /// Whether the table-lookup kernel ([`tmac`]) beats the AVX512-VNNI decode kernel on a
-/// `[rows, cols]` product (measured in KERNELS.md, "The table-lookup int8 kernel").
-pub fn tmac_wins(rows: usize, cols: usize) -> bool {
+/// `[rows, cols]` product: at no Bi-Mamba shape, measured (KERNELS.md, "The table-lookup int8
+/// kernel"): it ties at best with the weights streamed from memory and loses on wide rows. A
+/// per-shape rule goes here if a CPU or layout changes that.
+fn tmac_wins(rows: usize, cols: usize) -> bool {
     let _ = (rows, cols);
     false
 }
@@ -362,7 +366,7 @@ pub fn tmac_wins(rows: usize, cols: usize) -> bool {
 /// Whether [`binary_gemm_i8`] runs the table-lookup kernel: only where the VNNI decode kernel
 /// would run (AVX-512 selected, VNNI + VBMI, fewer than [`ACT8_GEMM_MIN_TOKENS`] tokens), then as
 /// [`act8_decode`] says.
-pub fn uses_tmac(isa: Isa, rows: usize, cols: usize, t: usize) -> bool {
+fn uses_tmac(isa: Isa, rows: usize, cols: usize, t: usize) -> bool {
     if t >= ACT8_GEMM_MIN_TOKENS || act8_kernel(isa) != Some("avx512-vnni") {
         return false;
     }
@@ -370,6 +374,18 @@ pub fn uses_tmac(isa: Isa, rows: usize, cols: usize, t: usize) -> bool {
         Act8Decode::Vnni => false,
         Act8Decode::Tmac => true,
         Act8Decode::Auto => tmac_wins(rows, cols),
+    }
+}
+
+/// The int8-activation kernel [`binary_gemm_i8`] runs for a `[rows, cols]` product of `t` tokens
+/// under `isa`, by name: `avx512-tmac`, `avx512-vnni` (decode) / `avx512-vnni-gemm` (from
+/// [`ACT8_GEMM_MIN_TOKENS`] tokens), `avx2`, or `scalar`.
+pub fn act8_kernel_for(isa: Isa, rows: usize, cols: usize, t: usize) -> &'static str {
+    match act8_kernel(isa) {
+        Some("avx512-vnni") if uses_tmac(isa, rows, cols, t) => "avx512-tmac",
+        Some("avx512-vnni") if t >= ACT8_GEMM_MIN_TOKENS => "avx512-vnni-gemm",
+        Some(name) => name,
+        None => "scalar",
     }
 }
 

@@ -7,7 +7,8 @@
 //! `set_act8_decode`). Also the interleaved-layout variant (`tmac::interleave16`).
 
 use bimamba_kernels::{
-    act8, binary_gemm_i8, binary_gemm_i8_tmac_with, binary_gemm_i8_with, pack, set_act8_decode, tmac, Act8Decode, Isa,
+    act8, act8_kernel, act8_kernel_for, binary_gemm_i8, binary_gemm_i8_tmac_with, binary_gemm_i8_with, pack,
+    set_act8_decode, tmac, Act8Decode, Isa,
 };
 
 struct Rng(u64);
@@ -143,6 +144,11 @@ fn parallel_entry_with_the_table_kernel_forced_matches_the_twin() {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
             for choice in [Act8Decode::Tmac, Act8Decode::Vnni, Act8Decode::Auto] {
                 set_act8_decode(choice);
+                if act8_kernel(Isa::Avx512) == Some("avx512-vnni") {
+                    let want = if choice == Act8Decode::Tmac { "avx512-tmac" } else { "avx512-vnni" };
+                    assert_eq!(act8_kernel_for(Isa::Avx512, rows, cols, t), want);
+                    assert_eq!(act8_kernel_for(Isa::Avx512, rows, cols, 8), "avx512-vnni-gemm");
+                }
                 let mut got = vec![f32::NAN; t * rows];
                 pool.install(|| binary_gemm_i8(&bits, rows, cols, &x, t, &mut got));
                 assert_eq!(got, want, "({rows},{cols},{t}) {threads} threads, {}", choice.name());
