@@ -2,9 +2,11 @@
 //! tables of [`crate::tmac`] (the identity, the table layout and the scalar twin are there).
 //!
 //! # The kernel
-//! Sixteen rows live in the 16 i32 lanes of a vector. A 16 × 16 transpose of dwords (shared with
-//! the f32 table kernel) turns 64 bytes of each of 16 rows into 16 vectors whose lane `r` is
-//! dword `d` of row `r`: 8 nibbles, groups `8d .. 8d+8`. Per such vector and token:
+//! Sixteen rows live in the 16 i32 lanes of a vector. A 16 × 16 transpose of dwords turns 64
+//! bytes of each of 16 rows into 16 vectors whose lane `r` is dword `d` of row `r`: 8 nibbles,
+//! groups `8d .. 8d+8` ([`load_transposed`]: the loads place 128-bit chunks of 4 rows with
+//! `vinserti32x4`, then 8 unpacks per 4 vectors; a row's partial last strip takes masked loads
+//! and the full register transpose of the f32 table kernel). Per such vector and token:
 //! ```text
 //! ie = (v & 0x0F0F0F0F) | [0x00, 0x10, 0x20, 0x30]      byte j: low nibble + 16·j   (vpternlogd)
 //! io = (v >> 4 & 0x0F0F0F0F) | [0x00, 0x10, 0x20, 0x30]  byte j: high nibble + 16·j
@@ -13,9 +15,11 @@
 //! `vpermb` looks up 64 bytes at once (a 64-byte table holds the four groups of one index
 //! vector: entry `16·j + n`), and `vpdpbusd` with u8 ones sums the four bytes of each lane (four
 //! groups of one row) into its i32. So per 512 weights and token: one shift, two ternary-logic
-//! ops, four `vpermb`, four `vpdpbusd`, plus the transpose (64 shuffles per 16 × 512 weights,
+//! ops, four `vpermb`, four `vpdpbusd`, plus the transpose (per vector 2 unpacks and 3 inserts,
 //! shared by the tokens). At the end, `y = (ΣL + 64·ΣH) · scale` for 16 rows at once, no
-//! horizontal sums.
+//! horizontal sums. On a core issuing 512-bit µops on two ports this is as fast as the VNNI
+//! kernel, not faster (KERNELS.md, "Table-lookup kernel"); without the transpose (the
+//! interleaved layout, [`binary_rows_interleaved`]) it is faster with the weights in cache.
 //!
 //! Rows past the range read the last row again (in bounds) and are never stored; a row's last
 //! strip loads only its remaining dwords (masked). The next tile's bits are software-prefetched,
@@ -26,7 +30,7 @@
 //! `Σ_b (q_b + 128) · sgn_b(n) = S[n] + 128 · Σ_b sgn_b(n)` (u8 `q ⊕ 0x80` × i8 ±1), started from
 //! `−128 · Σ_b sgn_b(n)`; then `S & 63` and `S >> 6` narrowed to bytes (`vpmovdb`).
 
-// Register tiles index accumulators as acc[token][parity][kind]; explicit ranges read clearer.
+// Register tiles index accumulators as acc[token][kind]; explicit ranges read clearer.
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
