@@ -8,6 +8,8 @@
 //! - [`scalar`]: single-threaded reference kernels, also the fallback on any CPU.
 //! - [`act8`]: the opt-in int8-activation binary product (spec and scalar twin);
 //!   `x86::avx512_vnni` and `x86::avx2_i8` are its fast paths.
+//! - [`tmac`]: the same product by byte-table lookup (T-MAC style; tables, layout, scalar twin);
+//!   `x86::avx512_tmac` is its fast path, [`act8_choice`] picks it or the VNNI kernel.
 //! - [`lut`]: the f32 lookup tables that turn 4 sign bits into one lookup (x86 binary kernels).
 //! - `x86::{avx512_lut, avx2_lut}` (binary), `x86::{avx512, avx2}` (dense), `aarch64::neon`:
 //!   per-ISA single-threaded kernels, chosen at runtime, each with a scalar twin.
@@ -21,6 +23,7 @@
 //! and panic with the shapes in the message (loaders validate files before calling kernels).
 
 pub mod act8;
+pub mod act8_choice;
 pub mod bandwidth;
 pub mod isa;
 pub mod lut;
@@ -28,6 +31,7 @@ pub mod pack;
 pub mod q8;
 pub mod scalar;
 pub mod ssm;
+pub mod tmac;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -40,6 +44,7 @@ mod x86;
 use half::{bf16, f16};
 use std::ops::Range;
 
+pub use act8_choice::{act8_decode, set_act8_decode, Act8Decode};
 pub use bandwidth::measure_read_bandwidth_gbs;
 pub use isa::{isa_from_env, selected_isa, set_isa, Isa};
 pub use scalar::DenseElem;
@@ -303,6 +308,36 @@ pub fn binary_gemm_i8_with(
     act8_range(isa, bits, cols, &a, range, y);
 }
 
+/// Single-threaded table-lookup int8-activation kernel ([`tmac`]) over output rows `range`:
+/// `x86::avx512_tmac` where the CPU has AVX-512 VNNI + VBMI, else its scalar twin. Same contract
+/// and bits as [`binary_gemm_i8_with`]. For tests and benchmarks.
+#[allow(clippy::too_many_arguments)]
+pub fn binary_gemm_i8_tmac_with(
+    bits: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    range: Range<usize>,
+    y: &mut [f32],
+) {
+    assert_eq!(bits.len(), pack::packed_len(rows, cols), "tmac kernel: packed size does not match [{rows} x {cols}]");
+    check_range(&range, rows, t, y);
+    let a = act8::quantize(x, cols, t);
+    let tab = tmac::build_tables(&a);
+    tmac_range(bits, cols, &a, &tab, range, y);
+}
+
+/// The table-lookup kernel over `range`: the AVX-512 one where supported, else the scalar twin.
+fn tmac_range(bits: &[u8], cols: usize, a: &act8::Act8, tab: &tmac::Tables, range: Range<usize>, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::avx512_tmac::is_supported() {
+        // SAFETY: `is_supported` checked every feature the kernel is compiled for.
+        return unsafe { x86::avx512_tmac::binary_rows(bits, cols, a, tab, range, y) };
+    }
+    tmac::binary_rows_scalar(bits, cols, a, tab, range, y)
+}
+
 /// `y[k, i] ≈ Σ_j s_ij · x[k, j]` with `x` quantized to int8 per token ([`act8`]): the opt-in
 /// `--binary-act int8` product. Same shapes as [`binary_gemm`]; dispatches on [`selected_isa`]
 /// (AVX512-VNNI, AVX2, else the scalar twin) and splits rows over the rayon pool.
@@ -310,7 +345,48 @@ pub fn binary_gemm_i8(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize
     check_binary_shapes(bits, rows, cols, x, t, y);
     let isa = selected_isa();
     let a = act8::quantize(x, cols, t);
+    if uses_tmac(isa, rows, cols, t) {
+        // The tables are built once per call and shared by every row chunk.
+        let tab = tmac::build_tables(&a);
+        parallel::for_row_chunks(rows, cols, t, y, |range, yc| tmac_range(bits, cols, &a, &tab, range, yc));
+        return;
+    }
     parallel::for_row_chunks(rows, cols, t, y, |range, yc| act8_range(isa, bits, cols, &a, range, yc));
+}
+
+/// Whether the table-lookup kernel ([`tmac`]) beats the AVX512-VNNI decode kernel on a
+/// `[rows, cols]` product: at no Bi-Mamba shape, measured (KERNELS.md, "The table-lookup int8
+/// kernel"): it ties at best with the weights streamed from memory and loses on wide rows. A
+/// per-shape rule goes here if a CPU or layout changes that.
+fn tmac_wins(rows: usize, cols: usize) -> bool {
+    let _ = (rows, cols);
+    false
+}
+
+/// Whether [`binary_gemm_i8`] runs the table-lookup kernel: only where the VNNI decode kernel
+/// would run (AVX-512 selected, VNNI + VBMI, fewer than [`ACT8_GEMM_MIN_TOKENS`] tokens), then as
+/// [`act8_decode`] says.
+fn uses_tmac(isa: Isa, rows: usize, cols: usize, t: usize) -> bool {
+    if t >= ACT8_GEMM_MIN_TOKENS || act8_kernel(isa) != Some("avx512-vnni") {
+        return false;
+    }
+    match act8_decode() {
+        Act8Decode::Vnni => false,
+        Act8Decode::Tmac => true,
+        Act8Decode::Auto => tmac_wins(rows, cols),
+    }
+}
+
+/// The int8-activation kernel [`binary_gemm_i8`] runs for a `[rows, cols]` product of `t` tokens
+/// under `isa`, by name: `avx512-tmac`, `avx512-vnni` (decode) / `avx512-vnni-gemm` (from
+/// [`ACT8_GEMM_MIN_TOKENS`] tokens), `avx2`, or `scalar`.
+pub fn act8_kernel_for(isa: Isa, rows: usize, cols: usize, t: usize) -> &'static str {
+    match act8_kernel(isa) {
+        Some("avx512-vnni") if uses_tmac(isa, rows, cols, t) => "avx512-tmac",
+        Some("avx512-vnni") if t >= ACT8_GEMM_MIN_TOKENS => "avx512-vnni-gemm",
+        Some(name) => name,
+        None => "scalar",
+    }
 }
 
 /// `y[k, i] = Σ_j s_ij · x[k, j]` for a packed sign matrix `bits: [rows, cols]`, `x: [t, cols]`,

@@ -30,7 +30,7 @@ const TB: usize = 4;
 
 /// Transposes a 16 × 16 matrix of 32-bit words held as 16 row vectors.
 #[inline(always)]
-unsafe fn transpose16(r: &mut [__m512i; 16]) {
+pub(crate) unsafe fn transpose16(r: &mut [__m512i; 16]) {
     unsafe {
         let z = _mm512_setzero_si512();
         // Within each 128-bit lane L: t[4g] = [r4g[4L], r4g+1[4L], r4g[4L+1], r4g+1[4L+1]], ...

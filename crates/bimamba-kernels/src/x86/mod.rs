@@ -5,6 +5,7 @@ pub mod avx2_i8;
 pub mod avx2_lut;
 pub mod avx512;
 pub mod avx512_lut;
+pub mod avx512_tmac;
 pub mod avx512_vnni;
 pub mod avx512_vnni_gemm;
 pub mod ssm_bf16;
