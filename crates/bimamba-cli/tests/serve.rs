@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_user_error, bimamba, root};
+use common::{assert_user_error, bimamba, root, scratch};
 
 #[test]
 fn option_mistakes_are_one_line() {
@@ -23,6 +23,32 @@ fn option_mistakes_are_one_line() {
     assert_user_error(&bimamba(&["serve", "--model", model, "--gguf-act", "q8"]), &["--gguf-act q8"]);
     let missing = root().join("no-such-model");
     assert_user_error(&bimamba(&["serve", "--model", missing.to_str().expect("UTF-8 path")]), &["no-such-model"]);
+}
+
+#[test]
+fn chat_template_mistakes_are_one_line_before_listening() {
+    let default = root().join("models/default");
+    let model = default.to_str().expect("UTF-8 path");
+    let dir = scratch("serve", "chat-template");
+    let missing = dir.join("missing.jinja");
+    let missing = missing.to_str().expect("UTF-8 path");
+    let out = bimamba(&["serve", "--model", model, "--port", "0", "--chat-template", missing]);
+    assert_user_error(&out, &[missing, "cannot read the chat template"]);
+    let broken = dir.join("broken.jinja");
+    std::fs::write(&broken, "{% for m in messages %}{{ m.content }}").expect("writes");
+    let broken = broken.to_str().expect("UTF-8 path");
+    let out = bimamba(&["serve", "--model", model, "--port", "0", "--chat-template", broken]);
+    assert_user_error(&out, &[broken, "does not parse"]);
+    // A model directory whose tokenizer_config.json has no default among its named templates.
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(default.join(file), dir.join(file)).expect("the shipped model copies");
+    }
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"chat_template": [{"name": "rag", "template": "x"}]}"#)
+        .expect("writes");
+    let copy = dir.to_str().expect("UTF-8 path");
+    let out = bimamba(&["serve", "--model", copy, "--port", "0"]);
+    assert_user_error(&out, &["tokenizer_config.json: chat_template", "`default`", "--chat-template"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -44,6 +70,7 @@ fn serves_on_loopback_and_exits_cleanly_on_sigterm() {
         .unwrap_or_else(|| panic!("no address in: {line}"))
         .to_string();
     assert!(addr.starts_with("127.0.0.1:"), "listens on loopback by default: {line}");
+    assert!(line.contains("chat: transcript"), "the shipped model has no chat template: {line}");
 
     let mut s = TcpStream::connect(&addr).expect("connects");
     s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("sent");

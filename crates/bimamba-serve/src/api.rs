@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::chat::{ChatMessage, Content};
 use crate::error::ApiError;
 use crate::scheduler::Generation;
+use crate::template::ChatTemplate;
 
 /// Limits a request is checked against (the server's options).
 #[derive(Clone, Debug)]
@@ -252,11 +253,21 @@ impl CompletionRequest {
 }
 
 impl ChatRequest {
-    /// The generation this request asks for: the messages rendered by the chat template, and
-    /// the template's turn separator as an extra stop sequence.
+    /// The generation this request asks for with the plain transcript ([`ChatTemplate::Transcript`]).
     pub fn generation(
         &self,
         limits: &Limits,
+        encode: impl Fn(&str) -> Result<Vec<u32>, ApiError>,
+    ) -> Result<Generation, ApiError> {
+        self.generation_with(limits, &ChatTemplate::Transcript, encode)
+    }
+
+    /// The generation this request asks for: the messages rendered by `template`, and the
+    /// template's end of turn as extra stop sequences.
+    pub fn generation_with(
+        &self,
+        limits: &Limits,
+        template: &ChatTemplate,
         encode: impl Fn(&str) -> Result<Vec<u32>, ApiError>,
     ) -> Result<Generation, ApiError> {
         let max_tokens = self.max_completion_tokens.or(self.common.max_tokens);
@@ -274,8 +285,8 @@ impl ChatRequest {
                 }
             }
         }
-        let text = crate::chat::render(&self.messages)?;
-        stop.push(crate::chat::TURN_STOP.to_string());
+        let text = template.render(&self.messages)?;
+        stop.extend(template.stops());
         let prompt = encode(&text)?;
         check_prompt(&prompt, limits)?;
         let ignore_eos = self.common.ignore_eos.unwrap_or(false);

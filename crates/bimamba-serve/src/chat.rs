@@ -1,7 +1,9 @@
-//! The chat template: how a list of messages becomes the text a base model continues.
+//! The chat messages of a request, and the built-in chat format: how a list of messages becomes
+//! the text a base model continues.
 //!
-//! The models served here are base models without a chat format of their own, so messages are
-//! written as a plain transcript, and the model is asked to continue the assistant's line:
+//! A model without a chat template of its own ([`crate::template`] reads one when it has it), such
+//! as the base models trained here, gets its messages written as a plain transcript, and is asked
+//! to continue the assistant's line:
 //!
 //! ```text
 //! {system message}\n\n              (each system or developer message, if any)
@@ -50,7 +52,8 @@ pub struct ContentPart {
 }
 
 impl ChatMessage {
-    fn text(&self) -> String {
+    /// The message's text (its text parts joined; empty for `null`).
+    pub fn text(&self) -> String {
         match &self.content {
             None => String::new(),
             Some(Content::Text(t)) => t.clone(),

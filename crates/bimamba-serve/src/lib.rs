@@ -8,7 +8,8 @@
 //!   └─► per-request channel of Events ──► whole JSON response, or server-sent events
 //! ```
 //!
-//! docs/SERVING.md describes the design; [`scheduler`] the batching, [`prefix_cache`] the cache.
+//! docs/SERVING.md describes the design; [`scheduler`] the batching, [`prefix_cache`] the cache,
+//! [`template`] how chat messages become the prompt.
 
 pub mod api;
 mod backend;
@@ -19,6 +20,7 @@ pub mod prefix_cache;
 mod routes;
 pub mod scheduler;
 pub mod stop;
+pub mod template;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use crate::api::Limits;
 use crate::metrics::Metrics;
 use crate::routes::AppState;
 use crate::scheduler::SchedulerOptions;
+pub use crate::template::{ChatTemplate, SpecialTokens, TemplateError};
 
 /// How the server runs (the command line's options).
 #[derive(Clone, Debug)]
@@ -73,8 +76,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the address and starts the scheduler thread, which takes the model.
+    /// Binds the address and starts the scheduler thread, which takes the model; chat messages
+    /// are written as the plain transcript.
     pub fn bind(model: AnyModel, tokenizer: Tokenizer, options: &ServeOptions) -> Result<Server, ServeError> {
+        Server::bind_with_template(model, tokenizer, ChatTemplate::Transcript, options)
+    }
+
+    /// [`Server::bind`] with chat messages rendered by `chat` ([`ChatTemplate::load`] finds the
+    /// model's own).
+    pub fn bind_with_template(
+        model: AnyModel,
+        tokenizer: Tokenizer,
+        chat: ChatTemplate,
+        options: &ServeOptions,
+    ) -> Result<Server, ServeError> {
         // The HTTP side only parses, tokenizes and copies bytes: two threads leave the cores to
         // the model's kernels.
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -103,6 +118,7 @@ impl Server {
             submitter,
             tokenizer,
             limits,
+            chat,
             metrics,
             api_key: options.api_key.clone(),
             started: routes::unix_now(),

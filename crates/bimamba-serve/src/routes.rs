@@ -23,6 +23,7 @@ use crate::api::{parse, ChatRequest, CompletionRequest, Limits};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::scheduler::{Event, Finish, Generation, Job, Submitter, Usage};
+use crate::template::ChatTemplate;
 
 /// Largest request body accepted (a prompt of about a million words).
 const MAX_BODY_BYTES: usize = 8 << 20;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub submitter: Submitter,
     pub tokenizer: Arc<Tokenizer>,
     pub limits: Limits,
+    /// How chat messages become the prompt.
+    pub chat: ChatTemplate,
     pub metrics: Arc<Metrics>,
     pub api_key: Option<String>,
     /// Unix time the server started (the model's `created`).
@@ -128,7 +131,8 @@ async fn completions(State(app): State<Arc<AppState>>, body: Bytes) -> Response 
 
 async fn chat_completions(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
     let request = parse::<ChatRequest>(&body).and_then(|r| {
-        Ok((r.generation(&app.limits, |t| encode(&app.tokenizer, t))?, r.stream(), include_usage(&r.common)))
+        let generation = r.generation_with(&app.limits, &app.chat, |t| encode(&app.tokenizer, t))?;
+        Ok((generation, r.stream(), include_usage(&r.common)))
     });
     respond(app, Endpoint::Chat, request).await
 }

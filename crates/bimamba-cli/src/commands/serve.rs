@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bimamba_engine::random::{random_model, shape_config, ProjFormat, SHAPES};
 use bimamba_models::{check_vocab, AnyModel, ModelKind};
-use bimamba_serve::{ServeOptions, Server};
+use bimamba_serve::{ChatTemplate, ServeOptions, Server};
 use bimamba_text::Tokenizer;
 use clap::Args;
 
@@ -61,6 +61,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "S", default_value_t = 30)]
     pub drain_timeout: u64,
 
+    /// Chat template: a Jinja file, or `builtin` for the plain `User:` / `Assistant:` transcript
+    /// (default: the model's own, from chat_template.jinja or tokenizer_config.json next to its
+    /// tokenizer.json or from its GGUF metadata, else the transcript).
+    #[arg(long, value_name = "FILE|builtin")]
+    pub chat_template: Option<String>,
+
     /// Serve a random Bi-Mamba of one of the paper's shapes instead of --model (for load tests;
     /// it writes noise). Needs --tokenizer with at most 32000 entries.
     #[arg(long, value_name = "SHAPE", conflicts_with = "model")]
@@ -68,14 +74,18 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let (model, tokenizer, default_id) = match &a.shape {
-        Some(shape) => random_shape(&a, shape)?,
+    let (model, tokenizer, default_id, path) = match &a.shape {
+        Some(shape) => {
+            let (model, tokenizer, id) = random_shape(&a, shape)?;
+            (model, tokenizer, id, None)
+        }
         None => {
             let opened = a.model.open()?;
             let id = opened.path.file_stem().map_or_else(|| "model".to_string(), |n| n.to_string_lossy().into_owned());
-            (opened.model, opened.tokenizer, id)
+            (opened.model, opened.tokenizer, id, Some(opened.path))
         }
     };
+    let chat = ChatTemplate::load(path.as_deref(), &tokenizer, a.chat_template.as_deref())?;
     let options = ServeOptions {
         addr: SocketAddr::new(a.host, a.port),
         model_id: a.model_name.clone().unwrap_or(default_id),
@@ -90,10 +100,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if !a.host.is_loopback() && options.api_key.is_none() {
         eprintln!("warning: --host {}: listening beyond this machine without --api-key", a.host);
     }
-    let server = Server::bind(model, tokenizer, &options)?;
+    let chat_format = chat.describe();
+    let server = Server::bind_with_template(model, tokenizer, chat, &options)?;
     let addr = server.local_addr().context("the listening socket has no address")?;
     eprintln!(
-        "serving `{}` on http://{addr} (max batch {}, queue {}, state cache {} MiB{})",
+        "serving `{}` on http://{addr} (max batch {}, queue {}, state cache {} MiB, chat: {chat_format}{})",
         options.model_id,
         options.max_batch,
         options.max_queue,

@@ -1,5 +1,5 @@
-//! A server on a loopback port with the model shipped in models/default, and a minimal HTTP/1.1
-//! client (one request per connection) to talk to it.
+//! A server on a loopback port with the model shipped in models/default (or another model
+//! directory), and a minimal HTTP/1.1 client (one request per connection) to talk to it.
 
 #![allow(dead_code)]
 
@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bimamba_models::AnyModel;
-use bimamba_serve::{ServeOptions, Server};
+use bimamba_serve::{ChatTemplate, ServeOptions, Server};
 use serde_json::Value;
 
 pub fn repo(rel: &str) -> PathBuf {
@@ -60,10 +60,16 @@ impl Drop for Running {
 }
 
 pub fn start(options: ServeOptions) -> Running {
-    let path = repo("models/default");
-    let model = AnyModel::open(&path).expect("models/default opens");
-    let tokenizer = model.open_tokenizer(&path, None).expect("its tokenizer");
-    let server = Server::bind(model, tokenizer, &options).expect("binds a loopback port");
+    start_model(&repo("models/default"), options)
+}
+
+/// A server over the model at `path`, with the chat template it ships (if any), as
+/// `bimamba serve` opens it.
+pub fn start_model(path: &Path, options: ServeOptions) -> Running {
+    let model = AnyModel::open(path).expect("the model opens");
+    let tokenizer = model.open_tokenizer(path, None).expect("its tokenizer");
+    let chat = ChatTemplate::load(Some(path), &tokenizer, None).expect("its chat template");
+    let server = Server::bind_with_template(model, tokenizer, chat, &options).expect("binds a loopback port");
     let addr = server.local_addr().expect("an address");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
