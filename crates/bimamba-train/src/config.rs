@@ -228,7 +228,7 @@ impl ModelConfig {
         let need = self.num_params() as u128 * TRAIN_BYTES_PER_PARAM as u128;
         if need > memory as u128 {
             return Err(format!(
-                "[model]: {:.3e} parameters (d_model {}, n_layer {}, vocab {}) need {:.1} GB for their f32 weights alone; this machine has {:.1} GB",
+                "[model]: {:.3e} parameters (d_model {}, n_layer {}, vocab {}) need {:.1} GB for their f32 weights and AdamW moments alone; this machine has {:.1} GB",
                 self.num_params() as f64,
                 self.d_model,
                 self.n_layer,
@@ -268,9 +268,10 @@ impl ModelConfig {
     }
 }
 
-/// Bytes per parameter that training surely holds: the f32 weight (its gradient and AdamW's two
-/// moments come on top, so a model refused by this bound could never train here).
-pub const TRAIN_BYTES_PER_PARAM: usize = 4;
+/// Bytes per parameter that training surely holds in this machine's memory: the f32 weight and
+/// AdamW's two f32 moments, which a checkpoint copies to the host together (on the CPU the
+/// gradient comes on top). A model refused by this bound could never train here.
+pub const TRAIN_BYTES_PER_PARAM: usize = 12;
 
 /// This machine's physical memory in bytes (`MemTotal` of /proc/meminfo), where it can be read.
 fn physical_memory() -> Option<u64> {
@@ -329,7 +330,7 @@ mod tests {
             (ModelSpec { d_model: 1_000_000_000, ..s.clone() }, "too large"),
             (ModelSpec { vocab_size: Some(usize::MAX - 3), ..s.clone() }, "overflows"),
             // Sizes that fit a usize but no machine (about 4e12 parameters).
-            (ModelSpec { d_model: 100_000, n_layer: 64, ..s.clone() }, "f32 weights alone"),
+            (ModelSpec { d_model: 100_000, n_layer: 64, ..s.clone() }, "AdamW moments alone"),
         ];
         for (bad, needle) in cases {
             let err = bad.resolve(0).expect_err("refused").to_string();
