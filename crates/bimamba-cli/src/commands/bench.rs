@@ -270,6 +270,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         AnyModel::Mamba(m) if !a.no_dense => Some(m.config.clone()),
         _ => None,
     };
+    // The int8 kernel a decode step's in_proj runs (what `BIMAMBA_ACT8_DECODE` or the per-shape
+    // rule picks), else the ISA's int8 family.
+    let isa_kind = bimamba_kernels::selected_isa();
+    let act_kernel = match &model {
+        AnyModel::Mamba(m) => bimamba_kernels::act8_kernel_for(isa_kind, m.config.d_in_proj(), m.config.d_model, 1),
+        _ => bimamba_kernels::act8_kernel(isa_kind).unwrap_or("scalar"),
+    };
     drop(model);
     if let Some(cfg) = dense_cfg {
         let n = a.decode_tokens.min(32);
@@ -289,7 +296,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "isa": isa,
         "threads": threads,
         "embedding": emb_storage,
-        "binary_act_kernel": bimamba_kernels::act8_kernel(bimamba_kernels::selected_isa()).unwrap_or("scalar"),
+        "binary_act_kernel": act_kernel,
         "state_bytes": state_bytes,
         "decode_tok_s": speed.decode_tok_s,
         "prefill_tok_s": speed.prefill_tok_s,
