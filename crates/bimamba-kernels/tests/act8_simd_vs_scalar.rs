@@ -13,21 +13,8 @@ const ISAS: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
 /// rounding, far below).
 const ACT8_STEP_BUDGET: f64 = 0.5;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 fn shapes(rng: &mut Rng) -> Vec<(usize, usize, usize)> {
     let mut v = Vec::new();

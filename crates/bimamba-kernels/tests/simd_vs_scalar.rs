@@ -11,24 +11,8 @@ const REL_TOL: f64 = 1e-5;
 
 const SIMD: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Neon];
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f32()).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 /// Shapes: every awkward column count near the SIMD widths, then random ones.
 fn shapes(rng: &mut Rng) -> Vec<(usize, usize, usize)> {

@@ -11,21 +11,8 @@ use bimamba_kernels::{
     set_act8_decode, tmac, Act8Decode, Isa,
 };
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 fn shapes(rng: &mut Rng) -> Vec<(usize, usize, usize)> {
     let mut v = Vec::new();
