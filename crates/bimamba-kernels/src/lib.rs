@@ -8,6 +8,8 @@
 //! - [`scalar`]: single-threaded reference kernels, also the fallback on any CPU.
 //! - [`act8`]: the opt-in int8-activation binary product (spec and scalar twin);
 //!   `x86::avx512_vnni` and `x86::avx2_i8` are its fast paths.
+//! - [`q8_act8`]: the q8 product with int8 activations (spec and scalar twin);
+//!   `x86::avx512_vnni_q8` is its fast path.
 //! - [`tmac`]: the same product by byte-table lookup (T-MAC style; tables, layout, scalar twin);
 //!   `x86::avx512_tmac` is its fast path, [`act8_choice`] picks it or the VNNI kernel.
 //! - [`lut`]: the f32 lookup tables that turn 4 sign bits into one lookup (x86 binary kernels).
@@ -29,6 +31,7 @@ pub mod isa;
 pub mod lut;
 pub mod pack;
 pub mod q8;
+pub mod q8_act8;
 pub mod scalar;
 pub mod ssm;
 pub mod tmac;
@@ -431,4 +434,107 @@ pub fn q8_gemm(q: &[i8], scales: &[f32], rows: usize, cols: usize, x: &[f32], t:
     check_q8_shapes(q, scales, rows, cols, x, t, y);
     let isa = selected_isa();
     parallel::for_row_chunks(rows, cols, t, y, |range, yc| q8_range(isa, q, scales, cols, x, t, range, yc));
+}
+
+/// The kernel the q8 product with int8 activations ([`q8_act8`]) runs under `isa` on this CPU, by
+/// name: `avx512-vnni` (AVX-512 F/BW/VL + VNNI), else `None` (the scalar twin, slower than the
+/// f32-activation [`q8_gemm`]).
+pub fn q8_act8_kernel(isa: Isa) -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && isa.is_supported() && is_x86_feature_detected!("avx512vnni") {
+        return Some("avx512-vnni");
+    }
+    let _ = isa;
+    None
+}
+
+/// Whether the q8 product with int8 activations has a SIMD kernel for `isa` on this CPU (where
+/// the engine uses it for a q8 head under `--binary-act int8`).
+pub fn q8_act8_has_simd(isa: Isa) -> bool {
+    q8_act8_kernel(isa).is_some()
+}
+
+/// Data a q8 int8-activation product derives from `x` once per call and shares between all row
+/// chunks: the quantized tokens and, for the AVX-512 kernel, their panels.
+struct Q8Act8Prep {
+    a: act8::Act8,
+    #[cfg(target_arch = "x86_64")]
+    panels: Option<x86::avx512_vnni_q8::Panels>,
+}
+
+fn q8_act8_prep(isa: Isa, x: &[f32], cols: usize, t: usize) -> Q8Act8Prep {
+    let a = act8::quantize(x, cols, t);
+    #[cfg(target_arch = "x86_64")]
+    let panels = q8_act8_kernel(isa).map(|_| x86::avx512_vnni_q8::Panels::new(&a));
+    let _ = isa;
+    Q8Act8Prep {
+        a,
+        #[cfg(target_arch = "x86_64")]
+        panels,
+    }
+}
+
+/// One ISA's q8 int8-activation kernel over `range` of output rows.
+#[allow(clippy::too_many_arguments)]
+fn q8_act8_range(
+    q: &[i8],
+    scales: &[f32],
+    row_sums: &[i32],
+    cols: usize,
+    prep: &Q8Act8Prep,
+    range: Range<usize>,
+    y: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(p) = &prep.panels {
+        // SAFETY: panels exist only where `q8_act8_kernel` found AVX-512 F/BW/VL and VNNI.
+        return unsafe { x86::avx512_vnni_q8::q8_rows(q, scales, row_sums, cols, &prep.a, p, range, y) };
+    }
+    q8_act8::rows_scalar(q, scales, row_sums, cols, &prep.a, range, y)
+}
+
+/// Single-threaded q8 kernel with int8 activations of one ISA over output rows `range` (see
+/// [`binary_gemm_with`] and [`q8_act8`]); the activations are quantized here, `row_sums` is
+/// [`q8_act8::row_sums`] of `q`. An ISA without the kernel runs the scalar twin. For tests and
+/// benchmarks.
+#[allow(clippy::too_many_arguments)]
+pub fn q8_gemm_i8_with(
+    isa: Isa,
+    q: &[i8],
+    scales: &[f32],
+    row_sums: &[i32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    range: Range<usize>,
+    y: &mut [f32],
+) {
+    assert_eq!(q.len(), rows * cols, "q8 kernel: q has {} elements, expected [{rows} x {cols}]", q.len());
+    assert_eq!(row_sums.len(), rows, "q8 kernel: {} row sums, expected {rows}", row_sums.len());
+    check_range(&range, rows, t, y);
+    let prep = q8_act8_prep(isa, x, cols, t);
+    q8_act8_range(q, scales, row_sums, cols, &prep, range, y);
+}
+
+/// `y[k, v] ≈ scales[v] · Σ_d q[v, d] · x[k, d]` with `x` quantized to int8 per token ([`act8`]'s
+/// rule; the product and its distance to [`q8_gemm`] in [`q8_act8`]). `row_sums` is
+/// [`q8_act8::row_sums`] of `q`, computed once per matrix. Same shapes as [`q8_gemm`];
+/// dispatches on [`selected_isa`] (AVX512-VNNI, else the scalar twin) and splits rows over the
+/// rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub fn q8_gemm_i8(
+    q: &[i8],
+    scales: &[f32],
+    row_sums: &[i32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    y: &mut [f32],
+) {
+    check_q8_shapes(q, scales, rows, cols, x, t, y);
+    assert_eq!(row_sums.len(), rows, "q8 kernel: {} row sums, expected {rows}", row_sums.len());
+    let prep = q8_act8_prep(selected_isa(), x, cols, t);
+    parallel::for_row_chunks(rows, cols, t, y, |range, yc| q8_act8_range(q, scales, row_sums, cols, &prep, range, yc));
 }

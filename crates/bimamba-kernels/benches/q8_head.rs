@@ -1,0 +1,117 @@
+//! A/B of the q8 LM head in one process: `q8_gemm` (f32 activations, the dense i8 tiles; what
+//! `--exact` runs) against `q8_gemm_i8` (int8 activations, `x86/avx512_vnni_q8.rs`; the default),
+//! both through the public entry points (quantization, panels and the rayon row split included).
+//!
+//! Shapes: the shipped model's tied head `[49152 x 256]` and the 2.7B head `[50288 x 2560]`
+//! (`BIMAMBA_AB_ONLY=substring` picks). For each token count (`BIMAMBA_BENCH_TOKENS`, default
+//! 1,8,16,64) and thread count (1, 2), `BIMAMBA_AB_ROUNDS` rounds (7); each round runs both for
+//! `BIMAMBA_AB_MS` milliseconds (100) of calls, the order alternating, and records the mean time
+//! per call. Printed: the median over rounds of each mean, the median of the per-round ratios
+//! f32 / int8 (> 1: int8 faster; on a shared machine the paired ratio is the steadier figure),
+//! and the int8 kernel's multiply-adds per second. One copy of the weights (the shipped head,
+//! 12.6 MB, stays in L3 between calls, as it does between decode steps).
+//!
+//! ```text
+//! cargo bench -p bimamba-kernels --bench q8_head
+//! BIMAMBA_AB_ONLY=shipped BIMAMBA_BENCH_TOKENS=8 cargo bench -p bimamba-kernels --bench q8_head
+//! ```
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bimamba_kernels::{q8, q8_act8, q8_act8_kernel, q8_gemm, q8_gemm_i8, selected_isa};
+
+const SHAPES: [(&str, usize, usize); 2] = [("shipped", 49152, 256), ("2.7b", 50288, 2560)];
+const THREADS: [usize; 2] = [1, 2];
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
+/// Mean seconds per call over about `budget` of calls (at least 3).
+fn run_for(budget: Duration, mut call: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut n = 0usize;
+    while n < 3 || start.elapsed() < budget {
+        call();
+        n += 1;
+    }
+    start.elapsed().as_secs_f64() / n as f64
+}
+
+fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let isa = selected_isa();
+    let kernel = q8_act8_kernel(isa).unwrap_or("scalar twin");
+    let rounds = if bench_mode { env_usize("BIMAMBA_AB_ROUNDS", 7) } else { 1 };
+    let budget = Duration::from_millis(if bench_mode { env_usize("BIMAMBA_AB_MS", 100) as u64 } else { 1 });
+    let tokens: Vec<usize> = std::env::var("BIMAMBA_BENCH_TOKENS")
+        .unwrap_or_else(|_| "1,8,16,64".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "isa {} | int8 kernel {kernel} | load average at start: {} | {rounds} rounds x {budget:?}",
+        isa.name(),
+        load.trim()
+    );
+    println!("\n| shape | rows x cols | t | threads | f32-act ms | int8-act ms | f32/int8 | int8 GMAC/s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let pools: Vec<rayon::ThreadPool> = THREADS
+        .iter()
+        .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("building a rayon pool"))
+        .collect();
+    let only = std::env::var("BIMAMBA_AB_ONLY").ok();
+    for &(name, rows, cols) in SHAPES.iter().filter(|s| only.as_ref().is_none_or(|o| s.0.contains(o.as_str()))) {
+        let w: Vec<f32> = common::Rng(17).vec(rows * cols).iter().map(|v| 0.05 * v).collect();
+        let (q, scales) = q8::quantize_rows(&w, rows, cols);
+        drop(w);
+        let sums = q8_act8::row_sums(&q, rows, cols);
+        for &t in &tokens {
+            let x = common::Rng(5).vec(t * cols);
+            let mut y = vec![0.0f32; t * rows];
+            for (ti, &threads) in THREADS.iter().enumerate() {
+                let (mut f, mut i, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+                for round in 0..rounds {
+                    let mut m = [0.0; 2];
+                    for o in 0..2 {
+                        let which = (o + round) % 2;
+                        m[which] = pools[ti].install(|| {
+                            run_for(budget, || {
+                                if which == 0 {
+                                    q8_gemm(&q, &scales, rows, cols, black_box(&x), t, &mut y);
+                                } else {
+                                    q8_gemm_i8(&q, &scales, &sums, rows, cols, black_box(&x), t, &mut y);
+                                }
+                                black_box(&y);
+                            })
+                        });
+                    }
+                    f.push(m[0] * 1e3);
+                    i.push(m[1] * 1e3);
+                    ratio.push(m[0] / m[1]);
+                }
+                let (fm, im) = (median(&mut f), median(&mut i));
+                let gmac = (rows * cols * t) as f64 / (im * 1e-3) / 1e9;
+                println!(
+                    "| {name} | {rows} x {cols} | {t} | {threads} | {fm:.3} | {im:.3} | {:.2} | {gmac:.0} |",
+                    median(&mut ratio)
+                );
+            }
+        }
+    }
+}
