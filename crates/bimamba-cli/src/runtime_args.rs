@@ -31,7 +31,8 @@ pub struct RuntimeArgs {
     pub state_dtype: Option<StateDtypeArg>,
 
     /// Activations of the 1-bit projections (Mamba-2 / Bi-Mamba models only; default int8 where
-    /// this CPU has an AVX512-VNNI or AVX2 kernel for it, else f32; f32 with --exact).
+    /// this CPU has an AVX512-VNNI or AVX2 kernel for it, else f32; f32 with --exact). int8 also
+    /// quantizes the input of a q8 LM head where the CPU has AVX512-VNNI.
     #[arg(long, help_heading = HEADING, value_enum, value_name = "f32|int8", conflicts_with = "exact")]
     pub binary_act: Option<BinaryActArg>,
 
@@ -39,7 +40,7 @@ pub struct RuntimeArgs {
     #[arg(long, help_heading = HEADING, value_enum, value_name = "f32|q8", default_value_t = GgufActArg::F32)]
     pub gguf_act: GgufActArg,
 
-    /// The reference arithmetic: f32 activations for the 1-bit products and an f32 SSM state
+    /// The reference arithmetic: f32 activations for the 1-bit products and the LM head, an f32 SSM state
     /// (slower; crates/bimamba-kernels/KERNELS.md has what the defaults change).
     #[arg(long, help_heading = HEADING, conflicts_with = "gguf_act")]
     pub exact: bool,

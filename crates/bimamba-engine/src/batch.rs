@@ -79,7 +79,7 @@ impl Model {
             let head = self.lm_head();
             let mut logits = vec![0.0f32; n * head.rows()];
             let mut timer = Timer::start();
-            head.forward(&h, n, &mut logits);
+            head.forward_act(&h, n, &mut logits, self.binary_act);
             timer.lap(Section::LmHead);
             logits
         }))

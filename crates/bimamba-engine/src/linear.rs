@@ -19,7 +19,9 @@ use half::{bf16, f16};
 /// `Int8` quantizes the (α-scaled) input per token to int8 (`bimamba_kernels::act8`) and runs
 /// integer dot products, with its perplexity change measured in crates/bimamba-kernels/KERNELS.md.
 /// A loaded [`crate::Model`] starts exact (`F32`); the commands and `bimamba_models::Settings`
-/// choose [`BinaryAct::fastest`] unless asked for the exact arithmetic. Dense layers ignore it.
+/// choose [`BinaryAct::fastest`] unless asked for the exact arithmetic. A q8 layer (the LM head
+/// of a `--embed q8` model) follows `Int8` too where the CPU has the integer kernel
+/// ([`Linear::effective_act`]); other dense layers ignore it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BinaryAct {
     #[default]
@@ -77,10 +79,20 @@ pub enum DenseWeight {
         q: Vec<i8>,
         /// [rows]
         scales: Vec<f32>,
+        /// [rows]: `Σ_j q[i, j]`, what the int8-activation kernel needs besides the codes
+        /// (`bimamba_kernels::q8_act8::row_sums`); derived, never stored in files.
+        row_sums: Vec<i32>,
     },
 }
 
 impl DenseWeight {
+    /// A q8 matrix from its codes `q: [rows, cols]` and row scales (the row sums derived here).
+    pub fn q8(q: Vec<i8>, scales: Vec<f32>, cols: usize) -> DenseWeight {
+        let rows = scales.len();
+        let row_sums = kernels::q8_act8::row_sums(&q, rows, cols);
+        DenseWeight::Q8 { q, scales, row_sums }
+    }
+
     /// The storage's short name: `f32`, `bf16`, `f16` or `q8`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -145,7 +157,9 @@ impl Linear {
         self.forward_act(x, t, y, BinaryAct::F32)
     }
 
-    /// y = x · Wᵀ with the 1-bit product's activations in `act` (dense layers ignore it).
+    /// y = x · Wᵀ with the 1-bit product's activations in `act`; a q8 layer (the LM head of a
+    /// `--embed q8` model) follows it too where [`kernels::q8_act8_has_simd`], other dense layers
+    /// ignore it.
     ///
     /// # Shapes
     /// - `x`: [t, cols]
@@ -163,8 +177,12 @@ impl Linear {
                 DenseWeight::F32(w) => kernels::dense_gemm_f32(w, rows, cols, x, t, y),
                 DenseWeight::BF16(w) => kernels::dense_gemm_bf16(w, rows, cols, x, t, y),
                 DenseWeight::F16(w) => kernels::dense_gemm_f16(w, rows, cols, x, t, y),
-                // logits[k, v] = scale_v · Σ_d q[v, d] · x[k, d], x in f32.
-                DenseWeight::Q8 { q, scales } => kernels::q8_gemm(q, scales, rows, cols, x, t, y),
+                // logits[k, v] = scale_v · Σ_d q[v, d] · x[k, d]: x quantized per token like the
+                // 1-bit products' under `Int8` where the CPU has the integer kernel, else f32.
+                DenseWeight::Q8 { q, scales, row_sums } => match self.effective_act(act) {
+                    BinaryAct::Int8 => kernels::q8_gemm_i8(q, scales, row_sums, rows, cols, x, t, y),
+                    BinaryAct::F32 => kernels::q8_gemm(q, scales, rows, cols, x, t, y),
+                },
             },
             Linear::Binary { bits, scales, .. } => match scales {
                 BinaryScales::Column { alpha, beta } => {
@@ -194,6 +212,22 @@ impl Linear {
         }
     }
 
+    /// The activations [`Linear::forward_act`] runs this layer's product in under `act`: `act`
+    /// for a 1-bit layer; for a q8 layer `Int8` only where the CPU and the selected ISA have
+    /// the integer kernel ([`kernels::q8_act8_has_simd`]: AVX512-VNNI), since elsewhere it
+    /// would run a scalar twin slower than the f32 kernel; `F32` for other dense layers.
+    pub fn effective_act(&self, act: BinaryAct) -> BinaryAct {
+        match self {
+            Linear::Binary { .. } => act,
+            Linear::Dense { weight: DenseWeight::Q8 { .. }, .. }
+                if act == BinaryAct::Int8 && kernels::q8_act8_has_simd(kernels::selected_isa()) =>
+            {
+                BinaryAct::Int8
+            }
+            Linear::Dense { .. } => BinaryAct::F32,
+        }
+    }
+
     /// Row `i` of the effective weight, as f32 (embedding lookup; tests).
     pub fn row_f32(&self, i: usize) -> Vec<f32> {
         let cols = self.cols();
@@ -204,7 +238,7 @@ impl Linear {
                     DenseWeight::F32(w) => w[r].to_vec(),
                     DenseWeight::BF16(w) => w[r].iter().map(|v| v.to_f32()).collect(),
                     DenseWeight::F16(w) => w[r].iter().map(|v| v.to_f32()).collect(),
-                    DenseWeight::Q8 { q, scales } => {
+                    DenseWeight::Q8 { q, scales, .. } => {
                         let mut out = vec![0.0; cols];
                         kernels::q8::dequantize_row(&q[r], scales[i], &mut out);
                         out
@@ -236,7 +270,7 @@ impl Linear {
                 DenseWeight::F32(w) => w.len() * 4,
                 DenseWeight::BF16(w) => w.len() * 2,
                 DenseWeight::F16(w) => w.len() * 2,
-                DenseWeight::Q8 { q, scales } => q.len() + scales.len() * 4,
+                DenseWeight::Q8 { q, scales, .. } => q.len() + scales.len() * 4,
             },
             Linear::Binary { bits, scales, .. } => {
                 let s = match scales {
@@ -280,7 +314,7 @@ impl Linear {
                 *s = kernels::q8::quantize_row(&self.row_f32(i), qr);
             }
         }
-        Linear::Dense { rows, cols, weight: DenseWeight::Q8 { q, scales } }
+        Linear::Dense { rows, cols, weight: DenseWeight::q8(q, scales, cols) }
     }
 }
 

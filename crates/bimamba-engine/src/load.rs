@@ -260,7 +260,7 @@ impl Loader<'_> {
             return Err(invalid(format!("tensor `{scale_name}`: row {i} has scale {s}; q8 scales are finite and > 0")));
         }
         let q = self.ckpt.bytes(name)?.iter().map(|&b| b as i8).collect();
-        Ok(Linear::Dense { rows, cols, weight: DenseWeight::Q8 { q, scales } })
+        Ok(Linear::Dense { rows, cols, weight: DenseWeight::q8(q, scales, cols) })
     }
 
     /// A projection in any of the three formats (see the module doc).

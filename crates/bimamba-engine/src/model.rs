@@ -223,7 +223,7 @@ impl Model {
         let h = self.hidden(state, tokens, observe, Keep::All)?;
         let head = self.lm_head();
         let mut logits = vec![0.0f32; tokens.len() * head.rows()];
-        head.forward(&h, tokens.len(), &mut logits);
+        head.forward_act(&h, tokens.len(), &mut logits, self.binary_act);
         Ok(logits)
     }
 
@@ -240,7 +240,7 @@ impl Model {
             let head = self.lm_head();
             let mut logits = vec![0.0f32; head.rows()];
             let mut timer = Timer::start();
-            head.forward(&h, 1, &mut logits);
+            head.forward_act(&h, 1, &mut logits, self.binary_act);
             timer.lap(Section::LmHead);
             Ok(logits)
         })

@@ -214,7 +214,7 @@ fn vocab_tensors(
     let (rows, cols) = (lin.rows(), lin.cols());
     if embed == EmbedStorage::Q8 {
         let q8 = lin.to_q8();
-        let Linear::Dense { weight: DenseWeight::Q8 { q, scales }, .. } = &q8 else {
+        let Linear::Dense { weight: DenseWeight::Q8 { q, scales, .. }, .. } = &q8 else {
             unreachable!("Linear::to_q8 returns a q8 layer")
         };
         return Ok(vec![

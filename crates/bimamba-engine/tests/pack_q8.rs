@@ -84,7 +84,7 @@ fn q8_round_trip_of_the_fixtures() {
         assert_eq!(ck.metadata().get("embedding_storage").map(String::as_str), Some("q8"));
         // The codes are the q8 rule applied to the source rows.
         let (q_ref, s_ref) = bimamba_kernels::q8::quantize_rows(&w, 464, 64);
-        let Linear::Dense { weight: DenseWeight::Q8 { q, scales }, .. } = &q8.embedding else { unreachable!() };
+        let Linear::Dense { weight: DenseWeight::Q8 { q, scales, .. }, .. } = &q8.embedding else { unreachable!() };
         assert_eq!((q, scales), (&q_ref, &s_ref), "{name}: stored codes and scales");
     }
 }

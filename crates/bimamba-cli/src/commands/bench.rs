@@ -277,6 +277,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         AnyModel::Mamba(m) => bimamba_kernels::act8_kernel_for(isa_kind, m.config.d_in_proj(), m.config.d_model, 1),
         _ => bimamba_kernels::act8_kernel(isa_kind).unwrap_or("scalar"),
     };
+    // The activations of the LM head's product (int8 for a q8 head under int8 activations where
+    // the CPU has the VNNI kernel).
+    let head_act = match &model {
+        AnyModel::Mamba(m) => m.lm_head().effective_act(m.binary_act).name(),
+        _ => "f32",
+    };
     drop(model);
     if let Some(cfg) = dense_cfg {
         let n = a.decode_tokens.min(32);
@@ -297,6 +303,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "threads": threads,
         "embedding": emb_storage,
         "binary_act_kernel": act_kernel,
+        "head_act": head_act,
         "state_bytes": state_bytes,
         "decode_tok_s": speed.decode_tok_s,
         "prefill_tok_s": speed.prefill_tok_s,
@@ -326,7 +333,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("command      {command}");
     println!("model        {label}");
     println!("isa/threads  {isa} / {threads}");
-    println!("embedding    {emb_storage} (tied LM head: {})", model_tied);
+    println!("embedding    {emb_storage} (tied LM head: {}, head activations {head_act})", model_tied);
     println!("state        {state_desc}, {:.1} MB", state_bytes as f64 / 1e6);
     if settings.gguf_act != Activations::F32 {
         println!("gguf acts    {}", settings.gguf_act);
