@@ -3,7 +3,7 @@
 //! both through the public entry points (quantization, panels and the rayon row split included).
 //!
 //! Shapes: the shipped model's tied head `[49152 x 256]` and the 2.7B head `[50288 x 2560]`
-//! (`BIMAMBA_AB_ONLY=substring` picks). For each token count (`BIMAMBA_BENCH_TOKENS`, default
+//! (`BIMAMBA_AB_ONLY=substring` picks; `BIMAMBA_AB_SHAPE=ROWSxCOLS` measures another). For each token count (`BIMAMBA_BENCH_TOKENS`, default
 //! 1,8,16,64) and thread count (1, 2), `BIMAMBA_AB_ROUNDS` rounds (7); each round runs both for
 //! `BIMAMBA_AB_MS` milliseconds (100) of calls, the order alternating, and records the mean time
 //! per call. Printed: the median over rounds of each mean, the median of the per-round ratios
@@ -76,7 +76,16 @@ fn main() {
         .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("building a rayon pool"))
         .collect();
     let only = std::env::var("BIMAMBA_AB_ONLY").ok();
-    for &(name, rows, cols) in SHAPES.iter().filter(|s| only.as_ref().is_none_or(|o| s.0.contains(o.as_str()))) {
+    // `BIMAMBA_AB_SHAPE=ROWSxCOLS` measures that shape instead (a small one: weights in cache).
+    let custom: Vec<(&str, usize, usize)> = std::env::var("BIMAMBA_AB_SHAPE")
+        .ok()
+        .and_then(|v| {
+            let (r, c) = v.split_once('x')?;
+            Some(vec![("custom", r.trim().parse().ok()?, c.trim().parse().ok()?)])
+        })
+        .unwrap_or_default();
+    let shapes = if custom.is_empty() { SHAPES.to_vec() } else { custom };
+    for &(name, rows, cols) in shapes.iter().filter(|s| only.as_ref().is_none_or(|o| s.0.contains(o.as_str()))) {
         let w: Vec<f32> = common::Rng(17).vec(rows * cols).iter().map(|v| 0.05 * v).collect();
         let (q, scales) = q8::quantize_rows(&w, rows, cols);
         drop(w);
