@@ -67,7 +67,10 @@ pub(crate) fn check_rows(
     let (t, nr) = (a.tokens(), range.len());
     assert!(cols <= MAX_COLS, "q8 int8 kernel: {cols} columns, at most {MAX_COLS}");
     assert_eq!(a.cols, cols, "q8 int8 kernel: activations have {} columns, weights {cols}", a.cols);
-    assert!(a.stride >= cols && a.stride % 64 == 0 && a.q.len() == t * a.stride, "q8 int8 kernel: activation layout");
+    assert!(
+        a.stride >= cols && a.stride.is_multiple_of(64) && a.q.len() == t * a.stride,
+        "q8 int8 kernel: activation layout"
+    );
     assert!(q.len() >= range.end * cols, "q8 int8 kernel: codes too short for rows {range:?}");
     assert!(scales.len() >= range.end && row_sums.len() >= range.end, "q8 int8 kernel: scales or row sums too short");
     assert_eq!(y.len(), t * nr, "q8 int8 kernel: y has {} elements, expected [{t} x {nr}]", y.len());
