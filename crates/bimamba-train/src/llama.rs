@@ -14,10 +14,12 @@ use std::path::Path;
 use bimamba_formats::{Checkpoint, Format};
 use bimamba_llama::LlamaConfig;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::ops::{log_softmax, opts, rms_normalize, silu};
+use crate::fused::FusedOps;
+use crate::ops::{log_softmax, matmul_in, opts, rms_normalize, silu};
+use crate::rng::SplitMix64;
 
 struct LlamaBlock<B: Backend> {
     attn_norm: Tensor<B, 1>,
@@ -31,33 +33,49 @@ struct LlamaBlock<B: Backend> {
     w_down: Tensor<B, 2>,
 }
 
-/// The teacher: configuration and f32 weights on a device.
+/// The teacher: configuration and weights on a device (f32, or the matrices in the product
+/// dtype after [`LlamaTeacher::with_matmul_dtype`]).
 pub struct LlamaTeacher<B: Backend> {
     /// Hyper-parameters from the GGUF.
     pub config: LlamaConfig,
-    /// The tokenizer rebuilt from the GGUF's vocabulary and merges.
-    pub tokenizer: tokenizers::Tokenizer,
+    /// The tokenizer rebuilt from the GGUF's vocabulary and merges (None for random weights).
+    pub tokenizer: Option<tokenizers::Tokenizer>,
     embedding: Tensor<B, 2>,
     output: Option<Tensor<B, 2>>,
     norm_f: Tensor<B, 1>,
     blocks: Vec<LlamaBlock<B>>,
+    /// Dtype of the matrix products (None: f32); the weight matrices are stored in it.
+    matmul_dtype: Option<DType>,
 }
 
 fn fmt_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::format(path, e.to_string())
 }
 
-/// y = x · Wᵀ over the last dimension.
+/// y = x · Wᵀ over the last dimension, in W's dtype (x is cast to it; y comes back in x's).
 ///
 /// # Shapes
 /// - x: [b, L, in]; w: [out, in]; output: [b, L, out]
-fn linear<B: Backend>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
+fn linear<B: FusedOps>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
     let [b, l, i] = x.dims();
     let o = w.dims()[0];
-    x.reshape([b * l, i]).matmul(w.clone().transpose()).reshape([b, l, o])
+    let x2 = x.reshape([b * l, i]);
+    let y = match w.dtype() {
+        dt if dt == x2.dtype() => B::matmul(x2, w.clone().transpose()),
+        dt => {
+            let orig = x2.dtype();
+            B::matmul(x2.cast(dt), w.clone().transpose()).cast(orig)
+        }
+    };
+    y.reshape([b, l, o])
 }
 
-impl<B: Backend> LlamaTeacher<B> {
+/// f32 values uniform in ±bound.
+fn uniform(rng: &mut SplitMix64, n: usize, bound: f64) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect()
+}
+
+impl<B: FusedOps> LlamaTeacher<B> {
     /// Loads a LLaMA-architecture GGUF file onto `device`.
     pub fn load(path: &Path, device: &B::Device) -> Result<Self> {
         let ck = Checkpoint::open(path).map_err(|e| fmt_err(path, e))?;
@@ -117,9 +135,56 @@ impl<B: Backend> LlamaTeacher<B> {
             output,
             norm_f: t1("output_norm.weight", d)?,
             blocks,
-            tokenizer,
+            tokenizer: Some(tokenizer),
             config,
+            matmul_dtype: None,
         })
+    }
+
+    /// A teacher of shape `config` with random weights (uniform in ±1/√fan_in, norms at 1, tied
+    /// head): for throughput measurements, where only the shape matters.
+    pub fn random(config: LlamaConfig, seed: u64, device: &B::Device) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let (d, ff, qd, kvd, v) = (config.d_model, config.d_ff, config.q_dim(), config.kv_dim(), config.vocab_size);
+        let mut t2 = |r: usize, c: usize| {
+            let w = uniform(&mut rng, r * c, 1.0 / (c as f64).sqrt());
+            Tensor::<B, 2>::from_data(TensorData::new(w, [r, c]), opts::<B>(device))
+        };
+        let ones = |n: usize| Tensor::<B, 1>::ones([n], opts::<B>(device));
+        let blocks = (0..config.n_layer)
+            .map(|_| LlamaBlock {
+                attn_norm: ones(d),
+                wq: t2(qd, d),
+                wk: t2(kvd, d),
+                wv: t2(kvd, d),
+                wo: t2(d, qd),
+                ffn_norm: ones(d),
+                w_gate: t2(ff, d),
+                w_up: t2(ff, d),
+                w_down: t2(d, ff),
+            })
+            .collect();
+        Self { embedding: t2(v, d), output: None, norm_f: ones(d), blocks, tokenizer: None, config, matmul_dtype: None }
+    }
+
+    /// Runs the matrix products (projections, attention, head) in `dtype` (e.g. bf16), the weight
+    /// matrices stored in it; norms, RoPE, softmax and the residual stream stay f32.
+    pub fn with_matmul_dtype(mut self, dtype: Option<DType>) -> Self {
+        let Some(dt) = dtype else { return self };
+        let cast = |t: Tensor<B, 2>| t.cast(dt);
+        for blk in self.blocks.iter_mut() {
+            for w in
+                [&mut blk.wq, &mut blk.wk, &mut blk.wv, &mut blk.wo, &mut blk.w_gate, &mut blk.w_up, &mut blk.w_down]
+            {
+                *w = cast(w.clone());
+            }
+        }
+        // The embedding is read by the lookup in f32 and by the tied head in `dt`: the head gets
+        // its own copy.
+        let head = self.output.take().unwrap_or_else(|| self.embedding.clone());
+        self.output = Some(cast(head));
+        self.matmul_dtype = dtype;
+        self
     }
 
     /// Rotates adjacent channel pairs of the first `rope_dim` channels of every head.
@@ -155,7 +220,7 @@ impl<B: Backend> LlamaTeacher<B> {
         }
     }
 
-    /// Logits of every position.
+    /// Logits of every position (in the product dtype after [`Self::with_matmul_dtype`]).
     ///
     /// # Shapes
     /// - tokens: [b, L]; output: [b, L, vocab]
@@ -180,15 +245,25 @@ impl<B: Backend> LlamaTeacher<B> {
                 t.reshape([b, l, kv, 1, hd]).expand([b, l, kv, h / kv, hd]).reshape([b, l, h, hd]).swap_dims(1, 2)
             };
             let (k, v) = (rep(k), rep(v));
-            let scores = (q.matmul(k.swap_dims(2, 3)) * scale).mask_fill(future.clone(), f32::NEG_INFINITY);
-            let attn = log_softmax(scores).exp().matmul(v); // [b,H,L,hd]
+            let scores = (matmul_in(q, k.swap_dims(2, 3), self.matmul_dtype) * scale)
+                .mask_fill(future.clone(), f32::NEG_INFINITY);
+            let attn = matmul_in(log_softmax(scores).exp(), v, self.matmul_dtype); // [b,H,L,hd]
             x = x + linear(attn.swap_dims(1, 2).reshape([b, l, h * hd]), &blk.wo);
             let u = rms_normalize(x.clone(), eps) * blk.ffn_norm.clone().reshape([1, 1, d]);
             let gated = silu(linear(u.clone(), &blk.w_gate)) * linear(u, &blk.w_up);
             x = x + linear(gated, &blk.w_down);
         }
         let x = rms_normalize(x, eps) * self.norm_f.clone().reshape([1, 1, d]);
-        linear(x, self.output.as_ref().unwrap_or(&self.embedding))
+        let head = self.output.as_ref().unwrap_or(&self.embedding);
+        match self.matmul_dtype {
+            // The logits stay in the product dtype: the losses read bf16 rows as they are, without
+            // an f32 copy of the batch × vocabulary matrix.
+            Some(dt) if dt != x.dtype() => {
+                let v = head.dims()[0];
+                B::matmul(x.reshape([b * l, d]).cast(dt), head.clone().transpose()).reshape([b, l, v])
+            }
+            _ => linear(x, head),
+        }
     }
 }
 
@@ -225,5 +300,37 @@ mod tests {
             .fold(0f32, |m, d| if d.is_nan() || d > m { d } else { m })
             / scale;
         assert!(err < 1e-4, "max relative error {err}");
+    }
+
+    /// Products in another dtype (f64 here: NdArray has no bf16) keep the logits, which come
+    /// back in that dtype; bf16 runs on the CUDA backend.
+    #[test]
+    fn product_dtype_keeps_the_logits() {
+        let cfg = LlamaConfig {
+            n_layer: 2,
+            d_model: 16,
+            d_ff: 24,
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 4,
+            rope_dim: 4,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            vocab_size: 19,
+            context_length: 64,
+        };
+        let dev = Default::default();
+        let plain = LlamaTeacher::<B>::random(cfg.clone(), 3, &dev);
+        let cast = LlamaTeacher::<B>::random(cfg, 3, &dev).with_matmul_dtype(Some(DType::F64));
+        let ids: Vec<i64> = (0..14).map(|i| (i * 7 + 2) % 19).collect();
+        let t = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 7]), &dev);
+        let a = plain.forward(t.clone());
+        let b = cast.forward(t);
+        assert_eq!(b.dtype(), DType::F64);
+        let (a, b): (Vec<f64>, Vec<f64>) = (a.to_data().iter::<f64>().collect(), b.to_data().iter::<f64>().collect());
+        let scale = a.iter().fold(0f64, |m, x| m.max(x.abs()));
+        assert!(scale > 0.1, "degenerate logits");
+        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale;
+        assert!(err < 1e-5, "relative error {err}");
     }
 }

@@ -170,10 +170,16 @@ pub fn train<B: crate::fused::TrainBackend>(
     // Every rank trains on `bs` windows of a global batch of `world · bs`.
     let (rank, world) = (opts.ranks.rank, opts.ranks.world);
     let root = rank == 0;
+    // The in-process teacher runs its products in the student's product dtype (bf16 on GPUs).
+    let matmul_dtype = crate::runconfig::parse_dtype(cfg.train.matmul_dtype.as_deref())?;
     let teacher: Teacher<B::InnerBackend> = match &cfg.teacher {
         TeacherConfig::None => Teacher::None,
-        TeacherConfig::Mamba { path } => Teacher::Model(Box::new(load_mamba_teacher(path, &data, device)?)),
-        TeacherConfig::Gguf { path } => Teacher::Model(Box::new(load_llama_teacher(path, &data, device)?)),
+        TeacherConfig::Mamba { path } => {
+            Teacher::Model(Box::new(load_mamba_teacher(path, &data, device)?.with_matmul_dtype(matmul_dtype)))
+        }
+        TeacherConfig::Gguf { path } => {
+            Teacher::Model(Box::new(load_llama_teacher(path, &data, device)?.with_matmul_dtype(matmul_dtype)))
+        }
         TeacherConfig::Topk { path } => {
             let f = TopkFile::open(path)?;
             check_tokenizer(&f.vocab_hash, &path.display().to_string(), &data)?;
@@ -253,7 +259,6 @@ pub fn train<B: crate::fused::TrainBackend>(
         params::write_atomic(&run_dir.join("tokenizer.json"), &tok)?;
     }
 
-    let matmul_dtype = crate::runconfig::parse_dtype(cfg.train.matmul_dtype.as_deref())?;
     let mut model = Mamba2Lm::<B>::init(&mcfg, cfg.train.seed, device).with_matmul_dtype(matmul_dtype);
     let mut optim = AdamW::<B::InnerBackend>::new(cfg.optim.clone());
     let mut state = TrainState {

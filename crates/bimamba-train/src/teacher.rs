@@ -56,20 +56,21 @@ impl<B: crate::fused::FusedOps> Frozen<B> for Mamba2Lm<B> {
     }
 }
 
-impl<B: Backend> Frozen<B> for crate::llama::LlamaTeacher<B> {
+impl<B: crate::fused::FusedOps> Frozen<B> for crate::llama::LlamaTeacher<B> {
     fn logits(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         self.forward(tokens)
     }
 }
 
 /// Loads a LLaMA-architecture GGUF teacher and checks its tokenizer (rebuilt from the GGUF).
-pub fn load_llama_teacher<B: Backend>(
+pub fn load_llama_teacher<B: crate::fused::FusedOps>(
     path: &Path,
     data: &Dataset,
     device: &B::Device,
 ) -> Result<crate::llama::LlamaTeacher<B>> {
     let t = crate::llama::LlamaTeacher::<B>::load(path, device)?;
-    check_tokenizer(&vocab_hash(&t.tokenizer), &path.display().to_string(), data)?;
+    let tok = t.tokenizer.as_ref().ok_or_else(|| Error::format(path, "no tokenizer in the GGUF"))?;
+    check_tokenizer(&vocab_hash(tok), &path.display().to_string(), data)?;
     Ok(t)
 }
 

@@ -184,3 +184,52 @@ fn train_resume_after_sigkill_export_and_nonfinite_stop() {
     let st = checkpoint::load(&last).expect("loads").state;
     assert!(stopped.contains(&format!("step {}", st.step + 1)), "{stopped} vs {}", st.step);
 }
+
+/// `bench` on the CPU: the distillation step (teacher timed apart, inside the forward) and a
+/// clear refusal of `--batch auto`, which needs a device allocator.
+#[test]
+fn bench_times_the_distillation_step() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let json = tmp.path().join("bench.json");
+    let shape = [
+        "bench",
+        "--backend",
+        "ndarray",
+        "--d-model",
+        "32",
+        "--n-layer",
+        "2",
+        "--vocab",
+        "96",
+        "--d-state",
+        "8",
+        "--headdim",
+        "8",
+        "--chunk-size",
+        "16",
+        "--seq-len",
+        "24",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--matmul-size",
+        "16",
+    ];
+    let out = bin().args(shape).args(["--batch", "2", "--distill", "--json"]).arg(&json).output().expect("run bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("valid json");
+    assert_eq!(r["distill"], true);
+    assert_eq!(r["batch"], 2);
+    let (teacher, forward) = (r["teacher_s"].as_f64().expect("teacher_s"), r["forward_s"].as_f64().expect("forward_s"));
+    assert!(teacher > 0.0 && teacher < forward, "teacher {teacher} s, forward {forward} s");
+    assert!(r["memory_reserved_gb"].is_null(), "no device allocator on the CPU");
+
+    let out = bin().args(shape).args(["--batch", "auto"]).output().expect("run bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--batch auto needs a GPU backend"), "{err}");
+    let out = bin().args(shape).args(["--batch", "0"]).output().expect("run bench");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected `auto` or a number"));
+}

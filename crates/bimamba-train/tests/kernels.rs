@@ -125,3 +125,53 @@ fn model_gradients_with_fused_kernels_equal_the_reference_model() {
         }
     }
 }
+
+/// `bench --batch auto` on a device allocator: steps at batches 1 and 2 measure the memory, the
+/// chosen batch's steps run within the budget (50 MB here: room for many sequences of this tiny
+/// model, so the choice is more than 2).
+#[test]
+fn bench_picks_the_largest_batch_that_fits_on_wgpu() {
+    use burn::backend::Autodiff;
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: bimamba_train::bench::BenchArgs,
+    }
+    let args = Cli::parse_from([
+        "bench",
+        "--backend",
+        "wgpu",
+        "--d-model",
+        "32",
+        "--n-layer",
+        "2",
+        "--vocab",
+        "96",
+        "--d-state",
+        "8",
+        "--headdim",
+        "8",
+        "--chunk-size",
+        "16",
+        "--seq-len",
+        "32",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--matmul-size",
+        "16",
+        "--batch",
+        "auto",
+        "--memory-gb",
+        "0.05",
+    ])
+    .bench;
+    let r = bimamba_train::bench::bench::<Autodiff<Wgpu>>(&args, &WgpuDevice::default(), burn::tensor::DType::F32)
+        .expect("bench --batch auto");
+    let held = r.memory_reserved_gb.expect("the WGPU allocator reports its memory");
+    println!("batch {} chosen, {held:.3} GB held after its steps", r.batch);
+    assert!(r.batch > 2, "batch {}", r.batch);
+    assert!(held <= 0.05, "{held} GB held against 0.05 GB allowed");
+}

@@ -17,7 +17,8 @@ use serde::Serialize;
 use crate::backend::BackendKind;
 use crate::config::{ModelConfig, ModelSpec, Precision};
 use crate::error::Result;
-use crate::loss::cross_entropy;
+use crate::llama::LlamaTeacher;
+use crate::loss::{cross_entropy, soft_cross_entropy};
 use crate::model::Mamba2Lm;
 use crate::optim::{AdamW, OptimConfig};
 use crate::rng::SplitMix64;
@@ -53,9 +54,18 @@ pub struct BenchArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 2048)]
     pub seq_len: usize,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
+    /// Sequences per step, or `auto`: the largest batch whose memory, extrapolated from steps at
+    /// batches 1 and 2, fits in 90% of the device (or of `--memory-gb`).
+    #[arg(long, default_value = "4")]
+    pub batch: BatchSize,
+    /// Memory `--batch auto` may fill, in GB (default: the device's capacity, known on CUDA).
+    #[arg(long)]
+    pub memory_gb: Option<f64>,
+    /// Time the distillation step: a LLaMA-architecture teacher of SmolLM2-135M's shape (random
+    /// weights, the vocabulary of `--vocab`, products in the student's dtype) gives the soft
+    /// targets, and the loss is the paper's soft-target CE at T = 1.
+    #[arg(long)]
+    pub distill: bool,
     /// Timed steps.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
@@ -99,6 +109,74 @@ pub struct BenchArgs {
     pub json: Option<std::path::PathBuf>,
 }
 
+/// `--batch`: a number of sequences, or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchSize {
+    /// The largest batch that fits (see [`BenchArgs::batch`]).
+    Auto,
+    /// This many sequences.
+    Fixed(usize),
+}
+
+impl std::str::FromStr for BatchSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            _ => match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Self::Fixed(n)),
+                _ => Err(format!("expected `auto` or a number of sequences of at least 1, got `{s}`")),
+            },
+        }
+    }
+}
+
+/// The largest batch whose memory fits `budget` bytes, predicted as `base + (batch − 1) · per`:
+/// `base` is what the allocator holds after a step at batch 1 (weights, moments, gradients, the
+/// activations of one sequence, free pages), `per` the memory of one more sequence (see
+/// [`per_sequence`]).
+pub fn batch_that_fits(base: u64, per: u64, budget: u64) -> std::result::Result<usize, String> {
+    if per == 0 {
+        return Err("--batch auto: the memory of a step did not grow from batch 1 to batch 2, so it cannot be \
+             extrapolated; give --batch N"
+            .into());
+    }
+    if base + per > budget {
+        return Err(format!(
+            "--batch auto: a step at batch 2 would need about {:.1} GB of the {:.1} GB allowed",
+            (base + per) as f64 / 1e9,
+            budget as f64 / 1e9
+        ));
+    }
+    Ok(1 + ((budget - base) / per) as usize)
+}
+
+/// The memory one more sequence takes, from steps at batch 1 and 2: the growth of what the
+/// allocator holds after the step, or twice the growth of the live tensors at the end of the
+/// forward if that is more (early in the backward the gradients of the activations live beside
+/// the activations the forward kept).
+pub fn per_sequence(held1: u64, held2: u64, forward1: u64, forward2: u64) -> u64 {
+    held2.saturating_sub(held1).max(2 * forward2.saturating_sub(forward1))
+}
+
+/// SmolLM2-135M's shape (the paper-style teacher of the 130M class) with `vocab` rows.
+pub fn smollm2_135m_shape(vocab: usize) -> bimamba_llama::LlamaConfig {
+    bimamba_llama::LlamaConfig {
+        n_layer: 30,
+        d_model: 576,
+        d_ff: 1536,
+        n_head: 9,
+        n_kv_head: 3,
+        head_dim: 64,
+        rope_dim: 64,
+        rope_theta: 100_000.0,
+        norm_eps: 1e-5,
+        vocab_size: vocab,
+        context_length: 8192,
+    }
+}
+
 /// What `bench` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -118,6 +196,14 @@ pub struct BenchReport {
     pub backward_s: f64,
     /// Mean seconds in the optimizer.
     pub optimizer_s: f64,
+    /// Mean seconds of the teacher's forward (with `--distill`; included in the forward).
+    pub teacher_s: f64,
+    /// Whether the step was the distillation step (`--distill`).
+    pub distill: bool,
+    /// Sequences per step (chosen by `--batch auto`, or given).
+    pub batch: usize,
+    /// GB the device allocator held after the timed steps (None on the CPU).
+    pub memory_reserved_gb: Option<f64>,
     /// Training throughput.
     pub tokens_per_s: f64,
     /// Model FLOPs per token (forward + backward).
@@ -176,12 +262,8 @@ pub fn op_launch_us<B: Backend>(device: &B::Device, n: usize) -> f64 {
     1e6 * s / n as f64
 }
 
-/// Times training steps of a freshly initialized model on random tokens.
-pub fn bench<B: crate::fused::TrainBackend>(
-    a: &BenchArgs,
-    device: &B::Device,
-    peak_dtype: DType,
-) -> Result<BenchReport> {
+/// The model `bench` trains, freshly initialized.
+fn bench_model<B: crate::fused::TrainBackend>(a: &BenchArgs, device: &B::Device) -> Result<Mamba2Lm<B>> {
     let spec = ModelSpec {
         d_state: a.d_state,
         headdim: a.headdim,
@@ -195,58 +277,171 @@ pub fn bench<B: crate::fused::TrainBackend>(
     if a.bf16 && a.ssd_bf16 {
         model = model.with_ssd_dtype(Some(DType::BF16));
     }
-    let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig::default());
-    opt.fused = !a.reference;
+    Ok(model)
+}
+
+/// Seconds of one step's phases: forward (teacher included), backward, optimizer, and the
+/// teacher alone.
+#[derive(Clone, Copy, Default)]
+struct StepTimes {
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+    teacher: f64,
+    /// Bytes of live device tensors at the end of the forward (None on the CPU).
+    forward_in_use: Option<u64>,
+}
+
+/// One training step on random tokens: the loss (next-token CE, or the soft CE against the
+/// teacher), its backward and the optimizer update.
+#[allow(clippy::too_many_arguments)]
+fn train_step<B: crate::fused::TrainBackend>(
+    a: &BenchArgs,
+    model: Mamba2Lm<B>,
+    opt: &mut AdamW<B::InnerBackend>,
+    teacher: Option<&LlamaTeacher<B::InnerBackend>>,
+    rng: &mut SplitMix64,
+    b: usize,
+    device: &B::Device,
+) -> (Mamba2Lm<B>, StepTimes) {
+    let l = a.seq_len;
+    let toks: Vec<i64> = (0..b * (l + 1)).map(|_| rng.below(a.vocab as u64) as i64).collect();
+    let t = Tensor::<B, 2, Int>::from_data(TensorData::new(toks, [b, l + 1]), device);
+    let (inputs, targets) = (t.clone().narrow(1, 0, l), t.narrow(1, 1, l));
+    let _ = B::sync(device);
+    let t0 = Instant::now();
+    let soft = teacher.map(|tm| {
+        let tl = tm.forward(inputs.clone().inner());
+        let _ = B::sync(device);
+        (Tensor::<B, 3>::from_inner(tl), t0.elapsed().as_secs_f64())
+    });
+    let teacher_s = soft.as_ref().map_or(0.0, |s| s.1);
+    let loss = match (soft, a.reference) {
+        (Some((tl, _)), true) => soft_cross_entropy(model.forward(inputs), tl, 1.0),
+        (Some((tl, _)), false) => soft_cross_entropy(model.forward_logits(inputs), tl, 1.0),
+        (None, true) => crate::loss::reference_cross_entropy(model.forward(inputs), targets),
+        (None, false) => cross_entropy(model.forward_logits(inputs), targets),
+    };
+    crate::profile::mark::<B>("loss", device);
+    let _ = B::sync(device);
+    let t1 = Instant::now();
+    let forward_in_use = B::device_memory(device).map(|m| m.in_use);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let _ = B::sync(device);
+    let t2 = Instant::now();
+    let (model, _) = opt.step::<B, _>(model, grads, 1e-4);
+    let _ = B::sync(device);
+    let t3 = Instant::now();
+    let times = StepTimes {
+        forward: (t1 - t0).as_secs_f64(),
+        backward: (t2 - t1).as_secs_f64(),
+        optimizer: (t3 - t2).as_secs_f64(),
+        teacher: teacher_s,
+        forward_in_use,
+    };
+    (model, times)
+}
+
+/// `--batch auto`: one step at batch 1 and one at batch 2, each on a fresh model, and the largest
+/// batch whose predicted memory ([`batch_that_fits`]) fits 90% of the budget.
+fn auto_batch<B: crate::fused::TrainBackend>(
+    a: &BenchArgs,
+    teacher: Option<&LlamaTeacher<B::InnerBackend>>,
+    device: &B::Device,
+) -> Result<usize> {
+    let fail = |m: String| crate::error::Error::Config(m);
+    let no_allocator = || fail("--batch auto needs a GPU backend (cuda or wgpu)".into());
+    let mut at = Vec::new();
+    for b in [1usize, 2] {
+        let model = bench_model::<B>(a, device)?;
+        let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig::default());
+        opt.fused = !a.reference;
+        let mut rng = SplitMix64::new(1);
+        B::release_free_memory(device);
+        let (model, times) = train_step(a, model, &mut opt, teacher, &mut rng, b, device);
+        let after = B::device_memory(device).ok_or_else(no_allocator)?;
+        at.push((times.forward_in_use.ok_or_else(no_allocator)?, after));
+        drop((model, opt));
+    }
+    let ((forward1, after1), (forward2, after2)) = (at[0], at[1]);
+    let budget = match (a.memory_gb, after1.capacity) {
+        (Some(gb), _) if gb > 0.0 => gb * 1e9,
+        (Some(gb), _) => return Err(fail(format!("--memory-gb must be positive, got {gb}"))),
+        (None, Some(c)) => c as f64,
+        (None, None) => {
+            return Err(fail("--batch auto: this backend does not report its memory; give --memory-gb".into()))
+        }
+    };
+    let per = per_sequence(after1.reserved, after2.reserved, forward1, forward2);
+    let b = batch_that_fits(after1.reserved, per, (0.9 * budget) as u64).map_err(fail)?;
+    eprintln!(
+        "--batch auto: {:.2} GB held after a step at batch 1, {:.3} GB per more sequence, {:.1} GB allowed: batch {b}",
+        after1.reserved as f64 / 1e9,
+        per as f64 / 1e9,
+        0.9 * budget / 1e9
+    );
+    B::release_free_memory(device);
+    Ok(b)
+}
+
+/// Times training steps of a freshly initialized model on random tokens.
+pub fn bench<B: crate::fused::TrainBackend>(
+    a: &BenchArgs,
+    device: &B::Device,
+    peak_dtype: DType,
+) -> Result<BenchReport> {
     crate::fused::set_enabled(!a.reference);
     crate::fused::set_ssd_scan(a.ssd_node);
     let cuda = matches!(a.backend, BackendKind::Cuda);
     crate::fused::set_matmul_kernel(crate::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda))
         .map_err(crate::error::Error::Config)?;
+    let teacher = a.distill.then(|| {
+        LlamaTeacher::<B::InnerBackend>::random(smollm2_135m_shape(a.vocab), 7, device)
+            .with_matmul_dtype(a.bf16.then_some(DType::BF16))
+    });
+    let b = match a.batch {
+        BatchSize::Fixed(n) => n,
+        BatchSize::Auto => auto_batch::<B>(a, teacher.as_ref(), device)?,
+    };
+    let mut model = bench_model::<B>(a, device)?;
+    let cfg = model.config.clone();
+    let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig::default());
+    opt.fused = !a.reference;
     let mut rng = SplitMix64::new(1);
-    let (b, l) = (a.batch, a.seq_len);
-    let (mut fw, mut bw, mut op) = (0.0, 0.0, 0.0);
+    let l = a.seq_len;
+    let mut sum = StepTimes::default();
     for i in 0..a.warmup + a.steps {
-        let toks: Vec<i64> = (0..b * (l + 1)).map(|_| rng.below(a.vocab as u64) as i64).collect();
-        let t = Tensor::<B, 2, Int>::from_data(TensorData::new(toks, [b, l + 1]), device);
-        let _ = B::sync(device);
-        let t0 = Instant::now();
+        let timed = i >= a.warmup;
         if i == a.warmup {
             crate::profile::enable(a.profile);
         }
-        let loss = if a.reference {
-            crate::loss::reference_cross_entropy(model.forward(t.clone().narrow(1, 0, l)), t.narrow(1, 1, l))
-        } else {
-            cross_entropy(model.forward_logits(t.clone().narrow(1, 0, l)), t.narrow(1, 1, l))
-        };
-        crate::profile::mark::<B>("loss", device);
-        let _ = B::sync(device);
-        let t1 = Instant::now();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let _ = B::sync(device);
-        let t2 = Instant::now();
-        let (m, _) = opt.step::<B, _>(model, grads, 1e-4);
+        let (m, t) = train_step(a, model, &mut opt, teacher.as_ref(), &mut rng, b, device);
         model = m;
-        let _ = B::sync(device);
-        let t3 = Instant::now();
-        if i >= a.warmup {
-            fw += (t1 - t0).as_secs_f64();
-            bw += (t2 - t1).as_secs_f64();
-            op += (t3 - t2).as_secs_f64();
+        if timed {
+            sum.forward += t.forward;
+            sum.backward += t.backward;
+            sum.optimizer += t.optimizer;
+            sum.teacher += t.teacher;
         }
-        eprintln!("step {i}: {:.3} s{}", (t3 - t0).as_secs_f64(), if i < a.warmup { " (warm-up)" } else { "" });
+        let total = t.forward + t.backward + t.optimizer;
+        eprintln!("step {i}: {total:.3} s{}", if timed { "" } else { " (warm-up)" });
     }
-    let parts_ms = a.parts.then(|| parts::parts(&model, b, l, a.steps.max(1), device));
-    let _ = model.valid();
+    let memory_reserved_gb = B::device_memory(device).map(|m| m.reserved as f64 / 1e9);
     let n = a.steps.max(1) as f64;
+    let (fw, bw, op, te) = (sum.forward / n, sum.backward / n, sum.optimizer / n, sum.teacher / n);
     let profile_ms = a.profile.then(|| {
         let mut t: std::collections::BTreeMap<String, f64> =
             crate::profile::totals().into_iter().map(|(k, v)| (format!("forward.{k}"), 1e3 * v / n)).collect();
-        t.insert("backward".into(), 1e3 * bw / n);
-        t.insert("optimizer".into(), 1e3 * op / n);
+        t.insert("backward".into(), 1e3 * bw);
+        t.insert("optimizer".into(), 1e3 * op);
+        if a.distill {
+            t.insert("teacher".into(), 1e3 * te);
+        }
         t
     });
     crate::profile::enable(false);
-    let (fw, bw, op) = (fw / n, bw / n, op / n);
+    let parts_ms = a.parts.then(|| parts::parts(&model, b, l, a.steps.max(1), device));
+    let _ = model.valid();
     let step_s = fw + bw + op;
     let tokens = b * l;
     let flops_per_token = 3.0 * (cfg.matmul_flops_per_token() + cfg.ssd_flops_per_token()) as f64;
@@ -262,6 +457,10 @@ pub fn bench<B: crate::fused::TrainBackend>(
         forward_s: fw,
         backward_s: bw,
         optimizer_s: op,
+        teacher_s: te,
+        distill: a.distill,
+        batch: b,
+        memory_reserved_gb,
         tokens_per_s: tokens as f64 / step_s,
         flops_per_token,
         model_tflops,
@@ -294,9 +493,15 @@ pub fn run_cli(a: &BenchArgs) -> Result<()> {
     );
     println!("projection/head matmul dtype: {}", r.matmul_dtype);
     println!(
-        "tokens/step {} | step {:.3} s (forward {:.3}, backward {:.3}, optimizer {:.3})",
-        r.tokens_per_step, r.step_s, r.forward_s, r.backward_s, r.optimizer_s
+        "batch {} | tokens/step {} | step {:.3} s (forward {:.3}, backward {:.3}, optimizer {:.3})",
+        r.batch, r.tokens_per_step, r.step_s, r.forward_s, r.backward_s, r.optimizer_s
     );
+    if r.distill {
+        println!("distillation step: the teacher's forward took {:.3} s of the forward", r.teacher_s);
+    }
+    if let Some(gb) = r.memory_reserved_gb {
+        println!("device memory held by the allocator after the steps: {gb:.2} GB");
+    }
     println!(
         "throughput {:.0} tokens/s | model {:.2} TFLOP/s ({:.3} GFLOP/token)",
         r.tokens_per_s,
@@ -328,4 +533,33 @@ pub fn run_cli(a: &BenchArgs) -> Result<()> {
         crate::params::write_atomic(p, text.as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_flag_parses() {
+        assert_eq!("auto".parse::<BatchSize>(), Ok(BatchSize::Auto));
+        assert_eq!("12".parse::<BatchSize>(), Ok(BatchSize::Fixed(12)));
+        for bad in ["0", "-1", "four", ""] {
+            let e = bad.parse::<BatchSize>().expect_err(bad);
+            assert!(e.contains("auto"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_chosen_batch_is_the_largest_that_fits() {
+        // 13 GB held at batch 1, 3 GB more per sequence.
+        let gb = 1_000_000_000u64;
+        assert_eq!(batch_that_fits(13 * gb, 3 * gb, 40 * gb), Ok(10));
+        assert_eq!(batch_that_fits(13 * gb, 3 * gb, 39 * gb), Ok(9));
+        assert_eq!(batch_that_fits(13 * gb, 3 * gb, 16 * gb), Ok(2));
+        assert!(batch_that_fits(13 * gb, 3 * gb, 15 * gb).is_err());
+        assert!(batch_that_fits(13 * gb, 0, 40 * gb).is_err());
+        // Pages held grew by 1 GB, the forward's live tensors by 0.8 GB: 1.6 GB per sequence.
+        assert_eq!(per_sequence(13 * gb, 14 * gb, 5 * gb, 5 * gb + 800_000_000), 1_600_000_000);
+        assert_eq!(per_sequence(13 * gb, 16 * gb, 5 * gb, 6 * gb), 3 * gb);
+    }
 }

@@ -196,6 +196,14 @@ impl<B: FusedOps> Backward<B, 5> for SsdScanBackward {
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     const KERNELS: bool = B::KERNELS;
 
+    fn device_memory(device: &Self::Device) -> Option<super::DeviceMemory> {
+        B::device_memory(device)
+    }
+
+    fn release_free_memory(device: &Self::Device) {
+        B::release_free_memory(device)
+    }
+
     fn adamw_update(
         p: Tensor<Self, 1>,
         g: Tensor<Self, 1>,

@@ -157,6 +157,22 @@ where
         any.downcast_ref::<CudaResource>().map(|r| r.ptr)
     }
 
+    fn device_memory(device: &Self::Device) -> Option<super::DeviceMemory> {
+        let client = R::client(device);
+        cubecl::future::block_on(client.sync()).ok()?;
+        let usage = client.memory_usage().ok()?;
+        // cubecl-cuda 0.10 sets the largest page to a quarter of the device's total memory
+        // (`cuDeviceTotalMem`); other runtimes' pages say nothing about the capacity.
+        let capacity = (R::name(&client) == "cuda").then(|| 4 * client.properties().memory.max_page_size);
+        Some(super::DeviceMemory { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved, capacity })
+    }
+
+    fn release_free_memory(device: &Self::Device) {
+        let client = R::client(device);
+        let _ = cubecl::future::block_on(client.sync());
+        client.memory_cleanup();
+    }
+
     /// The chosen family runs half-precision products (what `matmul-kernels` measures); f32
     /// products stay with Burn's.
     fn matmul<const D: usize>(a: Tensor<Self, D>, b: Tensor<Self, D>) -> Tensor<Self, D> {

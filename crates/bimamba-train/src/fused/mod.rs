@@ -92,6 +92,17 @@ pub fn matmul_kernel() -> Option<String> {
     MATMUL_KERNEL.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// What a device allocator holds ([`FusedOps::device_memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes of the live tensors.
+    pub in_use: u64,
+    /// Bytes the allocator has taken from the device (live tensors, padding, free pages).
+    pub reserved: u64,
+    /// The device's memory, where the runtime says (CUDA).
+    pub capacity: Option<u64>,
+}
+
 /// The scalars of one AdamW update (torch's `AdamW` formulas, decoupled decay).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
@@ -146,6 +157,16 @@ pub trait FusedOps: Backend {
     fn cuda_address(_t: &Tensor<Self, 1>) -> Option<u64> {
         None
     }
+
+    /// The device allocator's memory once every queued kernel has run; `None` on backends
+    /// without one (NdArray).
+    fn device_memory(_device: &Self::Device) -> Option<DeviceMemory> {
+        None
+    }
+
+    /// Hands the allocator's free pages back, so that [`FusedOps::device_memory`] measures what
+    /// the next work needs rather than what earlier work left reserved.
+    fn release_free_memory(_device: &Self::Device) {}
 
     /// One AdamW update of a flattened parameter: returns (parameter, m, v).
     ///

@@ -17,9 +17,17 @@ use super::{AdamParam, AdamStep};
 
 type Prim<R> = CubeTensor<R>;
 
-/// Tensors per launch (each is one kernel argument; the kernel selects its tensor by an unrolled
-/// comparison, so its code grows with this).
+/// Tensors per launch at most (each is one kernel argument; the kernel selects its tensor by an
+/// unrolled comparison, so its code grows with this).
 pub const TENSORS_PER_LAUNCH: usize = 32;
+
+/// Parameters per launch on this device: [`TENSORS_PER_LAUNCH`], or fewer where the device takes
+/// fewer buffers per kernel (Vulkan drivers: 32 in all) than `per_param` buffers for each
+/// parameter plus `fixed` others.
+fn per_launch<R: CubeRuntime>(like: &Prim<R>, per_param: usize, fixed: usize) -> usize {
+    let bindings = like.client.properties().hardware.max_bindings as usize;
+    (bindings.saturating_sub(fixed) / per_param).clamp(1, TENSORS_PER_LAUNCH)
+}
 
 fn flat_f32<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(t: Tensor<B, 1>, what: &str) -> Prim<R> {
     let p = into_contiguous(t.into_primitive().tensor());
@@ -84,16 +92,19 @@ fn view<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     ))
 }
 
-/// AdamW on every parameter of `params`, [`TENSORS_PER_LAUNCH`] per launch.
+/// AdamW on every parameter of `params`, up to [`TENSORS_PER_LAUNCH`] per launch.
 #[allow(clippy::type_complexity)]
 pub fn adamw_many<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     params: Vec<AdamParam<B>>,
     s: &AdamStep,
 ) -> Vec<(Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>)> {
     let mut out = Vec::with_capacity(params.len());
+    let Some(first) = params.first() else { return out };
+    // p, g, m, v per parameter; three outputs, the table, the decays and the launch's metadata.
+    let per = per_launch(&first.p.clone().into_primitive().tensor(), 4, 6);
     let mut rest = params.into_iter().peekable();
     while rest.peek().is_some() {
-        let group: Vec<AdamParam<B>> = rest.by_ref().take(TENSORS_PER_LAUNCH).collect();
+        let group: Vec<AdamParam<B>> = rest.by_ref().take(per).collect();
         let mut ps = Vec::new();
         let (mut gs, mut ms, mut vs, mut decays) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for q in group {
@@ -146,7 +157,7 @@ pub fn adamw_many<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     out
 }
 
-/// Σ x² over every element of every tensor, [`TENSORS_PER_LAUNCH`] tensors per launch, one
+/// Σ x² over every element of every tensor, up to [`TENSORS_PER_LAUNCH`] tensors per launch, one
 /// partial sum per cube, summed at the end.
 pub fn sum_squares_many<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     xs: &[Tensor<B, 1>],
@@ -161,7 +172,8 @@ pub fn sum_squares_many<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRunti
     }
     let partials = empty_f32(&xs[0], vec![total]);
     let mut offset = 0usize;
-    for group in xs.chunks(TENSORS_PER_LAUNCH) {
+    // One buffer per tensor; the table, the partial sums and the launch's metadata.
+    for group in xs.chunks(per_launch(&xs[0], 1, 3)) {
         let sizes: Vec<usize> = group.iter().map(|x| x.meta.shape()[0]).collect();
         let (table, cubes) = blocks(&group[0], &sizes);
         sum_squares_multi_kernel::launch::<R>(

@@ -27,6 +27,9 @@ pub const TILE: usize = 64;
 const DEPTH: usize = 16;
 /// Threads of a product cube: 16 × 16, each computing a 4 × 4 block of the tile.
 pub const PRODUCT_THREADS: u32 = 256;
+/// Positions the finishing kernel's 256 threads take at once, and threads per position.
+const FINISH_ROWS: usize = 8;
+const FINISH_LANES: usize = 32;
 /// Longest chunk the finishing kernel handles (its shared arrays).
 pub const MAX_CHUNK: usize = 1024;
 
@@ -351,9 +354,8 @@ pub fn ssd_state_pass_backward_kernel(
     }
 }
 
-/// The backward's last step, one cube of 256 threads per (batch, chunk, head), positions s of
-/// the chunk spread over the threads. With dx̄ = dxd + dxs (the gradients of x̄ = dt ⊙ x through
-/// the intra-chunk scores and through the chunk state):
+/// The backward's last step, one cube of 256 threads per (batch, chunk, head). With dx̄ = dxd +
+/// dxs (the gradients of x̄ = dt ⊙ x through the intra-chunk scores and through the chunk state):
 /// - dx = dt ⊙ dx̄;
 /// - dΛ_s = dΛ_diag[s] + Σ_p dy ⊙ y_off − q_s with q_s = Σ_p x̄ ⊙ dxs, and the chunk's last
 ///   position also gets dtot + Σ_s q_s;
@@ -361,9 +363,12 @@ pub fn ssd_state_pass_backward_kernel(
 /// - ddt = A_h · dda + Σ_p x ⊙ dx̄, and dA's partial sum Σ_s dt_s · dda_s.
 ///
 /// The [b, c, H, T, P] tensors are views; dx is a view of the [b, positions, H, P] output and
-/// ddt of the [b, positions, H] one; dapart is [b, c, H].
+/// ddt of the [b, positions, H] one; dapart is [b, c, H]. The threads take [`FINISH_ROWS`]
+/// positions at a time, [`FINISH_LANES`] threads per position reading consecutive channels (so
+/// the loads of a warp are coalesced), and the channel sums of each position meet in shared
+/// memory.
 #[cube(launch)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::manual_div_ceil, clippy::collapsible_if)]
 pub fn ssd_finish_kernel(
     x: &Tensor<f32>,
     dy: &Tensor<f32>,
@@ -387,8 +392,13 @@ pub fn ssd_finish_kernel(
     let cc = (z / h) % c;
     let bb = z / (h * c);
     let unit = UNIT_POS_X as usize;
+    let lane = unit % FINISH_LANES;
+    let row = unit / FINISH_LANES;
     let mut dl = SharedMemory::<f32>::new(MAX_CHUNK);
     let mut xd = SharedMemory::<f32>::new(MAX_CHUNK);
+    let mut sh_xdx = SharedMemory::<f32>::new(256usize);
+    let mut sh_xq = SharedMemory::<f32>::new(256usize);
+    let mut sh_off = SharedMemory::<f32>::new(256usize);
 
     let xb = row_of(x, bb, cc, hh);
     let dyb = row_of(dy, bb, cc, hh);
@@ -400,26 +410,49 @@ pub fn ssd_finish_kernel(
     let lb = row_of(dldiag, bb, cc, hh);
 
     let mut qpart = 0.0f32;
-    let mut s = unit;
-    while s < t {
-        let d = dts[tb + s * dts.stride(3)];
+    // Every thread runs every block (the shared-memory syncs need the whole cube).
+    let blocks = (t + FINISH_ROWS - 1) / FINISH_ROWS;
+    for blk in 0..blocks {
+        let s = blk * FINISH_ROWS + row;
         let mut xdx = 0.0f32;
         let mut xq = 0.0f32;
         let mut off = 0.0f32;
-        for p in 0..p_total {
-            let xv = x[xb + s * x.stride(3) + p * x.stride(4)];
-            let ds = dxs[sb + s * dxs.stride(3) + p * dxs.stride(4)];
-            let dbar = dxd[db + s * dxd.stride(3) + p * dxd.stride(4)] + ds;
-            dx[ob + s * dx.stride(3) + p * dx.stride(4)] = d * dbar;
-            xdx += xv * dbar;
-            xq += xv * ds;
-            off += dy[dyb + s * dy.stride(3) + p * dy.stride(4)] * yoff[yb + s * yoff.stride(3) + p * yoff.stride(4)];
+        if s < t {
+            let d = dts[tb + s * dts.stride(3)];
+            let mut p = lane;
+            while p < p_total {
+                let xv = x[xb + s * x.stride(3) + p * x.stride(4)];
+                let ds = dxs[sb + s * dxs.stride(3) + p * dxs.stride(4)];
+                let dbar = dxd[db + s * dxd.stride(3) + p * dxd.stride(4)] + ds;
+                dx[ob + s * dx.stride(3) + p * dx.stride(4)] = d * dbar;
+                xdx += xv * dbar;
+                xq += xv * ds;
+                off +=
+                    dy[dyb + s * dy.stride(3) + p * dy.stride(4)] * yoff[yb + s * yoff.stride(3) + p * yoff.stride(4)];
+                p += FINISH_LANES;
+            }
         }
-        let q = d * xq;
-        qpart += q;
-        dl[s] = dldiag[lb + s * dldiag.stride(3)] + off - q;
-        xd[s] = xdx;
-        s += 256;
+        sh_xdx[unit] = xdx;
+        sh_xq[unit] = xq;
+        sh_off[unit] = off;
+        sync_cube();
+        if lane == 0 {
+            if s < t {
+                let mut sum_xdx = 0.0f32;
+                let mut sum_xq = 0.0f32;
+                let mut sum_off = 0.0f32;
+                for i in 0..FINISH_LANES {
+                    sum_xdx += sh_xdx[unit + i];
+                    sum_xq += sh_xq[unit + i];
+                    sum_off += sh_off[unit + i];
+                }
+                let q = dts[tb + s * dts.stride(3)] * sum_xq;
+                qpart += q;
+                dl[s] = dldiag[lb + s * dldiag.stride(3)] + sum_off - q;
+                xd[s] = sum_xdx;
+            }
+        }
+        sync_cube();
     }
     let qsum = cube_sum(qpart);
     if unit == 0 {
