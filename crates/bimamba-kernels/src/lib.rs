@@ -12,6 +12,8 @@
 //!   `x86::avx512_vnni_q8` is its fast path.
 //! - [`tmac`]: the same product by byte-table lookup (T-MAC style; tables, layout, scalar twin);
 //!   `x86::avx512_tmac` is its fast path, [`act8_choice`] picks it or the VNNI kernel.
+//! - [`ssm`] (the SSM recurrence, token by token) and [`ssd`] (its chunked matrix form for
+//!   prefill); `x86::{ssm_bf16, ssm_prefill, ssd_chunk}` are their fast paths.
 //! - [`lut`]: the f32 lookup tables that turn 4 sign bits into one lookup (x86 binary kernels).
 //! - `x86::{avx512_lut, avx2_lut}` (binary), `x86::{avx512, avx2}` (dense), `aarch64::neon`:
 //!   per-ISA single-threaded kernels, chosen at runtime, each with a scalar twin.
@@ -33,6 +35,7 @@ pub mod pack;
 pub mod q8;
 pub mod q8_act8;
 pub mod scalar;
+pub mod ssd;
 pub mod ssm;
 pub mod tmac;
 
