@@ -1,10 +1,12 @@
 //! The Mamba-2 mixer (ARCHITECTURE.md §1.2), one code path for a block of T tokens: T = 1 is a decode step,
 //! T > 1 is prefill. Prefill gains by reading every projection weight once per block of tokens
 //! (a matrix-matrix product) and by running the scan with each head's state kept in cache
-//! ("blocked scan"); the recurrence itself is applied token by token. With an f32 state (the
-//! exact arithmetic) prefilling N tokens leaves exactly the state N single steps leave; a bf16
-//! state is widened to f32 for a prefill block and rounded once at its end (steps round after
-//! every token), so the two agree to bf16 rounding.
+//! ("blocked scan"). With an f32 state (the exact arithmetic) the recurrence is applied token by
+//! token, and prefilling N tokens leaves exactly the state N single steps leave. A bf16 state is
+//! widened to f32 for a prefill block and rounded once at its end (steps round after every
+//! token), and the block runs the SSD's chunked matrix form where the CPU has its kernel
+//! (`bimamba_kernels::ssd`: the same recurrence with its sums in another order), so the two agree
+//! to bf16 rounding.
 //!
 //! Per token, per head h (group g = h / (H/G)):
 //! ```text
@@ -17,7 +19,7 @@
 //! out      = out_proj(y)
 //! ```
 
-use bimamba_kernels::ssm;
+use bimamba_kernels::{selected_isa, ssd, ssm};
 use rayon::prelude::*;
 
 use crate::activation::{mul_silu, silu_in_place};
@@ -188,17 +190,42 @@ impl Mixer {
                     scan_head(h, y, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(s, x, b, c, dtv, decay, yk))
                 })
             }
-            // Prefill of a bf16 state: widened to f32 for the block, the register-blocked scan
-            // (`ssm::head_steps_prefill`), rounded to bf16 once at the block's end.
-            SsmState::Bf16(ssm) => ssm.par_chunks_mut(p_n * n_n).zip(y_heads).enumerate().for_each(|(h, (s, y))| {
-                let (dts, decays) = head_dt(h);
-                let mut wide: Vec<f32> = s.iter().map(|&v| ssm::bf16_widen(v)).collect();
-                ssm::head_steps_prefill(&mut wide, p_n, n_n, &head_block(cfg, &xbc, h, &dts, &decays), y);
-                for (d, v) in s.iter_mut().zip(&wide) {
-                    *d = ssm::bf16_round(*v);
-                }
-                add_skip(h, y);
-            }),
+            // Prefill of a bf16 state: widened to f32 for the block, rounded to bf16 once at the
+            // block's end. In between, where the CPU and shape have the kernel, the chunked SSD
+            // (`ssd::head_chunks`) over the first `t_c` tokens, with each group's C·Bᵀ products
+            // computed once for its heads; the register-blocked scan
+            // (`ssm::head_steps_prefill`) over the rest (a short last chunk, or everything).
+            SsmState::Bf16(ssm) => {
+                let q = ssd::PREFILL_CHUNK;
+                let t_c =
+                    if ssd::chunked_supported(selected_isa(), p_n, n_n, q) { ssd::chunked_tokens(t, q) } else { 0 };
+                let groups: Vec<ssd::GroupChunks> = if t_c > 0 {
+                    let no_dt = vec![0.0f32; t_c];
+                    (0..g_n)
+                        .map(|g| ssd::GroupChunks::new(&head_block(cfg, &xbc, g * hpg, &no_dt, &no_dt), n_n, q))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                ssm.par_chunks_mut(p_n * n_n).zip(y_heads).enumerate().for_each(|(h, (s, y))| {
+                    let (dts, decays) = head_dt(h);
+                    let mut wide: Vec<f32> = s.iter().map(|&v| ssm::bf16_widen(v)).collect();
+                    let (y_c, y_r) = y.split_at_mut(t_c * p_n);
+                    if t_c > 0 {
+                        let blk = head_block(cfg, &xbc, h, &dts[..t_c], &decays[..t_c]);
+                        ssd::head_chunks(&mut wide, p_n, n_n, &blk, &groups[h / hpg], y_c);
+                    }
+                    if t_c < t {
+                        let rest = &xbc[t_c * conv_dim..];
+                        let blk = head_block(cfg, rest, h, &dts[t_c..], &decays[t_c..]);
+                        ssm::head_steps_prefill(&mut wide, p_n, n_n, &blk, y_r);
+                    }
+                    for (d, v) in s.iter_mut().zip(&wide) {
+                        *d = ssm::bf16_round(*v);
+                    }
+                    add_skip(h, y);
+                })
+            }
         }
 
         timer.lap(Section::Scan);
