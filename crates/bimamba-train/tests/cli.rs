@@ -191,32 +191,8 @@ fn train_resume_after_sigkill_export_and_nonfinite_stop() {
 fn bench_times_the_distillation_step() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let json = tmp.path().join("bench.json");
-    let shape = [
-        "bench",
-        "--backend",
-        "ndarray",
-        "--d-model",
-        "32",
-        "--n-layer",
-        "2",
-        "--vocab",
-        "96",
-        "--d-state",
-        "8",
-        "--headdim",
-        "8",
-        "--chunk-size",
-        "16",
-        "--seq-len",
-        "24",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--matmul-size",
-        "16",
-    ];
-    let out = bin().args(shape).args(["--batch", "2", "--distill", "--json"]).arg(&json).output().expect("run bench");
+    let shape = common::tiny_bench_args("ndarray");
+    let out = bin().args(&shape).args(["--batch", "2", "--distill", "--json"]).arg(&json).output().expect("run bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("valid json");
     assert_eq!(r["distill"], true);
@@ -225,11 +201,11 @@ fn bench_times_the_distillation_step() {
     assert!(teacher > 0.0 && teacher < forward, "teacher {teacher} s, forward {forward} s");
     assert!(r["memory_reserved_gb"].is_null(), "no device allocator on the CPU");
 
-    let out = bin().args(shape).args(["--batch", "auto"]).output().expect("run bench");
+    let out = bin().args(&shape).args(["--batch", "auto"]).output().expect("run bench");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--batch auto needs a GPU backend"), "{err}");
-    let out = bin().args(shape).args(["--batch", "0"]).output().expect("run bench");
+    let out = bin().args(&shape).args(["--batch", "0"]).output().expect("run bench");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected `auto` or a number"));
 }

@@ -5,6 +5,8 @@
 
 use burn::backend::wgpu::{Wgpu, WgpuDevice};
 
+mod common;
+
 #[test]
 fn fused_kernels_equal_their_references_on_wgpu() {
     let checks = bimamba_train::fused::check::run::<Wgpu>(&WgpuDevice::default(), false);
@@ -138,36 +140,9 @@ fn bench_picks_the_largest_batch_that_fits_on_wgpu() {
         #[command(flatten)]
         bench: bimamba_train::bench::BenchArgs,
     }
-    let args = Cli::parse_from([
-        "bench",
-        "--backend",
-        "wgpu",
-        "--d-model",
-        "32",
-        "--n-layer",
-        "2",
-        "--vocab",
-        "96",
-        "--d-state",
-        "8",
-        "--headdim",
-        "8",
-        "--chunk-size",
-        "16",
-        "--seq-len",
-        "32",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--matmul-size",
-        "16",
-        "--batch",
-        "auto",
-        "--memory-gb",
-        "0.05",
-    ])
-    .bench;
+    let mut argv = common::tiny_bench_args("wgpu");
+    argv.extend(["--batch", "auto", "--memory-gb", "0.05"].map(str::to_string));
+    let args = Cli::parse_from(argv).bench;
     let r = bimamba_train::bench::bench::<Autodiff<Wgpu>>(&args, &WgpuDevice::default(), burn::tensor::DType::F32)
         .expect("bench --batch auto");
     let held = r.memory_reserved_gb.expect("the WGPU allocator reports its memory");

@@ -5,6 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `bench` arguments of a tiny model (2 layers, d_model 32, vocabulary 96, sequences of 24), one
+/// timed step and no warm-up, on `backend`.
+pub fn tiny_bench_args(backend: &str) -> Vec<String> {
+    let args = "bench --d-model 32 --n-layer 2 --vocab 96 --d-state 8 --headdim 8 --chunk-size 16 --seq-len 24 \
+                --steps 1 --warmup 0 --matmul-size 16 --backend";
+    args.split_whitespace().map(str::to_string).chain([backend.to_string()]).collect()
+}
+
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bimamba-train"))
 }
