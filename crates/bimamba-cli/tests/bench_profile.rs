@@ -50,3 +50,12 @@ fn peak_rss_of_the_model_and_of_the_probe_are_told_apart() {
     assert!(model > 0.0 && model < 900.0, "model {model} MiB");
     assert!(probe >= model + 900.0, "model {model} MiB, with the probe {probe} MiB");
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn page_faults_of_prefill_and_decode_are_reported() {
+    let v = bench(&[]);
+    for key in ["prefill_page_faults", "decode_page_faults"] {
+        assert!(v[key].as_u64().is_some(), "{key}: {}", v[key]);
+    }
+}

@@ -107,9 +107,22 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Minor page faults of this process so far (field 10 of /proc/self/stat: first touches of memory
+/// that need no disk read, such as fresh allocations); `None` where /proc is absent.
+pub fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state (3), ...,
+    // minflt (10).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
 struct Speed {
     prefill_tok_s: f64,
     decode_tok_s: f64,
+    /// Minor page faults during the prefill and during the decode steps (`None` without /proc).
+    prefill_faults: Option<u64>,
+    decode_faults: Option<u64>,
     /// Milliseconds per token by section (`--profile`), prefill then decode; empty otherwise.
     prefill_profile: Vec<(&'static str, f64)>,
     decode_profile: Vec<(&'static str, f64)>,
@@ -131,9 +144,11 @@ fn measure<M: LanguageModel>(m: &M, prefill: usize, decode: usize, seed: u64, pr
     let mut state = m.new_state();
     profile::enable(profile);
     profile::take();
+    let faults0 = minor_faults();
     let t0 = Instant::now();
     let mut logits = m.forward_last(&mut state, &prompt)?;
     let prefill_s = t0.elapsed().as_secs_f64();
+    let faults1 = minor_faults();
     let prefill_profile = per_token_ms(profile::take(), prefill);
     let t1 = Instant::now();
     for _ in 0..decode {
@@ -141,6 +156,8 @@ fn measure<M: LanguageModel>(m: &M, prefill: usize, decode: usize, seed: u64, pr
         logits = m.forward_last(&mut state, &[next])?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
+    let faults2 = minor_faults();
+    let between = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
     let decode_profile = per_token_ms(profile::take(), decode);
     profile::enable(false);
     let (prefill_profile, decode_profile) =
@@ -148,6 +165,8 @@ fn measure<M: LanguageModel>(m: &M, prefill: usize, decode: usize, seed: u64, pr
     Ok(Speed {
         prefill_tok_s: prefill as f64 / prefill_s,
         decode_tok_s: decode as f64 / decode_s,
+        prefill_faults: between(faults0, faults1),
+        decode_faults: between(faults1, faults2),
         prefill_profile,
         decode_profile,
     })
@@ -308,6 +327,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "decode_tok_s": speed.decode_tok_s,
         "prefill_tok_s": speed.prefill_tok_s,
         "prefill_over_decode": speed.prefill_tok_s / speed.decode_tok_s,
+        "prefill_page_faults": speed.prefill_faults,
+        "decode_page_faults": speed.decode_faults,
         "bytes_per_token": bpt,
         "bandwidth_gbs": bw,
         "ceiling_tok_s": ceiling,
@@ -357,6 +378,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.prefill_tokens,
         speed.prefill_tok_s / speed.decode_tok_s
     );
+    if let (Some(p), Some(d)) = (speed.prefill_faults, speed.decode_faults) {
+        println!("page faults  {p} in the prefill, {d} in the decode steps (minor)");
+    }
     println!(
         "peak RSS     {rss:.0} MiB with the model loaded and run; {rss_with_probe:.0} MiB for the process once the bandwidth probe's 1 GiB buffer is added"
     );
