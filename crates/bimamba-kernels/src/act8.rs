@@ -33,7 +33,7 @@ const PAR_MIN_TOKENS: usize = 16;
 pub const QMAX: f32 = 127.0;
 
 /// `t` tokens of activations quantized to int8 (see the module doc).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Act8 {
     /// Columns of the activations (before padding).
     pub cols: usize,
@@ -87,18 +87,26 @@ fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
 
 /// Quantizes `x: [t, cols]` per token (the spec; see the module doc).
 pub fn quantize(x: &[f32], cols: usize, t: usize) -> Act8 {
+    let mut a = Act8::default();
+    quantize_into(x, cols, t, &mut a);
+    a
+}
+
+/// [`quantize`] into `a`, reusing its buffers (every element is rewritten).
+pub fn quantize_into(x: &[f32], cols: usize, t: usize, a: &mut Act8) {
     assert_eq!(x.len(), t * cols, "act8 quantize: x has {} elements, expected [{t} x {cols}]", x.len());
     let stride = 8 * row_bytes(cols);
-    let mut q = vec![0i8; t * stride];
-    let mut scales = vec![0.0f32; t];
-    let mut sums = vec![0i32; t];
+    a.cols = cols;
+    a.stride = stride;
+    a.q.resize(t * stride, 0);
+    a.scales.resize(t, 0.0);
+    a.sums.resize(t, 0);
     if cols > 0 {
         // Tokens are independent: split them over the rayon pool when there are many (prefill).
-        let rows = x.par_chunks_exact(cols).zip(q.par_chunks_exact_mut(stride));
-        let out = scales.par_iter_mut().zip(sums.par_iter_mut());
+        let rows = x.par_chunks_exact(cols).zip(a.q.par_chunks_exact_mut(stride));
+        let out = a.scales.par_iter_mut().zip(a.sums.par_iter_mut());
         rows.zip(out).with_min_len(PAR_MIN_TOKENS).for_each(|((xr, qr), (sc, su))| (*sc, *su) = quantize_row(xr, qr));
     }
-    Act8 { cols, stride, q, scales, sums }
 }
 
 /// `y[k, i − r0] = scale_k · (2 · Σ_{b_ij = 1} q[k, j] − Σ_j q[k, j])` from the integer sum.

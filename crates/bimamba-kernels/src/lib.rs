@@ -18,6 +18,8 @@
 //! - `x86::{avx512_lut, avx2_lut}` (binary), `x86::{avx512, avx2}` (dense), `aarch64::neon`:
 //!   per-ISA single-threaded kernels, chosen at runtime, each with a scalar twin.
 //! - this file: ISA dispatch ([`selected_isa`]) and the rayon-parallel entry points.
+//! - `scratch`: per-thread buffers the entry points reuse for their temporaries (row-chunk
+//!   outputs, quantized activations, lookup tables) instead of allocating them every call.
 //! - [`bandwidth`]: a read-bandwidth probe, the denominator of every speed we report (ARCHITECTURE.md §7).
 //!
 //! # Shapes
@@ -42,6 +44,7 @@ pub mod tmac;
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
 mod parallel;
+mod scratch;
 #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 mod tiling;
 #[cfg(target_arch = "x86_64")]
@@ -86,23 +89,21 @@ fn check_range(range: &Range<usize>, rows: usize, t: usize, y: &[f32]) {
     assert_eq!(y.len(), t * range.len(), "y has {} elements, expected [{t} x {}]", y.len(), range.len());
 }
 
-/// Data a binary kernel derives from `x` once per call and shares between all row chunks.
-struct BinaryPrep {
-    /// AVX-512 and AVX2: lookup tables `[t, groups, 16]` (see [`lut`]); empty otherwise.
-    tables: Vec<f32>,
-}
-
-fn binary_prep(isa: Isa, x: &[f32], cols: usize, t: usize) -> BinaryPrep {
+/// Runs `f` with the data a binary kernel of `isa` derives from `x` once per call and shares
+/// between all row chunks: for AVX-512 and AVX2 the lookup tables `[t, groups, 16]` (see [`lut`];
+/// in this thread's reused buffer), otherwise nothing.
+fn with_binary_tables<R>(isa: Isa, x: &[f32], cols: usize, t: usize, f: impl FnOnce(&[f32]) -> R) -> R {
     if matches!(isa, Isa::Avx512 | Isa::Avx2) && isa.is_supported() {
-        let mut tables = vec![0.0; lut::tables_len(cols, t)];
-        lut::build_tables(x, cols, t, &mut tables);
-        return BinaryPrep { tables };
+        return scratch::with_buffer(&scratch::LUT_TABLES, lut::tables_len(cols, t), f32::NAN, |tables| {
+            lut::build_tables(x, cols, t, tables);
+            f(tables)
+        });
     }
-    BinaryPrep { tables: Vec::new() }
+    f(&[])
 }
 
-/// One ISA's binary kernel over `range` of output rows, `prep` from [`binary_prep`]. An ISA the
-/// CPU does not support runs the scalar kernel.
+/// One ISA's binary kernel over `range` of output rows, `tables` from [`with_binary_tables`]. An
+/// ISA the CPU does not support runs the scalar kernel.
 #[allow(clippy::too_many_arguments)]
 fn binary_range(
     isa: Isa,
@@ -110,20 +111,18 @@ fn binary_range(
     cols: usize,
     x: &[f32],
     t: usize,
-    prep: &BinaryPrep,
+    tables: &[f32],
     range: Range<usize>,
     y: &mut [f32],
 ) {
-    let _ = prep;
+    let _ = tables;
     match isa {
         // SAFETY (all arms): each per-ISA kernel requires exactly what `is_supported` checks;
-        // `prep` was built for this isa, x, cols and t.
+        // `tables` were built for this isa, x, cols and t.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if isa.is_supported() => unsafe {
-            x86::avx512_lut::binary_rows(bits, cols, t, &prep.tables, range, y)
-        },
+        Isa::Avx512 if isa.is_supported() => unsafe { x86::avx512_lut::binary_rows(bits, cols, t, tables, range, y) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_supported() => unsafe { x86::avx2_lut::binary_rows(bits, cols, t, &prep.tables, range, y) },
+        Isa::Avx2 if isa.is_supported() => unsafe { x86::avx2_lut::binary_rows(bits, cols, t, tables, range, y) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon if isa.is_supported() => unsafe { aarch64::neon::binary_rows(bits, cols, x, t, range, y) },
         _ => scalar::binary_rows(bits, cols, x, t, range, y),
@@ -252,8 +251,7 @@ pub fn binary_gemm_with(
     assert_eq!(bits.len(), pack::packed_len(rows, cols), "binary kernel: packed size does not match [{rows} x {cols}]");
     assert_eq!(x.len(), t * cols, "binary kernel: x has {} elements, expected [{t} x {cols}]", x.len());
     check_range(&range, rows, t, y);
-    let prep = binary_prep(isa, x, cols, t);
-    binary_range(isa, bits, cols, x, t, &prep, range, y);
+    with_binary_tables(isa, x, cols, t, |tables| binary_range(isa, bits, cols, x, t, tables, range, y));
 }
 
 /// Single-threaded dense kernel of one ISA over output rows `range` (see [`binary_gemm_with`]).
@@ -350,14 +348,15 @@ fn tmac_range(bits: &[u8], cols: usize, a: &act8::Act8, tab: &tmac::Tables, rang
 pub fn binary_gemm_i8(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
     check_binary_shapes(bits, rows, cols, x, t, y);
     let isa = selected_isa();
-    let a = act8::quantize(x, cols, t);
-    if uses_tmac(isa, rows, cols, t) {
-        // The tables are built once per call and shared by every row chunk.
-        let tab = tmac::build_tables(&a);
-        parallel::for_row_chunks(rows, cols, t, y, |range, yc| tmac_range(bits, cols, &a, &tab, range, yc));
-        return;
-    }
-    parallel::for_row_chunks(rows, cols, t, y, |range, yc| act8_range(isa, bits, cols, &a, range, yc));
+    scratch::with_act8(x, cols, t, |a| {
+        if uses_tmac(isa, rows, cols, t) {
+            // The tables are built once per call and shared by every row chunk.
+            let tab = tmac::build_tables(a);
+            parallel::for_row_chunks(rows, cols, t, y, |range, yc| tmac_range(bits, cols, a, &tab, range, yc));
+            return;
+        }
+        parallel::for_row_chunks(rows, cols, t, y, |range, yc| act8_range(isa, bits, cols, a, range, yc));
+    })
 }
 
 /// Whether the table-lookup kernel ([`tmac`]) beats the AVX512-VNNI decode kernel on a
@@ -400,8 +399,9 @@ pub fn act8_kernel_for(isa: Isa, rows: usize, cols: usize, t: usize) -> &'static
 pub fn binary_gemm(bits: &[u8], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
     check_binary_shapes(bits, rows, cols, x, t, y);
     let isa = selected_isa();
-    let prep = binary_prep(isa, x, cols, t);
-    parallel::for_row_chunks(rows, cols, t, y, |range, yc| binary_range(isa, bits, cols, x, t, &prep, range, yc));
+    with_binary_tables(isa, x, cols, t, |tables| {
+        parallel::for_row_chunks(rows, cols, t, y, |range, yc| binary_range(isa, bits, cols, x, t, tables, range, yc))
+    });
 }
 
 /// [`binary_gemm`] with `t = 1`: `x: [cols]`, `y: [rows]`.

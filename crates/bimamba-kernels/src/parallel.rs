@@ -8,6 +8,8 @@
 use rayon::prelude::*;
 use std::ops::Range;
 
+use crate::scratch;
+
 /// Below this many weight-token products (`rows · cols · t`) a call stays single-threaded.
 pub const PAR_MIN_WORK: usize = 1 << 20;
 
@@ -60,17 +62,19 @@ where
         let r0 = c * chunk;
         let r1 = (r0 + chunk).min(rows);
         let nr = r1 - r0;
-        let mut local = vec![0.0f32; t * nr];
-        kernel(r0..r1, &mut local);
-        for k in 0..t {
-            // SAFETY: `y` has t·rows elements and outlives this scoped `for_each`; the region
-            // y[k·rows + r0 .. k·rows + r1] lies inside it and belongs to chunk `c` alone (row
-            // ranges of different chunks are disjoint), so no two tasks write the same element
-            // and nothing reads `y` until all tasks have joined.
-            unsafe {
-                std::ptr::copy_nonoverlapping(local.as_ptr().add(k * nr), out.ptr().add(k * rows + r0), nr);
+        // The chunk's [t, nr] output, in this thread's reused buffer (the kernel overwrites it).
+        scratch::with_buffer(&scratch::ROW_CHUNK, t * nr, f32::NAN, |local| {
+            kernel(r0..r1, local);
+            for k in 0..t {
+                // SAFETY: `y` has t·rows elements and outlives this scoped `for_each`; the region
+                // y[k·rows + r0 .. k·rows + r1] lies inside it and belongs to chunk `c` alone (row
+                // ranges of different chunks are disjoint), so no two tasks write the same element
+                // and nothing reads `y` until all tasks have joined.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(local.as_ptr().add(k * nr), out.ptr().add(k * rows + r0), nr);
+                }
             }
-        }
+        });
     });
 }
 
