@@ -29,6 +29,7 @@ use crate::mixer::{rms_norm, softplus, Mixer};
 use crate::model::{in_pool, Model};
 use crate::profile::{Section, Timer};
 use crate::state::{LayerState, SsmState, State};
+use crate::workspace::{prefix, Workspace};
 
 /// One head's state update and readout for one token: `(x, B, C, dt, decay, y)`, as
 /// `ssm::head_step` computes it.
@@ -59,16 +60,19 @@ impl Model {
         let d = self.config.d_model;
         Ok(in_pool(|| {
             let mut h = self.embed(tokens); // [n, d_model]
+                                            // The layers' temporaries, one row per sequence, allocated once for the step.
+            let mut ws = Workspace::new();
             for (li, layer) in self.layers.iter().enumerate() {
                 let mut timer = Timer::start();
-                let mut u = h.clone();
+                let u = prefix(&mut ws.u, n * d);
+                u.copy_from_slice(&h);
                 for row in u.chunks_exact_mut(d) {
                     rms_norm(row, &layer.norm, self.config.norm_eps);
                 }
                 timer.lap(Section::Norms);
                 let mut layer_states: Vec<&mut LayerState> = states.iter_mut().map(|s| &mut s.layers[li]).collect();
-                let out = layer.mixer.forward_batch(&self.config, &mut layer_states, &u, self.binary_act);
-                h.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+                layer.mixer.forward_batch(&self.config, &mut layer_states, self.binary_act, &mut ws);
+                h.iter_mut().zip(&ws.out).for_each(|(a, b)| *a += b);
             }
             for s in states.iter_mut() {
                 s.position += 1;
@@ -88,57 +92,64 @@ impl Model {
 
 impl Mixer {
     /// The mixer for one token of each of `states.len()` sequences: the projections as block
-    /// products over the sequences, conv and scan on each sequence's own state.
+    /// products over the sequences, conv and scan on each sequence's own state. Reads its input
+    /// from `ws.u`, writes its output to `ws.out`, temporaries in `ws` (one row per sequence
+    /// where [`Workspace`] says one row per token; `ws.ys` is [n, d_inner] here).
     ///
     /// # Shapes
-    /// - `u`: [n, d_model] (already RMS-normed), one row per state
-    /// - returns [n, d_model]
-    fn forward_batch(&self, cfg: &Config, states: &mut [&mut LayerState], u: &[f32], act: BinaryAct) -> Vec<f32> {
+    /// - `ws.u[..n * d_model]`: [n, d_model] (already RMS-normed), one row per state
+    /// - `ws.out[..n * d_model]`: [n, d_model] (written)
+    fn forward_batch(&self, cfg: &Config, states: &mut [&mut LayerState], act: BinaryAct, ws: &mut Workspace) {
         let n = states.len();
         let d_inner = cfg.d_inner();
         let (p_n, n_n, g_n) = (cfg.headdim, cfg.d_state, cfg.ngroups);
         let dip = cfg.d_in_proj();
+        let conv_dim = cfg.conv_dim();
         let hpg = cfg.heads_per_group();
+        let Workspace { u, zxbcdt, xbc, ys, out, xs, .. } = ws;
+        let u = prefix(u, n * cfg.d_model);
 
         let mut timer = Timer::start();
-        let mut zxbcdt = vec![0.0f32; n * dip]; // [n, d_in_proj]
-        self.in_proj.forward_act(u, n, &mut zxbcdt, act);
+        let zxbcdt = prefix(zxbcdt, n * dip); // [n, d_in_proj]
+        self.in_proj.forward_with(u, n, zxbcdt, act, xs);
         timer.lap(Section::InProj);
 
         // Conv and scan, sequences in parallel (and heads within each). ys: [n, d_inner], head-major.
-        let mut ys = vec![0.0f32; n * d_inner];
-        states.par_iter_mut().zip(ys.par_chunks_mut(d_inner.max(1))).zip(zxbcdt.par_chunks(dip.max(1))).for_each(
-            |((state, y), zx)| {
-                let xbc = self.conv(cfg, state, zx, 1); // [conv_dim]
-                let head = |h: usize, yh: &mut [f32], step: &mut HeadStep<'_>| {
-                    let g = h / hpg;
-                    let x = &xbc[h * p_n..(h + 1) * p_n];
-                    let b = &xbc[d_inner + g * n_n..d_inner + (g + 1) * n_n];
-                    let c = &xbc[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
-                    let raw = zx[2 * d_inner + 2 * g_n * n_n + h] + self.dt_bias[h];
-                    let dtv = (softplus(raw) as f64).clamp(cfg.dt_limit.0, cfg.dt_limit.1) as f32;
-                    let decay = (dtv * self.a[h]).exp();
-                    // S ← decay·S + dt·x⊗B and y = S·C + D·x.
-                    step(x, b, c, dtv, decay, yh);
-                    for (v, xv) in yh.iter_mut().zip(x) {
-                        *v += self.d[h] * xv;
-                    }
-                };
-                let y_heads = y.par_chunks_mut(p_n.max(1));
-                match &mut state.ssm {
-                    SsmState::F32(s) => {
-                        s.par_chunks_mut((p_n * n_n).max(1)).zip(y_heads).enumerate().for_each(|(h, (sh, yh))| {
-                            head(h, yh, &mut |x, b, c, dtv, decay, yk| ssm::head_step(sh, x, b, c, dtv, decay, yk))
-                        })
-                    }
-                    SsmState::Bf16(s) => {
-                        s.par_chunks_mut((p_n * n_n).max(1)).zip(y_heads).enumerate().for_each(|(h, (sh, yh))| {
-                            head(h, yh, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(sh, x, b, c, dtv, decay, yk))
-                        })
-                    }
+        let ys = prefix(ys, n * d_inner);
+        let xbc = prefix(xbc, n * conv_dim);
+        let seqs = states.par_iter_mut().zip(ys.par_chunks_mut(d_inner.max(1)));
+        let inputs = zxbcdt.par_chunks(dip.max(1)).zip(xbc.par_chunks_mut(conv_dim.max(1)));
+        seqs.zip(inputs).for_each(|((state, y), (zx, xbc))| {
+            self.conv(cfg, state, zx, 1, xbc); // [conv_dim]
+            let xbc = &*xbc;
+            let head = |h: usize, yh: &mut [f32], step: &mut HeadStep<'_>| {
+                let g = h / hpg;
+                let x = &xbc[h * p_n..(h + 1) * p_n];
+                let b = &xbc[d_inner + g * n_n..d_inner + (g + 1) * n_n];
+                let c = &xbc[d_inner + g_n * n_n + g * n_n..d_inner + g_n * n_n + (g + 1) * n_n];
+                let raw = zx[2 * d_inner + 2 * g_n * n_n + h] + self.dt_bias[h];
+                let dtv = (softplus(raw) as f64).clamp(cfg.dt_limit.0, cfg.dt_limit.1) as f32;
+                let decay = (dtv * self.a[h]).exp();
+                // S ← decay·S + dt·x⊗B and y = S·C + D·x.
+                step(x, b, c, dtv, decay, yh);
+                for (v, xv) in yh.iter_mut().zip(x) {
+                    *v += self.d[h] * xv;
                 }
-            },
-        );
+            };
+            let y_heads = y.par_chunks_mut(p_n.max(1));
+            match &mut state.ssm {
+                SsmState::F32(s) => {
+                    s.par_chunks_mut((p_n * n_n).max(1)).zip(y_heads).enumerate().for_each(|(h, (sh, yh))| {
+                        head(h, yh, &mut |x, b, c, dtv, decay, yk| ssm::head_step(sh, x, b, c, dtv, decay, yk))
+                    })
+                }
+                SsmState::Bf16(s) => {
+                    s.par_chunks_mut((p_n * n_n).max(1)).zip(y_heads).enumerate().for_each(|(h, (sh, yh))| {
+                        head(h, yh, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(sh, x, b, c, dtv, decay, yk))
+                    })
+                }
+            }
+        });
         timer.lap(Section::Scan);
 
         // Gate and grouped RMSNorm per sequence, as `Mixer::forward` does per token.
@@ -147,9 +158,8 @@ impl Mixer {
             .for_each(|(yk, zx)| self.gate_norm(cfg, yk, &zx[..d_inner]));
         timer.lap(Section::Gate);
 
-        let mut out = vec![0.0f32; n * cfg.d_model];
-        self.out_proj.forward_act(&ys, n, &mut out, act);
+        let out = prefix(out, n * cfg.d_model);
+        self.out_proj.forward_with(ys, n, out, act, xs);
         timer.lap(Section::OutProj);
-        out
     }
 }

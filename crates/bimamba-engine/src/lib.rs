@@ -20,6 +20,7 @@ pub mod pack;
 pub mod profile;
 pub mod random;
 pub mod state;
+mod workspace;
 
 pub use bimamba_lm::{LanguageModel, ModelError, Result};
 pub use config::{Config, Dialect};
@@ -27,3 +28,4 @@ pub use linear::{BinaryScales, DenseWeight, Linear};
 pub use mixer::Proj;
 pub use model::{Layer, Model, ProjSite};
 pub use state::{SsmState, State, StateDtype};
+pub use workspace::Workspace;

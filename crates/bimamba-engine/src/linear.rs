@@ -14,6 +14,8 @@ use std::str::FromStr;
 use bimamba_kernels as kernels;
 use half::{bf16, f16};
 
+use crate::workspace::prefix;
+
 /// Precision of the activations entering a 1-bit product (a run-time choice, not part of the
 /// weights). `F32` is Bi-Mamba's own arithmetic (ARCHITECTURE.md §2: activations stay high precision);
 /// `Int8` quantizes the (α-scaled) input per token to int8 (`bimamba_kernels::act8`) and runs
@@ -165,6 +167,17 @@ impl Linear {
     /// - `x`: [t, cols]
     /// - `y`: [t, rows] (overwritten)
     pub fn forward_act(&self, x: &[f32], t: usize, y: &mut [f32], act: BinaryAct) {
+        self.forward_with(x, t, y, act, &mut Vec::new())
+    }
+
+    /// [`Linear::forward_act`] with the temporary it may need, the activations scaled per column
+    /// ([t, cols], 1-bit layers with [`BinaryScales::Column`] only), in `xs`: a buffer reused from
+    /// call to call, grown when too short.
+    ///
+    /// # Shapes
+    /// - `x`: [t, cols]
+    /// - `y`: [t, rows] (overwritten)
+    pub fn forward_with(&self, x: &[f32], t: usize, y: &mut [f32], act: BinaryAct, xs: &mut Vec<f32>) {
         let binary_gemm = match act {
             BinaryAct::F32 => kernels::binary_gemm,
             BinaryAct::Int8 => kernels::binary_gemm_i8,
@@ -187,13 +200,13 @@ impl Linear {
             Linear::Binary { bits, scales, .. } => match scales {
                 BinaryScales::Column { alpha, beta } => {
                     // α⊙x per token, one ±1 product, then + β·x on every output.
-                    let mut xs = x.to_vec();
-                    for row in xs.chunks_exact_mut(cols) {
-                        for (v, a) in row.iter_mut().zip(alpha) {
-                            *v *= a;
+                    let xs = prefix(xs, x.len());
+                    for (row, xrow) in xs.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+                        for ((v, xv), a) in row.iter_mut().zip(xrow).zip(alpha) {
+                            *v = xv * a;
                         }
                     }
-                    binary_gemm(bits, rows, cols, &xs, t, y);
+                    binary_gemm(bits, rows, cols, xs, t, y);
                     for (xt, yt) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
                         let bx: f32 = xt.iter().zip(beta).map(|(a, b)| a * b).sum();
                         yt.iter_mut().for_each(|v| *v += bx);

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::linear::{BinaryAct, Linear};
 use crate::profile::{Section, Timer};
 use crate::state::{LayerState, SsmState};
+use crate::workspace::{prefix, Workspace};
 
 /// Weights of one mixer. Shapes are checked at load.
 #[derive(Clone, Debug)]
@@ -102,37 +103,43 @@ pub fn rms_norm(v: &mut [f32], w: &[f32], eps: f64) {
 
 impl Mixer {
     /// Runs the mixer over `t` tokens, updating `state` in place; `act` is the activation
-    /// precision of the 1-bit projections.
+    /// precision of the 1-bit projections. Reads its input from `ws.u`, writes its output to
+    /// `ws.out`, and keeps every temporary in `ws` (see [`Workspace`] for the buffers).
     ///
     /// # Shapes
-    /// - `u`: [t, d_model] (already RMS-normed)
-    /// - returns [t, d_model]
+    /// - `ws.u[..t * d_model]`: [t, d_model] (already RMS-normed)
+    /// - `ws.out[..t * d_model]`: [t, d_model] (written)
     pub fn forward(
         &self,
         cfg: &Config,
         state: &mut LayerState,
-        u: &[f32],
         t: usize,
         act: BinaryAct,
         observe: &mut dyn FnMut(Proj, &[f32], usize),
-    ) -> Vec<f32> {
+        ws: &mut Workspace,
+    ) {
         let d_inner = cfg.d_inner();
         let (h_n, p_n, n_n, g_n) = (cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups);
         let conv_dim = cfg.conv_dim();
         let dip = cfg.d_in_proj();
+        let Workspace { u, zxbcdt, xbc, dt, ys, y, out, xs } = ws;
+        let u = prefix(u, t * cfg.d_model);
 
         let mut timer = Timer::start();
         observe(Proj::In, u, t);
-        let mut zxbcdt = vec![0.0f32; t * dip]; // [t, d_in_proj]
-        self.in_proj.forward_act(u, t, &mut zxbcdt, act);
+        let zxbcdt = prefix(zxbcdt, t * dip); // [t, d_in_proj]
+        self.in_proj.forward_with(u, t, zxbcdt, act, xs);
+        let zxbcdt = &*zxbcdt;
         timer.lap(Section::InProj);
 
         // Causal depthwise conv over [old window | new tokens], then SiLU. xbc: [t, conv_dim].
-        let xbc = self.conv(cfg, state, &zxbcdt, t);
+        let xbc = prefix(xbc, t * conv_dim);
+        self.conv(cfg, state, zxbcdt, t, xbc);
+        let xbc = &*xbc;
         timer.lap(Section::Conv);
 
         // dt: [t, H]
-        let mut dt = vec![0.0f32; t * h_n];
+        let dt = prefix(dt, t * h_n);
         for k in 0..t {
             for h in 0..h_n {
                 let raw = zxbcdt[k * dip + 2 * d_inner + 2 * g_n * n_n + h] + self.dt_bias[h];
@@ -140,12 +147,13 @@ impl Mixer {
             }
         }
 
+        let dt = &*dt;
         timer.lap(Section::Dt);
 
         // Scan, parallel over heads; each head's [P, N] state stays in cache across the block.
         let hpg = cfg.heads_per_group();
         // ys: [H, t, P], written by the scan in place (no per-head allocation on the workers).
-        let mut ys = vec![0.0f32; h_n * t * p_n];
+        let ys = prefix(ys, h_n * t * p_n);
         let scan_head = |h: usize, y: &mut [f32], step: &mut HeadStep<'_>| {
             let g = h / hpg;
             for k in 0..t {
@@ -181,7 +189,7 @@ impl Mixer {
             // Several tokens per state row load (`head_steps`, bit-identical to token by token).
             SsmState::F32(ssm) => ssm.par_chunks_mut(p_n * n_n).zip(y_heads).enumerate().for_each(|(h, (s, y))| {
                 let (dts, decays) = head_dt(h);
-                ssm::head_steps(s, p_n, n_n, &head_block(cfg, &xbc, h, &dts, &decays), y);
+                ssm::head_steps(s, p_n, n_n, &head_block(cfg, xbc, h, &dts, &decays), y);
                 add_skip(h, y);
             }),
             // Decode: same recurrence, S stored as bf16 and rounded once per token.
@@ -202,7 +210,7 @@ impl Mixer {
                 let groups: Vec<ssd::GroupChunks> = if t_c > 0 {
                     let no_dt = vec![0.0f32; t_c];
                     (0..g_n)
-                        .map(|g| ssd::GroupChunks::new(&head_block(cfg, &xbc, g * hpg, &no_dt, &no_dt), n_n, q))
+                        .map(|g| ssd::GroupChunks::new(&head_block(cfg, xbc, g * hpg, &no_dt, &no_dt), n_n, q))
                         .collect()
                 } else {
                     Vec::new()
@@ -212,7 +220,7 @@ impl Mixer {
                     let mut wide: Vec<f32> = s.iter().map(|&v| ssm::bf16_widen(v)).collect();
                     let (y_c, y_r) = y.split_at_mut(t_c * p_n);
                     if t_c > 0 {
-                        let blk = head_block(cfg, &xbc, h, &dts[..t_c], &decays[..t_c]);
+                        let blk = head_block(cfg, xbc, h, &dts[..t_c], &decays[..t_c]);
                         ssd::head_chunks(&mut wide, p_n, n_n, &blk, &groups[h / hpg], y_c);
                     }
                     if t_c < t {
@@ -231,7 +239,8 @@ impl Mixer {
         timer.lap(Section::Scan);
 
         // Gate and grouped RMSNorm, per token (tokens in parallel in prefill). y: [t, d_inner]
-        let mut y = vec![0.0f32; t * d_inner];
+        let ys = &*ys;
+        let y = prefix(y, t * d_inner);
         let gate = |k: usize, yk: &mut [f32]| {
             for (h, hy) in ys.chunks_exact((t * p_n).max(1)).enumerate().take(h_n) {
                 yk[h * p_n..(h + 1) * p_n].copy_from_slice(&hy[k * p_n..(k + 1) * p_n]);
@@ -239,17 +248,16 @@ impl Mixer {
             self.gate_norm(cfg, yk, &zxbcdt[k * dip..k * dip + d_inner]);
         };
         if t == 1 {
-            gate(0, &mut y);
+            gate(0, y);
         } else {
             y.par_chunks_mut(d_inner.max(1)).enumerate().for_each(|(k, yk)| gate(k, yk));
         }
 
         timer.lap(Section::Gate);
-        observe(Proj::Out, &y, t);
-        let mut out = vec![0.0f32; t * cfg.d_model];
-        self.out_proj.forward_act(&y, t, &mut out, act);
+        observe(Proj::Out, y, t);
+        let out = prefix(out, t * cfg.d_model);
+        self.out_proj.forward_with(y, t, out, act, xs);
         timer.lap(Section::OutProj);
-        out
     }
 
     /// The output gate of one token's y (d_inner), in place: y ⊙ SiLU(z), with the grouped
@@ -279,12 +287,12 @@ impl Mixer {
     /// carried window (`state.conv`: [kw, conv_dim], oldest first).
     ///
     /// # Shapes
-    /// - `zxbcdt`: [t, d_in_proj]; returns xBC [t, conv_dim]
-    pub(crate) fn conv(&self, cfg: &Config, state: &mut LayerState, zxbcdt: &[f32], t: usize) -> Vec<f32> {
+    /// - `zxbcdt`: [t, d_in_proj]; `out`: xBC [t, conv_dim] (overwritten)
+    pub(crate) fn conv(&self, cfg: &Config, state: &mut LayerState, zxbcdt: &[f32], t: usize, out: &mut [f32]) {
         let (conv_dim, kw, dip, off) = (cfg.conv_dim(), cfg.d_conv, cfg.d_in_proj(), cfg.d_inner());
         let input = |k: usize| &zxbcdt[k * dip + off..k * dip + off + conv_dim];
         let past = &state.conv;
-        let mut out = vec![0.0f32; t * conv_dim];
+        debug_assert_eq!(out.len(), t * conv_dim);
         // Channels [c0, c0 + seg.len()) of token k; every element's sum runs in the same order
         // however the work is split.
         let conv_part = |k: usize, c0: usize, seg: &mut [f32]| {
@@ -318,7 +326,6 @@ impl Mixer {
         for p in keep..kw {
             state.conv[p * conv_dim..(p + 1) * conv_dim].copy_from_slice(input(t + p - kw));
         }
-        out
     }
 }
 

@@ -12,6 +12,7 @@ use crate::linear::{BinaryAct, Linear};
 use crate::mixer::{rms_norm, Mixer, Proj};
 use crate::profile::{Section, Timer};
 use crate::state::{LayerState, State, StateDtype};
+use crate::workspace::{prefix, Workspace};
 use bimamba_lm::{ModelError, Result};
 
 #[derive(Clone, Debug)]
@@ -63,15 +64,35 @@ impl Layer {
         act: BinaryAct,
         observe: &mut dyn FnMut(Proj, &[f32], usize),
     ) {
+        debug_assert_eq!(h.len(), t * cfg.d_model);
+        self.forward_in(cfg, state, h, act, observe, &mut Workspace::new())
+    }
+
+    /// [`Layer::forward_act`] over the `h.len() / d_model` tokens of `h`, its temporaries in `ws`
+    /// (reused by every layer and block of a forward pass).
+    ///
+    /// # Shapes
+    /// - `h`: [t, d_model]
+    pub fn forward_in(
+        &self,
+        cfg: &Config,
+        state: &mut LayerState,
+        h: &mut [f32],
+        act: BinaryAct,
+        observe: &mut dyn FnMut(Proj, &[f32], usize),
+        ws: &mut Workspace,
+    ) {
+        let t = h.len() / cfg.d_model.max(1);
         let mut timer = Timer::start();
-        let mut u = h.to_vec();
+        let u = prefix(&mut ws.u, h.len());
+        u.copy_from_slice(h);
         for row in u.chunks_exact_mut(cfg.d_model) {
             rms_norm(row, &self.norm, cfg.norm_eps);
         }
         timer.lap(Section::Norms);
-        let out = self.mixer.forward(cfg, state, &u, t, act, observe);
+        self.mixer.forward(cfg, state, t, act, observe, ws);
         let mut timer = Timer::start();
-        h.iter_mut().zip(&out).for_each(|(a, b)| *a += b);
+        h.iter_mut().zip(&ws.out).for_each(|(a, b)| *a += b);
         timer.lap(Section::Norms);
     }
 }
@@ -150,7 +171,17 @@ impl Model {
     /// # Shapes
     /// - returns [tokens.len(), d_model]
     pub fn embed(&self, tokens: &[u32]) -> Vec<f32> {
-        tokens.iter().flat_map(|&tok| self.embedding.row_f32(tok as usize)).collect()
+        let mut h = Vec::new();
+        self.embed_into(tokens, &mut h);
+        h
+    }
+
+    /// [`Model::embed`] into `h` (cleared first; its memory is reused).
+    pub fn embed_into(&self, tokens: &[u32], h: &mut Vec<f32>) {
+        h.clear();
+        for &tok in tokens {
+            h.extend_from_slice(&self.embedding.row_f32(tok as usize));
+        }
     }
 
     pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
@@ -175,13 +206,17 @@ impl Model {
         self.check_tokens(tokens)?;
         let d = self.config.d_model;
         let mut out = Vec::with_capacity(if keep == Keep::All { tokens.len() * d } else { d });
-        // Blocks bound the scratch memory; within a block every weight is read once.
+        // Blocks bound the scratch memory; within a block every weight is read once. The block's
+        // residual stream `h` [t, d_model] and the layers' temporaries (`ws`) are allocated once
+        // for the whole call.
+        let mut ws = Workspace::new();
+        let mut h = Vec::new();
         for block in tokens.chunks(PREFILL_BLOCK) {
             let t = block.len();
-            let mut h = self.embed(block);
+            self.embed_into(block, &mut h);
             for (li, (layer, ls)) in self.layers.iter().zip(state.layers.iter_mut()).enumerate() {
                 let mut obs = |proj: Proj, x: &[f32], n: usize| observe(ProjSite { layer: li, proj }, x, n);
-                layer.forward_act(&self.config, ls, &mut h, t, self.binary_act, &mut obs);
+                layer.forward_in(&self.config, ls, &mut h, self.binary_act, &mut obs, &mut ws);
             }
             state.position += t;
             let rows = match keep {
