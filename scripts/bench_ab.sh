@@ -2,8 +2,8 @@
 # Two bimamba binaries side by side, alternating, in one run (the figures to compare on a shared
 # machine): the old binary with its defaults and with OLD_ALT, the new binary with its defaults
 # and with --exact. One line per run: configuration, decode and prefill tok/s, peak RSS MiB,
-# 1-bit activations, state dtype, head storage, head activations, prefill ms per token per
-# section.
+# 1-bit activations, state dtype, head storage, head activations, minor page faults of the
+# prefill (pf=, '-' where the binary does not report them), prefill ms per token per section.
 #
 # usage: scripts/bench_ab.sh OLD_BIMAMBA NEW_BIMAMBA       env: SHAPE (2.7b), THREADS (2),
 #        PREFILL (512), DECODE (32), ROUNDS (2), MODEL (a model directory instead of SHAPE),
@@ -25,7 +25,7 @@ run() { # tag binary [options]
 v = json.load(sys.stdin)
 p = v['profile_ms_per_token']['prefill']
 print('$tag', '%.1f' % v['decode_tok_s'], '%.1f' % v['prefill_tok_s'], '%.0f' % v['peak_rss_mb'], v['binary_act'],
-      v['state_dtype'], v['embedding'], 'head=' + v.get('head_act', '-'), ' '.join('%s=%.2f' % (k, x) for k, x in p.items()))"
+      v['state_dtype'], v['embedding'], 'head=' + v.get('head_act', '-'), 'pf=%s' % v.get('prefill_page_faults', '-'), ' '.join('%s=%.2f' % (k, x) for k, x in p.items()))"
 }
 for _ in $(seq "$ROUNDS"); do
   run old-default "$OLD"
