@@ -4,8 +4,9 @@
 //! instead of once per layer and block; the products' own temporaries are reused per thread
 //! inside `bimamba-kernels`.
 //!
-//! At the 2.7b shape a 64-token block ([`crate::model::PREFILL_BLOCK`]) needs about 7.5 MB here,
-//! the same buffers the layer used to allocate and free, so peak memory stays as it was.
+//! At the 2.7b shape a 64-token block ([`crate::model::PREFILL_BLOCK`]) needs 9.4 MB here (8.0
+//! MB without column scales): the buffers the layer used to allocate and free, so peak memory
+//! stays as it was (crates/bimamba-kernels/KERNELS.md, "Scratch memory of a forward pass").
 
 /// Buffers of one block of `t` tokens (or, in a batched decode step, one token of each of `t`
 /// sequences) through a layer. The shapes are what the current block uses; a buffer may be
