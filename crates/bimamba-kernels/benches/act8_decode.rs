@@ -38,28 +38,14 @@ const SHAPES: [(&str, usize, usize); 6] = [
 const THREADS: [usize; 2] = [1, 2];
 const KERNELS: [Act8Decode; 2] = [Act8Decode::Vnni, Act8Decode::Tmac];
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
-}
-
+mod ab;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use ab::{env_usize, median};
+
 fn random_f32(n: usize, seed: u64) -> Vec<f32> {
     common::Rng(seed | 1).vec(n)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 /// Calls for about `budget` (at least 3): (mean seconds per call, best call).
@@ -101,22 +87,9 @@ fn main() {
         "\n| shape | rows x cols | threads | vnni ms | tmac ms | tmac, interleaved layout ms | vnni/tmac | vnni/interleaved | tables µs |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let pools: Vec<rayon::ThreadPool> = THREADS
-        .iter()
-        .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("building a rayon pool"))
-        .collect();
-    // `BIMAMBA_AB_ONLY=substring` restricts the run to matching shapes.
-    let only = std::env::var("BIMAMBA_AB_ONLY").ok();
-    // `BIMAMBA_AB_SHAPE=ROWSxCOLS` measures that shape instead.
-    let custom: Vec<(&str, usize, usize)> = std::env::var("BIMAMBA_AB_SHAPE")
-        .ok()
-        .and_then(|v| {
-            let (r, c) = v.split_once('x')?;
-            Some(vec![("custom", r.trim().parse().ok()?, c.trim().parse().ok()?)])
-        })
-        .unwrap_or_default();
-    let shapes = if custom.is_empty() { SHAPES.to_vec() } else { custom };
-    for &(name, rows, cols) in shapes.iter().filter(|s| only.as_ref().is_none_or(|o| s.0.contains(o.as_str()))) {
+    let pools = ab::pools(&THREADS);
+    let shapes = ab::shapes(&SHAPES);
+    for &(name, rows, cols) in &shapes {
         let bytes = pack::packed_len(rows, cols);
         let copies = if bench_mode { rotation.div_ceil(bytes).max(1) } else { 1 };
         let w = random_f32(rows * cols, 17);

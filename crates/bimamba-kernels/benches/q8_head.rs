@@ -17,40 +17,18 @@
 //! ```
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bimamba_kernels::{q8, q8_act8, q8_act8_kernel, q8_gemm, q8_gemm_i8, selected_isa};
 
 const SHAPES: [(&str, usize, usize); 2] = [("shipped", 49152, 256), ("2.7b", 50288, 2560)];
 const THREADS: [usize; 2] = [1, 2];
 
+mod ab;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => 0.5 * (v[n / 2 - 1] + v[n / 2]),
-    }
-}
-
-/// Mean seconds per call over about `budget` of calls (at least 3).
-fn run_for(budget: Duration, mut call: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    let mut n = 0usize;
-    while n < 3 || start.elapsed() < budget {
-        call();
-        n += 1;
-    }
-    start.elapsed().as_secs_f64() / n as f64
-}
+use ab::{env_usize, median, run_for};
 
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
@@ -71,21 +49,9 @@ fn main() {
     );
     println!("\n| shape | rows x cols | t | threads | f32-act ms | int8-act ms | f32/int8 | int8 GMAC/s |");
     println!("|---|---|---|---|---|---|---|---|");
-    let pools: Vec<rayon::ThreadPool> = THREADS
-        .iter()
-        .map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("building a rayon pool"))
-        .collect();
-    let only = std::env::var("BIMAMBA_AB_ONLY").ok();
-    // `BIMAMBA_AB_SHAPE=ROWSxCOLS` measures that shape instead (a small one: weights in cache).
-    let custom: Vec<(&str, usize, usize)> = std::env::var("BIMAMBA_AB_SHAPE")
-        .ok()
-        .and_then(|v| {
-            let (r, c) = v.split_once('x')?;
-            Some(vec![("custom", r.trim().parse().ok()?, c.trim().parse().ok()?)])
-        })
-        .unwrap_or_default();
-    let shapes = if custom.is_empty() { SHAPES.to_vec() } else { custom };
-    for &(name, rows, cols) in shapes.iter().filter(|s| only.as_ref().is_none_or(|o| s.0.contains(o.as_str()))) {
+    let pools = ab::pools(&THREADS);
+    let shapes = ab::shapes(&SHAPES);
+    for &(name, rows, cols) in &shapes {
         let w: Vec<f32> = common::Rng(17).vec(rows * cols).iter().map(|v| 0.05 * v).collect();
         let (q, scales) = q8::quantize_rows(&w, rows, cols);
         drop(w);

@@ -13,14 +13,17 @@
 //! ```
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bimamba_kernels::ssd::{self, GroupChunks};
 use bimamba_kernels::ssm::{self, HeadBlock};
 use rayon::prelude::*;
 
+mod ab;
 #[path = "../tests/common/mod.rs"]
 mod common;
+
+use ab::{env_usize, median, run_for};
 
 const HEADS: usize = 80;
 const P: usize = 64;
@@ -30,32 +33,6 @@ const LAYERS: f64 = 64.0;
 /// Tokens per block: `BIMAMBA_BENCH_TOKENS` (64, the engine's prefill block).
 fn tokens() -> usize {
     env_usize("BIMAMBA_BENCH_TOKENS", 64).max(1)
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        0.5 * (v[v.len() / 2 - 1] + v[v.len() / 2])
-    }
-}
-
-/// Mean seconds per call over about `budget` (at least 3 calls).
-fn run_for(budget: Duration, mut call: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    let mut n = 0usize;
-    while n < 3 || start.elapsed() < budget {
-        call();
-        n += 1;
-    }
-    start.elapsed().as_secs_f64() / n as f64
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
