@@ -59,15 +59,7 @@ fn fmt_err(path: &Path, e: impl std::fmt::Display) -> Error {
 fn linear<B: FusedOps>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
     let [b, l, i] = x.dims();
     let o = w.dims()[0];
-    let x2 = x.reshape([b * l, i]);
-    let y = match w.dtype() {
-        dt if dt == x2.dtype() => B::matmul(x2, w.clone().transpose()),
-        dt => {
-            let orig = x2.dtype();
-            B::matmul(x2.cast(dt), w.clone().transpose()).cast(orig)
-        }
-    };
-    y.reshape([b, l, o])
+    matmul_in(x.reshape([b * l, i]), w.clone().transpose(), Some(w.dtype())).reshape([b, l, o])
 }
 
 /// f32 values uniform in ±bound.
