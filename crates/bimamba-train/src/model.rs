@@ -258,12 +258,15 @@ impl<B: FusedOps> Mixer<B> {
     pub fn conv_dt(&self, raw: MixerInputs<B>) -> MixerInputs<B> {
         let cfg = &self.config;
         let (di, gn, h) = (cfg.d_inner(), cfg.ngroups * cfg.d_state, cfg.nheads);
+        let [b, l, _] = raw.dt.dims();
+        // dt_bias on every position through expand_rows: its gradient is one column sum.
+        let dt_bias = B::expand_rows(self.dt_bias.val(), b * l).reshape([b, l, h]);
         MixerInputs {
             z: raw.z,
             x: self.conv1d.forward_silu_channels(raw.x, 0),
             bm: self.conv1d.forward_silu_channels(raw.bm, di),
             cm: self.conv1d.forward_silu_channels(raw.cm, di + gn),
-            dt: softplus(raw.dt + self.dt_bias.val().reshape([1, 1, h])),
+            dt: softplus(raw.dt + dt_bias),
         }
     }
 
@@ -280,7 +283,11 @@ impl<B: FusedOps> Mixer<B> {
         let cm = inputs.cm.reshape([b, l, g, n]);
         let a = self.A_log.val().exp().neg();
         let y = B::ssd_scan(x.clone(), inputs.dt, a, bm, cm, cfg.chunk_size, self.ssd_dtype);
-        y + x * self.D.val().reshape([1, 1, h, 1])
+        // The skip term D_h · x on every position through expand_rows (its gradient is one column
+        // sum, then a sum over each head's P channels).
+        let d = self.D.val().reshape([h, 1]).expand([h, p]).reshape([h * p]);
+        let skip = x.reshape([b * l, h * p]) * B::expand_rows(d, b * l);
+        y + skip.reshape([b, l, h, p])
     }
 
     /// Gated grouped RMSNorm (norm_before_gate = False): normalize y·SiLU(z) per group.

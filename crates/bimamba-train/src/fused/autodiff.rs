@@ -193,6 +193,19 @@ impl<B: FusedOps> Backward<B, 5> for SsdScanBackward {
     }
 }
 
+#[derive(Debug)]
+struct ExpandRowsBackward;
+
+impl<B: FusedOps> Backward<B, 1> for ExpandRowsBackward {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _c: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let g = grads.consume::<B>(&ops.node);
+        register!(grads, node, B::col_sum(float(g)));
+    }
+}
+
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     const KERNELS: bool = B::KERNELS;
 
@@ -213,6 +226,17 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     ) -> (Tensor<Self, 1>, Tensor<Self, 1>, Tensor<Self, 1>) {
         // The optimizer runs on the inner backend; this is only here for completeness.
         reference::adamw_update(p, g, m, v, s)
+    }
+
+    fn expand_rows(w: Tensor<Self, 1>, rows: usize) -> Tensor<Self, 2> {
+        let n = w.dims()[0];
+        if !B::KERNELS || !super::enabled() {
+            return w.reshape([1, n]).expand([rows, n]);
+        }
+        let w = w.into_primitive().tensor();
+        let y = B::expand_rows(float(w.primitive), rows).into_primitive().tensor();
+        let ad = ExpandRowsBackward.prepare::<C>([w.node]).compute_bound().stateless(y);
+        Tensor::from_primitive(TensorPrimitive::Float(ad))
     }
 
     fn ce_rows(logits: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 1> {

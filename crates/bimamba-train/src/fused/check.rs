@@ -246,6 +246,23 @@ fn block_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
         out.push(compare(&format!("fbi_weight_backward.beta.{name}"), vec![o, i], fb, rb, 1e-5));
     }
 
+    // Column sums: one band, several bands with a ragged last one, a second pass over the
+    // partials, a strided slice, and fewer columns than a cube is wide.
+    for (rows, cols, extra) in [(1usize, 5usize, 0usize), (300, 777, 0), (70_001, 3, 0), (8192, 768, 5)] {
+        let x = rand_t::<B, 2>([rows, cols + extra], 1.0, device).narrow(1, extra, cols);
+        // The reference sums on the host in f64: Burn's own reduction over rows is what col_sum
+        // replaces, and on WGPU (lavapipe) it is off by 0.3 relative L2 at [70001, 3].
+        let host: Vec<f32> = x.clone().into_data().convert::<f32>().into_vec().unwrap_or_default();
+        let mut sums = vec![0f64; cols];
+        for (i, v) in host.iter().enumerate() {
+            sums[i % cols] += *v as f64;
+        }
+        let sums: Vec<f32> = sums.into_iter().map(|v| v as f32).collect();
+        let want =
+            Tensor::<B, 1>::from_data(burn::tensor::TensorData::new(sums, [cols]), crate::ops::opts::<B>(device));
+        out.push(compare("col_sum", vec![rows, cols], B::col_sum(x), want, 1e-5));
+    }
+
     let (b, l, c, k, extra) = (2usize, 333usize, 389usize, 4usize, 7usize);
     // x is a slice of a wider matrix, like the xBC part of the in_proj output.
     let wide = rand_t::<B, 3>([b, l, c + extra], 1.0, device);

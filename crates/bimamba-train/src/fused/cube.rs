@@ -14,7 +14,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use cubecl::{CubeCount, CubeDim};
 
 use super::kernels::block::{
-    conv_silu_backward_w_kernel, conv_silu_backward_x_kernel, conv_silu_kernel, fbi_weight_backward_kernel,
+    conv_backward_x_kernel, conv_silu_backward_w_kernel, conv_silu_kernel, fbi_weight_backward_kernel,
     fbi_weight_kernel, gated_rms_norm_backward_kernel, gated_rms_norm_kernel, rms_norm_backward_kernel,
     rms_norm_kernel,
 };
@@ -22,6 +22,7 @@ use super::kernels::loss::{
     ce_rows_backward_kernel, ce_rows_kernel, soft_ce_rows_backward_kernel, soft_ce_rows_kernel,
 };
 use super::kernels::optim::adamw_kernel;
+use super::kernels::reduce::{col_sum_kernel, COLS_PER_CUBE, ROW_LANES};
 use super::kernels::ssd::{
     ssd_decay_scores_backward_acs_kernel, ssd_decay_scores_backward_cb_kernel, ssd_decay_scores_kernel,
 };
@@ -122,8 +123,36 @@ fn empty_f32_like<R: CubeRuntime>(like: &Prim<R>) -> Prim<R> {
     empty_f32(like, like.meta.shape().to_vec())
 }
 
-/// Rows of positions per cube in the conv's weight-gradient partial sums.
-const CONV_ROWS_PER_CUBE: usize = 256;
+/// Positions per band of the conv's weight-gradient partial sums (one thread per channel walks a
+/// band of one sequence).
+const CONV_BAND: usize = 64;
+
+/// Rows per band of one column-sum pass ([`col_sum_kernel`]): 8 row lanes × 32 rows each.
+const COL_SUM_BAND: usize = 256;
+
+/// Σ over rows of a [R, N] f32 matrix: passes of [`col_sum_kernel`] until one row is left.
+fn col_sum_prim<R: CubeRuntime>(x: Prim<R>) -> Prim<R> {
+    let mut x = x;
+    loop {
+        let [rows, cols] = [x.meta.shape()[0], x.meta.shape()[1]];
+        if rows <= 1 {
+            return x;
+        }
+        // Bands of at least COL_SUM_BAND rows, few enough for the grid's y limit.
+        let band = COL_SUM_BAND.max(rows.div_ceil(65_535));
+        let bands = rows.div_ceil(band);
+        let partial = empty_f32(&x, vec![bands, cols]);
+        col_sum_kernel::launch::<R>(
+            &x.client.clone(),
+            CubeCount::new_2d(cols.div_ceil(COLS_PER_CUBE as usize) as u32, bands as u32),
+            CubeDim::new_2d(COLS_PER_CUBE, ROW_LANES),
+            x.into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
+            band as u32,
+        );
+        x = partial;
+    }
+}
 
 fn check_f32<R: CubeRuntime>(t: &Prim<R>, what: &str) {
     assert_eq!(t.dtype, burn::tensor::DType::F32, "fused {what}: f32 tensors only");
@@ -309,6 +338,14 @@ where
         wrap_d(out)
     }
 
+    fn col_sum(x: Tensor<Self, 2>) -> Tensor<Self, 1> {
+        let [rows, n] = x.dims();
+        if x.dtype() != DType::F32 || rows == 0 {
+            return x.sum_dim(0).reshape([n]);
+        }
+        wrap_d::<Self, R, 2>(col_sum_prim(float_prim(x))).reshape([n])
+    }
+
     fn conv_silu(x: Tensor<Self, 3>, w: Tensor<Self, 2>, bias: Tensor<Self, 1>) -> Tensor<Self, 3> {
         let (x, w, bias) = (float_prim(x), into_contiguous(float_prim(w)), into_contiguous(float_prim(bias)));
         for (t, n) in [(&x, "x"), (&w, "w"), (&bias, "bias")] {
@@ -341,33 +378,33 @@ where
             check_f32(t, n);
         }
         let shape = x.meta.shape().to_vec();
-        let (rows, c, k) = (shape[0] * shape[1], shape[2], w.meta.shape()[1]);
+        let (b, l, c, k) = (shape[0], shape[1], shape[2], w.meta.shape()[1]);
         let client = x.client.clone();
-        let gx = empty_f32_like(&x);
-        conv_silu_backward_x_kernel::launch::<R>(
-            &client,
-            cubes_for(&client, rows * c),
-            CubeDim::new_1d(CUBE),
-            x.clone().into_tensor_arg(),
-            w.clone().into_tensor_arg(),
-            bias.clone().into_tensor_arg(),
-            gy.clone().into_tensor_arg(),
-            gx.clone().into_tensor_arg(),
-        );
-        let chunks = rows.div_ceil(CONV_ROWS_PER_CUBE);
-        let partial = empty_f32(&x, vec![chunks, c, k + 1]);
+        let (g, gx) = (empty_f32_like(&x), empty_f32_like(&x));
+        let bands = b * l.div_ceil(CONV_BAND);
+        let partial = empty_f32(&x, vec![bands, c, k + 1]);
         conv_silu_backward_w_kernel::launch::<R>(
             &client,
-            CubeCount::new_3d(c.div_ceil(CUBE as usize) as u32, chunks as u32, (k + 1) as u32),
+            CubeCount::new_2d(c.div_ceil(CUBE as usize) as u32, bands as u32),
             CubeDim::new_1d(CUBE),
             x.into_tensor_arg(),
-            w.into_tensor_arg(),
+            w.clone().into_tensor_arg(),
             bias.into_tensor_arg(),
             gy.into_tensor_arg(),
+            g.clone().into_tensor_arg(),
             partial.clone().into_tensor_arg(),
-            CONV_ROWS_PER_CUBE as u32,
+            CONV_BAND as u32,
+            k as u32,
         );
-        let sums = wrap_d::<Self, R, 3>(partial).sum_dim(0).reshape([c, k + 1]);
+        conv_backward_x_kernel::launch::<R>(
+            &client,
+            cubes_for(&client, b * l * c),
+            CubeDim::new_1d(CUBE),
+            g.into_tensor_arg(),
+            w.into_tensor_arg(),
+            gx.clone().into_tensor_arg(),
+        );
+        let sums = Self::col_sum(wrap_d::<Self, R, 3>(partial).reshape([bands, c * (k + 1)])).reshape([c, k + 1]);
         (wrap_d(gx), sums.clone().narrow(1, 0, k), sums.narrow(1, k, 1).reshape([c]))
     }
 
@@ -399,7 +436,7 @@ where
         for (t, n) in [(&x, "x"), (&w, "w"), (&gy, "gy")] {
             check_f32(t, n);
         }
-        let [rows, d] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let rows = x.meta.shape()[0];
         let (gx, gwrows) = (empty_f32_like(&x), empty_f32_like(&x));
         rms_norm_backward_kernel::launch::<R>(
             &x.client.clone(),
@@ -412,7 +449,7 @@ where
             gwrows.clone().into_tensor_arg(),
             eps as f32,
         );
-        (wrap_d(gx), wrap_d::<Self, R, 2>(gwrows).sum_dim(0).reshape([d]))
+        (wrap_d(gx), Self::col_sum(wrap_d(gwrows)))
     }
 
     fn gated_rms_norm(
@@ -472,7 +509,7 @@ where
             groups as u32,
             eps as f32,
         );
-        (wrap_d(gy), wrap_d(gz), wrap_d::<Self, R, 2>(gwrows).sum_dim(0).reshape([di]))
+        (wrap_d(gy), wrap_d(gz), Self::col_sum(wrap_d(gwrows)))
     }
 
     fn fbi_weight(w: Tensor<Self, 2>, alpha: Tensor<Self, 2>, beta: Tensor<Self, 2>, dtype: DType) -> Tensor<Self, 2> {
@@ -524,7 +561,7 @@ where
             gs.clone().into_tensor_arg(),
         );
         let sum_to = |t: Tensor<Self, 2>| {
-            let t = if like[0] == 1 { t.sum_dim(0) } else { t };
+            let t = if like[0] == 1 { Self::col_sum(t).unsqueeze_dim(0) } else { t };
             if like[1] == 1 {
                 t.sum_dim(1)
             } else {

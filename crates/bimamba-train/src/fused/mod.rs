@@ -206,6 +206,29 @@ pub trait FusedOps: Backend {
         reference::sum_squares(xs, device)
     }
 
+    /// Σ over rows: out[n] = Σ_r x[r, n]. The gradient of a parameter broadcast over every
+    /// position; on CubeCL backends a banded kernel (`kernels/reduce.rs`) where Burn's own
+    /// reduction over the rows runs one thread per column.
+    ///
+    /// # Shapes
+    /// - x: [R, N]; output: [N]
+    fn col_sum(x: Tensor<Self, 2>) -> Tensor<Self, 1> {
+        let n = x.dims()[1];
+        x.sum_dim(0).reshape([n])
+    }
+
+    /// w on each of `rows` rows (a view where the backend has one). On the autodiff backend over
+    /// a backend with kernels, one node whose gradient is [`FusedOps::col_sum`] of the output's;
+    /// a parameter broadcast through it is reduced in one kernel, where the differentiation of a
+    /// broadcast product reduces dimension by dimension through Burn's reduction.
+    ///
+    /// # Shapes
+    /// - w: [N]; output: [rows, N]
+    fn expand_rows(w: Tensor<Self, 1>, rows: usize) -> Tensor<Self, 2> {
+        let n = w.dims()[0];
+        w.reshape([1, n]).expand([rows, n])
+    }
+
     /// Next-token cross-entropy of each row: lse(z_r) − z_r[t_r], in f32 whatever the logits'
     /// dtype (bf16 logits are read as they are: no f32 copy of the batch × vocabulary matrix).
     ///

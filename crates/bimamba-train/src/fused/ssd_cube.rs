@@ -364,6 +364,6 @@ pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: C
         prim(&written(&ddt, [b, c, t, h]).swap_dims(2, 3)).into_tensor_arg(),
         dapart.clone().into_tensor_arg(),
     );
-    let da = wrap_d::<B, R, 3>(dapart).sum_dim(1).sum_dim(0).reshape([h]);
+    let da = B::col_sum(wrap_d::<B, R, 3>(dapart).reshape([b * c, h]));
     (dx.narrow(1, 0, l), ddt.narrow(1, 0, l), da, dbm.narrow(1, 0, l), dcm.narrow(1, 0, l))
 }

@@ -49,21 +49,97 @@ pub fn conv_silu_kernel(x: &Tensor<f32>, w: &Tensor<f32>, bias: &Tensor<f32>, y:
     y[b * y.stride(0) + t * y.stride(1) + c * y.stride(2)] = silu(pre);
 }
 
-/// gx[b, s, c] = Σ_j w[c, j] · gpre[b, s + (K−1) − j, c] with gpre = gy · SiLU'(pre), the
-/// pre-activations recomputed.
+/// The conv's gradient before its SiLU, g = gy · SiLU'(pre), and the weight and bias gradients
+/// summed over a band of `band` positions of one sequence:
+/// partial[band, c, j] = Σ_t g[t, c] · x[t − (K−1) + j, c] for j < K, Σ_t g[t, c] for j = K.
+/// One thread per channel walks its band in order with the last K inputs in registers, so x and
+/// gy are read once; g goes to [`conv_backward_x_kernel`].
+///
+/// # Shapes
+/// - x, gy, g: [b, L, C]; w: [C, K] with K = `taps`; bias: [C]; partial: [b·⌈L / band⌉, C, K + 1]
 #[cube(launch)]
-pub fn conv_silu_backward_x_kernel(
+#[allow(clippy::manual_div_ceil)]
+pub fn conv_silu_backward_w_kernel(
     x: &Tensor<f32>,
     w: &Tensor<f32>,
     bias: &Tensor<f32>,
     gy: &Tensor<f32>,
-    gx: &mut Tensor<f32>,
+    g: &mut Tensor<f32>,
+    partial: &mut Tensor<f32>,
+    band: u32,
+    #[comptime] taps: u32,
 ) {
     let cn = x.shape(2);
     let ln = x.shape(1);
+    let c = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    if c >= cn {
+        terminate!();
+    }
+    let bands = (ln + band as usize - 1) / band as usize;
+    let b = CUBE_POS_Y as usize / bands;
+    let t0 = (CUBE_POS_Y as usize % bands) * band as usize;
+    let mut t1 = t0 + band as usize;
+    if t1 > ln {
+        t1 = ln;
+    }
+    let k = comptime![taps as usize];
+    let mut wr = Array::<f32>::new(comptime![taps as usize]);
+    let mut win = Array::<f32>::new(comptime![taps as usize]);
+    let mut acc = Array::<f32>::new(comptime![taps as usize]);
+    #[unroll]
+    for j in 0..k {
+        wr[j] = w[c * w.stride(0) + j * w.stride(1)];
+        acc[j] = 0.0;
+        win[j] = 0.0;
+    }
+    // The K − 1 inputs before the band (zeros before the sequence starts).
+    #[unroll]
+    for j in 0..k - 1 {
+        if t0 + j + 1 >= k {
+            win[j] = x[b * x.stride(0) + (t0 + j + 1 - k) * x.stride(1) + c * x.stride(2)];
+        }
+    }
+    let bv = bias[c];
+    let mut acc_bias = 0.0f32;
+    for t in t0..t1 {
+        win[k - 1] = x[b * x.stride(0) + t * x.stride(1) + c * x.stride(2)];
+        let mut pre = bv;
+        #[unroll]
+        for j in 0..k {
+            pre += wr[j] * win[j];
+        }
+        let gv = gy[b * gy.stride(0) + t * gy.stride(1) + c * gy.stride(2)] * dsilu(pre);
+        g[b * g.stride(0) + t * g.stride(1) + c * g.stride(2)] = gv;
+        acc_bias += gv;
+        #[unroll]
+        for j in 0..k {
+            acc[j] += gv * win[j];
+        }
+        #[unroll]
+        for j in 0..k - 1 {
+            win[j] = win[j + 1];
+        }
+    }
+    let base = CUBE_POS_Y as usize * partial.stride(0) + c * partial.stride(1);
+    #[unroll]
+    for j in 0..k {
+        partial[base + j * partial.stride(2)] = acc[j];
+    }
+    partial[base + k * partial.stride(2)] = acc_bias;
+}
+
+/// The conv's input gradient from g = gy · SiLU'(pre): gx[b, s, c] = Σ_j w[c, j] · g[b, s + (K−1) − j, c]
+/// over the positions inside the sequence. One thread per element (channels fastest).
+///
+/// # Shapes
+/// - g, gx: [b, L, C]; w: [C, K]
+#[cube(launch)]
+pub fn conv_backward_x_kernel(g: &Tensor<f32>, w: &Tensor<f32>, gx: &mut Tensor<f32>) {
+    let cn = g.shape(2);
+    let ln = g.shape(1);
     let k = w.shape(1);
     let idx = ABSOLUTE_POS;
-    if idx >= x.shape(0) * ln * cn {
+    if idx >= g.shape(0) * ln * cn {
         terminate!();
     }
     let c = idx % cn;
@@ -73,54 +149,10 @@ pub fn conv_silu_backward_x_kernel(
     for j in 0..k {
         let t = s + k - 1 - j;
         if t < ln {
-            let pre = conv_at(x, w, bias, b, t, c);
-            let g = gy[b * gy.stride(0) + t * gy.stride(1) + c * gy.stride(2)] * dsilu(pre);
-            acc += w[c * w.stride(0) + j * w.stride(1)] * g;
+            acc += w[c * w.stride(0) + j * w.stride(1)] * g[b * g.stride(0) + t * g.stride(1) + c * g.stride(2)];
         }
     }
     gx[b * gx.stride(0) + s * gx.stride(1) + c * gx.stride(2)] = acc;
-}
-
-/// Partial sums of the weight and bias gradients: cube (channel block, position chunk of
-/// `chunk` rows of the flattened b·L positions, tap j on z; j = K is the bias) writes
-/// partial[chunk, c, j] = Σ_positions gpre · x[t − (K−1) + j] (or Σ gpre for the bias).
-#[cube(launch)]
-pub fn conv_silu_backward_w_kernel(
-    x: &Tensor<f32>,
-    w: &Tensor<f32>,
-    bias: &Tensor<f32>,
-    gy: &Tensor<f32>,
-    partial: &mut Tensor<f32>,
-    chunk: u32,
-) {
-    let cn = x.shape(2);
-    let ln = x.shape(1);
-    let k = w.shape(1);
-    let c = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-    if c >= cn {
-        terminate!();
-    }
-    let j = CUBE_POS_Z as usize;
-    let rows = x.shape(0) * ln;
-    let start = CUBE_POS_Y as usize * chunk as usize;
-    let mut end = start + chunk as usize;
-    if end > rows {
-        end = rows;
-    }
-    let mut acc = 0.0f32;
-    for p in start..end {
-        let b = p / ln;
-        let t = p % ln;
-        let pre = conv_at(x, w, bias, b, t, c);
-        let g = gy[b * gy.stride(0) + t * gy.stride(1) + c * gy.stride(2)] * dsilu(pre);
-        if j == k {
-            acc += g;
-        } else if t + j + 1 >= k {
-            let ts = t + j + 1 - k;
-            acc += g * x[b * x.stride(0) + ts * x.stride(1) + c * x.stride(2)];
-        }
-    }
-    partial[CUBE_POS_Y as usize * partial.stride(0) + c * partial.stride(1) + j * partial.stride(2)] = acc;
 }
 
 /// 1 / √(mean x² + ε) over x[base + i·step], i < n, computed by a cube of 256 threads.

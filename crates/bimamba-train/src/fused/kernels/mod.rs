@@ -8,6 +8,7 @@ use cubecl::prelude::*;
 pub mod block;
 pub mod loss;
 pub mod optim;
+pub mod reduce;
 pub mod ssd;
 pub mod ssd_scan;
 
