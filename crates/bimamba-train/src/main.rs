@@ -71,6 +71,11 @@ struct CheckArgs {
     /// Write the results as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The matmul family of the f32 products inside the op-by-op references (the names
+    /// `matmul-kernels` lists; default: Burn's product, which on CUDA multiplies f32 inputs on
+    /// TF32 tensor cores; `simple_unit` multiplies them in f32).
+    #[arg(long)]
+    f32_matmul_kernel: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -295,6 +300,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(a) => bench::run_cli(&a)?,
         Command::CheckKernels(a) => {
+            bimamba_train::fused::set_f32_matmul_kernel(a.f32_matmul_kernel.as_deref()).map_err(anyhow::Error::msg)?;
             let checks = backend::check_kernels(a.backend)?;
             for c in &checks {
                 println!(

@@ -100,6 +100,10 @@ pub struct BenchArgs {
     /// the default is `specialized_tma_mma`).
     #[arg(long)]
     pub matmul_kernel: Option<String>,
+    /// Run the f32 products (the op-by-op SSD's) with this family (default: Burn's product, on
+    /// CUDA TF32 tensor cores).
+    #[arg(long)]
+    pub f32_matmul_kernel: Option<String>,
     /// Run the op-by-op reference paths instead of the fused kernels (the before/after
     /// comparison in one binary).
     #[arg(long)]
@@ -395,6 +399,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
     let cuda = matches!(a.backend, BackendKind::Cuda);
     crate::fused::set_matmul_kernel(crate::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda))
         .map_err(crate::error::Error::Config)?;
+    crate::fused::set_f32_matmul_kernel(a.f32_matmul_kernel.as_deref()).map_err(crate::error::Error::Config)?;
     let teacher = a.distill.then(|| {
         LlamaTeacher::<B::InnerBackend>::random(smollm2_135m_shape(a.vocab), 7, device)
             .with_matmul_dtype(a.bf16.then_some(DType::BF16))

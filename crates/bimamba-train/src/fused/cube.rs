@@ -206,8 +206,13 @@ where
     /// products stay with Burn's.
     fn matmul<const D: usize>(a: Tensor<Self, D>, b: Tensor<Self, D>) -> Tensor<Self, D> {
         let dtype = a.dtype();
-        let family = super::matmul_kernel().and_then(|n| super::matmul::family(&n));
-        let Some(family) = family.filter(|_| matches!(dtype, DType::BF16 | DType::F16) && b.dtype() == dtype) else {
+        let name = match dtype {
+            DType::BF16 | DType::F16 => super::matmul_kernel(),
+            DType::F32 => super::f32_matmul_kernel(),
+            _ => None,
+        };
+        let family = name.and_then(|n| super::matmul::family(&n));
+        let Some(family) = family.filter(|_| b.dtype() == dtype) else {
             return a.matmul(b);
         };
         match super::matmul::launch(&family, float_prim(a.clone()), float_prim(b.clone()), dtype) {

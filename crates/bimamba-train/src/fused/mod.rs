@@ -58,6 +58,13 @@ static MATMUL_KERNEL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(N
 /// (`matmul.rs`; `bimamba-train matmul-kernels` lists and times them); `None` leaves them to
 /// Burn's own product (the default). An unknown name is refused with the list of known ones.
 pub fn set_matmul_kernel(name: Option<&str>) -> Result<(), String> {
+    let known = matmul_kernel_known(name)?;
+    *MATMUL_KERNEL.lock().unwrap_or_else(|e| e.into_inner()) = known;
+    Ok(())
+}
+
+/// `name` if it is a family this binary can launch.
+fn matmul_kernel_known(name: Option<&str>) -> Result<Option<String>, String> {
     if let Some(n) = name {
         #[cfg(any(feature = "cuda", feature = "wgpu"))]
         if matmul::family(n).is_none() {
@@ -67,8 +74,23 @@ pub fn set_matmul_kernel(name: Option<&str>) -> Result<(), String> {
         #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
         return Err(format!("matmul kernel `{n}`: this binary has no CubeCL backend (build with --features cuda)"));
     }
-    *MATMUL_KERNEL.lock().unwrap_or_else(|e| e.into_inner()) = name.map(str::to_string);
+    Ok(name.map(str::to_string))
+}
+
+static F32_MATMUL_KERNEL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Chooses the matmul kernel family of the f32 products on CubeCL backends (`None`, the default:
+/// Burn's product, which on CUDA multiplies f32 inputs on TF32 tensor cores). `check-kernels`
+/// takes `simple_unit` to compare the fused kernels with references multiplied in f32.
+pub fn set_f32_matmul_kernel(name: Option<&str>) -> Result<(), String> {
+    let known = matmul_kernel_known(name)?;
+    *F32_MATMUL_KERNEL.lock().unwrap_or_else(|e| e.into_inner()) = known;
     Ok(())
+}
+
+/// The family of the f32 products, if one was chosen.
+pub fn f32_matmul_kernel() -> Option<String> {
+    F32_MATMUL_KERNEL.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// The matmul family that CUDA runs when `--matmul-kernel` is not given: of CubeCL's families, the
