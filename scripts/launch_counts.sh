@@ -23,8 +23,13 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import kernel_table as kt
 t2, t4 = kt.tables("k2.log"), kt.tables("k4.log")
-# Tables 4-6 (from 1): the measured step's forward, backward and optimizer (1-3 are the warm-up's).
-for idx, label in [(3, "forward"), (4, "backward"), (5, "optimizer")]:
+# The measured step's forward, backward and optimizer come after the warm-up's: its backward is
+# the second table with the RMSNorm's backward kernel, the forward the table before it and the
+# optimizer the one after.
+def names(t):
+    return {n.split(" | ")[0] for n, _, _ in t[2]}
+bw = [i for i, t in enumerate(t2) if "RmsNormBackwardKernel" in names(t)][1]
+for idx, label in [(bw - 1, "forward"), (bw, "backward"), (bw + 1, "optimizer")]:
     a, b = {}, {}
     for n, _, c in t2[idx][2]:
         a[n.split(" | ")[0]] = a.get(n.split(" | ")[0], 0) + c
