@@ -386,7 +386,12 @@ where
         let (b, l, c, k) = (shape[0], shape[1], shape[2], w.meta.shape()[1]);
         let client = x.client.clone();
         let (g, gx) = (empty_f32_like(&x), empty_f32_like(&x));
-        let bands = b * l.div_ceil(CONV_BAND);
+        // Longer bands only where the grid's y limit asks for them.
+        let mut band = CONV_BAND;
+        while b * l.div_ceil(band) > 65_535 {
+            band *= 2;
+        }
+        let bands = b * l.div_ceil(band);
         let partial = empty_f32(&x, vec![bands, c, k + 1]);
         conv_silu_backward_w_kernel::launch::<R>(
             &client,
@@ -398,7 +403,7 @@ where
             gy.into_tensor_arg(),
             g.clone().into_tensor_arg(),
             partial.clone().into_tensor_arg(),
-            CONV_BAND as u32,
+            band as u32,
             k as u32,
         );
         conv_backward_x_kernel::launch::<R>(
