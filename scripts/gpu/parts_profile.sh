@@ -2,10 +2,11 @@
 # On the GPU machine, from the repository root (carry runs/gpu/bin with bimamba-train.xz and, if
 # there is one, cache.tar.xz of compiled kernels): the fused-kernel checks, then `bench --parts`
 # of the 130M-class Bi-Mamba (bf16 products) for each SSD chunk length and each SSD variant in
-# MODES: "default" (the SSD differentiated op by op, f32 products), "node" (one autodiff node with
-# the hand-written backward), "bf16" (bf16 SSD products), "node-bf16" (both). With PROFILE=1 also the forward's
+# MODES: "default" or "node" (the SSD as one autodiff node on its kernels), "op" (differentiated
+# op by op, f32 products), "bf16" (op by op with bf16 SSD products), "node-bf16" (the node with
+# --ssd-bf16, which its kernels ignore). With PROFILE=1 also the forward's
 # per-section profile of the default step. JSON per run in $OUT.
-# Usage: [MODES="default node"] [PROFILE=1] bash scripts/gpu/parts_profile.sh [BATCH] [CHUNKS]   (default 4, "256")
+# Usage: [MODES="node op"] [PROFILE=1] bash scripts/gpu/parts_profile.sh [BATCH] [CHUNKS]   (default 4, "256")
 BATCH=${1:-4}
 CHUNKS=${2:-"256"}
 cd runs/gpu || exit 1
@@ -21,12 +22,12 @@ for c in $CHUNKS; do
     el "batch $BATCH chunk $c profiled"
     timeout 120 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $c --steps 2 --warmup 1 --profile --matmul-size 1024 2>&1 | grep -A30 "ms per step"
   fi
-  for mode in ${MODES:-default node bf16}; do
+  for mode in ${MODES:-node op bf16}; do
     case $mode in
-      default) flags="" ;;
-      node) flags="--ssd-node" ;;
-      bf16) flags="--ssd-bf16" ;;
-      node-bf16) flags="--ssd-node --ssd-bf16" ;;
+      default|node) flags="" ;;
+      op) flags="--ssd-op-by-op" ;;
+      bf16) flags="--ssd-op-by-op --ssd-bf16" ;;
+      node-bf16) flags="--ssd-bf16" ;;
     esac
     el "batch $BATCH chunk $c $mode"
     timeout 200 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $c --steps 3 --warmup 1 --parts $flags \

@@ -1,8 +1,8 @@
 #!/bin/bash
 # On the GPU machine, from the repository root (carry runs/gpu/bin with bimamba-train.xz, and
 # runs/data-tiny from `bimamba-train data prepare` as configs/tiny-cpu.toml describes): the tiny
-# example trained on CUDA twice in f32, its SSD differentiated op by op and as the fused node
-# (`--ssd-node`), same seed and data; prints both losses at each evaluation and the largest
+# example trained on CUDA twice in f32, its SSD differentiated op by op (`--ssd-op-by-op`) and as
+# the fused node (the default), same seed and data; prints both losses at each evaluation and the largest
 # relative gap of the training and validation losses. Writes metrics-op.jsonl, metrics-node.jsonl
 # and ssd_node_curve.txt to $OUT.
 # Usage: [STEPS=400] bash scripts/gpu/ssd_node_curve.sh
@@ -16,7 +16,7 @@ sed -e "s#^dir = .*#dir = \"$ROOT/runs/data-tiny\"#" -e "s#^steps = .*#steps = $
   $ROOT/configs/tiny-cpu.toml > tiny-cuda.toml
 T0=$(date +%s)
 for v in op node; do
-  FLAG=; [ $v = node ] && FLAG=--ssd-node
+  FLAG=; [ $v = op ] && FLAG=--ssd-op-by-op
   echo "[$(( $(date +%s) - T0 )) s] train $v"
   rm -rf tiny-$v
   timeout 240 ./bimamba-train train --config tiny-cuda.toml --out tiny-$v --quiet $FLAG 2>&1 | tail -3

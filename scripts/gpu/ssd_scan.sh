@@ -3,9 +3,9 @@
 # there is one, cache.tar.xz of compiled kernels): the SSD scan's CubeCL kernels against the
 # op-by-op scan. First `check-kernels` (every fused kernel against its reference on this GPU; the
 # ssd_scan lines are printed), then `bench` of the 130M-class Bi-Mamba at one batch, for each chunk
-# length, alternately with the scan differentiated op by op (the default) and as one node on the
-# kernels (--ssd-node), in one process each, same card. Writes check-kernels.json,
-# bench-b*-c*-{default,node}.json and cache.tar.xz to $OUT.
+# length, alternately with the scan differentiated op by op (--ssd-op-by-op) and as one node on
+# its kernels (the default), in one process each, same card. Writes check-kernels.json,
+# bench-b*-c*-{op,node}.json and cache.tar.xz to $OUT.
 # Usage: bash scripts/gpu/ssd_scan.sh [BATCH] [CHUNKS]   (default 4 "128 256")
 BATCH=${1:-4}
 CHUNKS=${2:-"128 256"}
@@ -19,8 +19,8 @@ B=./bimamba-train
 el checks
 timeout 150 $B check-kernels --backend cuda --json $OUT/check-kernels.json 2>&1 | grep -E "ssd_scan|FAIL|passed|failed" | head -20
 for c in $CHUNKS; do
-  for mode in default node; do
-    flag=; [ $mode = node ] && flag=--ssd-node
+  for mode in op node; do
+    flag=--ssd-op-by-op; [ $mode = node ] && flag=
     el "bench b$BATCH c$c $mode"
     timeout 150 $B bench --backend cuda --bf16 --batch $BATCH --chunk-size $c --steps 3 --warmup 1 $flag \
       --matmul-size 256 --json $OUT/bench-b$BATCH-c$c-$mode.json 2>&1 | grep -E "^(throughput|peak)"

@@ -103,9 +103,12 @@ struct TrainArgs {
     /// is `specialized_tma_mma`).
     #[arg(long)]
     matmul_kernel: Option<String>,
-    /// Run the SSD scan as one autodiff node (on CUDA: the scan's own kernels, forward and
-    /// backward) instead of differentiating it op by op.
-    #[arg(long)]
+    /// Differentiate the SSD scan op by op (Burn's operations) instead of running it as one
+    /// autodiff node on its own kernels (the default on CUDA and WGPU).
+    #[arg(long, conflicts_with = "ssd_node")]
+    ssd_op_by_op: bool,
+    /// The SSD scan as one node on its kernels: the default (kept so that earlier commands run).
+    #[arg(long, hide = true)]
     ssd_node: bool,
     /// Data-parallel ranks to start on this host, one per GPU with `--backend cuda` (rank r uses
     /// GPU r); each rank trains on `data.batch_size` windows of every step. Under an external
@@ -238,7 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             let cuda = matches!(kind, BackendKind::Cuda);
             let family = bimamba_train::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda);
             bimamba_train::fused::set_matmul_kernel(family).map_err(anyhow::Error::msg)?;
-            bimamba_train::fused::set_ssd_scan(a.ssd_node);
+            bimamba_train::fused::set_ssd_scan(!a.ssd_op_by_op);
             let root = ranks.rank == 0;
             let opts = run::RunOptions {
                 out,

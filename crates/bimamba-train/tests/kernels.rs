@@ -114,7 +114,7 @@ fn model_gradients_with_fused_kernels_equal_the_reference_model() {
         runs.push((value, v.out));
     }
     bimamba_train::fused::set_enabled(true);
-    bimamba_train::fused::set_ssd_scan(false);
+    bimamba_train::fused::set_ssd_scan(true);
     bimamba_train::fused::set_matmul_kernel(None).expect("none");
     let (l2, g2) = &runs[0];
     for (run, (l1, g1)) in runs.iter().enumerate().skip(1) {

@@ -91,9 +91,12 @@ pub struct BenchArgs {
     /// Also time each part of the model alone, forward and backward (see [`parts`]).
     #[arg(long)]
     pub parts: bool,
-    /// Run the SSD scan as one autodiff node (on CUDA and WGPU: the scan's own kernels, forward
-    /// and backward; see `fused::set_ssd_scan`) instead of differentiating it op by op.
-    #[arg(long)]
+    /// Differentiate the SSD scan op by op (Burn's operations) instead of running it as one
+    /// autodiff node on its own kernels (the default on CUDA and WGPU; see `fused::set_ssd_scan`).
+    #[arg(long, conflicts_with = "ssd_node")]
+    pub ssd_op_by_op: bool,
+    /// The SSD scan as one node on its kernels: the default (kept so that earlier commands run).
+    #[arg(long, hide = true)]
     pub ssd_node: bool,
     /// Run the bf16 projection and head products with this CubeCL matmul kernel family
     /// (`bimamba-train matmul-kernels` lists and times them; `burn` is Burn's own product; on CUDA
@@ -395,7 +398,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
     peak_dtype: DType,
 ) -> Result<BenchReport> {
     crate::fused::set_enabled(!a.reference);
-    crate::fused::set_ssd_scan(a.ssd_node);
+    crate::fused::set_ssd_scan(!a.ssd_op_by_op);
     let cuda = matches!(a.backend, BackendKind::Cuda);
     crate::fused::set_matmul_kernel(crate::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda))
         .map_err(crate::error::Error::Config)?;
