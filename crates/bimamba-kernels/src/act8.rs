@@ -25,6 +25,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::pack::row_bytes;
+use crate::Isa;
 
 /// Tokens per rayon task in [`quantize`] (decode's single token stays on the calling thread).
 const PAR_MIN_TOKENS: usize = 16;
@@ -62,8 +63,9 @@ fn rne(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
-#[inline(always)]
-fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+/// The spec of one token's quantization, the scalar twin of `x86::act8_quantize`: writes
+/// `q[..x.len()]` (the rest of `q` zero) and returns `(scale, Σ q)`.
+pub fn quantize_row_scalar(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let m = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     // `f32::max` ignores NaN: look for non-finite values explicitly.
     if !x.iter().all(|v| v.is_finite()) {
@@ -85,15 +87,38 @@ fn quantize_row(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     (m / QMAX, sum)
 }
 
-/// Quantizes `x: [t, cols]` per token (the spec; see the module doc).
+/// One token's quantization with `isa`'s kernel: AVX-512 where selected and supported, else the
+/// scalar twin (the same bits either way).
+fn quantize_row(isa: Isa, x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && isa.is_supported() {
+        // SAFETY: `is_supported` checked AVX-512 F/BW (and VL).
+        return unsafe { crate::x86::act8_quantize::quantize_row(x, q) };
+    }
+    let _ = isa;
+    quantize_row_scalar(x, q)
+}
+
+/// Quantizes `x: [t, cols]` per token (the spec; see the module doc), with the kernel of
+/// [`crate::selected_isa`].
 pub fn quantize(x: &[f32], cols: usize, t: usize) -> Act8 {
+    quantize_with(crate::selected_isa(), x, cols, t)
+}
+
+/// [`quantize`] with the kernel of `isa` (an ISA the CPU lacks runs the scalar twin); every ISA
+/// gives the same bits. For tests and benchmarks.
+pub fn quantize_with(isa: Isa, x: &[f32], cols: usize, t: usize) -> Act8 {
     let mut a = Act8::default();
-    quantize_into(x, cols, t, &mut a);
+    quantize_into_with(isa, x, cols, t, &mut a);
     a
 }
 
 /// [`quantize`] into `a`, reusing its buffers (every element is rewritten).
 pub fn quantize_into(x: &[f32], cols: usize, t: usize, a: &mut Act8) {
+    quantize_into_with(crate::selected_isa(), x, cols, t, a)
+}
+
+fn quantize_into_with(isa: Isa, x: &[f32], cols: usize, t: usize, a: &mut Act8) {
     assert_eq!(x.len(), t * cols, "act8 quantize: x has {} elements, expected [{t} x {cols}]", x.len());
     let stride = 8 * row_bytes(cols);
     a.cols = cols;
@@ -105,7 +130,7 @@ pub fn quantize_into(x: &[f32], cols: usize, t: usize, a: &mut Act8) {
         // Tokens are independent: split them over the rayon pool when there are many (prefill).
         let rows = x.par_chunks_exact(cols).zip(a.q.par_chunks_exact_mut(stride));
         let out = a.scales.par_iter_mut().zip(a.sums.par_iter_mut());
-        rows.zip(out).with_min_len(PAR_MIN_TOKENS).for_each(|((xr, qr), (sc, su))| (*sc, *su) = quantize_row(xr, qr));
+        rows.zip(out).with_min_len(PAR_MIN_TOKENS).for_each(|((xr, qr), (sc, su))| (*sc, *su) = quantize_row(isa, xr, qr));
     }
 }
 

@@ -1,5 +1,6 @@
 //! x86-64 kernels, selected at runtime by [`crate::Isa`].
 
+pub mod act8_quantize;
 pub mod avx2;
 pub mod avx2_i8;
 pub mod avx2_lut;
