@@ -345,6 +345,10 @@ pub fn head_step_bf16_with(
         // SAFETY: the ISA was checked to be supported by this CPU when it was selected; the
         // shapes were checked above.
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if has_avx512bf16() => unsafe {
+            crate::x86::ssm_bf16::head_step_bf16_avx512bf16(s, x, b, c, dt, decay, y)
+        },
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { crate::x86::ssm_bf16::head_step_bf16_avx512(s, x, b, c, dt, decay, y) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { crate::x86::ssm_bf16::head_step_bf16_avx2(s, x, b, c, dt, decay, y) },
@@ -352,6 +356,14 @@ pub fn head_step_bf16_with(
         Isa::Neon => unsafe { crate::aarch64::ssm_bf16::head_step_bf16_neon(s, x, b, c, dt, decay, y) },
         _ => head_step_bf16_scalar(s, x, b, c, dt, decay, y),
     }
+}
+
+/// Whether the AVX-512 bf16-state step runs its `vcvtne2ps2bf16` kernel on this CPU
+/// (AVX512_BF16; `x86/ssm_bf16.rs`), detected once.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512bf16() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(crate::x86::ssm_bf16::has_avx512bf16)
 }
 
 /// [`head_step_bf16_with`] on the selected ISA.
@@ -427,6 +439,94 @@ mod tests {
                         y[k],
                         y_ref[k]
                     );
+                }
+            }
+        }
+    }
+
+    /// Both AVX-512 bf16-state kernels, called directly (the dispatch runs only one of them on a
+    /// given CPU), against the scalar spec on special values: denormal results (the
+    /// `vcvtne2ps2bf16` kernel's fallback, in blocks of 32 and of 16), zeros of both signs,
+    /// infinities, NaNs, sums rounding to infinity, and every column tail.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_bf16_kernels_store_the_spec_bits_on_special_values() {
+        use crate::x86::ssm_bf16::{has_avx512bf16, head_step_bf16_avx512, head_step_bf16_avx512bf16};
+        type Kernel = unsafe fn(&mut [u16], &[f32], &[f32], &[f32], f32, f32, &mut [f32]);
+        let mut kernels: Vec<(&str, Kernel)> = Vec::new();
+        if Isa::Avx512.is_supported() {
+            kernels.push(("avx512", head_step_bf16_avx512));
+        }
+        if has_avx512bf16() {
+            kernels.push(("avx512bf16", head_step_bf16_avx512bf16));
+        }
+        if kernels.is_empty() {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        let mut seed = 11u64;
+        let mut r = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let special: [u16; 12] =
+            [0x0001, 0x8003, 0x007F, 0x0040, 0x0000, 0x8000, 0x7F80, 0xFF80, 0x7FC1, 0xFF81, 0x7F7F, 0x0080];
+        for (p, n) in [(3, 64), (2, 48), (5, 16), (4, 37), (2, 100), (3, 15), (2, 31), (2, 33)] {
+            for case in 0..4 {
+                let s0: Vec<u16> = (0..p * n)
+                    .map(|i| match case {
+                        // Sparse special values among ordinary ones.
+                        0 if i % 7 == 3 => special[i / 7 % special.len()],
+                        // Only denormals, kept denormal by decay 1 and B = 0 (case 1).
+                        1 => special[i % 4],
+                        _ => bf16_round(r() * 4.0),
+                    })
+                    .collect();
+                let mut x: Vec<f32> = (0..p).map(|_| r()).collect();
+                let mut b: Vec<f32> = (0..n).map(|_| r()).collect();
+                let mut c: Vec<f32> = (0..n).map(|_| r()).collect();
+                let (dt, decay) = match case {
+                    1 => {
+                        b.fill(0.0);
+                        (0.1, 1.0)
+                    }
+                    // Updates that land on denormals: tiny B.
+                    2 => {
+                        b.iter_mut().for_each(|v| *v *= 1e-39);
+                        (1.0, 0.0)
+                    }
+                    // Updates around the largest bf16 (3.39e38), about half of them rounding to
+                    // infinity; C small enough that the readout stays finite.
+                    3 => {
+                        x.fill(1.0);
+                        b.iter_mut().for_each(|v| *v = v.signum() * (3.38e38 + 2e36 * v.abs()));
+                        c.iter_mut().for_each(|v| *v *= 1e-4);
+                        (1.0, 1.0)
+                    }
+                    _ => (0.05 + 0.5 * r().abs(), 0.5 + 0.49 * r().abs()),
+                };
+                let mut s_ref = s0.clone();
+                let mut y_ref = vec![0.0; p];
+                head_step_bf16_scalar(&mut s_ref, &x, &b, &c, dt, decay, &mut y_ref);
+                for (name, kernel) in &kernels {
+                    let mut s = s0.clone();
+                    let mut y = vec![f32::NAN; p];
+                    // SAFETY: each kernel is listed only where the CPU supports it; shapes agree.
+                    unsafe { kernel(&mut s, &x, &b, &c, dt, decay, &mut y) };
+                    assert_eq!(s, s_ref, "{name} p{p} n{n} case {case}: state");
+                    for k in 0..p {
+                        // In f64: the magnitudes of case 3 overflow f32 where the sums do not.
+                        let mag: f64 = (0..n)
+                            .map(|j| ((decay * bf16_widen(s0[k * n + j]) + dt * x[k] * b[j]) as f64 * c[j] as f64).abs())
+                            .sum();
+                        let ok = if y_ref[k].is_finite() && mag.is_finite() {
+                            (y[k] as f64 - y_ref[k] as f64).abs() <= 1e-5 * mag.max(1e-30)
+                        } else {
+                            // A NaN or infinity in the row: the kernels agree that the sum is not finite.
+                            !y[k].is_finite()
+                        };
+                        assert!(ok, "{name} p{p} n{n} case {case}: {} vs {}", y[k], y_ref[k]);
+                    }
                 }
             }
         }

@@ -60,6 +60,103 @@ pub unsafe fn head_step_bf16_avx512(
     }
 }
 
+/// Whether this CPU has what [`head_step_bf16_avx512bf16`] needs: AVX-512 F/BW/VL/DQ and
+/// AVX512_BF16 (Zen 4, Sapphire Rapids and later).
+pub fn has_avx512bf16() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512dq")
+        && is_x86_feature_detected!("avx512bf16")
+}
+
+/// 16 f32 rounded to bf16 bits by the scalar twin's integer formula (the kernel above).
+#[inline(always)]
+unsafe fn round_exact(v: __m512) -> __m256i {
+    unsafe {
+        let bits = _mm512_castps_si512(v);
+        let hi = _mm512_srli_epi32::<16>(bits);
+        let lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lsb));
+        let nan = _mm512_or_si512(hi, _mm512_set1_epi32(0x40));
+        let is_nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, nan))
+    }
+}
+
+/// The same step with the rounding done by `vcvtne2ps2bf16`, 32 values per instruction. That
+/// instruction computes the scalar twin's formula (round to nearest even by adding
+/// `0x7FFF + lsb`, infinities kept, a NaN truncated with its quiet bit set) except for
+/// denormal inputs, which it flushes to zero: a block of 32 holding one (found by `vfpclassps`)
+/// is rounded by the integer formula instead, so the stored bits are always the scalar twin's.
+/// About half the vector instructions of [`head_step_bf16_avx512`] per state value.
+///
+/// # Safety
+/// The CPU must pass [`has_avx512bf16`]; shapes as `head_step_bf16_with` checks them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")]
+pub unsafe fn head_step_bf16_avx512bf16(
+    s: &mut [u16],
+    x: &[f32],
+    b: &[f32],
+    c: &[f32],
+    dt: f32,
+    decay: f32,
+    y: &mut [f32],
+) {
+    unsafe {
+        const DENORMAL: i32 = 0x20;
+        let n = b.len();
+        let (full32, full16) = (n / 32 * 32, n / 16 * 16);
+        let dec = _mm512_set1_ps(decay);
+        let (bp, cp) = (b.as_ptr(), c.as_ptr());
+        let widen = |p: *const u16| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()))));
+        for (p, row) in s.chunks_exact_mut(n).enumerate() {
+            let sx = dt * x[p];
+            let sxv = _mm512_set1_ps(sx);
+            let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let rp = row.as_mut_ptr();
+            let mut k = 0;
+            while k < full32 {
+                let v0 = _mm512_add_ps(_mm512_mul_ps(dec, widen(rp.add(k))), _mm512_mul_ps(sxv, _mm512_loadu_ps(bp.add(k))));
+                let v1 = _mm512_add_ps(
+                    _mm512_mul_ps(dec, widen(rp.add(k + 16))),
+                    _mm512_mul_ps(sxv, _mm512_loadu_ps(bp.add(k + 16))),
+                );
+                acc0 = _mm512_fmadd_ps(v0, _mm512_loadu_ps(cp.add(k)), acc0);
+                acc1 = _mm512_fmadd_ps(v1, _mm512_loadu_ps(cp.add(k + 16)), acc1);
+                let den = _mm512_fpclass_ps_mask::<DENORMAL>(v0) | _mm512_fpclass_ps_mask::<DENORMAL>(v1);
+                if den == 0 {
+                    // Low half: v0, high half: v1.
+                    let out: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(v1, v0));
+                    _mm512_storeu_si512(rp.add(k).cast(), out);
+                } else {
+                    _mm256_storeu_si256(rp.add(k).cast(), round_exact(v0));
+                    _mm256_storeu_si256(rp.add(k + 16).cast(), round_exact(v1));
+                }
+                k += 32;
+            }
+            if k < full16 {
+                let v = _mm512_add_ps(_mm512_mul_ps(dec, widen(rp.add(k))), _mm512_mul_ps(sxv, _mm512_loadu_ps(bp.add(k))));
+                acc0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(cp.add(k)), acc0);
+                let out: __m256i = if _mm512_fpclass_ps_mask::<DENORMAL>(v) == 0 {
+                    std::mem::transmute(_mm512_cvtneps_pbh(v))
+                } else {
+                    round_exact(v)
+                };
+                _mm256_storeu_si256(rp.add(k).cast(), out);
+                k += 16;
+            }
+            let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+            for k in k..n {
+                let v = decay * bf16_widen(row[k]) + sx * b[k];
+                row[k] = bf16_round(v);
+                total += v * c[k];
+            }
+            y[p] = total;
+        }
+    }
+}
+
 /// # Safety
 /// The CPU must support AVX2 and FMA; shapes as `head_step_bf16_with` checks them.
 #[target_feature(enable = "avx2,fma")]
