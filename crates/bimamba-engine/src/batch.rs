@@ -114,13 +114,19 @@ impl Mixer {
         self.in_proj.forward_with(u, n, zxbcdt, act, xs);
         timer.lap(Section::InProj);
 
-        // Conv and scan, sequences in parallel (and heads within each). ys: [n, d_inner], head-major.
+        // Conv, scan and gate, sequences in parallel. With at least as many sequences as threads
+        // each sequence is one task (its conv, heads and gate in turn: one parallel region per
+        // layer, no tasks of a microsecond); with fewer, the conv's channels and the heads are
+        // split too and the gate is a second region. The same arithmetic either way.
+        // ys: [n, d_inner], head-major.
+        let per_sequence = n >= rayon::current_num_threads();
+        let head_min = if per_sequence { usize::MAX } else { 1 };
         let ys = prefix(ys, n * d_inner);
         let xbc = prefix(xbc, n * conv_dim);
         let seqs = states.par_iter_mut().zip(ys.par_chunks_mut(d_inner.max(1)));
         let inputs = zxbcdt.par_chunks(dip.max(1)).zip(xbc.par_chunks_mut(conv_dim.max(1)));
         seqs.zip(inputs).for_each(|((state, y), (zx, xbc))| {
-            self.conv(cfg, state, zx, 1, xbc); // [conv_dim]
+            self.conv(cfg, state, zx, 1, xbc, !per_sequence); // [conv_dim]
             let xbc = &*xbc;
             let head = |h: usize, yh: &mut [f32], step: &mut HeadStep<'_>| {
                 let g = h / hpg;
@@ -138,24 +144,35 @@ impl Mixer {
             };
             let y_heads = y.par_chunks_mut(p_n.max(1));
             match &mut state.ssm {
-                SsmState::F32(s) => {
-                    s.par_chunks_mut((p_n * n_n).max(1)).zip(y_heads).enumerate().for_each(|(h, (sh, yh))| {
+                SsmState::F32(s) => s
+                    .par_chunks_mut((p_n * n_n).max(1))
+                    .zip(y_heads)
+                    .enumerate()
+                    .with_min_len(head_min)
+                    .for_each(|(h, (sh, yh))| {
                         head(h, yh, &mut |x, b, c, dtv, decay, yk| ssm::head_step(sh, x, b, c, dtv, decay, yk))
-                    })
-                }
-                SsmState::Bf16(s) => {
-                    s.par_chunks_mut((p_n * n_n).max(1)).zip(y_heads).enumerate().for_each(|(h, (sh, yh))| {
+                    }),
+                SsmState::Bf16(s) => s
+                    .par_chunks_mut((p_n * n_n).max(1))
+                    .zip(y_heads)
+                    .enumerate()
+                    .with_min_len(head_min)
+                    .for_each(|(h, (sh, yh))| {
                         head(h, yh, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(sh, x, b, c, dtv, decay, yk))
-                    })
-                }
+                    }),
+            }
+            if per_sequence {
+                // Gate and grouped RMSNorm, as `Mixer::forward` does per token.
+                self.gate_norm(cfg, y, &zx[..d_inner]);
             }
         });
         timer.lap(Section::Scan);
 
-        // Gate and grouped RMSNorm per sequence, as `Mixer::forward` does per token.
-        ys.par_chunks_mut(d_inner.max(1))
-            .zip(zxbcdt.par_chunks(dip.max(1)))
-            .for_each(|(yk, zx)| self.gate_norm(cfg, yk, &zx[..d_inner]));
+        if !per_sequence {
+            ys.par_chunks_mut(d_inner.max(1))
+                .zip(zxbcdt.par_chunks(dip.max(1)))
+                .for_each(|(yk, zx)| self.gate_norm(cfg, yk, &zx[..d_inner]));
+        }
         timer.lap(Section::Gate);
 
         let out = prefix(out, n * cfg.d_model);

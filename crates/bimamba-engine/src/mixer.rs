@@ -134,7 +134,7 @@ impl Mixer {
 
         // Causal depthwise conv over [old window | new tokens], then SiLU. xbc: [t, conv_dim].
         let xbc = prefix(xbc, t * conv_dim);
-        self.conv(cfg, state, zxbcdt, t, xbc);
+        self.conv(cfg, state, zxbcdt, t, xbc, true);
         let xbc = &*xbc;
         timer.lap(Section::Conv);
 
@@ -288,7 +288,18 @@ impl Mixer {
     ///
     /// # Shapes
     /// - `zxbcdt`: [t, d_in_proj]; `out`: xBC [t, conv_dim] (overwritten)
-    pub(crate) fn conv(&self, cfg: &Config, state: &mut LayerState, zxbcdt: &[f32], t: usize, out: &mut [f32]) {
+    ///
+    /// `split`: whether a single token's channels may be split over two rayon tasks (decode of
+    /// one sequence); a batched step, already parallel over sequences, passes false.
+    pub(crate) fn conv(
+        &self,
+        cfg: &Config,
+        state: &mut LayerState,
+        zxbcdt: &[f32],
+        t: usize,
+        out: &mut [f32],
+        split: bool,
+    ) {
         let (conv_dim, kw, dip, off) = (cfg.conv_dim(), cfg.d_conv, cfg.d_in_proj(), cfg.d_inner());
         let input = |k: usize| &zxbcdt[k * dip + off..k * dip + off + conv_dim];
         let past = &state.conv;
@@ -312,7 +323,9 @@ impl Mixer {
             }
             silu_in_place(seg);
         };
-        if t == 1 {
+        if t == 1 && !split {
+            conv_part(0, 0, out);
+        } else if t == 1 {
             // Decode: channel halves on two threads (the weights and window come from DRAM).
             let half = conv_dim.div_ceil(2).next_multiple_of(16).max(16);
             out.par_chunks_mut(half).enumerate().for_each(|(i, seg)| conv_part(0, i * half, seg));

@@ -15,7 +15,8 @@ pub enum Section {
     Conv,
     /// dt = softplus(dt + dt_bias), clamped.
     Dt,
-    /// The state update and readout, D skip included.
+    /// The state update and readout, D skip included (in a batched step of at least as many
+    /// sequences as threads, each sequence's conv and gate too: they run in one task).
     Scan,
     /// y ⊙ SiLU(z) and the grouped RMSNorm.
     Gate,

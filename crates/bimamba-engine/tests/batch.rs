@@ -75,6 +75,13 @@ fn step_batch_matches_single_steps_on_the_fixtures() {
 fn step_batch_matches_single_steps_on_the_default_model() {
     let model = Model::load(&repo("models/default")).expect("models/default");
     check(&model, "models/default");
+    // With fewer sequences (4) than threads the step splits each sequence's conv and heads over
+    // tasks; with at least as many it runs each sequence as one task. Both, whatever this
+    // machine's thread count.
+    for threads in [1, 8] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+        pool.install(|| check(&model, &format!("models/default, {threads} threads")));
+    }
 }
 
 #[test]
