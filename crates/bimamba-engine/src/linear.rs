@@ -207,19 +207,15 @@ impl Linear {
                         }
                     }
                     binary_gemm(bits, rows, cols, xs, t, y);
-                    for (xt, yt) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
-                        let bx: f32 = xt.iter().zip(beta).map(|(a, b)| a * b).sum();
-                        yt.iter_mut().for_each(|v| *v += bx);
-                    }
+                    token_sums(x, cols, rows, y, |j, v| v * beta[j], |yt, bx| yt.iter_mut().for_each(|v| *v += bx));
                 }
                 BinaryScales::Row { alpha, beta } => {
                     binary_gemm(bits, rows, cols, x, t, y);
-                    for (xt, yt) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
-                        let sx: f32 = xt.iter().sum();
+                    token_sums(x, cols, rows, y, |_, v| v, |yt, sx| {
                         for ((v, a), b) in yt.iter_mut().zip(alpha).zip(beta) {
                             *v = a * *v + b * sx;
                         }
-                    }
+                    });
                 }
             },
         }
@@ -331,9 +327,72 @@ impl Linear {
     }
 }
 
+/// Tokens per group of [`token_sums`]: independent sums whose additions overlap.
+const SUM_GROUP: usize = 8;
+
+/// For every token `k` of `x: [t, cols]`, `s_k = Σ_j term(j, x[k, j])` added in column order
+/// from −0.0, as `Iterator::sum` adds (so the same bits as `x_k.iter().map(..).sum()`), then
+/// `apply(y_k, s_k)` on its output row `y_k` (`y: [t, rows]`). Each sum is a chain of dependent
+/// additions (4 cycles each, not vectorized, since the order is kept); the tokens of a group of
+/// [`SUM_GROUP`] advance together, so a batched step of 8 sequences waits for one chain instead
+/// of eight in turn.
+fn token_sums(
+    x: &[f32],
+    cols: usize,
+    rows: usize,
+    y: &mut [f32],
+    term: impl Fn(usize, f32) -> f32,
+    apply: impl Fn(&mut [f32], f32),
+) {
+    if cols == 0 || rows == 0 {
+        y.chunks_exact_mut(rows.max(1)).for_each(|yt| apply(yt, -0.0));
+        return;
+    }
+    for (xg, yg) in x.chunks(SUM_GROUP * cols).zip(y.chunks_mut(SUM_GROUP * rows)) {
+        let g = xg.len() / cols;
+        let mut acc = [-0.0f32; SUM_GROUP];
+        for j in 0..cols {
+            for (k, a) in acc.iter_mut().enumerate().take(g) {
+                *a += term(j, xg[k * cols + j]);
+            }
+        }
+        for (yt, &s) in yg.chunks_exact_mut(rows).zip(&acc) {
+            apply(yt, s);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The grouped sums are `Iterator::sum`'s bits, token by token: every group size and
+    /// remainder, signed zeros included.
+    #[test]
+    fn token_sums_equal_iterator_sums() {
+        let mut seed = 5;
+        for (cols, t) in [(1, 1), (7, 3), (256, 8), (512, 9), (33, 17), (3, 2)] {
+            let mut x: Vec<f32> = (0..t * cols).map(|_| lcg(&mut seed) * 10.0).collect();
+            // An all −0.0 token (its sum is −0.0) and a mixed-sign-zero one.
+            x[..cols].fill(-0.0);
+            if t > 1 {
+                x[cols..2 * cols].iter_mut().enumerate().for_each(|(j, v)| *v = if j % 2 == 0 { 0.0 } else { -0.0 });
+            }
+            let w: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
+            let rows = 3;
+            let mut y = vec![0.0f32; t * rows];
+            token_sums(&x, cols, rows, &mut y, |j, v| v * w[j], |yt, s| yt.fill(s));
+            for (k, xt) in x.chunks_exact(cols).enumerate() {
+                let want: f32 = xt.iter().zip(&w).map(|(a, b)| a * b).sum();
+                assert_eq!(y[k * rows].to_bits(), want.to_bits(), "cols {cols} t {t} token {k}");
+            }
+            token_sums(&x, cols, rows, &mut y, |_, v| v, |yt, s| yt.fill(s));
+            for (k, xt) in x.chunks_exact(cols).enumerate() {
+                let want: f32 = xt.iter().sum();
+                assert_eq!(y[k * rows + 2].to_bits(), want.to_bits(), "cols {cols} t {t} token {k}");
+            }
+        }
+    }
 
     /// A q8 layer: forward equals the f32 layer holding the dequantized matrix, and the row
     /// lookup returns exactly that matrix's row.
