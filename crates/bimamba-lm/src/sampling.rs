@@ -57,7 +57,12 @@ impl Sampler {
     /// limits the choice to the first `allowed` ids (the tokenizer's real vocabulary when the
     /// model's embedding is padded).
     pub fn sample(&mut self, logits: &[f32], history: &[u32], allowed: usize) -> u32 {
-        let mut l: Vec<f32> = logits[..allowed.min(logits.len())].to_vec();
+        let logits = &logits[..allowed.min(logits.len())];
+        if self.params.temperature <= 0.0 && (self.params.repeat_penalty == 1.0 || history.is_empty()) {
+            // Greedy without a penalty: nothing to change, no copy of the vocabulary's logits.
+            return argmax(logits) as u32;
+        }
+        let mut l: Vec<f32> = logits.to_vec();
         if self.params.repeat_penalty != 1.0 {
             let r = self.params.repeat_penalty;
             for &t in history {
@@ -119,8 +124,35 @@ fn ranked(l: &[f32], top_k: usize) -> Vec<usize> {
     idx
 }
 
-/// Index of the largest value (the first one on ties).
+/// Index of the largest value (the first one on ties); NaNs are never chosen, except index 0
+/// when `v[0]` is NaN (the scan below compares against it and nothing is greater). The same
+/// index as [`argmax_scalar`] (tested), in two passes that vectorize: the maximum over
+/// [`ARGMAX_LANES`] lanes, then the first element equal to it.
 pub fn argmax(v: &[f32]) -> usize {
+    if v.first().is_none_or(|x| x.is_nan()) {
+        return 0;
+    }
+    let mut lanes = [f32::NEG_INFINITY; ARGMAX_LANES];
+    let chunks = v.chunks_exact(ARGMAX_LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in lanes.iter_mut().zip(c) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    // v[0] is a number, so the maximum is one; `==` finds a zero of either sign, as `>` does
+    // not prefer one over the other.
+    let m = lanes.iter().chain(tail).fold(v[0], |a, &x| if x > a { x } else { a });
+    let first_chunk = v.chunks(ARGMAX_LANES).position(|c| c.iter().fold(false, |f, &x| f | (x == m)));
+    let c = first_chunk.expect("the maximum is an element");
+    c * ARGMAX_LANES + v[c * ARGMAX_LANES..].iter().position(|&x| x == m).expect("in this chunk")
+}
+
+/// Lanes of [`argmax`]'s maximum (two AVX-512 or four AVX2 vectors' worth; SSE2 runs it too).
+const ARGMAX_LANES: usize = 32;
+
+/// The specification of [`argmax`]: one scan, keeping the first strictly larger value.
+pub fn argmax_scalar(v: &[f32]) -> usize {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
         if *x > v[best] {
@@ -133,6 +165,44 @@ pub fn argmax(v: &[f32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The two-pass argmax picks the scan's index: ties, signed zeros, NaNs (first or not),
+    /// infinities, every length around the lane count.
+    #[test]
+    fn argmax_equals_the_scan() {
+        let mut rng = Rng::new(9);
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![f32::NAN, 1.0, 2.0],
+            vec![1.0, f32::NAN, 2.0, f32::NAN],
+            vec![-0.0, 0.0, -0.0],
+            vec![0.0, -0.0],
+            vec![f32::NEG_INFINITY; 40],
+            vec![f32::NAN; 3],
+            vec![1.0, f32::INFINITY, 3.0, f32::INFINITY],
+        ];
+        for n in [1, 5, 31, 32, 33, 63, 64, 65, 100, 49_152] {
+            for ties in [false, true] {
+                let v: Vec<f32> = (0..n)
+                    .map(|_| {
+                        let u = rng.next_f64() as f32;
+                        // Few distinct values: many ties of the maximum.
+                        if ties {
+                            (u * 4.0).floor()
+                        } else {
+                            u * 20.0 - 10.0
+                        }
+                    })
+                    .collect();
+                let mut with_nan = v.clone();
+                with_nan[(n - 1) / 2] = f32::NAN;
+                cases.extend([v, with_nan]);
+            }
+        }
+        for v in &cases {
+            assert_eq!(argmax(v), argmax_scalar(v), "{:?}", &v[..v.len().min(8)]);
+        }
+    }
 
     #[test]
     fn greedy_and_penalty() {
