@@ -144,22 +144,20 @@ impl Mixer {
             };
             let y_heads = y.par_chunks_mut(p_n.max(1));
             match &mut state.ssm {
-                SsmState::F32(s) => s
-                    .par_chunks_mut((p_n * n_n).max(1))
-                    .zip(y_heads)
-                    .enumerate()
-                    .with_min_len(head_min)
-                    .for_each(|(h, (sh, yh))| {
-                        head(h, yh, &mut |x, b, c, dtv, decay, yk| ssm::head_step(sh, x, b, c, dtv, decay, yk))
-                    }),
-                SsmState::Bf16(s) => s
-                    .par_chunks_mut((p_n * n_n).max(1))
-                    .zip(y_heads)
-                    .enumerate()
-                    .with_min_len(head_min)
-                    .for_each(|(h, (sh, yh))| {
-                        head(h, yh, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(sh, x, b, c, dtv, decay, yk))
-                    }),
+                SsmState::F32(s) => {
+                    s.par_chunks_mut((p_n * n_n).max(1)).zip(y_heads).enumerate().with_min_len(head_min).for_each(
+                        |(h, (sh, yh))| {
+                            head(h, yh, &mut |x, b, c, dtv, decay, yk| ssm::head_step(sh, x, b, c, dtv, decay, yk))
+                        },
+                    )
+                }
+                SsmState::Bf16(s) => {
+                    s.par_chunks_mut((p_n * n_n).max(1)).zip(y_heads).enumerate().with_min_len(head_min).for_each(
+                        |(h, (sh, yh))| {
+                            head(h, yh, &mut |x, b, c, dtv, decay, yk| ssm::head_step_bf16(sh, x, b, c, dtv, decay, yk))
+                        },
+                    )
+                }
             }
             if per_sequence {
                 // Gate and grouped RMSNorm, as `Mixer::forward` does per token.

@@ -211,11 +211,18 @@ impl Linear {
                 }
                 BinaryScales::Row { alpha, beta } => {
                     binary_gemm(bits, rows, cols, x, t, y);
-                    token_sums(x, cols, rows, y, |_, v| v, |yt, sx| {
-                        for ((v, a), b) in yt.iter_mut().zip(alpha).zip(beta) {
-                            *v = a * *v + b * sx;
-                        }
-                    });
+                    token_sums(
+                        x,
+                        cols,
+                        rows,
+                        y,
+                        |_, v| v,
+                        |yt, sx| {
+                            for ((v, a), b) in yt.iter_mut().zip(alpha).zip(beta) {
+                                *v = a * *v + b * sx;
+                            }
+                        },
+                    );
                 }
             },
         }

@@ -130,7 +130,9 @@ fn quantize_into_with(isa: Isa, x: &[f32], cols: usize, t: usize, a: &mut Act8) 
         // Tokens are independent: split them over the rayon pool when there are many (prefill).
         let rows = x.par_chunks_exact(cols).zip(a.q.par_chunks_exact_mut(stride));
         let out = a.scales.par_iter_mut().zip(a.sums.par_iter_mut());
-        rows.zip(out).with_min_len(PAR_MIN_TOKENS).for_each(|((xr, qr), (sc, su))| (*sc, *su) = quantize_row(isa, xr, qr));
+        rows.zip(out)
+            .with_min_len(PAR_MIN_TOKENS)
+            .for_each(|((xr, qr), (sc, su))| (*sc, *su) = quantize_row(isa, xr, qr));
     }
 }
 

@@ -517,7 +517,9 @@ mod tests {
                     for k in 0..p {
                         // In f64: the magnitudes of case 3 overflow f32 where the sums do not.
                         let mag: f64 = (0..n)
-                            .map(|j| ((decay * bf16_widen(s0[k * n + j]) + dt * x[k] * b[j]) as f64 * c[j] as f64).abs())
+                            .map(|j| {
+                                ((decay * bf16_widen(s0[k * n + j]) + dt * x[k] * b[j]) as f64 * c[j] as f64).abs()
+                            })
                             .sum();
                         let ok = if y_ref[k].is_finite() && mag.is_finite() {
                             (y[k] as f64 - y_ref[k] as f64).abs() <= 1e-5 * mag.max(1e-30)

@@ -46,7 +46,10 @@ fn every_isa_quantizes_as_the_scalar_twin() {
             match k {
                 // A maximum of 127 (a step of 1) and every other value half-way between two
                 // codes: each rounds to even.
-                0 => xr.iter_mut().enumerate().for_each(|(j, v)| *v = if j == 0 { -127.0 } else { (j % 253) as f32 - 125.5 }),
+                0 => xr
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, v)| *v = if j == 0 { -127.0 } else { (j % 253) as f32 - 125.5 }),
                 1 => xr.fill(0.0),
                 2 => xr[rng.below(cols)] = f32::NAN,
                 3 => xr[rng.below(cols)] = f32::NEG_INFINITY,

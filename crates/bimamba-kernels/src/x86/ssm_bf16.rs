@@ -109,7 +109,9 @@ pub unsafe fn head_step_bf16_avx512bf16(
         let (full32, full16) = (n / 32 * 32, n / 16 * 16);
         let dec = _mm512_set1_ps(decay);
         let (bp, cp) = (b.as_ptr(), c.as_ptr());
-        let widen = |p: *const u16| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()))));
+        let widen = |p: *const u16| {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()))))
+        };
         for (p, row) in s.chunks_exact_mut(n).enumerate() {
             let sx = dt * x[p];
             let sxv = _mm512_set1_ps(sx);
@@ -117,7 +119,8 @@ pub unsafe fn head_step_bf16_avx512bf16(
             let rp = row.as_mut_ptr();
             let mut k = 0;
             while k < full32 {
-                let v0 = _mm512_add_ps(_mm512_mul_ps(dec, widen(rp.add(k))), _mm512_mul_ps(sxv, _mm512_loadu_ps(bp.add(k))));
+                let v0 =
+                    _mm512_add_ps(_mm512_mul_ps(dec, widen(rp.add(k))), _mm512_mul_ps(sxv, _mm512_loadu_ps(bp.add(k))));
                 let v1 = _mm512_add_ps(
                     _mm512_mul_ps(dec, widen(rp.add(k + 16))),
                     _mm512_mul_ps(sxv, _mm512_loadu_ps(bp.add(k + 16))),
@@ -127,7 +130,7 @@ pub unsafe fn head_step_bf16_avx512bf16(
                 let den = _mm512_fpclass_ps_mask::<DENORMAL>(v0) | _mm512_fpclass_ps_mask::<DENORMAL>(v1);
                 if den == 0 {
                     // Low half: v0, high half: v1.
-                    let out: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(v1, v0));
+                    let out = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(v1, v0));
                     _mm512_storeu_si512(rp.add(k).cast(), out);
                 } else {
                     _mm256_storeu_si256(rp.add(k).cast(), round_exact(v0));
@@ -136,10 +139,11 @@ pub unsafe fn head_step_bf16_avx512bf16(
                 k += 32;
             }
             if k < full16 {
-                let v = _mm512_add_ps(_mm512_mul_ps(dec, widen(rp.add(k))), _mm512_mul_ps(sxv, _mm512_loadu_ps(bp.add(k))));
+                let v =
+                    _mm512_add_ps(_mm512_mul_ps(dec, widen(rp.add(k))), _mm512_mul_ps(sxv, _mm512_loadu_ps(bp.add(k))));
                 acc0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(cp.add(k)), acc0);
                 let out: __m256i = if _mm512_fpclass_ps_mask::<DENORMAL>(v) == 0 {
-                    std::mem::transmute(_mm512_cvtneps_pbh(v))
+                    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v))
                 } else {
                     round_exact(v)
                 };
