@@ -8,13 +8,7 @@
 # Usage: [KERNELS=a,b] bash scripts/gpu/matmul_kernels.sh [BATCHES] [CHUNK]   (default "4", 128)
 BATCHES=${1:-4}
 CHUNK=${2:-128}
-cd runs/gpu || exit 1
-[ -x bimamba-train ] || { xz -dc bin/bimamba-train.xz > bimamba-train && chmod +x bimamba-train; }
-[ -f bin/cache.tar.xz ] && [ ! -f .cache-unpacked ] && tar xJf bin/cache.tar.xz && touch .cache-unpacked
-printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\nlevel = "minimal"\n' > cubecl.toml
-T0=$(date +%s)
-el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-B=./bimamba-train
+. "$(dirname "$0")/prepare.sh"
 el "matmul-kernels"
 timeout ${PROBE_S:-330} $B matmul-kernels --backend cuda --rows 8192 ${KERNELS:+--kernels $KERNELS} \
   --json $OUT/matmul-kernels.json 2>&1 | grep -v "^\s*$" | tee $OUT/matmul-kernels.txt | tail -250

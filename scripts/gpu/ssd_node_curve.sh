@@ -8,18 +8,14 @@
 # Usage: [STEPS=400] bash scripts/gpu/ssd_node_curve.sh
 STEPS=${STEPS:-400}
 ROOT=$PWD
-cd runs/gpu || exit 1
-[ -x bimamba-train ] || { xz -dc bin/bimamba-train.xz > bimamba-train && chmod +x bimamba-train; }
-[ -f bin/cache.tar.xz ] && [ ! -f .cache-unpacked ] && tar xJf bin/cache.tar.xz && touch .cache-unpacked
-printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\nlevel = "minimal"\n' > cubecl.toml
+. "$(dirname "$0")/prepare.sh"
 sed -e "s#^dir = .*#dir = \"$ROOT/runs/data-tiny\"#" -e "s#^steps = .*#steps = $STEPS#" -e 's#^backend = .*#backend = "cuda"#' \
   $ROOT/configs/tiny-cpu.toml > tiny-cuda.toml
-T0=$(date +%s)
 for v in op node; do
   FLAG=; [ $v = op ] && FLAG=--ssd-op-by-op
-  echo "[$(( $(date +%s) - T0 )) s] train $v"
+  el "train $v"
   rm -rf tiny-$v
-  timeout 240 ./bimamba-train train --config tiny-cuda.toml --out tiny-$v --quiet $FLAG 2>&1 | tail -3
+  timeout 240 $B train --config tiny-cuda.toml --out tiny-$v --quiet $FLAG 2>&1 | tail -3
   cp tiny-$v/metrics.jsonl $OUT/metrics-$v.jsonl
 done
 python3 - "$OUT" <<'PY' | tee $OUT/ssd_node_curve.txt

@@ -9,13 +9,7 @@
 # Usage: bash scripts/gpu/ssd_scan.sh [BATCH] [CHUNKS]   (default 4 "128 256")
 BATCH=${1:-4}
 CHUNKS=${2:-"128 256"}
-cd runs/gpu || exit 1
-[ -x bimamba-train ] || { xz -dc bin/bimamba-train.xz > bimamba-train && chmod +x bimamba-train; }
-[ -f bin/cache.tar.xz ] && [ ! -f .cache-unpacked ] && tar xJf bin/cache.tar.xz && touch .cache-unpacked
-printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\nlevel = "minimal"\n' > cubecl.toml
-T0=$(date +%s)
-el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-B=./bimamba-train
+. "$(dirname "$0")/prepare.sh"
 el checks
 timeout 150 $B check-kernels --backend cuda --json $OUT/check-kernels.json 2>&1 | grep -E "ssd_scan|FAIL|passed|failed" | head -20
 for c in $CHUNKS; do

@@ -7,13 +7,7 @@
 # Usage: [BATCH=4] [CHECK_FLAGS="--f32-matmul-kernel simple_unit"] [SKIP_CHECKS=1]
 #        bash scripts/gpu/step_variants.sh "" "--ssd-node" "--ssd-bf16" ...   (each argument one variant)
 BATCH=${BATCH:-4}
-cd runs/gpu || exit 1
-[ -x bimamba-train ] || { xz -dc bin/bimamba-train.xz > bimamba-train && chmod +x bimamba-train; }
-[ -f bin/cache.tar.xz ] && [ ! -f .cache-unpacked ] && tar xJf bin/cache.tar.xz && touch .cache-unpacked
-printf '[compilation]\ncache = "local"\n[autotune]\ncache = "local"\nlevel = "minimal"\n' > cubecl.toml
-T0=$(date +%s)
-el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-B=./bimamba-train
+. "$(dirname "$0")/prepare.sh"
 [ -n "$SKIP_CHECKS" ] || { el "checks $CHECK_FLAGS"
   timeout 240 $B check-kernels --backend cuda $CHECK_FLAGS --json $OUT/check-kernels.json 2>&1 | grep -E "^FAIL|ssd_scan|col_sum|conv" | head -60; }
 for v in "$@"; do
