@@ -41,9 +41,9 @@ static SSD_SCAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// Turns the single-node SSD scan with its hand-written backward on (the default) or off (the
 /// scan differentiated op by op through Burn's operations, its score kernel fused:
 /// `--ssd-op-by-op`). On backends with kernels the node runs the scan's own kernels
-/// (`ssd_cube.rs`); on the H100 it trains the 130M-class step 1.12x (batch 4) and 1.3x (batch 16)
-/// faster than op by op, in two thirds of the memory (docs/TRAINING_KERNELS.md). Backends without
-/// kernels (NdArray) always differentiate the op-by-op scan.
+/// (`ssd_cube.rs`); on the H100 it trains the 130M-class step at batch 4 1.12x faster than op by
+/// op, holding two thirds of the memory (docs/TRAINING_KERNELS.md). Backends without kernels
+/// (NdArray) always differentiate the op-by-op scan.
 pub fn set_ssd_scan(on: bool) {
     SSD_SCAN.store(on, std::sync::atomic::Ordering::SeqCst);
 }
