@@ -55,7 +55,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2048)]
     pub seq_len: usize,
     /// Sequences per step, or `auto`: the largest batch whose memory, extrapolated from steps at
-    /// batches 1 and 2, fits in 90% of the device (or of `--memory-gb`).
+    /// batches 1, 2, 4, … (doubling while the next still fits), fits in 90% of the device (or of
+    /// `--memory-gb`).
     #[arg(long, default_value = "4")]
     pub batch: BatchSize,
     /// Memory `--batch auto` may fill, in GB (default: the device's capacity, known on CUDA).
@@ -139,29 +140,29 @@ impl std::str::FromStr for BatchSize {
     }
 }
 
-/// The largest batch whose memory fits `budget` bytes, predicted as `base + (batch − 1) · per`:
-/// `base` is what the allocator holds after a step at batch 1 (weights, moments, gradients, the
-/// activations of one sequence, free pages), `per` the memory of one more sequence (see
-/// [`per_sequence`]).
-pub fn batch_that_fits(base: u64, per: u64, budget: u64) -> std::result::Result<usize, String> {
+/// The largest batch whose memory fits `budget`: `held` after a step at batch `at`, and `per`
+/// for each sequence more. An error where the memory did not grow or batch `at + 1` would not fit.
+pub fn batch_that_fits(at: usize, held: u64, per: u64, budget: u64) -> std::result::Result<usize, String> {
     if per == 0 {
-        return Err("--batch auto: the memory of a step did not grow from batch 1 to batch 2, so it cannot be \
-             extrapolated; give --batch N"
-            .into());
-    }
-    if base + per > budget {
         return Err(format!(
-            "--batch auto: a step at batch 2 would need about {:.1} GB of the {:.1} GB allowed",
-            (base + per) as f64 / 1e9,
+            "--batch auto: the memory of a step did not grow from a smaller batch to batch {at}, so it cannot be \
+             extrapolated; give --batch N"
+        ));
+    }
+    if held + per > budget {
+        return Err(format!(
+            "--batch auto: a step at batch {} would need about {:.1} GB of the {:.1} GB allowed",
+            at + 1,
+            (held + per) as f64 / 1e9,
             budget as f64 / 1e9
         ));
     }
-    Ok(1 + ((budget - base) / per) as usize)
+    Ok(at + ((budget - held) / per) as usize)
 }
 
-/// The memory one more sequence takes, from steps at batch 1 and 2: the growth of what the
-/// allocator holds after the step, or twice the growth of the live tensors at the end of the
-/// forward if that is more (early in the backward the gradients of the activations live beside
+/// The memory that the sequences added between two steps take: the growth of what the allocator
+/// holds after the step, or twice the growth of the live tensors at the end of the forward if
+/// that is more (early in the backward the gradients of the activations live beside
 /// the activations the forward kept).
 pub fn per_sequence(held1: u64, held2: u64, forward1: u64, forward2: u64) -> u64 {
     held2.saturating_sub(held1).max(2 * forward2.saturating_sub(forward1))
@@ -349,8 +350,11 @@ fn train_step<B: crate::fused::TrainBackend>(
     (model, times)
 }
 
-/// `--batch auto`: one step at batch 1 and one at batch 2, each on a fresh model, and the largest
-/// batch whose predicted memory ([`batch_that_fits`]) fits 90% of the budget.
+/// `--batch auto`: steps at batches 1, 2, 4, … (each on a fresh model) while a doubled batch
+/// stays within 90% of the budget on a linear estimate (what the allocator holds at most 45% of
+/// it), then the largest batch whose memory, extrapolated from the last two steps
+/// ([`per_sequence`], [`batch_that_fits`]), fits 90% of the budget; a step at that batch checks
+/// the choice, which shrinks while it does not fit.
 fn auto_batch<B: crate::fused::TrainBackend>(
     a: &BenchArgs,
     teacher: Option<&LlamaTeacher<B::InnerBackend>>,
@@ -358,8 +362,8 @@ fn auto_batch<B: crate::fused::TrainBackend>(
 ) -> Result<usize> {
     let fail = |m: String| crate::error::Error::Config(m);
     let no_allocator = || fail("--batch auto needs a GPU backend (cuda or wgpu)".into());
-    let mut at = Vec::new();
-    for b in [1usize, 2] {
+    // One step at batch b on a fresh model: (live tensors at the end of the forward, the allocator after the step).
+    let probe = |b: usize| -> Result<(u64, crate::fused::DeviceMemory)> {
         let model = bench_model::<B>(a, device)?;
         let mut opt = AdamW::<B::InnerBackend>::new(OptimConfig::default());
         opt.fused = !a.reference;
@@ -367,29 +371,73 @@ fn auto_batch<B: crate::fused::TrainBackend>(
         B::release_free_memory(device);
         let (model, times) = train_step(a, model, &mut opt, teacher, &mut rng, b, device);
         let after = B::device_memory(device).ok_or_else(no_allocator)?;
-        at.push((times.forward_in_use.ok_or_else(no_allocator)?, after));
         drop((model, opt));
-    }
-    let ((forward1, after1), (forward2, after2)) = (at[0], at[1]);
-    let budget = match (a.memory_gb, after1.capacity) {
-        (Some(gb), _) if gb > 0.0 => gb * 1e9,
+        Ok((times.forward_in_use.ok_or_else(no_allocator)?, after))
+    };
+    let (forward, first) = probe(1)?;
+    let limit = match (a.memory_gb, first.capacity) {
+        (Some(gb), _) if gb > 0.0 => 0.9 * gb * 1e9,
         (Some(gb), _) => return Err(fail(format!("--memory-gb must be positive, got {gb}"))),
-        (None, Some(c)) => c as f64,
+        (None, Some(c)) => 0.9 * c as f64,
         (None, None) => {
             return Err(fail("--batch auto: this backend does not report its memory; give --memory-gb".into()))
         }
-    };
-    let per = per_sequence(after1.reserved, after2.reserved, forward1, forward2);
-    let b = batch_that_fits(after1.reserved, per, (0.9 * budget) as u64).map_err(fail)?;
+    } as u64;
+    let mut probes = vec![(1usize, forward, first.reserved)];
+    let mut b = 1usize;
+    while probes.len() < 2 || (2 * probes[probes.len() - 1].2 <= limit && b < MAX_AUTO_PROBE) {
+        b *= 2;
+        let (forward, after) = probe(b)?;
+        probes.push((b, forward, after.reserved));
+    }
+    let [(b1, forward1, held1), (b2, forward2, held2)] = [probes[probes.len() - 2], probes[probes.len() - 1]];
+    let per = per_sequence(held1, held2, forward1, forward2) / (b2 - b1) as u64;
+    // Where the estimate says no more fits (or cannot say), the probes decide.
+    let mut chosen = batch_that_fits(b2, held2, per, limit).unwrap_or(b2);
     eprintln!(
-        "--batch auto: {:.2} GB held after a step at batch 1, {:.3} GB per more sequence, {:.1} GB allowed: batch {b}",
-        after1.reserved as f64 / 1e9,
+        "--batch auto: {:.2} GB held after a step at batch {b1}, {:.2} GB at batch {b2}, {:.3} GB per more sequence, \
+         {:.1} GB allowed: batch {chosen}",
+        held1 as f64 / 1e9,
+        held2 as f64 / 1e9,
         per as f64 / 1e9,
-        0.9 * budget / 1e9
+        limit as f64 / 1e9
     );
+    // The allocator's pages do not grow linearly: the choice is stepped, and shrunk toward the
+    // last probe in proportion to any overshoot, until a step fits (or the probe is all that did).
+    for _ in 0..MAX_AUTO_CHECKS {
+        if chosen <= b2 {
+            break;
+        }
+        let (_, after) = probe(chosen)?;
+        if after.reserved <= limit {
+            B::release_free_memory(device);
+            return Ok(chosen);
+        }
+        let room = limit.saturating_sub(held2) as f64 / after.reserved.saturating_sub(held2).max(1) as f64;
+        let next = b2 + ((chosen - b2) as f64 * room * 0.95) as usize;
+        eprintln!(
+            "--batch auto: batch {chosen} held {:.2} GB, over the {:.1} GB allowed: trying batch {next}",
+            after.reserved as f64 / 1e9,
+            limit as f64 / 1e9
+        );
+        chosen = next;
+    }
     B::release_free_memory(device);
-    Ok(b)
+    // The largest probe that fitted.
+    probes.iter().filter(|p| p.2 <= limit).map(|p| p.0).max().ok_or_else(|| {
+        fail(format!(
+            "--batch auto: a step at batch 1 holds {:.1} GB, more than the {:.1} GB allowed",
+            first.reserved as f64 / 1e9,
+            limit as f64 / 1e9
+        ))
+    })
 }
+
+/// The largest batch `--batch auto` steps at while it measures.
+const MAX_AUTO_PROBE: usize = 1024;
+
+/// Steps `--batch auto` takes to check (and shrink) its choice.
+const MAX_AUTO_CHECKS: usize = 4;
 
 /// Times training steps of a freshly initialized model on random tokens.
 pub fn bench<B: crate::fused::TrainBackend>(
@@ -561,11 +609,13 @@ mod tests {
     fn the_chosen_batch_is_the_largest_that_fits() {
         // 13 GB held at batch 1, 3 GB more per sequence.
         let gb = 1_000_000_000u64;
-        assert_eq!(batch_that_fits(13 * gb, 3 * gb, 40 * gb), Ok(10));
-        assert_eq!(batch_that_fits(13 * gb, 3 * gb, 39 * gb), Ok(9));
-        assert_eq!(batch_that_fits(13 * gb, 3 * gb, 16 * gb), Ok(2));
-        assert!(batch_that_fits(13 * gb, 3 * gb, 15 * gb).is_err());
-        assert!(batch_that_fits(13 * gb, 0, 40 * gb).is_err());
+        assert_eq!(batch_that_fits(1, 13 * gb, 3 * gb, 40 * gb), Ok(10));
+        assert_eq!(batch_that_fits(1, 13 * gb, 3 * gb, 39 * gb), Ok(9));
+        assert_eq!(batch_that_fits(1, 13 * gb, 3 * gb, 16 * gb), Ok(2));
+        assert!(batch_that_fits(1, 13 * gb, 3 * gb, 15 * gb).is_err());
+        assert!(batch_that_fits(1, 13 * gb, 0, 40 * gb).is_err());
+        // The same memory seen from a step at batch 4 (22 GB held).
+        assert_eq!(batch_that_fits(4, 22 * gb, 3 * gb, 40 * gb), Ok(10));
         // Pages held grew by 1 GB, the forward's live tensors by 0.8 GB: 1.6 GB per sequence.
         assert_eq!(per_sequence(13 * gb, 14 * gb, 5 * gb, 5 * gb + 800_000_000), 1_600_000_000);
         assert_eq!(per_sequence(13 * gb, 16 * gb, 5 * gb, 6 * gb), 3 * gb);
