@@ -99,6 +99,10 @@ pub struct BenchArgs {
     /// The SSD scan as one node on its kernels: the default (kept so that earlier commands run).
     #[arg(long, hide = true)]
     pub ssd_node: bool,
+    /// Keep the SSD scan's products on f32 multiply-adds instead of TF32 tensor cores (the
+    /// default where the runtime has them: CUDA from sm_80).
+    #[arg(long)]
+    pub ssd_fma: bool,
     /// Run the bf16 projection and head products with this CubeCL matmul kernel family
     /// (`bimamba-train matmul-kernels` lists and times them; `burn` is Burn's own product; on CUDA
     /// the default is `specialized_tma_mma`).
@@ -224,6 +228,9 @@ pub struct BenchReport {
     pub peak_dtype: String,
     /// The dtype of the model's projection and head products.
     pub matmul_dtype: String,
+    /// How the SSD scan ran: `op by op`, or as one node with its products on `tf32 tensor
+    /// cores` or `f32 multiply-adds`.
+    pub ssd_scan: String,
     /// model_tflops / peak_tflops.
     pub mfu: f64,
     /// Microseconds per launch of a tiny elementwise op (2,000 adds of 256 floats, one wait at
@@ -447,6 +454,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
 ) -> Result<BenchReport> {
     crate::fused::set_enabled(!a.reference);
     crate::fused::set_ssd_scan(!a.ssd_op_by_op);
+    crate::fused::set_ssd_tensor_cores(!a.ssd_fma);
     let cuda = matches!(a.backend, BackendKind::Cuda);
     crate::fused::set_matmul_kernel(crate::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda))
         .map_err(crate::error::Error::Config)?;
@@ -523,6 +531,13 @@ pub fn bench<B: crate::fused::TrainBackend>(
         peak_tflops: peak,
         peak_dtype: format!("{peak_dtype:?}"),
         matmul_dtype: if a.bf16 { "BF16".into() } else { "F32".into() },
+        ssd_scan: if a.ssd_op_by_op || matches!(a.backend, BackendKind::Ndarray) {
+            "op by op".into()
+        } else if B::ssd_tensor_cores(device) {
+            "node, tf32 tensor cores".into()
+        } else {
+            "node, f32 multiply-adds".into()
+        },
         mfu: model_tflops / peak,
         op_launch_us: launch_us,
         profile_ms,
@@ -548,6 +563,7 @@ pub fn run_cli(a: &BenchArgs) -> Result<()> {
         r.params as f64 / 1e6
     );
     println!("projection/head matmul dtype: {}", r.matmul_dtype);
+    println!("SSD scan: {}", r.ssd_scan);
     println!(
         "batch {} | tokens/step {} | step {:.3} s (forward {:.3}, backward {:.3}, optimizer {:.3})",
         r.batch, r.tokens_per_step, r.step_s, r.forward_s, r.backward_s, r.optimizer_s

@@ -217,6 +217,10 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         B::release_free_memory(device)
     }
 
+    fn ssd_tensor_cores(device: &Self::Device) -> bool {
+        B::ssd_tensor_cores(device)
+    }
+
     fn adamw_update(
         p: Tensor<Self, 1>,
         g: Tensor<Self, 1>,

@@ -167,9 +167,16 @@ pub fn run<B: FusedOps>(device: &B::Device, bf16: bool) -> Vec<Check> {
 /// The whole SSD scan, forward and every input's gradient, against the op-by-op chunked scan
 /// and its hand-written backward: a partial last chunk, tiles that neither the head size, the
 /// state size nor the chunk fills (two groups of two heads), and one group of six heads with a
-/// chunk longer than one product tile.
+/// chunk longer than one product tile. Where the products run on tensor cores, the scan is
+/// checked a second time on the f32 multiply-add products (`ssd_scan_fma`), and the two are
+/// compared with each other (`ssd_scan_tc_vs_fma`).
 fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
     let opts = crate::ops::opts::<B>(device);
+    let tensor_cores = B::ssd_tensor_cores(device);
+    // TF32 keeps 10 of f32's 23 mantissa bits: each operand is off by up to 2^-11 ≈ 4.9e-4
+    // relative, and a product of random terms by about that much. dA is a sum over every
+    // position with cancellation, so its relative error is larger (measured, not derived).
+    let (tc_tol, tc_tol_a) = (2e-3, 2e-2);
     for (b, l, h, p, g, n, chunk) in
         [(2usize, 150usize, 4usize, 70usize, 2usize, 66usize, 64usize), (1, 256, 6, 16, 1, 24, 100)]
     {
@@ -180,21 +187,53 @@ fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
         let cm = rand_t::<B, 4>([b, l, g, n], 1.0, device);
         let dy = rand_t::<B, 4>([b, l, h, p], 1.0, device);
         let shape = vec![b, l, h, p, g, n, chunk];
-        let name = |what: &str| format!("ssd_scan{what}.t{chunk}");
         let (y, _) =
             crate::ssd::ssd_chunked(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, None, None);
-        let fused = B::ssd_scan(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, None);
-        out.push(compare(&name(""), shape.clone(), fused, y, 1e-4));
-        let (fx, fdt, fa, fb, fc) =
-            B::ssd_scan_backward(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, dy.clone(), None);
-        let (rx, rdt, ra, rb, rc) = crate::ssd::backward::ssd_scan_backward(x, dt, a, bm, cm, chunk, dy, None);
-        out.push(compare(&name("_backward.x"), shape.clone(), fx, rx, 1e-4));
-        out.push(compare(&name("_backward.dt"), shape.clone(), fdt, rdt, 1e-4));
-        out.push(compare(&name("_backward.a"), shape.clone(), fa, ra, 1e-4));
-        out.push(compare(&name("_backward.b"), shape.clone(), fb, rb, 1e-4));
-        out.push(compare(&name("_backward.c"), shape, fc, rc, 1e-4));
+        let reference = crate::ssd::backward::ssd_scan_backward(
+            x.clone(),
+            dt.clone(),
+            a.clone(),
+            bm.clone(),
+            cm.clone(),
+            chunk,
+            dy.clone(),
+            None,
+        );
+        let fused = || {
+            let y = B::ssd_scan(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, None);
+            let g =
+                B::ssd_scan_backward(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, dy.clone(), None);
+            (y, g)
+        };
+        let mut push = |tag: &str,
+                        (fy, (fx, fdt, fa, fb, fc)): ScanOut<B>,
+                        (ry, (rx, rdt, ra, rb, rc)): ScanOut<B>,
+                        tol: f64,
+                        tol_a: f64| {
+            let name = |what: &str| format!("{tag}{what}.t{chunk}");
+            out.push(compare(&name(""), shape.clone(), fy, ry, tol));
+            out.push(compare(&name("_backward.x"), shape.clone(), fx, rx, tol));
+            out.push(compare(&name("_backward.dt"), shape.clone(), fdt, rdt, tol));
+            out.push(compare(&name("_backward.a"), shape.clone(), fa, ra, tol_a));
+            out.push(compare(&name("_backward.b"), shape.clone(), fb, rb, tol));
+            out.push(compare(&name("_backward.c"), shape.clone(), fc, rc, tol));
+        };
+        let default = fused();
+        if tensor_cores {
+            push("ssd_scan", default.clone(), (y.clone(), reference.clone()), tc_tol, tc_tol_a);
+            super::set_ssd_tensor_cores(false);
+            let fma = fused();
+            super::set_ssd_tensor_cores(true);
+            push("ssd_scan_fma", fma.clone(), (y, reference), 1e-4, 1e-4);
+            push("ssd_scan_tc_vs_fma", default, fma, tc_tol, tc_tol_a);
+        } else {
+            push("ssd_scan", default, (y, reference), 1e-4, 1e-4);
+        }
     }
 }
+
+/// The scan's output and its five gradients.
+type ScanOut<B> = (Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 4>, Tensor<B, 4>));
 
 fn rand_t<B: Backend, const D: usize>(dims: [usize; D], std: f64, device: &B::Device) -> Tensor<B, D> {
     Tensor::random(dims, Distribution::Normal(0.0, std), crate::ops::opts::<B>(device))

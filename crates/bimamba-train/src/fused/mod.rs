@@ -53,6 +53,20 @@ pub fn ssd_scan_enabled() -> bool {
     SSD_SCAN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+static SSD_TENSOR_CORES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Lets the SSD scan's products run on TF32 tensor cores where the runtime has them (the
+/// default: CUDA from sm_80), or keeps them on f32 multiply-adds (`--ssd-fma`: their reference,
+/// and the kernel every runtime runs). `kernels/ssd_product.rs` has both.
+pub fn set_ssd_tensor_cores(on: bool) {
+    SSD_TENSOR_CORES.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether the SSD scan's products may run on tensor cores.
+pub fn ssd_tensor_cores_enabled() -> bool {
+    SSD_TENSOR_CORES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 static MATMUL_KERNEL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// Chooses the matmul kernel family of the projection, head and SSD products on CubeCL backends
@@ -343,6 +357,12 @@ pub trait FusedOps: Backend {
         gs: Tensor<Self, 5>,
     ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
         reference::ssd_decay_scores_backward(acs, cb, gs)
+    }
+
+    /// Whether [`FusedOps::ssd_scan`] runs its products on tensor cores on `device` (TF32
+    /// inputs, f32 accumulation): [`ssd_tensor_cores_enabled`] and a runtime that has them.
+    fn ssd_tensor_cores(_device: &Self::Device) -> bool {
+        false
     }
 
     /// The whole chunked SSD scan of a training step (no initial state, final state unused):

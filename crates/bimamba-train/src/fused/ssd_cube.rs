@@ -19,9 +19,10 @@ use burn_cubecl::CubeRuntime;
 use cubecl::{CubeCount, CubeDim};
 
 use super::cube::{float_prim, wrap_d};
+use super::kernels::ssd_product::{ssd_product_kernel, ssd_product_tc_kernel, PRODUCT_THREADS, TC_THREADS, TILE};
 use super::kernels::ssd_scan::{
-    ssd_chunk_cumsum_kernel, ssd_finish_kernel, ssd_product_kernel, ssd_state_pass_backward_kernel,
-    ssd_state_pass_kernel, MAX_CHUNK, PRODUCT_THREADS, TILE,
+    ssd_chunk_cumsum_kernel, ssd_finish_kernel, ssd_state_pass_backward_kernel, ssd_state_pass_kernel, MAX_CHUNK,
+    STATE_PASS_THREADS,
 };
 use super::FusedOps;
 use crate::ssd::pad_positions;
@@ -60,7 +61,25 @@ impl<R: CubeRuntime> Default for Factors<'_, R> {
     }
 }
 
-/// out[z] (=, or +=) r ⊙ (A[z] · diag(u) ⊙ D) · B[z] ⊙ c over 5-D views.
+/// Whether the runtime of `client` has the TF32 tensor-core product (m16n16k8, f32
+/// accumulation) that [`ssd_product_tc_kernel`] is built on.
+pub fn has_tf32_tensor_cores<R: CubeRuntime>(client: &cubecl::prelude::ComputeClient<R>) -> bool {
+    use cubecl::features::MmaConfig;
+    use cubecl::ir::{ElemType, FloatKind};
+    let tf32 = ElemType::Float(FloatKind::TF32).into();
+    client.properties().features.matmul.cmma.contains(&MmaConfig {
+        a_type: tf32,
+        b_type: tf32,
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: 16,
+        n: 16,
+        k: 8,
+    })
+}
+
+/// out[z] (=, or +=) r ⊙ (A[z] · diag(u) ⊙ D) · B[z] ⊙ c over 5-D views: on TF32 tensor cores
+/// where the runtime has them and [`super::ssd_tensor_cores_enabled`], else with f32
+/// multiply-adds.
 fn product<R: CubeRuntime>(a: &Prim<R>, b: &Prim<R>, out: &Prim<R>, f: Factors<'_, R>) {
     let (sa, sb, so) = (a.meta.shape(), b.meta.shape(), out.meta.shape());
     debug_assert!(sa[4] == sb[3] && sa[3] == so[3] && sb[4] == so[4], "SSD product: {sa:?} · {sb:?} → {so:?}");
@@ -73,25 +92,35 @@ fn product<R: CubeRuntime>(a: &Prim<R>, b: &Prim<R>, out: &Prim<R>, f: Factors<'
         Some((acs, Mask::Lower)) => (Some(acs), 1),
         Some((acs, Mask::Upper)) => (Some(acs), 2),
     };
-    ssd_product_kernel::launch::<R>(
-        &a.client,
-        count,
-        CubeDim::new_1d(PRODUCT_THREADS),
-        a.clone().into_tensor_arg(),
-        b.clone().into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-        arg(f.inner),
-        arg(f.rows),
-        arg(f.cols),
-        arg(acs),
-        f.inner.is_some(),
-        f.rows.is_some(),
-        f.cols.is_some(),
-        decay,
-        f.accumulate,
-        a.meta.strides()[4] == 1,
-        b.meta.strides()[4] == 1,
-    );
+    // Both kernels take the same arguments.
+    macro_rules! launch {
+        ($kernel:ident, $threads:expr) => {
+            $kernel::launch::<R>(
+                &a.client,
+                count,
+                CubeDim::new_1d($threads),
+                a.clone().into_tensor_arg(),
+                b.clone().into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                arg(f.inner),
+                arg(f.rows),
+                arg(f.cols),
+                arg(acs),
+                f.inner.is_some(),
+                f.rows.is_some(),
+                f.cols.is_some(),
+                decay,
+                f.accumulate,
+                a.meta.strides()[4] == 1,
+                b.meta.strides()[4] == 1,
+            )
+        };
+    }
+    if super::ssd_tensor_cores_enabled() && has_tf32_tensor_cores(&a.client) {
+        launch!(ssd_product_tc_kernel, TC_THREADS);
+    } else {
+        launch!(ssd_product_kernel, PRODUCT_THREADS);
+    }
 }
 
 fn prim<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime, const D: usize>(t: &Tensor<B, D>) -> Prim<R> {
@@ -295,18 +324,20 @@ pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: C
     let dsin = out_f32(&like, vec![b, c, h, p, n]);
     product(&prim(&dy5.clone().swap_dims(3, 4)), &prim(&s.c5), &dsin, Factors { inner: Some(&ex), ..none() });
     let dstates = out_f32(&like, vec![b, c, h, p, n]);
-    let dtot = out_f32(&like, vec![b, c, h]);
+    let blocks = (p * n).div_ceil(STATE_PASS_THREADS);
+    let dtot_part = out_f32(&like, vec![blocks, b, c, h]);
     let flat = |t: Prim<R>| prim(&wrap_d::<B, R, 5>(t).reshape([b, c, h, p * n]));
     ssd_state_pass_backward_kernel::launch::<R>(
         &like.client,
-        CubeCount::new_2d(h as u32, b as u32),
-        CubeDim::new_1d(256),
+        CubeCount::new_3d(blocks as u32, h as u32, b as u32),
+        CubeDim::new_1d(STATE_PASS_THREADS as u32),
         flat(dsin).into_tensor_arg(),
         flat(prim(&s.s_in)).into_tensor_arg(),
         acs.clone().into_tensor_arg(),
         prim(&written(&wrap_d::<B, R, 5>(dstates.clone()), [b, c, h, p * n])).into_tensor_arg(),
-        dtot.clone().into_tensor_arg(),
+        dtot_part.clone().into_tensor_arg(),
     );
+    let dtot = prim(&B::col_sum(wrap_d::<B, R, 4>(dtot_part).reshape([blocks, b * c * h])).reshape([b, c, h]));
 
     // The intra-chunk scores: dM[l, s] = Σ_p dy[l, p] · x[s, p] · dt_s, then through the decay
     // mask to dΛ and to d(C·Bᵀ) (summed over each group's heads).

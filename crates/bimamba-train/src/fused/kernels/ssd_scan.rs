@@ -2,18 +2,8 @@
 //! the formulas are those of `crate::ssd::backward`, the op-by-op reference is
 //! `crate::ssd::ssd_chunked`).
 //!
-//! Every product of the scan is one launch of [`ssd_product_kernel`]: a batched, strided product
-//! `out[z][i, j] = r_i · c_j · Σ_k A[z][i, k] · u_k · D(i, k) · B[z][k, j]` over 5-D views
-//! `[batch, chunk, head or group, rows, columns]`, with optional scales (u along the inner
-//! dimension, r per row, c per column) and the SSD's decay mask D folded into the load of A:
-//! D(i, k) = exp(min(0, Λ_i − Λ_k)) for k ≤ i (lower) or exp(min(0, Λ_k − Λ_i)) for k ≥ i
-//! (upper), 0 elsewhere. An operand whose third dimension is smaller than the output's (B and C
-//! per group, the output per head) is broadcast: head h reads group h·G/H. Each cube computes a
-//! 64 × 64 output tile from 16-deep shared-memory slices of A and B, each of its 256 threads a
-//! 4 × 4 block, accumulating in f32; under a lower (upper) mask the inner dimension stops at
-//! (starts from) the tile's rows, skipping the masked half.
-//!
-//! The rest are small: the chunk-local cumulative sum of dt·A with the decays the products need,
+//! Every product of the scan is one launch of a product kernel of `ssd_product.rs`. The rest are
+//! small: the chunk-local cumulative sum of dt·A with the decays the products need,
 //! the passing of states between chunks (forward, and backward with the chunk totals' gradient),
 //! and the per-position finish of the backward (dx, ddt, dA's partial sums).
 
@@ -21,211 +11,11 @@ use cubecl::prelude::*;
 
 use super::cube_sum;
 
-/// Output rows and columns of one product cube.
-pub const TILE: usize = 64;
-/// Depth of one shared-memory slice of the inner dimension.
-const DEPTH: usize = 16;
-/// Threads of a product cube: 16 × 16, each computing a 4 × 4 block of the tile.
-pub const PRODUCT_THREADS: u32 = 256;
 /// Positions the finishing kernel's 256 threads take at once, and threads per position.
 const FINISH_ROWS: usize = 8;
 const FINISH_LANES: usize = 32;
 /// Longest chunk the finishing kernel handles (its shared arrays).
 pub const MAX_CHUNK: usize = 1024;
-
-/// The index along an operand's third dimension that output index `z2` (of `n2`) reads: itself,
-/// or its group when the operand has fewer entries there.
-#[cube]
-fn third(z2: usize, n2: usize, own: usize) -> usize {
-    (z2 * own) / n2
-}
-
-/// The decay factor D(i, k) (see the module documentation); `lam` offsets a row of Λ.
-#[cube]
-fn decay_factor(acs: &Tensor<f32>, lam: usize, i: usize, k: usize, #[comptime] upper: bool) -> f32 {
-    let mut v = 0.0f32;
-    let li = acs[lam + i * acs.stride(3)];
-    let lk = acs[lam + k * acs.stride(3)];
-    if upper {
-        if k >= i {
-            let mut d = lk - li;
-            if d > 0.0 {
-                d = 0.0;
-            }
-            v = f32::exp(d);
-        }
-    } else if k <= i {
-        let mut d = li - lk;
-        if d > 0.0 {
-            d = 0.0;
-        }
-        v = f32::exp(d);
-    }
-    v
-}
-
-/// One batched product tile (module documentation). Grid: x over column tiles, y over row tiles,
-/// z over batch × chunk × head. `decay`: 0 none, 1 lower, 2 upper. `a_k_fast` / `b_n_fast` say
-/// which index of A (B) is contiguous in memory, so that neighbouring threads load neighbours.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
-pub fn ssd_product_kernel(
-    a: &Tensor<f32>,
-    b: &Tensor<f32>,
-    out: &mut Tensor<f32>,
-    kscale: &Tensor<f32>,
-    rscale: &Tensor<f32>,
-    cscale: &Tensor<f32>,
-    acs: &Tensor<f32>,
-    #[comptime] has_k: bool,
-    #[comptime] has_r: bool,
-    #[comptime] has_c: bool,
-    #[comptime] decay: u32,
-    #[comptime] accumulate: bool,
-    #[comptime] a_k_fast: bool,
-    #[comptime] b_n_fast: bool,
-) {
-    let m_total = a.shape(3);
-    let k_total = a.shape(4);
-    let n_total = b.shape(4);
-    let n2 = out.shape(2);
-    let n1 = out.shape(1);
-    let z = CUBE_POS_Z as usize;
-    let z2 = z % n2;
-    let z1 = (z / n2) % n1;
-    let z0 = z / (n2 * n1);
-    let tile_m = CUBE_POS_Y as usize * TILE;
-    let tile_n = CUBE_POS_X as usize * TILE;
-    let unit = UNIT_POS_X as usize;
-    let tx = unit % 16;
-    let ty = unit / 16;
-
-    let a_base = z0 * a.stride(0) + z1 * a.stride(1) + third(z2, n2, a.shape(2)) * a.stride(2);
-    let b_base = z0 * b.stride(0) + z1 * b.stride(1) + third(z2, n2, b.shape(2)) * b.stride(2);
-    let mut k_base = 0usize;
-    if has_k {
-        k_base = z0 * kscale.stride(0) + z1 * kscale.stride(1) + third(z2, n2, kscale.shape(2)) * kscale.stride(2);
-    }
-    let mut lam = 0usize;
-    if comptime![decay > 0] {
-        lam = z0 * acs.stride(0) + z1 * acs.stride(1) + third(z2, n2, acs.shape(2)) * acs.stride(2);
-    }
-
-    // The inner range that can be non-zero under the mask.
-    let mut k_begin = 0usize;
-    let mut k_end = k_total;
-    if comptime![decay == 1] {
-        if tile_m + TILE < k_total {
-            k_end = tile_m + TILE;
-        }
-    }
-    if comptime![decay == 2] {
-        k_begin = tile_m;
-    }
-
-    let mut sa = SharedMemory::<f32>::new(DEPTH * TILE);
-    let mut sb = SharedMemory::<f32>::new(DEPTH * TILE);
-    let mut acc = Array::<f32>::new(16usize);
-    #[unroll]
-    for e in 0..16usize {
-        acc[e] = 0.0;
-    }
-    let mut k0 = k_begin;
-    while k0 < k_end {
-        #[unroll]
-        for r in 0..4usize {
-            let e = unit + r * 256;
-            let mut mm = e % TILE;
-            let mut kk = e / TILE;
-            if a_k_fast {
-                mm = e / DEPTH;
-                kk = e % DEPTH;
-            }
-            let gm = tile_m + mm;
-            let gk = k0 + kk;
-            let mut v = 0.0f32;
-            if gm < m_total && gk < k_end {
-                v = a[a_base + gm * a.stride(3) + gk * a.stride(4)];
-                if has_k {
-                    v *= kscale[k_base + gk * kscale.stride(3)];
-                }
-                if comptime![decay == 1] {
-                    v *= decay_factor(acs, lam, gm, gk, false);
-                }
-                if comptime![decay == 2] {
-                    v *= decay_factor(acs, lam, gm, gk, true);
-                }
-            }
-            sa[kk * TILE + mm] = v;
-
-            let mut kb = e % DEPTH;
-            let mut nn = e / DEPTH;
-            if b_n_fast {
-                kb = e / TILE;
-                nn = e % TILE;
-            }
-            let gkb = k0 + kb;
-            let gn = tile_n + nn;
-            let mut w = 0.0f32;
-            if gkb < k_end && gn < n_total {
-                w = b[b_base + gkb * b.stride(3) + gn * b.stride(4)];
-            }
-            sb[kb * TILE + nn] = w;
-        }
-        sync_cube();
-        #[unroll]
-        for kk in 0..DEPTH {
-            let mut av = Array::<f32>::new(4usize);
-            let mut bv = Array::<f32>::new(4usize);
-            #[unroll]
-            for i in 0..4usize {
-                av[i] = sa[kk * TILE + ty + 16 * i];
-                bv[i] = sb[kk * TILE + tx + 16 * i];
-            }
-            #[unroll]
-            for i in 0..4usize {
-                #[unroll]
-                for j in 0..4usize {
-                    acc[i * 4 + j] += av[i] * bv[j];
-                }
-            }
-        }
-        sync_cube();
-        k0 += DEPTH;
-    }
-
-    let o_base = z0 * out.stride(0) + z1 * out.stride(1) + z2 * out.stride(2);
-    #[unroll]
-    for i in 0..4usize {
-        let gm = tile_m + ty + 16 * i;
-        if gm < m_total {
-            let mut rs = 1.0f32;
-            if has_r {
-                let r_base =
-                    z0 * rscale.stride(0) + z1 * rscale.stride(1) + third(z2, n2, rscale.shape(2)) * rscale.stride(2);
-                rs = rscale[r_base + gm * rscale.stride(3)];
-            }
-            #[unroll]
-            for j in 0..4usize {
-                let gn = tile_n + tx + 16 * j;
-                if gn < n_total {
-                    let mut v = acc[i * 4 + j] * rs;
-                    if has_c {
-                        let c_base = z0 * cscale.stride(0)
-                            + z1 * cscale.stride(1)
-                            + third(z2, n2, cscale.shape(2)) * cscale.stride(2);
-                        v *= cscale[c_base + gn * cscale.stride(3)];
-                    }
-                    let o = o_base + gm * out.stride(3) + gn * out.stride(4);
-                    if accumulate {
-                        v += out[o];
-                    }
-                    out[o] = v;
-                }
-            }
-        }
-    }
-}
 
 /// Per (batch, chunk, head), one thread each: Λ_s = Σ_{s' ≤ s} dt_{s'}·A_h within the chunk, and
 /// the factors the products take: dt_s, exp(Λ_s), w_s = exp(Λ_end − Λ_s) and dt_s·w_s. dt is read
@@ -305,51 +95,51 @@ fn row_of(v: &Tensor<f32>, bb: usize, cc: usize, hh: usize) -> usize {
     bb * v.stride(0) + cc * v.stride(1) + hh * v.stride(2)
 }
 
-/// The state passing backward, one cube of 256 threads per (batch, head), chunks last to first:
+/// Threads of a state-passing-backward cube, each one state element.
+pub const STATE_PASS_THREADS: usize = 256;
+
+/// The state passing backward, chunks last to first, one thread per (batch, head, state element)
+/// in cubes of [`STATE_PASS_THREADS`] elements (grid: x over element blocks, y heads, z batch):
 /// dstates[z] = dS_in[z + 1] + exp(Λ_end[z + 1]) · dstates[z + 1] (0 for the last chunk: the final
-/// state has no gradient) and dtot[z] = exp(Λ_end[z]) · Σ dstates[z] ⊙ S_in[z], the gradient of
-/// chunk z's total decay. dsin, s_in, dstates: [b, c, H, P·N]; dtot: [b, c, H].
+/// state has no gradient), and the block's share of the gradient of chunk z's total decay,
+/// dtot[z] = exp(Λ_end[z]) · Σ dstates[z] ⊙ S_in[z], written to dtot_part[block] (summed over the
+/// blocks afterwards). dsin, s_in, dstates: [b, c, H, P·N]; dtot_part: [blocks, b, c, H].
 #[cube(launch)]
 pub fn ssd_state_pass_backward_kernel(
     dsin: &Tensor<f32>,
     s_in: &Tensor<f32>,
     acs: &Tensor<f32>,
     dstates: &mut Tensor<f32>,
-    dtot: &mut Tensor<f32>,
+    dtot_part: &mut Tensor<f32>,
 ) {
     let e_total = dsin.shape(3);
     let c = dsin.shape(1);
     let t = acs.shape(3);
-    let hh = CUBE_POS_X as usize;
-    let bb = CUBE_POS_Y as usize;
+    let blk = CUBE_POS_X as usize;
+    let hh = CUBE_POS_Y as usize;
+    let bb = CUBE_POS_Z as usize;
     let unit = UNIT_POS_X as usize;
+    let e = blk * STATE_PASS_THREADS + unit;
+    let inside = e < e_total;
+    // dstates of the chunk after the current one, carried in a register.
+    let mut g = 0.0f32;
     for zi in 0..c {
         let z = c - 1 - zi;
         let mut part = 0.0f32;
-        let mut next_decay = 0.0f32;
-        if z + 1 < c {
-            next_decay = f32::exp(chunk_total(acs, bb, z + 1, hh, t));
-        }
-        let mut e = unit;
-        while e < e_total {
-            let mut g = 0.0f32;
+        if inside {
             if z + 1 < c {
-                g = dsin[bb * dsin.stride(0) + (z + 1) * dsin.stride(1) + hh * dsin.stride(2) + e * dsin.stride(3)]
-                    + next_decay
-                        * dstates[bb * dstates.stride(0)
-                            + (z + 1) * dstates.stride(1)
-                            + hh * dstates.stride(2)
-                            + e * dstates.stride(3)];
+                g = dsin[row_of(dsin, bb, z + 1, hh) + e * dsin.stride(3)]
+                    + f32::exp(chunk_total(acs, bb, z + 1, hh, t)) * g;
             }
-            dstates[bb * dstates.stride(0) + z * dstates.stride(1) + hh * dstates.stride(2) + e * dstates.stride(3)] =
-                g;
-            part += g * s_in[bb * s_in.stride(0) + z * s_in.stride(1) + hh * s_in.stride(2) + e * s_in.stride(3)];
-            e += 256;
+            dstates[row_of(dstates, bb, z, hh) + e * dstates.stride(3)] = g;
+            part = g * s_in[row_of(s_in, bb, z, hh) + e * s_in.stride(3)];
         }
         let sum = cube_sum(part);
         if unit == 0 {
-            dtot[bb * dtot.stride(0) + z * dtot.stride(1) + hh * dtot.stride(2)] =
-                f32::exp(chunk_total(acs, bb, z, hh, t)) * sum;
+            dtot_part[blk * dtot_part.stride(0)
+                + bb * dtot_part.stride(1)
+                + z * dtot_part.stride(2)
+                + hh * dtot_part.stride(3)] = f32::exp(chunk_total(acs, bb, z, hh, t)) * sum;
         }
     }
 }
