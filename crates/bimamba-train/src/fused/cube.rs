@@ -24,7 +24,7 @@ use super::kernels::loss::{
 use super::kernels::optim::adamw_kernel;
 use super::kernels::reduce::{col_sum_kernel, COLS_PER_CUBE, ROW_LANES};
 use super::kernels::ssd::{
-    ssd_decay_scores_backward_acs_kernel, ssd_decay_scores_backward_cb_kernel, ssd_decay_scores_kernel,
+    ssd_decay_scores_backward_acs_kernel, ssd_decay_scores_backward_cb_kernel, ssd_decay_scores_kernel, ACS_MAX_CHUNK,
 };
 
 use super::{AdamStep, FusedOps};
@@ -647,6 +647,11 @@ where
     ) -> (Tensor<Self, 4>, Tensor<Self, 5>) {
         let [b, c, h, t] = acs.dims();
         let g = cb.dims()[2];
+        // The dΛ kernel's shared arrays hold chunks up to ACS_MAX_CHUNK, one cube per
+        // (b, c, h) along one grid axis (WGPU's limit: 65,535).
+        if t > ACS_MAX_CHUNK || b * c * h > 65_535 {
+            return super::reference::ssd_decay_scores_backward(acs, cb, gs);
+        }
         let (acs, cb, gs) = (float_prim(acs), float_prim(cb), float_prim(gs));
         for (x, n) in [(&acs, "acs"), (&cb, "cb"), (&gs, "gs")] {
             check_f32(x, n);
@@ -665,7 +670,7 @@ where
         );
         ssd_decay_scores_backward_acs_kernel::launch::<R>(
             &client,
-            cubes_for(&client, b * c * h * t),
+            CubeCount::new_1d((b * c * h) as u32),
             CubeDim::new_1d(CUBE),
             acs.into_tensor_arg(),
             cb.into_tensor_arg(),
