@@ -95,6 +95,7 @@ const ACS_COLS_PER_LANE: usize = ACS_MAX_CHUNK / ACS_LANES;
 /// sums of its columns (lane, lane + 32, …) over its rows in registers, and the 8 row lanes'
 /// column sums meet in shared memory at the end.
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil)]
 pub fn ssd_decay_scores_backward_acs_kernel(
     acs: &Tensor<f32>,
     cb: &Tensor<f32>,

@@ -88,6 +88,7 @@ struct Place {
 }
 
 #[cube]
+#[allow(clippy::collapsible_if)]
 fn place(
     a: &Tensor<f32>,
     b: &Tensor<f32>,
