@@ -179,18 +179,19 @@ impl<B: FusedOps> LlamaTeacher<B> {
         self
     }
 
-    /// Rotates adjacent channel pairs of the first `rope_dim` channels of every head.
+    /// Rotates adjacent channel pairs of the first `rope_dim` channels of every head; the
+    /// positions are `start..start + L`.
     ///
     /// # Shapes
     /// - x: [b, L, heads, head_dim]; output: same
-    fn rope(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn rope(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
         let [b, l, h, hd] = x.dims();
         let rd = self.config.rope_dim;
         let device = x.device();
         // angle[pos, i] = pos · θ^(−2i/rope_dim), computed in f64 on the host.
         let theta = self.config.rope_theta as f64;
         let (mut cos, mut sin) = (Vec::with_capacity(l * rd / 2), Vec::with_capacity(l * rd / 2));
-        for pos in 0..l {
+        for pos in start..start + l {
             for i in 0..rd / 2 {
                 let a = pos as f64 * theta.powf(-2.0 * i as f64 / rd as f64);
                 cos.push(a.cos() as f32);
@@ -217,35 +218,108 @@ impl<B: FusedOps> LlamaTeacher<B> {
     /// # Shapes
     /// - tokens: [b, L]; output: [b, L, vocab]
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.head(self.hidden(tokens, None))
+    }
+
+    /// An empty key/value cache for `batch` sequences of up to `capacity` positions.
+    pub fn new_cache(&self, batch: usize, capacity: usize, device: &B::Device) -> KvCache<B> {
         let c = &self.config;
-        let [b, l] = tokens.dims();
+        let zeros = || Tensor::<B, 4>::zeros([batch, capacity, c.n_kv_head, c.head_dim], opts::<B>(device));
+        KvCache {
+            k: (0..c.n_layer).map(|_| zeros()).collect(),
+            v: (0..c.n_layer).map(|_| zeros()).collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Runs `tokens` after the positions already in `cache` (which it extends) and returns the
+    /// logits of the last one: prefill with the whole prompt, then one token per call.
+    ///
+    /// # Shapes
+    /// - tokens: [b, n] (b the cache's batch, len + n ≤ its capacity); output: [b, vocab]
+    pub fn forward_step(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Result<Tensor<B, 2>> {
+        let [b, n] = tokens.dims();
+        if n == 0 || cache.len + n > cache.capacity || cache.k.first().is_some_and(|k| k.dims()[0] != b) {
+            return Err(Error::Config(format!(
+                "teacher step: {n} tokens for {b} sequences after {} of a cache of {} positions",
+                cache.len, cache.capacity
+            )));
+        }
+        let x = self.hidden(tokens, Some(cache));
+        let logits = self.head(x.narrow(1, n - 1, 1));
+        let v = logits.dims()[2];
+        Ok(logits.reshape([b, v]))
+    }
+
+    /// The final normalized hidden states of `tokens`, which follow the positions in `cache`
+    /// (none without one).
+    ///
+    /// # Shapes
+    /// - tokens: [b, n]; output: [b, n, d_model]
+    fn hidden(&self, tokens: Tensor<B, 2, Int>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let c = &self.config;
+        let [b, n] = tokens.dims();
+        let start = cache.as_ref().map_or(0, |k| k.len);
+        let total = start + n;
         let (h, kv, hd) = (c.n_head, c.n_kv_head, c.head_dim);
         let eps = c.norm_eps as f64;
         let device = tokens.device();
         let mut x = burn::tensor::module::embedding(self.embedding.clone(), tokens);
         let d = x.dims()[2];
-        // tril_mask(0) is true strictly above the diagonal: the keys after each query.
-        let future = Tensor::<B, 2, Bool>::tril_mask([l, l], 0, &device).unsqueeze::<4>().expand([b, h, l, l]);
+        // Query i (position start + i) sees the keys up to its own position; with one query
+        // every key is visible.
+        let future = (n > 1).then(|| {
+            let mask: Vec<bool> = (0..n).flat_map(|i| (0..total).map(move |j| j > start + i)).collect();
+            Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [n, total]), &device)
+                .unsqueeze::<4>()
+                .expand([b, h, n, total])
+        });
         let scale = 1.0 / (hd as f64).sqrt();
-        for blk in &self.blocks {
+        for (layer, blk) in self.blocks.iter().enumerate() {
             let u = rms_normalize(x.clone(), eps) * blk.attn_norm.clone().reshape([1, 1, d]);
-            let q = self.rope(linear(u.clone(), &blk.wq).reshape([b, l, h, hd])).swap_dims(1, 2); // [b,H,L,hd]
-            let k = self.rope(linear(u.clone(), &blk.wk).reshape([b, l, kv, hd]));
-            let v = linear(u, &blk.wv).reshape([b, l, kv, hd]);
+            let q = self.rope(linear(u.clone(), &blk.wq).reshape([b, n, h, hd]), start).swap_dims(1, 2); // [b,H,n,hd]
+            let k = self.rope(linear(u.clone(), &blk.wk).reshape([b, n, kv, hd]), start);
+            let v = linear(u, &blk.wv).reshape([b, n, kv, hd]);
+            let (k, v) = match cache.as_deref_mut() {
+                Some(cache) => {
+                    let at = [0..b, start..total, 0..kv, 0..hd];
+                    cache.k[layer] = cache.k[layer].clone().slice_assign(at.clone(), k);
+                    cache.v[layer] = cache.v[layer].clone().slice_assign(at, v);
+                    (cache.k[layer].clone().narrow(1, 0, total), cache.v[layer].clone().narrow(1, 0, total))
+                }
+                None => (k, v),
+            };
             // Consecutive query heads share a KV head: repeat each KV head H/H_kv times.
             let rep = |t: Tensor<B, 4>| {
-                t.reshape([b, l, kv, 1, hd]).expand([b, l, kv, h / kv, hd]).reshape([b, l, h, hd]).swap_dims(1, 2)
+                t.reshape([b, total, kv, 1, hd])
+                    .expand([b, total, kv, h / kv, hd])
+                    .reshape([b, total, h, hd])
+                    .swap_dims(1, 2)
             };
             let (k, v) = (rep(k), rep(v));
-            let scores = (matmul_in(q, k.swap_dims(2, 3), self.matmul_dtype) * scale)
-                .mask_fill(future.clone(), f32::NEG_INFINITY);
-            let attn = matmul_in(log_softmax(scores).exp(), v, self.matmul_dtype); // [b,H,L,hd]
-            x = x + linear(attn.swap_dims(1, 2).reshape([b, l, h * hd]), &blk.wo);
+            let mut scores = matmul_in(q, k.swap_dims(2, 3), self.matmul_dtype) * scale;
+            if let Some(future) = &future {
+                scores = scores.mask_fill(future.clone(), f32::NEG_INFINITY);
+            }
+            let attn = matmul_in(log_softmax(scores).exp(), v, self.matmul_dtype); // [b,H,n,hd]
+            x = x + linear(attn.swap_dims(1, 2).reshape([b, n, h * hd]), &blk.wo);
             let u = rms_normalize(x.clone(), eps) * blk.ffn_norm.clone().reshape([1, 1, d]);
             let gated = silu(linear(u.clone(), &blk.w_gate)) * linear(u, &blk.w_up);
             x = x + linear(gated, &blk.w_down);
         }
-        let x = rms_normalize(x, eps) * self.norm_f.clone().reshape([1, 1, d]);
+        if let Some(cache) = cache {
+            cache.len = total;
+        }
+        rms_normalize(x, eps) * self.norm_f.clone().reshape([1, 1, d])
+    }
+
+    /// The LM head over normalized hidden states.
+    ///
+    /// # Shapes
+    /// - x: [b, L, d_model]; output: [b, L, vocab]
+    fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, l, d] = x.dims();
         let head = self.output.as_ref().unwrap_or(&self.embedding);
         match self.matmul_dtype {
             // The logits stay in the product dtype: the losses read bf16 rows as they are, without
@@ -256,6 +330,27 @@ impl<B: FusedOps> LlamaTeacher<B> {
             }
             _ => linear(x, head),
         }
+    }
+}
+
+/// The keys and values of every layer for the positions run so far ([`LlamaTeacher::forward_step`]).
+pub struct KvCache<B: Backend> {
+    /// Per layer, [b, capacity, kv heads, head_dim]; the first `len` positions are filled.
+    k: Vec<Tensor<B, 4>>,
+    v: Vec<Tensor<B, 4>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Positions run so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position has run yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -324,5 +419,44 @@ mod tests {
         assert!(scale > 0.1, "degenerate logits");
         let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale;
         assert!(err < 1e-5, "relative error {err}");
+    }
+
+    /// Prefill of a prompt then one token at a time through the cache gives the logits of the
+    /// whole-sequence forward at every position (grouped-query heads, partial RoPE).
+    #[test]
+    fn cached_steps_equal_the_whole_forward() {
+        let cfg = LlamaConfig {
+            n_layer: 2,
+            d_model: 16,
+            d_ff: 24,
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 4,
+            rope_dim: 2,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            vocab_size: 19,
+            context_length: 64,
+        };
+        let dev = Default::default();
+        let teacher = LlamaTeacher::<B>::random(cfg, 5, &dev);
+        let (b, l, prompt) = (2usize, 9usize, 4usize);
+        let ids: Vec<i64> = (0..b * l).map(|i| ((i * 7 + 3) % 19) as i64).collect();
+        let all = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, l]), &dev);
+        let want = teacher.forward(all.clone());
+        let mut cache = teacher.new_cache(b, l, &dev);
+        let mut got = vec![teacher.forward_step(all.clone().narrow(1, 0, prompt), &mut cache).expect("prefill")];
+        for t in prompt..l {
+            got.push(teacher.forward_step(all.clone().narrow(1, t, 1), &mut cache).expect("step"));
+        }
+        assert_eq!(cache.len(), l);
+        for (i, g) in got.into_iter().enumerate() {
+            let w = want.clone().narrow(1, prompt - 1 + i, 1).reshape([b, 19]);
+            let err: f32 = (g - w.clone()).abs().max().into_scalar();
+            let scale: f32 = w.abs().max().into_scalar();
+            assert!(err <= 1e-5 * scale, "position {}: max error {err} (scale {scale})", prompt - 1 + i);
+        }
+        // A step past the capacity is refused.
+        assert!(teacher.forward_step(all.narrow(1, 0, 1), &mut cache).is_err());
     }
 }
