@@ -113,6 +113,18 @@ pub fn teacher_logits(
     Ok(n)
 }
 
+/// Runs `data sample-teacher` on the chosen backend.
+pub fn sample_teacher(kind: BackendKind, job: &crate::sample::SampleJob<'_>) -> Result<crate::sample::SampleRecord> {
+    match kind {
+        BackendKind::Ndarray => crate::sample::run_job::<Cpu>(job, &Default::default()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => crate::sample::run_job::<CudaInfer>(job, &burn::backend::cuda::CudaDevice::new(0)),
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(no_cuda()),
+        BackendKind::Wgpu => Err(Error::Config("sample-teacher runs on ndarray or cuda".into())),
+    }
+}
+
 /// Runs the training-step benchmark on the chosen backend.
 pub fn bench(kind: BackendKind, args: &crate::bench::BenchArgs) -> Result<crate::bench::BenchReport> {
     match kind {

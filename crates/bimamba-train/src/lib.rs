@@ -34,6 +34,7 @@ pub mod profile;
 pub mod rng;
 pub mod run;
 pub mod runconfig;
+pub mod sample;
 pub mod ssd;
 pub mod teacher;
 

@@ -126,6 +126,46 @@ struct TrainArgs {
 enum DataCommand {
     /// Tokenize text files into a token directory (train.tok, val.tok, meta.json, tokenizer.json).
     Prepare(PrepareArgs),
+    /// Write text sampled from a LLaMA-architecture teacher (.gguf), continuing prompts cut from
+    /// a token directory's training split: more distillation text (prepare it with the rest).
+    SampleTeacher(SampleTeacherArgs),
+}
+
+#[derive(Args, Debug)]
+struct SampleTeacherArgs {
+    /// The teacher (.gguf).
+    #[arg(long)]
+    teacher: PathBuf,
+    /// Token directory from `data prepare` (the teacher's tokenizer) to cut the prompts from.
+    #[arg(long)]
+    data: PathBuf,
+    /// The text file to write (a record of the run goes beside it, `.json` appended).
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples in all.
+    #[arg(long, default_value_t = 512)]
+    samples: usize,
+    /// Sequences generated at once.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Tokens per prompt.
+    #[arg(long, default_value_t = 16)]
+    prompt_tokens: usize,
+    /// Tokens generated after each prompt.
+    #[arg(long, default_value_t = 512)]
+    new_tokens: usize,
+    /// Softmax temperature (0: the most likely token).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Seed of the prompts' places and of the draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run the teacher's products in bf16 (cuda).
+    #[arg(long)]
+    bf16: bool,
+    /// ndarray (CPU) or cuda.
+    #[arg(long, default_value = "ndarray")]
+    backend: BackendKind,
 }
 
 #[derive(Args, Debug)]
@@ -289,6 +329,31 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => {
             let c = export::export_run(&a.run, &a.out)?;
             println!("wrote {} ({:?}, {} parameters)", a.out.display(), c.precision, c.num_params());
+        }
+        Command::Data(DataCommand::SampleTeacher(a)) => {
+            let job = bimamba_train::sample::SampleJob {
+                teacher: &a.teacher,
+                data: &a.data,
+                out: &a.out,
+                samples: a.samples,
+                batch: a.batch,
+                prompt_tokens: a.prompt_tokens,
+                bf16: a.bf16,
+                options: bimamba_train::sample::SampleOptions {
+                    new_tokens: a.new_tokens,
+                    temperature: a.temperature,
+                    seed: a.seed,
+                },
+            };
+            let r = backend::sample_teacher(a.backend, &job)?;
+            println!(
+                "{}: {} samples, {} tokens generated in {:.1} s ({:.0} tokens/s)",
+                a.out.display(),
+                r.samples,
+                r.generated_tokens,
+                r.seconds,
+                r.generated_tokens as f64 / r.seconds.max(1e-9)
+            );
         }
         Command::TeacherLogits(a) => {
             if a.seq_len == 0 {

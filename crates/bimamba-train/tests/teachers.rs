@@ -170,3 +170,63 @@ fn distillation_from_a_gguf_llama_teacher() {
         .expect("teacher-logits"));
     assert!(out.contains("3 windows"), "{out}");
 }
+
+/// `data sample-teacher` writes text continuing prompts cut from the data, and its record; the
+/// text prepares like any other, the same seed writes the same text, and an existing output is
+/// kept when the teacher's tokenizer is not the data's.
+#[test]
+fn teacher_samples_become_training_text() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let gguf = tmp.path().join("teacher.gguf");
+    std::fs::write(&gguf, bimamba_llama::testing::tiny_llama_gguf(3)).expect("write gguf");
+    let data = prepare(tmp.path(), &gguf);
+    let sample = |out: &Path, seed: &str| {
+        bin()
+            .args(["data", "sample-teacher", "--samples", "5", "--batch", "2", "--prompt-tokens", "4"])
+            .args(["--new-tokens", "12", "--seed", seed, "--teacher"])
+            .arg(&gguf)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .expect("sample-teacher")
+    };
+    let a = tmp.path().join("a.txt");
+    let said = ok(sample(&a, "3"));
+    assert!(said.contains("5 samples, 60 tokens generated"), "{said}");
+    let text = std::fs::read_to_string(&a).expect("samples written");
+    assert!(!text.trim().is_empty());
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("a.txt.json")).expect("record")).expect("json");
+    assert_eq!(record["samples"], 5);
+    assert_eq!(record["options"]["new_tokens"], 12);
+    let b = tmp.path().join("b.txt");
+    ok(sample(&b, "3"));
+    assert_eq!(text, std::fs::read_to_string(&b).expect("b"));
+    // The samples prepare as training text.
+    ok(bin()
+        .args(["data", "prepare", "--tokenizer"])
+        .arg(&gguf)
+        .arg("--out")
+        .arg(tmp.path().join("grown"))
+        .arg(fixtures().join("text/pride_excerpt.txt"))
+        .arg(&a)
+        .output()
+        .expect("prepare with samples"));
+    // Data of another tokenizer: refused with one line, the earlier output untouched.
+    let other = prepare(&tmp.path().join("other"), &fixtures().join("ss-bimamba-col/tokenizer.json"));
+    let out = bin()
+        .args(["data", "sample-teacher", "--samples", "2", "--teacher"])
+        .arg(&gguf)
+        .arg("--data")
+        .arg(&other)
+        .arg("--out")
+        .arg(&a)
+        .output()
+        .expect("sample-teacher");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tokenizer mismatch") && err.lines().count() == 1, "{err}");
+    assert_eq!(text, std::fs::read_to_string(&a).expect("a kept"));
+}
