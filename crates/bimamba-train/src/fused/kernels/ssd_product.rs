@@ -37,6 +37,8 @@ pub const TC_THREADS: u32 = 128;
 /// Padding of every shared-memory line of the tensor-core kernel, in floats (keeps the fragment
 /// pointers 32-byte aligned and the leading dimensions a multiple of 4, as wmma requires).
 const PAD: usize = 4;
+/// Alignment of the tensor-core kernel's shared arrays, in bytes (wmma's requirement).
+const FRAGMENT_ALIGN: usize = 32;
 
 /// The index along an operand's third dimension that output index `z2` (of `n2`) reads: itself,
 /// or its group when the operand has fewer entries there.
@@ -392,8 +394,10 @@ pub fn ssd_product_tc_kernel(
     let wm = (warp / 2) * 32;
     let wn = (warp % 2) * 32;
 
-    let mut sa = SharedMemory::<tf32>::new(TILE * (TC_DEPTH + PAD));
-    let mut sb = SharedMemory::<tf32>::new(TILE * (TC_DEPTH + PAD));
+    // wmma loads and stores need 32-byte aligned pointers: the arrays start aligned, and every
+    // fragment's offset is a multiple of 8 floats.
+    let mut sa = SharedMemory::<tf32>::new_aligned(TILE * (TC_DEPTH + PAD), FRAGMENT_ALIGN);
+    let mut sb = SharedMemory::<tf32>::new_aligned(TILE * (TC_DEPTH + PAD), FRAGMENT_ALIGN);
     let c00 = zeros();
     let c01 = zeros();
     let c10 = zeros();
@@ -444,7 +448,7 @@ pub fn ssd_product_tc_kernel(
     }
 
     // The accumulators through shared memory, then the scales and the bounds per element.
-    let mut so = SharedMemory::<f32>::new(TILE * (TILE + PAD));
+    let mut so = SharedMemory::<f32>::new_aligned(TILE * (TILE + PAD), FRAGMENT_ALIGN);
     let line = TILE + PAD;
     let size = TILE * line;
     cmma::store(&mut so.slice_mut(wm * line + wn, size), &c00, line as u32, cmma::MatrixLayout::RowMajor);
