@@ -23,7 +23,8 @@ use crate::workspace::prefix;
 /// A loaded [`crate::Model`] starts exact (`F32`); the commands and `bimamba_models::Settings`
 /// choose [`BinaryAct::fastest`] unless asked for the exact arithmetic. A q8 layer (the LM head
 /// of a `--embed q8` model) follows `Int8` too where the CPU has the integer kernel
-/// ([`Linear::effective_act`]); other dense layers ignore it.
+/// ([`Linear::effective_act`]; there [`crate::Model::set_binary_act`] also stores the head's
+/// codes in the kernel's panel order, [`DenseWeight::Q8Panels`]); other dense layers ignore it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BinaryAct {
     #[default]
@@ -85,6 +86,18 @@ pub enum DenseWeight {
         /// (`bimamba_kernels::q8_act8::row_sums`); derived, never stored in files.
         row_sums: Vec<i32>,
     },
+    /// The same q8 matrix with its codes in panels (`bimamba_kernels::q8_panels`: 32 rows × 4
+    /// columns per 128 bytes, the operand order of the AVX512-VNNI head kernel, rows past the
+    /// last whole panel row-major). Only the order of `q` differs from [`DenseWeight::Q8`]:
+    /// products give the same bits, lookups the same rows. Made by [`Linear::arrange_q8`].
+    Q8Panels {
+        /// [rows, cols] codes in panel order
+        q: Vec<i8>,
+        /// [rows]
+        scales: Vec<f32>,
+        /// [rows]: `Σ_j q[i, j]`, as for [`DenseWeight::Q8`]
+        row_sums: Vec<i32>,
+    },
 }
 
 impl DenseWeight {
@@ -95,13 +108,13 @@ impl DenseWeight {
         DenseWeight::Q8 { q, scales, row_sums }
     }
 
-    /// The storage's short name: `f32`, `bf16`, `f16` or `q8`.
+    /// The storage's short name: `f32`, `bf16`, `f16` or `q8` (either order of the codes).
     pub fn name(&self) -> &'static str {
         match self {
             DenseWeight::F32(_) => "f32",
             DenseWeight::BF16(_) => "bf16",
             DenseWeight::F16(_) => "f16",
-            DenseWeight::Q8 { .. } => "q8",
+            DenseWeight::Q8 { .. } | DenseWeight::Q8Panels { .. } => "q8",
         }
     }
 }
@@ -196,6 +209,11 @@ impl Linear {
                     BinaryAct::Int8 => kernels::q8_gemm_i8(q, scales, row_sums, rows, cols, x, t, y),
                     BinaryAct::F32 => kernels::q8_gemm(q, scales, rows, cols, x, t, y),
                 },
+                // The same sums over the codes in panel order (the same bits as above).
+                DenseWeight::Q8Panels { q, scales, row_sums } => match self.effective_act(act) {
+                    BinaryAct::Int8 => kernels::q8_gemm_i8_panels(q, scales, row_sums, rows, cols, x, t, y),
+                    BinaryAct::F32 => kernels::q8_gemm_panels(q, scales, rows, cols, x, t, y),
+                },
             },
             Linear::Binary { bits, scales, .. } => match scales {
                 BinaryScales::Column { alpha, beta } => {
@@ -235,7 +253,7 @@ impl Linear {
     pub fn effective_act(&self, act: BinaryAct) -> BinaryAct {
         match self {
             Linear::Binary { .. } => act,
-            Linear::Dense { weight: DenseWeight::Q8 { .. }, .. }
+            Linear::Dense { weight: DenseWeight::Q8 { .. } | DenseWeight::Q8Panels { .. }, .. }
                 if act == BinaryAct::Int8 && kernels::q8_act8_has_simd(kernels::selected_isa()) =>
             {
                 BinaryAct::Int8
@@ -257,6 +275,13 @@ impl Linear {
                     DenseWeight::Q8 { q, scales, .. } => {
                         let mut out = vec![0.0; cols];
                         kernels::q8::dequantize_row(&q[r], scales[i], &mut out);
+                        out
+                    }
+                    DenseWeight::Q8Panels { q, scales, .. } => {
+                        let mut codes = vec![0i8; cols];
+                        kernels::q8_panels::row_into(q, self.rows(), cols, i, &mut codes);
+                        let mut out = vec![0.0; cols];
+                        kernels::q8::dequantize_row(&codes, scales[i], &mut out);
                         out
                     }
                 }
@@ -286,7 +311,9 @@ impl Linear {
                 DenseWeight::F32(w) => w.len() * 4,
                 DenseWeight::BF16(w) => w.len() * 2,
                 DenseWeight::F16(w) => w.len() * 2,
-                DenseWeight::Q8 { q, scales, .. } => q.len() + scales.len() * 4,
+                DenseWeight::Q8 { q, scales, .. } | DenseWeight::Q8Panels { q, scales, .. } => {
+                    q.len() + scales.len() * 4
+                }
             },
             Linear::Binary { bits, scales, .. } => {
                 let s = match scales {
@@ -316,12 +343,17 @@ impl Linear {
         }
     }
 
-    /// The effective weight quantized row by row to q8 (`bimamba_kernels::q8`); a q8 layer is
-    /// returned unchanged.
+    /// The effective weight quantized row by row to q8 (`bimamba_kernels::q8`), codes in row
+    /// order ([`DenseWeight::Q8`]); a q8 layer is returned with the same codes.
     pub fn to_q8(&self) -> Linear {
         let (rows, cols) = (self.rows(), self.cols());
         if let Linear::Dense { weight: DenseWeight::Q8 { .. }, .. } = self {
             return self.clone();
+        }
+        if let Linear::Dense { weight: DenseWeight::Q8Panels { .. }, .. } = self {
+            let mut rows_order = self.clone();
+            rows_order.arrange_q8(false);
+            return rows_order;
         }
         let mut q = vec![0i8; rows * cols];
         let mut scales = vec![1.0f32; rows];
@@ -331,6 +363,29 @@ impl Linear {
             }
         }
         Linear::Dense { rows, cols, weight: DenseWeight::q8(q, scales, cols) }
+    }
+
+    /// Stores a q8 layer's codes in panel order ([`DenseWeight::Q8Panels`], `panels`) or in row
+    /// order ([`DenseWeight::Q8`]), in place (a permutation within each 32-row panel, no second
+    /// copy). Other layers, and widths the panels do not support (`cols` not a multiple of 4),
+    /// are left as they are. Either order computes the same bits.
+    pub fn arrange_q8(&mut self, panels: bool) {
+        let (rows, cols) = (self.rows(), self.cols());
+        let Linear::Dense { weight, .. } = self else { return };
+        if !kernels::q8_panels::supports(cols) {
+            return;
+        }
+        *weight = match std::mem::replace(weight, DenseWeight::F32(Vec::new())) {
+            DenseWeight::Q8 { mut q, scales, row_sums } if panels => {
+                kernels::q8_panels::to_panels(&mut q, rows, cols);
+                DenseWeight::Q8Panels { q, scales, row_sums }
+            }
+            DenseWeight::Q8Panels { mut q, scales, row_sums } if !panels => {
+                kernels::q8_panels::to_rows(&mut q, rows, cols);
+                DenseWeight::Q8 { q, scales, row_sums }
+            }
+            other => other,
+        };
     }
 }
 

@@ -154,9 +154,11 @@ impl Model {
         self.lm_head.as_ref().unwrap_or(&self.embedding)
     }
 
-    /// Chooses the activation precision of the 1-bit projections (see [`BinaryAct::fastest`]).
+    /// Chooses the activation precision of the 1-bit projections (see [`BinaryAct::fastest`]),
+    /// and with it the order of a q8 head's codes (see [`Model::arrange_head`]).
     pub fn set_binary_act(&mut self, act: BinaryAct) {
         self.binary_act = act;
+        self.arrange_head();
     }
 
     /// Stores the embedding (and an untied lm_head) as 8-bit rows (`bimamba_kernels::q8`):
@@ -164,6 +166,21 @@ impl Model {
     pub fn quantize_vocab_q8(&mut self) {
         self.embedding = self.embedding.to_q8();
         self.lm_head = self.lm_head.as_ref().map(Linear::to_q8);
+        self.arrange_head();
+    }
+
+    /// Orders a q8 head's codes for the kernel that [`Model::binary_act`] runs it with: in
+    /// panels (`bimamba_kernels::q8_panels`) where that is the AVX512-VNNI int8 kernel, in rows
+    /// otherwise (the f32-activation kernel reads rows). A tied head is the embedding, whose
+    /// lookups read either order. Only the speed depends on it: both orders give the same bits
+    /// under either activation precision. A model whose `binary_act` is assigned directly keeps
+    /// its order until the next call of this.
+    pub fn arrange_head(&mut self) {
+        let panels = self.lm_head().effective_act(self.binary_act) == BinaryAct::Int8;
+        match &mut self.lm_head {
+            Some(head) => head.arrange_q8(panels),
+            None => self.embedding.arrange_q8(panels),
+        }
     }
 
     /// Embedding rows of `tokens`: the residual stream entering layer 0.

@@ -1,10 +1,12 @@
 //! The q8 embedding / tied LM head of the packed format (version 2): the round trip of the
 //! Bi-Mamba fixtures, the exact equality with an f32 model holding the dequantized matrix, the
-//! file layout, and the metadata an older or confused file is refused for.
+//! file layout, the metadata an older or confused file is refused for, and the head's codes in
+//! panel order computing the bits of the row order.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use bimamba_engine::linear::BinaryAct;
 use bimamba_engine::pack::{write_packed, EmbedStorage, KeepDType};
 use bimamba_engine::{DenseWeight, Linear, Model};
 use bimamba_formats::{Checkpoint, DType};
@@ -184,4 +186,56 @@ fn dense_packing_stays_version_1() {
     let ck = Checkpoint::open(&dir).unwrap();
     assert_eq!(ck.metadata().get("version").map(String::as_str), Some("1"));
     assert!(ck.metadata().get("embedding_storage").is_none());
+}
+
+/// `Model::set_binary_act` stores a q8 head in panel order where the int8 head runs the
+/// AVX512-VNNI kernel (else in row order); the order changes no bit: lookups, prefill, steps and
+/// a batched step equal those of the same model with the codes in row order, under int8 and
+/// under f32 activations (the latter through the panel fallback when `binary_act` is assigned
+/// without re-arranging), and packing it again writes the row-order codes.
+#[test]
+fn panel_order_gives_the_same_bits() {
+    let tokens = tokens();
+    // 464 rows: 14 whole panels and a row-major tail of 16 rows; 64 columns.
+    let (mut m, _) = pack(&fixture("ss-bimamba-col"), "panels", KeepDType::Source, EmbedStorage::Q8);
+    let row_codes = m.embedding.clone();
+    m.set_binary_act(BinaryAct::Int8);
+    let vnni = m.lm_head().effective_act(BinaryAct::Int8) == BinaryAct::Int8;
+    let is_panels = matches!(m.embedding, Linear::Dense { weight: DenseWeight::Q8Panels { .. }, .. });
+    assert_eq!(is_panels, vnni, "panel order exactly where the int8 head has its SIMD kernel");
+    eprintln!("q8 head in panel order: {is_panels}");
+    let mut rows = m.clone();
+    rows.embedding.arrange_q8(false);
+    assert!(matches!(rows.embedding, Linear::Dense { weight: DenseWeight::Q8 { .. }, .. }));
+    if let (
+        Linear::Dense { weight: DenseWeight::Q8 { q: a, .. }, .. },
+        Linear::Dense { weight: DenseWeight::Q8 { q: b, .. }, .. },
+    ) = (&row_codes, &m.embedding.to_q8())
+    {
+        assert_eq!(a, b, "to_q8 gives the codes in row order");
+    }
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for act in [BinaryAct::Int8, BinaryAct::F32] {
+        m.binary_act = act;
+        rows.binary_act = act;
+        assert_eq!(m.embed(&tokens), rows.embed(&tokens), "{act}: lookups");
+        let (a, b) =
+            (m.forward(&mut m.new_state(), &tokens).unwrap(), rows.forward(&mut rows.new_state(), &tokens).unwrap());
+        assert_eq!(bits(a), bits(b), "{act}: prefill logits");
+        let (mut sa, mut sb) = (m.new_state(), rows.new_state());
+        for &t in &tokens[..8] {
+            assert_eq!(bits(m.step(&mut sa, t).unwrap()), bits(rows.step(&mut sb, t).unwrap()), "{act}: step");
+        }
+        let mut states_a: Vec<_> = (0..8).map(|_| m.new_state()).collect();
+        let mut states_b: Vec<_> = (0..8).map(|_| rows.new_state()).collect();
+        let (mut ra, mut rb): (Vec<_>, Vec<_>) = (states_a.iter_mut().collect(), states_b.iter_mut().collect());
+        for step in 0..3 {
+            let toks = &tokens[8 * step..8 * step + 8];
+            let (a, b) = (m.step_batch(&mut ra, toks).unwrap(), rows.step_batch(&mut rb, toks).unwrap());
+            assert_eq!(bits(a), bits(b), "{act}: batched step {step}");
+        }
+    }
+    // Back to f32 activations through the setter: row order again.
+    m.set_binary_act(BinaryAct::F32);
+    assert!(matches!(m.embedding, Linear::Dense { weight: DenseWeight::Q8 { .. }, .. }));
 }

@@ -10,6 +10,8 @@
 //!   `x86::avx512_vnni` and `x86::avx2_i8` are its fast paths.
 //! - [`q8_act8`]: the q8 product with int8 activations (spec and scalar twin);
 //!   `x86::avx512_vnni_q8` is its fast path.
+//! - [`q8_panels`]: the same product over a q8 matrix stored in `vpdpbusd`'s operand order
+//!   (layout, conversions, scalar twin); `x86::avx512_vnni_q8_panels` is its fast path.
 //! - [`tmac`]: the same product by byte-table lookup (T-MAC style; tables, layout, scalar twin);
 //!   `x86::avx512_tmac` is its fast path, [`act8_choice`] picks it or the VNNI kernel.
 //! - [`ssm`] (the SSM recurrence, token by token) and [`ssd`] (its chunked matrix form for
@@ -36,6 +38,7 @@ pub mod lut;
 pub mod pack;
 pub mod q8;
 pub mod q8_act8;
+pub mod q8_panels;
 pub mod scalar;
 pub mod ssd;
 pub mod ssm;
@@ -540,4 +543,115 @@ pub fn q8_gemm_i8(
     assert_eq!(row_sums.len(), rows, "q8 kernel: {} row sums, expected {rows}", row_sums.len());
     let prep = q8_act8_prep(selected_isa(), x, cols, t);
     parallel::for_row_chunks(rows, cols, t, y, |range, yc| q8_act8_range(q, scales, row_sums, cols, &prep, range, yc));
+}
+
+/// Data a q8 int8-activation product over panels derives from `x` once per call and shares
+/// between all row chunks: the quantized tokens and, for the AVX-512 kernel, their unsigned
+/// operand.
+struct Q8PanelsPrep {
+    a: act8::Act8,
+    #[cfg(target_arch = "x86_64")]
+    xu: Option<Vec<u8>>,
+}
+
+fn q8_panels_prep(isa: Isa, x: &[f32], cols: usize, t: usize) -> Q8PanelsPrep {
+    let a = act8::quantize(x, cols, t);
+    #[cfg(target_arch = "x86_64")]
+    let xu = q8_act8_kernel(isa).map(|_| x86::avx512_vnni_q8_panels::unsigned_activations(&a));
+    let _ = isa;
+    Q8PanelsPrep {
+        a,
+        #[cfg(target_arch = "x86_64")]
+        xu,
+    }
+}
+
+/// One ISA's q8 int8-activation kernel over panels, over `range` of output rows.
+#[allow(clippy::too_many_arguments)]
+fn q8_panels_range(
+    q: &[i8],
+    scales: &[f32],
+    row_sums: &[i32],
+    rows: usize,
+    cols: usize,
+    prep: &Q8PanelsPrep,
+    range: Range<usize>,
+    y: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(xu) = &prep.xu {
+        // SAFETY: `xu` exists only where `q8_act8_kernel` found AVX-512 F/BW/VL and VNNI.
+        return unsafe { x86::avx512_vnni_q8_panels::q8_rows(q, scales, row_sums, rows, cols, &prep.a, xu, range, y) };
+    }
+    q8_panels::rows_scalar(q, scales, row_sums, rows, cols, &prep.a, range, y)
+}
+
+/// Panics unless a q8 matrix in panels and its product agree in shape (caller bugs).
+fn check_q8_panels(q: &[i8], scales: &[f32], rows: usize, cols: usize, x: &[f32], t: usize) {
+    assert!(q8_panels::supports(cols), "q8 panels kernel: {cols} columns cannot be stored in panels");
+    assert_eq!(q.len(), rows * cols, "q8 panels kernel: q has {} elements, expected [{rows} x {cols}]", q.len());
+    assert_eq!(scales.len(), rows, "q8 panels kernel: {} scales, expected one per row ({rows})", scales.len());
+    assert_eq!(x.len(), t * cols, "q8 panels kernel: x has {} elements, expected [{t} x {cols}]", x.len());
+}
+
+/// Single-threaded q8 kernel with int8 activations over a matrix in panels ([`q8_panels`]) of
+/// one ISA, over output rows `range` (see [`q8_gemm_i8_with`]: same arguments and bits, `q` in
+/// panels). An ISA without the kernel runs the scalar twin. For tests and benchmarks.
+#[allow(clippy::too_many_arguments)]
+pub fn q8_gemm_i8_panels_with(
+    isa: Isa,
+    q: &[i8],
+    scales: &[f32],
+    row_sums: &[i32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    range: Range<usize>,
+    y: &mut [f32],
+) {
+    check_q8_panels(q, scales, rows, cols, x, t);
+    assert_eq!(row_sums.len(), rows, "q8 panels kernel: {} row sums, expected {rows}", row_sums.len());
+    check_range(&range, rows, t, y);
+    let prep = q8_panels_prep(isa, x, cols, t);
+    q8_panels_range(q, scales, row_sums, rows, cols, &prep, range, y);
+}
+
+/// [`q8_gemm_i8`] over a matrix stored in panels ([`q8_panels`]): the same product and bits,
+/// `q` in panels (`q8_panels::supports(cols)`), `row_sums` as for the row-major matrix.
+/// Dispatches on [`selected_isa`] (AVX512-VNNI, else the scalar twin) and splits rows over the
+/// rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub fn q8_gemm_i8_panels(
+    q: &[i8],
+    scales: &[f32],
+    row_sums: &[i32],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    y: &mut [f32],
+) {
+    check_q8_panels(q, scales, rows, cols, x, t);
+    assert_eq!(row_sums.len(), rows, "q8 panels kernel: {} row sums, expected {rows}", row_sums.len());
+    assert_eq!(y.len(), t * rows, "q8 panels kernel: y has {} elements, expected [{t} x {rows}]", y.len());
+    let prep = q8_panels_prep(selected_isa(), x, cols, t);
+    parallel::for_row_chunks(rows, cols, t, y, |range, yc| {
+        q8_panels_range(q, scales, row_sums, rows, cols, &prep, range, yc)
+    });
+}
+
+/// [`q8_gemm`] (f32 activations) over a matrix stored in panels: each row chunk is copied back
+/// to row order and runs [`q8_gemm`]'s kernel, so the bits are [`q8_gemm`]'s. A fallback for a
+/// matrix arranged for the int8 kernel meeting f32 activations; the engine arranges a q8 head in
+/// rows when it runs f32 activations.
+pub fn q8_gemm_panels(q: &[i8], scales: &[f32], rows: usize, cols: usize, x: &[f32], t: usize, y: &mut [f32]) {
+    check_q8_panels(q, scales, rows, cols, x, t);
+    assert_eq!(y.len(), t * rows, "q8 panels kernel: y has {} elements, expected [{t} x {rows}]", y.len());
+    let isa = selected_isa();
+    parallel::for_row_chunks(rows, cols, t, y, |range, yc| {
+        let mut codes = vec![0i8; range.len() * cols];
+        q8_panels::rows_into(q, rows, cols, range.clone(), &mut codes);
+        q8_range(isa, &codes, &scales[range.clone()], cols, x, t, 0..range.len(), yc);
+    });
 }

@@ -10,6 +10,7 @@ pub mod avx512_tmac;
 pub mod avx512_vnni;
 pub mod avx512_vnni_gemm;
 pub mod avx512_vnni_q8;
+pub mod avx512_vnni_q8_panels;
 pub mod ssd_chunk;
 pub mod ssm_bf16;
 pub mod ssm_prefill;
