@@ -355,11 +355,29 @@ impl<B: Backend> KvCache<B> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::backend::NdArray;
 
     type B = NdArray<f32>;
+
+    /// A two-layer shape with grouped-query heads (4 query heads over 2 KV heads of 4 channels)
+    /// and a vocabulary of 19: RoPE on the first `rope_dim` channels of each head.
+    pub(crate) fn tiny_config(rope_dim: usize, context_length: usize) -> LlamaConfig {
+        LlamaConfig {
+            n_layer: 2,
+            d_model: 16,
+            d_ff: 24,
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 4,
+            rope_dim,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            vocab_size: 19,
+            context_length,
+        }
+    }
 
     /// The Burn forward equals bimamba-llama's CPU forward on a tiny GGUF (Q8_0, Q4_1, F32).
     #[test]
@@ -393,19 +411,7 @@ mod tests {
     /// back in that dtype; bf16 runs on the CUDA backend.
     #[test]
     fn product_dtype_keeps_the_logits() {
-        let cfg = LlamaConfig {
-            n_layer: 2,
-            d_model: 16,
-            d_ff: 24,
-            n_head: 4,
-            n_kv_head: 2,
-            head_dim: 4,
-            rope_dim: 4,
-            rope_theta: 10_000.0,
-            norm_eps: 1e-5,
-            vocab_size: 19,
-            context_length: 64,
-        };
+        let cfg = tiny_config(4, 64);
         let dev = Default::default();
         let plain = LlamaTeacher::<B>::random(cfg.clone(), 3, &dev);
         let cast = LlamaTeacher::<B>::random(cfg, 3, &dev).with_matmul_dtype(Some(DType::F64));
@@ -425,19 +431,7 @@ mod tests {
     /// whole-sequence forward at every position (grouped-query heads, partial RoPE).
     #[test]
     fn cached_steps_equal_the_whole_forward() {
-        let cfg = LlamaConfig {
-            n_layer: 2,
-            d_model: 16,
-            d_ff: 24,
-            n_head: 4,
-            n_kv_head: 2,
-            head_dim: 4,
-            rope_dim: 2,
-            rope_theta: 10_000.0,
-            norm_eps: 1e-5,
-            vocab_size: 19,
-            context_length: 64,
-        };
+        let cfg = tiny_config(2, 64);
         let dev = Default::default();
         let teacher = LlamaTeacher::<B>::random(cfg, 5, &dev);
         let (b, l, prompt) = (2usize, 9usize, 4usize);

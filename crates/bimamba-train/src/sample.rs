@@ -217,25 +217,12 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bimamba_llama::LlamaConfig;
     use burn::backend::NdArray;
 
     type B = NdArray<f32>;
 
     fn teacher() -> LlamaTeacher<B> {
-        let cfg = LlamaConfig {
-            n_layer: 2,
-            d_model: 16,
-            d_ff: 24,
-            n_head: 4,
-            n_kv_head: 2,
-            head_dim: 4,
-            rope_dim: 4,
-            rope_theta: 10_000.0,
-            norm_eps: 1e-5,
-            vocab_size: 19,
-            context_length: 32,
-        };
+        let cfg = crate::llama::tests::tiny_config(4, 32);
         LlamaTeacher::<B>::random(cfg, 11, &Default::default())
     }
 
