@@ -217,8 +217,8 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         B::release_free_memory(device)
     }
 
-    fn ssd_tensor_cores(device: &Self::Device) -> bool {
-        B::ssd_tensor_cores(device)
+    fn ssd_tensor_cores_available(device: &Self::Device) -> bool {
+        B::ssd_tensor_cores_available(device)
     }
 
     fn adamw_update(

@@ -167,12 +167,13 @@ pub fn run<B: FusedOps>(device: &B::Device, bf16: bool) -> Vec<Check> {
 /// The whole SSD scan, forward and every input's gradient, against the op-by-op chunked scan
 /// and its hand-written backward: a partial last chunk, tiles that neither the head size, the
 /// state size nor the chunk fills (two groups of two heads), and one group of six heads with a
-/// chunk longer than one product tile. Where the products run on tensor cores, the scan is
-/// checked a second time on the f32 multiply-add products (`ssd_scan_fma`), and the two are
-/// compared with each other (`ssd_scan_tc_vs_fma`).
+/// chunk longer than one product tile. Where the runtime has tensor cores, the scan is checked a
+/// second time with its products on them (`ssd_scan_tc`), and the two are compared with each
+/// other (`ssd_scan_tc_vs_fma`).
 fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
     let opts = crate::ops::opts::<B>(device);
-    let tensor_cores = B::ssd_tensor_cores(device);
+    let tensor_cores = B::ssd_tensor_cores_available(device);
+    let chosen = super::ssd_tensor_cores_enabled();
     // TF32 keeps 10 of f32's 23 mantissa bits: each operand is off by up to 2^-11 ≈ 4.9e-4
     // relative, and a product of random terms by about that much. dA is a sum over every
     // position with cancellation, so its relative error is larger (measured, not derived).
@@ -218,17 +219,16 @@ fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
             out.push(compare(&name("_backward.b"), shape.clone(), fb, rb, tol));
             out.push(compare(&name("_backward.c"), shape.clone(), fc, rc, tol));
         };
-        let default = fused();
+        super::set_ssd_tensor_cores(false);
+        let fma = fused();
+        push("ssd_scan", fma.clone(), (y.clone(), reference.clone()), 1e-4, 1e-4);
         if tensor_cores {
-            push("ssd_scan", default.clone(), (y.clone(), reference.clone()), tc_tol, tc_tol_a);
-            super::set_ssd_tensor_cores(false);
-            let fma = fused();
             super::set_ssd_tensor_cores(true);
-            push("ssd_scan_fma", fma.clone(), (y, reference), 1e-4, 1e-4);
-            push("ssd_scan_tc_vs_fma", default, fma, tc_tol, tc_tol_a);
-        } else {
-            push("ssd_scan", default, (y, reference), 1e-4, 1e-4);
+            let tc = fused();
+            push("ssd_scan_tc", tc.clone(), (y, reference), tc_tol, tc_tol_a);
+            push("ssd_scan_tc_vs_fma", tc, fma, tc_tol, tc_tol_a);
         }
+        super::set_ssd_tensor_cores(chosen);
     }
 }
 

@@ -584,8 +584,8 @@ where
     /// The scan's kernels (`ssd_cube.rs`), products in f32 whatever `dtype` asks; problems they
     /// do not take (non-f32 inputs, chunks over 1024, grids over the backends' limits) run op by op.
     #[allow(clippy::too_many_arguments)]
-    fn ssd_tensor_cores(device: &Self::Device) -> bool {
-        super::ssd_tensor_cores_enabled() && super::ssd_cube::has_tf32_tensor_cores(&R::client(device))
+    fn ssd_tensor_cores_available(device: &Self::Device) -> bool {
+        super::ssd_cube::has_tf32_tensor_cores(&R::client(device))
     }
 
     fn ssd_scan(

@@ -53,11 +53,13 @@ pub fn ssd_scan_enabled() -> bool {
     SSD_SCAN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-static SSD_TENSOR_CORES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+static SSD_TENSOR_CORES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Lets the SSD scan's products run on TF32 tensor cores where the runtime has them (the
-/// default: CUDA from sm_80), or keeps them on f32 multiply-adds (`--ssd-fma`: their reference,
-/// and the kernel every runtime runs). `kernels/ssd_product.rs` has both.
+/// Lets the SSD scan's products run on TF32 tensor cores where the runtime has them (CUDA from
+/// sm_80: `--ssd-tensor-cores`), or keeps them on f32 multiply-adds (the default: their
+/// reference, the kernel every runtime runs, and on the H100 the faster one so far: 38,102
+/// against 33,238 tokens/s at batch 4, docs/TRAINING_KERNELS.md). `kernels/ssd_product.rs` has
+/// both.
 pub fn set_ssd_tensor_cores(on: bool) {
     SSD_TENSOR_CORES.store(on, std::sync::atomic::Ordering::SeqCst);
 }
@@ -359,9 +361,9 @@ pub trait FusedOps: Backend {
         reference::ssd_decay_scores_backward(acs, cb, gs)
     }
 
-    /// Whether [`FusedOps::ssd_scan`] runs its products on tensor cores on `device` (TF32
-    /// inputs, f32 accumulation): [`ssd_tensor_cores_enabled`] and a runtime that has them.
-    fn ssd_tensor_cores(_device: &Self::Device) -> bool {
+    /// Whether the runtime of `device` has the tensor-core product [`FusedOps::ssd_scan`] can run
+    /// its products on (TF32 inputs, f32 accumulation) when [`ssd_tensor_cores_enabled`].
+    fn ssd_tensor_cores_available(_device: &Self::Device) -> bool {
         false
     }
 

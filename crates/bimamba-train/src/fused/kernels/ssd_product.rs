@@ -15,13 +15,18 @@
 //! the same epilogue ([`write_out`]):
 //! - [`ssd_product_kernel`], on every runtime: 256 threads, each a 4 × 4 block accumulated with
 //!   f32 multiply-adds from 16-deep slices. It is the reference of the other.
-//! - [`ssd_product_tc_kernel`], where the runtime has TF32 tensor-core products (CUDA from
-//!   sm_80): 4 warps, each a 32 × 32 quarter as 2 × 2 fragments of 16 × 16 (m16n16k8, TF32
+//! - [`ssd_product_tc_kernel`], with `--ssd-tensor-cores` where the runtime has TF32 tensor-core
+//!   products (CUDA from sm_80): 4 warps, each a 32 × 32 quarter as 2 × 2 fragments of 16 × 16 (m16n16k8, TF32
 //!   inputs, f32 accumulation), from 32-deep slices. The operands are rounded to TF32 (10
 //!   mantissa bits) once, as they enter shared memory: what Burn's f32 products already do on
 //!   CUDA. Each slice is stored in the orientation its global loads are contiguous in (rows of A
 //!   when A's inner index is the fast one, columns otherwise; likewise B), with 4 floats of
-//!   padding per line, so that a warp's 32 stores fall in different banks.
+//!   padding per line, so that a warp's 32 stores fall in different banks. On the H100 it is
+//!   slower than the multiply-add kernel (81.5 against 60.9 ms of the batch-4 backward's products,
+//!   31.4 against 20.5 ms of the forward's), so it is not the default: a product of one 64 × 64
+//!   tile per cube over an inner dimension of 64–128 leaves the tensor cores waiting on the loads
+//!   (each element of A is scaled, masked and rounded on its way in) and on two barriers per
+//!   32-deep slice.
 
 use cubecl::prelude::*;
 
