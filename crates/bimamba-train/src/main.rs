@@ -110,9 +110,13 @@ struct TrainArgs {
     /// The SSD scan as one node on its kernels: the default (kept so that earlier commands run).
     #[arg(long, hide = true)]
     ssd_node: bool,
-    /// Run the SSD scan's products on TF32 tensor cores where the runtime has them (CUDA from
-    /// sm_80); by default they run on f32 multiply-adds, measured faster on the H100 so far.
-    #[arg(long)]
+    /// The kernel of the SSD scan's products: `blocked` (f32 multiply-adds, 8 × 8 per thread),
+    /// `simple` (its 4 × 4 reference) or `tensor-cores` (TF32, CUDA from sm_80; measured slower
+    /// on the H100 so far).
+    #[arg(long, value_enum, default_value = "blocked")]
+    ssd_products: bimamba_train::fused::SsdProducts,
+    /// `--ssd-products tensor-cores` (kept so that earlier commands run).
+    #[arg(long, hide = true)]
     ssd_tensor_cores: bool,
     /// Data-parallel ranks to start on this host, one per GPU with `--backend cuda` (rank r uses
     /// GPU r); each rank trains on `data.batch_size` windows of every step. Under an external
@@ -286,7 +290,10 @@ fn run(cli: Cli) -> Result<()> {
             let family = bimamba_train::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda);
             bimamba_train::fused::set_matmul_kernel(family).map_err(anyhow::Error::msg)?;
             bimamba_train::fused::set_ssd_scan(!a.ssd_op_by_op);
-            bimamba_train::fused::set_ssd_tensor_cores(a.ssd_tensor_cores);
+            bimamba_train::fused::set_ssd_products(match a.ssd_tensor_cores {
+                true => bimamba_train::fused::SsdProducts::TensorCores,
+                false => a.ssd_products,
+            });
             let root = ranks.rank == 0;
             let opts = run::RunOptions {
                 out,

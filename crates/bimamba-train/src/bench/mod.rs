@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::backend::BackendKind;
 use crate::config::{ModelConfig, ModelSpec, Precision};
 use crate::error::Result;
+use crate::fused::SsdProducts;
 use crate::llama::LlamaTeacher;
 use crate::loss::{cross_entropy, soft_cross_entropy};
 use crate::model::Mamba2Lm;
@@ -99,9 +100,13 @@ pub struct BenchArgs {
     /// The SSD scan as one node on its kernels: the default (kept so that earlier commands run).
     #[arg(long, hide = true)]
     pub ssd_node: bool,
-    /// Run the SSD scan's products on TF32 tensor cores where the runtime has them (CUDA from
-    /// sm_80); by default they run on f32 multiply-adds, measured faster on the H100 so far.
-    #[arg(long)]
+    /// The kernel of the SSD scan's products: `blocked` (f32 multiply-adds, 8 × 8 per thread),
+    /// `simple` (its 4 × 4 reference) or `tensor-cores` (TF32, CUDA from sm_80; measured slower
+    /// on the H100 so far).
+    #[arg(long, value_enum, default_value = "blocked")]
+    pub ssd_products: crate::fused::SsdProducts,
+    /// `--ssd-products tensor-cores` (kept so that earlier commands run).
+    #[arg(long, hide = true)]
     pub ssd_tensor_cores: bool,
     /// Run the bf16 projection and head products with this CubeCL matmul kernel family
     /// (`bimamba-train matmul-kernels` lists and times them; `burn` is Burn's own product; on CUDA
@@ -119,6 +124,16 @@ pub struct BenchArgs {
     /// Write the report as JSON here too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+    /// The SSD products' kernel these flags choose.
+    pub fn products(&self) -> SsdProducts {
+        match self.ssd_tensor_cores {
+            true => SsdProducts::TensorCores,
+            false => self.ssd_products,
+        }
+    }
 }
 
 /// `--batch`: a number of sequences, or `auto`.
@@ -454,7 +469,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
 ) -> Result<BenchReport> {
     crate::fused::set_enabled(!a.reference);
     crate::fused::set_ssd_scan(!a.ssd_op_by_op);
-    crate::fused::set_ssd_tensor_cores(a.ssd_tensor_cores);
+    crate::fused::set_ssd_products(a.products());
     let cuda = matches!(a.backend, BackendKind::Cuda);
     crate::fused::set_matmul_kernel(crate::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda))
         .map_err(crate::error::Error::Config)?;
@@ -533,10 +548,13 @@ pub fn bench<B: crate::fused::TrainBackend>(
         matmul_dtype: if a.bf16 { "BF16".into() } else { "F32".into() },
         ssd_scan: if a.ssd_op_by_op || matches!(a.backend, BackendKind::Ndarray) {
             "op by op".into()
-        } else if a.ssd_tensor_cores && B::ssd_tensor_cores_available(device) {
-            "node, tf32 tensor cores".into()
         } else {
-            "node, f32 multiply-adds".into()
+            match a.products() {
+                SsdProducts::TensorCores if B::ssd_tensor_cores_available(device) => "node, tf32 tensor cores",
+                SsdProducts::Simple => "node, f32 multiply-adds, 64 x 64 tiles",
+                _ => "node, f32 multiply-adds, blocked 128 x 64 tiles",
+            }
+            .into()
         },
         mfu: model_tflops / peak,
         op_launch_us: launch_us,

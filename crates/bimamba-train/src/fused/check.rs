@@ -167,13 +167,14 @@ pub fn run<B: FusedOps>(device: &B::Device, bf16: bool) -> Vec<Check> {
 /// The whole SSD scan, forward and every input's gradient, against the op-by-op chunked scan
 /// and its hand-written backward: a partial last chunk, tiles that neither the head size, the
 /// state size nor the chunk fills (two groups of two heads), and one group of six heads with a
-/// chunk longer than one product tile. Where the runtime has tensor cores, the scan is checked a
-/// second time with its products on them (`ssd_scan_tc`), and the two are compared with each
-/// other (`ssd_scan_tc_vs_fma`).
+/// chunk longer than one product tile. The scan runs with each products' kernel: the blocked
+/// one (`ssd_scan`), its 64 × 64 reference (`ssd_scan_simple`), the two against each other
+/// (`ssd_scan_blocked_vs_simple`: the same f32 sums in another order), and where the runtime has
+/// tensor cores, on them (`ssd_scan_tc`, and against the blocked kernel `ssd_scan_tc_vs_fma`).
 fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
     let opts = crate::ops::opts::<B>(device);
     let tensor_cores = B::ssd_tensor_cores_available(device);
-    let chosen = super::ssd_tensor_cores_enabled();
+    let chosen = super::ssd_products();
     // TF32 keeps 10 of f32's 23 mantissa bits: each operand is off by up to 2^-11 ≈ 4.9e-4
     // relative, and a product of random terms by about that much (an H100 measured 1.6e-4 to
     // 4.2e-4). dA is a sum over every position with cancellation, so its relative error is
@@ -220,16 +221,21 @@ fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
             out.push(compare(&name("_backward.b"), shape.clone(), fb, rb, tol));
             out.push(compare(&name("_backward.c"), shape.clone(), fc, rc, tol));
         };
-        super::set_ssd_tensor_cores(false);
-        let fma = fused();
-        push("ssd_scan", fma.clone(), (y.clone(), reference.clone()), 1e-4, 1e-4);
+        use super::SsdProducts;
+        super::set_ssd_products(SsdProducts::Blocked);
+        let blocked = fused();
+        push("ssd_scan", blocked.clone(), (y.clone(), reference.clone()), 1e-4, 1e-4);
+        super::set_ssd_products(SsdProducts::Simple);
+        let simple = fused();
+        push("ssd_scan_simple", simple.clone(), (y.clone(), reference.clone()), 1e-4, 1e-4);
+        push("ssd_scan_blocked_vs_simple", blocked.clone(), simple, 1e-5, 1e-4);
         if tensor_cores {
-            super::set_ssd_tensor_cores(true);
+            super::set_ssd_products(SsdProducts::TensorCores);
             let tc = fused();
             push("ssd_scan_tc", tc.clone(), (y, reference), tc_tol, tc_tol_a);
-            push("ssd_scan_tc_vs_fma", tc, fma, tc_tol, tc_tol_a);
+            push("ssd_scan_tc_vs_fma", tc, blocked, tc_tol, tc_tol_a);
         }
-        super::set_ssd_tensor_cores(chosen);
+        super::set_ssd_products(chosen);
     }
 }
 

@@ -53,20 +53,34 @@ pub fn ssd_scan_enabled() -> bool {
     SSD_SCAN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-static SSD_TENSOR_CORES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Lets the SSD scan's products run on TF32 tensor cores where the runtime has them (CUDA from
-/// sm_80: `--ssd-tensor-cores`), or keeps them on f32 multiply-adds (the default: their
-/// reference, the kernel every runtime runs, and on the H100 the faster one so far: 38,102
-/// against 33,238 tokens/s at batch 4, docs/TRAINING_KERNELS.md). `kernels/ssd_product.rs` has
-/// both.
-pub fn set_ssd_tensor_cores(on: bool) {
-    SSD_TENSOR_CORES.store(on, std::sync::atomic::Ordering::SeqCst);
+/// The kernel that runs the SSD scan's products (`kernels/ssd_product_blocked.rs`,
+/// `kernels/ssd_product.rs`; `--ssd-products`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SsdProducts {
+    /// f32 multiply-adds, 8 × 8 per thread, 128 × 64 tiles (the default).
+    Blocked,
+    /// f32 multiply-adds, 4 × 4 per thread, 64 × 64 tiles: the blocked kernel's reference.
+    Simple,
+    /// TF32 tensor cores (CUDA from sm_80; elsewhere the blocked kernel): on the H100 slower
+    /// than multiply-adds so far (docs/TRAINING_KERNELS.md).
+    TensorCores,
 }
 
-/// Whether the SSD scan's products may run on tensor cores.
-pub fn ssd_tensor_cores_enabled() -> bool {
-    SSD_TENSOR_CORES.load(std::sync::atomic::Ordering::Relaxed)
+static SSD_PRODUCTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Chooses the kernel of the SSD scan's products.
+pub fn set_ssd_products(kind: SsdProducts) {
+    SSD_PRODUCTS.store(kind as u8, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The kernel of the SSD scan's products.
+pub fn ssd_products() -> SsdProducts {
+    match SSD_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => SsdProducts::Simple,
+        2 => SsdProducts::TensorCores,
+        _ => SsdProducts::Blocked,
+    }
 }
 
 static MATMUL_KERNEL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
@@ -362,7 +376,7 @@ pub trait FusedOps: Backend {
     }
 
     /// Whether the runtime of `device` has the tensor-core product [`FusedOps::ssd_scan`] can run
-    /// its products on (TF32 inputs, f32 accumulation) when [`ssd_tensor_cores_enabled`].
+    /// its products on (TF32 inputs, f32 accumulation) under [`SsdProducts::TensorCores`].
     fn ssd_tensor_cores_available(_device: &Self::Device) -> bool {
         false
     }

@@ -20,6 +20,7 @@ use cubecl::{CubeCount, CubeDim};
 
 use super::cube::{float_prim, wrap_d};
 use super::kernels::ssd_product::{ssd_product_kernel, ssd_product_tc_kernel, PRODUCT_THREADS, TC_THREADS, TILE};
+use super::kernels::ssd_product_blocked::{ssd_product_blocked_kernel, BLOCKED_THREADS, BLOCK_LONG, BLOCK_SHORT};
 use super::kernels::ssd_scan::{
     ssd_chunk_cumsum_kernel, ssd_finish_kernel, ssd_state_pass_backward_kernel, ssd_state_pass_kernel, MAX_CHUNK,
     STATE_PASS_THREADS,
@@ -77,14 +78,26 @@ pub fn has_tf32_tensor_cores<R: CubeRuntime>(client: &cubecl::prelude::ComputeCl
     })
 }
 
-/// out[z] (=, or +=) r ⊙ (A[z] · diag(u) ⊙ D) · B[z] ⊙ c over 5-D views: on TF32 tensor cores
-/// where the runtime has them and [`super::ssd_tensor_cores_enabled`], else with f32
-/// multiply-adds.
+/// out[z] (=, or +=) r ⊙ (A[z] · diag(u) ⊙ D) · B[z] ⊙ c over 5-D views, with the kernel
+/// [`super::ssd_products`] names (TF32 tensor cores only where the runtime has them; the blocked
+/// kernel otherwise).
 fn product<R: CubeRuntime>(a: &Prim<R>, b: &Prim<R>, out: &Prim<R>, f: Factors<'_, R>) {
+    use super::SsdProducts;
     let (sa, sb, so) = (a.meta.shape(), b.meta.shape(), out.meta.shape());
     debug_assert!(sa[4] == sb[3] && sa[3] == so[3] && sb[4] == so[4], "SSD product: {sa:?} · {sb:?} → {so:?}");
     let z = so[0] * so[1] * so[2];
-    let count = CubeCount::new_3d(so[4].div_ceil(TILE) as u32, so[3].div_ceil(TILE) as u32, z as u32);
+    let kind = match super::ssd_products() {
+        SsdProducts::TensorCores if !has_tf32_tensor_cores(&a.client) => SsdProducts::Blocked,
+        k => k,
+    };
+    // The blocked kernel's tile is 128 × 64, or 64 × 128 where the output has more columns.
+    let tall = so[3] >= so[4];
+    let (rows, cols) = match kind {
+        SsdProducts::Blocked if tall => (BLOCK_LONG, BLOCK_SHORT),
+        SsdProducts::Blocked => (BLOCK_SHORT, BLOCK_LONG),
+        _ => (TILE, TILE),
+    };
+    let count = CubeCount::new_3d(so[4].div_ceil(cols) as u32, so[3].div_ceil(rows) as u32, z as u32);
     let dummy = || a.clone().into_tensor_arg();
     let arg = |t: Option<&Prim<R>>| t.map(|t| t.clone().into_tensor_arg()).unwrap_or_else(dummy);
     let (acs, decay) = match f.decay {
@@ -92,10 +105,10 @@ fn product<R: CubeRuntime>(a: &Prim<R>, b: &Prim<R>, out: &Prim<R>, f: Factors<'
         Some((acs, Mask::Lower)) => (Some(acs), 1),
         Some((acs, Mask::Upper)) => (Some(acs), 2),
     };
-    // Both kernels take the same arguments.
+    // The kernels take the same arguments (the blocked one its tile's orientation too).
     macro_rules! launch {
-        ($kernel:ident, $threads:expr) => {
-            $kernel::launch::<R>(
+        ($kernel:ident :: $launch:ident, $threads:expr $(, $extra:expr)?) => {
+            $kernel::$launch::<R>(
                 &a.client,
                 count,
                 CubeDim::new_1d($threads),
@@ -113,13 +126,22 @@ fn product<R: CubeRuntime>(a: &Prim<R>, b: &Prim<R>, out: &Prim<R>, f: Factors<'
                 f.accumulate,
                 a.meta.strides()[4] == 1,
                 b.meta.strides()[4] == 1,
+                $($extra)?
             )
         };
     }
-    if super::ssd_tensor_cores_enabled() && has_tf32_tensor_cores(&a.client) {
-        launch!(ssd_product_tc_kernel, TC_THREADS);
-    } else {
-        launch!(ssd_product_kernel, PRODUCT_THREADS);
+    match kind {
+        SsdProducts::TensorCores => {
+            launch!(ssd_product_tc_kernel::launch, TC_THREADS);
+        }
+        SsdProducts::Simple => {
+            launch!(ssd_product_kernel::launch, PRODUCT_THREADS);
+        }
+        // SAFETY: the kernel guards every global read and write by the bounds of the tensors it
+        // is given (`kernels/ssd_product_blocked.rs`), which is what the checked launch adds.
+        SsdProducts::Blocked => unsafe {
+            launch!(ssd_product_blocked_kernel::launch_unchecked, BLOCKED_THREADS, tall);
+        },
     }
 }
 

@@ -11,6 +11,7 @@ pub mod optim;
 pub mod reduce;
 pub mod ssd;
 pub mod ssd_product;
+pub mod ssd_product_blocked;
 pub mod ssd_scan;
 
 /// Sum over a cube of 256 threads; every thread gets the total.

@@ -10,12 +10,14 @@
 //! per group, the output per head) is broadcast: head h reads group h·G/H. Under a lower (upper)
 //! mask the inner dimension stops at (starts from) the tile's rows, skipping the masked half.
 //!
-//! Two kernels compute it, one 64 × 64 output tile per cube, from shared-memory slices of A and B
+//! The default kernel is the register-blocked one of `ssd_product_blocked.rs`. The two here
+//! compute one 64 × 64 output tile per cube, from shared-memory slices of A and B
 //! that both fill through the same loads ([`operand_a`], [`operand_b`]) and both finish through
 //! the same epilogue ([`write_out`]):
 //! - [`ssd_product_kernel`], on every runtime: 256 threads, each a 4 × 4 block accumulated with
-//!   f32 multiply-adds from 16-deep slices. It is the reference of the other.
-//! - [`ssd_product_tc_kernel`], with `--ssd-tensor-cores` where the runtime has TF32 tensor-core
+//!   f32 multiply-adds from 16-deep slices (`--ssd-products simple`). It is the reference of the
+//!   other two.
+//! - [`ssd_product_tc_kernel`], with `--ssd-products tensor-cores` where the runtime has TF32 tensor-core
 //!   products (CUDA from sm_80): 4 warps, each a 32 × 32 quarter as 2 × 2 fragments of 16 × 16 (m16n16k8, TF32
 //!   inputs, f32 accumulation), from 32-deep slices. The operands are rounded to TF32 (10
 //!   mantissa bits) once, as they enter shared memory: what Burn's f32 products already do on
@@ -48,16 +50,24 @@ const FRAGMENT_ALIGN: usize = 32;
 /// The index along an operand's third dimension that output index `z2` (of `n2`) reads: itself,
 /// or its group when the operand has fewer entries there.
 #[cube]
-fn third(z2: usize, n2: usize, own: usize) -> usize {
+pub(super) fn third(z2: usize, n2: usize, own: usize) -> usize {
     (z2 * own) / n2
 }
 
-/// The decay factor D(i, k) (see the module documentation); `lam` offsets a row of Λ.
+/// The decay factor D(i, k) (see the module documentation); `lam` offsets a row of Λ, whose
+/// positions are `stride` apart.
 #[cube]
-fn decay_factor(acs: &Tensor<f32>, lam: usize, i: usize, k: usize, #[comptime] upper: bool) -> f32 {
+pub(super) fn decay_factor(
+    acs: &Tensor<f32>,
+    lam: usize,
+    stride: usize,
+    i: usize,
+    k: usize,
+    #[comptime] upper: bool,
+) -> f32 {
     let mut v = 0.0f32;
-    let li = acs[lam + i * acs.stride(3)];
-    let lk = acs[lam + k * acs.stride(3)];
+    let li = acs[lam + i * stride];
+    let lk = acs[lam + k * stride];
     if upper {
         if k >= i {
             let mut d = lk - li;
@@ -79,23 +89,23 @@ fn decay_factor(acs: &Tensor<f32>, lam: usize, i: usize, k: usize, #[comptime] u
 /// Where one cube's product reads and writes: the operands' offsets for its (batch, chunk,
 /// head), its tile's first row and column, and the inner range the mask leaves.
 #[derive(CubeType)]
-struct Place {
-    z0: usize,
-    z1: usize,
-    z2: usize,
-    n2: usize,
-    a_base: usize,
-    b_base: usize,
-    k_base: usize,
-    lam: usize,
-    tile_m: usize,
-    tile_n: usize,
-    k_begin: usize,
-    k_end: usize,
+pub(super) struct Place {
+    pub(super) z0: usize,
+    pub(super) z1: usize,
+    pub(super) z2: usize,
+    pub(super) n2: usize,
+    pub(super) a_base: usize,
+    pub(super) b_base: usize,
+    pub(super) k_base: usize,
+    pub(super) lam: usize,
+    pub(super) tile_m: usize,
+    pub(super) tile_n: usize,
+    pub(super) k_begin: usize,
+    pub(super) k_end: usize,
 }
 
+/// [`place_tile`] for a [`TILE`] × [`TILE`] output tile.
 #[cube]
-#[allow(clippy::collapsible_if)]
 fn place(
     a: &Tensor<f32>,
     b: &Tensor<f32>,
@@ -105,6 +115,23 @@ fn place(
     #[comptime] has_k: bool,
     #[comptime] decay: u32,
 ) -> Place {
+    place_tile(a, b, out, kscale, acs, has_k, decay, TILE, TILE)
+}
+
+/// The [`Place`] of this cube, for output tiles of `rows` × `cols`.
+#[cube]
+#[allow(clippy::collapsible_if, clippy::too_many_arguments)]
+pub(super) fn place_tile(
+    a: &Tensor<f32>,
+    b: &Tensor<f32>,
+    out: &Tensor<f32>,
+    kscale: &Tensor<f32>,
+    acs: &Tensor<f32>,
+    #[comptime] has_k: bool,
+    #[comptime] decay: u32,
+    #[comptime] rows: usize,
+    #[comptime] cols: usize,
+) -> Place {
     let k_total = a.shape(4);
     let n2 = out.shape(2);
     let n1 = out.shape(1);
@@ -112,8 +139,8 @@ fn place(
     let z2 = z % n2;
     let z1 = (z / n2) % n1;
     let z0 = z / (n2 * n1);
-    let tile_m = CUBE_POS_Y as usize * TILE;
-    let tile_n = CUBE_POS_X as usize * TILE;
+    let tile_m = CUBE_POS_Y as usize * rows;
+    let tile_n = CUBE_POS_X as usize * cols;
     let a_base = z0 * a.stride(0) + z1 * a.stride(1) + third(z2, n2, a.shape(2)) * a.stride(2);
     let b_base = z0 * b.stride(0) + z1 * b.stride(1) + third(z2, n2, b.shape(2)) * b.stride(2);
     let mut k_base = 0usize;
@@ -127,8 +154,8 @@ fn place(
     let mut k_begin = 0usize;
     let mut k_end = k_total;
     if comptime![decay == 1] {
-        if tile_m + TILE < k_total {
-            k_end = tile_m + TILE;
+        if tile_m + rows < k_total {
+            k_end = tile_m + rows;
         }
     }
     if comptime![decay == 2] {
@@ -157,10 +184,10 @@ fn operand_a(
             v *= kscale[p.k_base + gk * kscale.stride(3)];
         }
         if comptime![decay == 1] {
-            v *= decay_factor(acs, p.lam, gm, gk, false);
+            v *= decay_factor(acs, p.lam, acs.stride(3), gm, gk, false);
         }
         if comptime![decay == 2] {
-            v *= decay_factor(acs, p.lam, gm, gk, true);
+            v *= decay_factor(acs, p.lam, acs.stride(3), gm, gk, true);
         }
     }
     v
