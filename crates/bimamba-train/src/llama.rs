@@ -63,6 +63,46 @@ fn linear<B: FusedOps>(x: Tensor<B, 3>, w: &Tensor<B, 2>) -> Tensor<B, 3> {
 }
 
 /// f32 values uniform in ±bound.
+/// Which keys each query may not see: true where key j > start + i (query i is position
+/// start + i of a sequence whose first `start` positions are cached).
+///
+/// # Shapes
+/// - output: [b, heads, n, start + n]
+pub(crate) fn future_mask<B: Backend>(
+    b: usize,
+    heads: usize,
+    n: usize,
+    start: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let total = start + n;
+    let mask: Vec<bool> = (0..n).flat_map(|i| (0..total).map(move |j| j > start + i)).collect();
+    Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [n, total]), device)
+        .unsqueeze::<4>()
+        .expand([b, heads, n, total])
+}
+
+/// Attention op by op: softmax(q·kᵀ/√hd, the `future` keys masked)·v, the two products in
+/// `dtype` (the reference of [`FusedOps::causal_attention`]).
+///
+/// # Shapes
+/// - q: [b, heads, n, hd]; k, v: [b, heads, total, hd]; future: [b, heads, n, total];
+///   output: [b, heads, n, hd]
+pub(crate) fn attention_reference<B: FusedOps>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    future: Option<&Tensor<B, 4, Bool>>,
+    dtype: Option<DType>,
+) -> Tensor<B, 4> {
+    let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+    let mut scores = matmul_in(q, k.swap_dims(2, 3), dtype) * scale;
+    if let Some(future) = future {
+        scores = scores.mask_fill(future.clone(), f32::NEG_INFINITY);
+    }
+    matmul_in(log_softmax(scores).exp(), v, dtype)
+}
+
 fn uniform(rng: &mut SplitMix64, n: usize, bound: f64) -> Vec<f32> {
     (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect()
 }
@@ -267,15 +307,10 @@ impl<B: FusedOps> LlamaTeacher<B> {
         let device = tokens.device();
         let mut x = burn::tensor::module::embedding(self.embedding.clone(), tokens);
         let d = x.dims()[2];
-        // Query i (position start + i) sees the keys up to its own position; with one query
-        // every key is visible.
-        let future = (n > 1).then(|| {
-            let mask: Vec<bool> = (0..n).flat_map(|i| (0..total).map(move |j| j > start + i)).collect();
-            Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [n, total]), &device)
-                .unsqueeze::<4>()
-                .expand([b, h, n, total])
-        });
-        let scale = 1.0 / (hd as f64).sqrt();
+        // A whole sequence may go through the flash-attention kernel; otherwise query i
+        // (position start + i) sees the keys up to its own position, and one query every key.
+        let flash = cache.is_none() && crate::fused::flash_attention_enabled();
+        let mut future = (n > 1 && !flash).then(|| future_mask::<B>(b, h, n, start, &device));
         for (layer, blk) in self.blocks.iter().enumerate() {
             let u = rms_normalize(x.clone(), eps) * blk.attn_norm.clone().reshape([1, 1, d]);
             let q = self.rope(linear(u.clone(), &blk.wq).reshape([b, n, h, hd]), start).swap_dims(1, 2); // [b,H,n,hd]
@@ -298,11 +333,19 @@ impl<B: FusedOps> LlamaTeacher<B> {
                     .swap_dims(1, 2)
             };
             let (k, v) = (rep(k), rep(v));
-            let mut scores = matmul_in(q, k.swap_dims(2, 3), self.matmul_dtype) * scale;
-            if let Some(future) = &future {
-                scores = scores.mask_fill(future.clone(), f32::NEG_INFINITY);
-            }
-            let attn = matmul_in(log_softmax(scores).exp(), v, self.matmul_dtype); // [b,H,n,hd]
+            let fused = match flash {
+                true => B::causal_attention(q.clone(), k.clone(), v.clone(), self.matmul_dtype),
+                false => None,
+            };
+            let attn = match fused {
+                Some(attn) => attn,
+                None => {
+                    if n > 1 && future.is_none() {
+                        future = Some(future_mask::<B>(b, h, n, start, &device));
+                    }
+                    attention_reference(q, k, v, future.as_ref(), self.matmul_dtype)
+                }
+            }; // [b,H,n,hd]
             x = x + linear(attn.swap_dims(1, 2).reshape([b, n, h * hd]), &blk.wo);
             let u = rms_normalize(x.clone(), eps) * blk.ffn_norm.clone().reshape([1, 1, d]);
             let gated = silu(linear(u.clone(), &blk.w_gate)) * linear(u, &blk.w_up);

@@ -110,14 +110,18 @@ struct TrainArgs {
     /// The SSD scan as one node on its kernels: the default (kept so that earlier commands run).
     #[arg(long, hide = true)]
     ssd_node: bool,
-    /// The kernel of the SSD scan's products: `blocked` (f32 multiply-adds, 8 × 8 per thread),
-    /// `simple` (its 4 × 4 reference) or `tensor-cores` (TF32, CUDA from sm_80; measured slower
-    /// on the H100 so far).
-    #[arg(long, value_enum, default_value = "blocked")]
+    /// The kernel of the SSD scan's products: `simple` (f32 multiply-adds, 4 × 4 per thread; the
+    /// fastest measured on the H100 so far), `blocked` (8 × 8 per thread, the same sums; not yet
+    /// measured on a GPU) or `tensor-cores` (TF32, CUDA from sm_80; measured slower).
+    #[arg(long, value_enum, default_value = "simple")]
     ssd_products: bimamba_train::fused::SsdProducts,
     /// `--ssd-products tensor-cores` (kept so that earlier commands run).
     #[arg(long, hide = true)]
     ssd_tensor_cores: bool,
+    /// Run the teacher's attention through CubeCL's flash-attention kernel (no [b, heads, L, L]
+    /// scores in memory) instead of op by op; checked by `check-kernels`, not yet measured on a GPU.
+    #[arg(long)]
+    flash_attention: bool,
     /// Data-parallel ranks to start on this host, one per GPU with `--backend cuda` (rank r uses
     /// GPU r); each rank trains on `data.batch_size` windows of every step. Under an external
     /// launcher (torchrun-style WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) leave
@@ -290,6 +294,7 @@ fn run(cli: Cli) -> Result<()> {
             let family = bimamba_train::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda);
             bimamba_train::fused::set_matmul_kernel(family).map_err(anyhow::Error::msg)?;
             bimamba_train::fused::set_ssd_scan(!a.ssd_op_by_op);
+            bimamba_train::fused::set_flash_attention(a.flash_attention);
             bimamba_train::fused::set_ssd_products(match a.ssd_tensor_cores {
                 true => bimamba_train::fused::SsdProducts::TensorCores,
                 false => a.ssd_products,

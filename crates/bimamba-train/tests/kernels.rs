@@ -23,6 +23,11 @@ fn fused_kernels_equal_their_references_on_wgpu() {
     let failed: Vec<_> = checks.iter().filter(|c| !c.pass).map(|c| c.name.clone()).collect();
     assert!(failed.is_empty(), "failed: {failed:?}");
     assert!(checks.len() >= 20);
+    // The kernels this runtime must have: the scan with both multiply-add products, and flash
+    // attention (CubeCL's kernel on plain multiply-adds here).
+    for name in ["ssd_scan_blocked_vs_simple.t64", "causal_attention.f32"] {
+        assert!(checks.iter().any(|c| c.name == name), "no check {name}");
+    }
 }
 
 /// Every matmul family that runs on this device gives Burn's product, for each operand layout
@@ -149,4 +154,42 @@ fn bench_picks_the_largest_batch_that_fits_on_wgpu() {
     println!("batch {} chosen, {held:.3} GB held after its steps", r.batch);
     assert!(r.batch > 2, "batch {}", r.batch);
     assert!(held <= 0.05, "{held} GB held against 0.05 GB allowed");
+}
+
+/// The teacher's forward with its attention through the flash-attention kernel equals the
+/// op-by-op forward: the model's own layouts (queries a transposed view, keys and values
+/// repeated from fewer heads), a length that no block of keys divides.
+#[test]
+fn teacher_logits_with_flash_attention_equal_op_by_op_on_wgpu() {
+    use bimamba_train::llama::LlamaTeacher;
+    use burn::tensor::{Int, Tensor, TensorData};
+    let dev = WgpuDevice::default();
+    let cfg = bimamba_llama::LlamaConfig {
+        n_layer: 2,
+        d_model: 48,
+        d_ff: 64,
+        n_head: 6,
+        n_kv_head: 2,
+        head_dim: 8,
+        rope_dim: 8,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+        vocab_size: 41,
+        context_length: 256,
+    };
+    let teacher = LlamaTeacher::<Wgpu>::random(cfg, 11, &dev);
+    let toks: Vec<i64> = (0..2 * 75).map(|i| (i * 13 + 5) % 41).collect();
+    let t = Tensor::<Wgpu, 2, Int>::from_data(TensorData::new(toks, [2, 75]), &dev);
+    let logits = |flash| {
+        bimamba_train::fused::set_flash_attention(flash);
+        let l = teacher.forward(t.clone());
+        bimamba_train::fused::set_flash_attention(false);
+        l
+    };
+    let (reference, flash) = (logits(false), logits(true));
+    let err: f32 = (flash - reference.clone()).abs().max().into_scalar();
+    let scale: f32 = reference.abs().max().into_scalar();
+    println!("max error {err} (scale {scale})");
+    assert!(scale > 0.1, "degenerate logits");
+    assert!(err <= 2e-3 * scale, "max error {err} against scale {scale}");
 }

@@ -100,14 +100,18 @@ pub struct BenchArgs {
     /// The SSD scan as one node on its kernels: the default (kept so that earlier commands run).
     #[arg(long, hide = true)]
     pub ssd_node: bool,
-    /// The kernel of the SSD scan's products: `blocked` (f32 multiply-adds, 8 × 8 per thread),
-    /// `simple` (its 4 × 4 reference) or `tensor-cores` (TF32, CUDA from sm_80; measured slower
-    /// on the H100 so far).
-    #[arg(long, value_enum, default_value = "blocked")]
+    /// The kernel of the SSD scan's products: `simple` (f32 multiply-adds, 4 × 4 per thread; the
+    /// fastest measured on the H100 so far), `blocked` (8 × 8 per thread, the same sums; not yet
+    /// measured on a GPU) or `tensor-cores` (TF32, CUDA from sm_80; measured slower).
+    #[arg(long, value_enum, default_value = "simple")]
     pub ssd_products: crate::fused::SsdProducts,
     /// `--ssd-products tensor-cores` (kept so that earlier commands run).
     #[arg(long, hide = true)]
     pub ssd_tensor_cores: bool,
+    /// Run the teacher's attention through CubeCL's flash-attention kernel (no [b, heads, L, L]
+    /// scores in memory) instead of op by op; checked by `check-kernels`, not yet measured on a GPU.
+    #[arg(long)]
+    pub flash_attention: bool,
     /// Run the bf16 projection and head products with this CubeCL matmul kernel family
     /// (`bimamba-train matmul-kernels` lists and times them; `burn` is Burn's own product; on CUDA
     /// the default is `specialized_tma_mma`).
@@ -246,6 +250,8 @@ pub struct BenchReport {
     /// How the SSD scan ran: `op by op`, or as one node with its products on `tf32 tensor
     /// cores` or `f32 multiply-adds`.
     pub ssd_scan: String,
+    /// Whether the teacher's attention (`--distill`) ran through the flash-attention kernel.
+    pub flash_attention: bool,
     /// model_tflops / peak_tflops.
     pub mfu: f64,
     /// Microseconds per launch of a tiny elementwise op (2,000 adds of 256 floats, one wait at
@@ -470,6 +476,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
     crate::fused::set_enabled(!a.reference);
     crate::fused::set_ssd_scan(!a.ssd_op_by_op);
     crate::fused::set_ssd_products(a.products());
+    crate::fused::set_flash_attention(a.flash_attention);
     let cuda = matches!(a.backend, BackendKind::Cuda);
     crate::fused::set_matmul_kernel(crate::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda))
         .map_err(crate::error::Error::Config)?;
@@ -551,11 +558,12 @@ pub fn bench<B: crate::fused::TrainBackend>(
         } else {
             match a.products() {
                 SsdProducts::TensorCores if B::ssd_tensor_cores_available(device) => "node, tf32 tensor cores",
-                SsdProducts::Simple => "node, f32 multiply-adds, 64 x 64 tiles",
-                _ => "node, f32 multiply-adds, blocked 128 x 64 tiles",
+                SsdProducts::Blocked => "node, f32 multiply-adds, blocked 128 x 64 tiles",
+                _ => "node, f32 multiply-adds, 64 x 64 tiles",
             }
             .into()
         },
+        flash_attention: a.flash_attention,
         mfu: model_tflops / peak,
         op_launch_us: launch_us,
         profile_ms,

@@ -161,16 +161,44 @@ pub fn run<B: FusedOps>(device: &B::Device, bf16: bool) -> Vec<Check> {
     }
     block_checks::<B>(device, &mut out);
     scan_checks::<B>(device, &mut out);
+    attention_checks::<B>(device, bf16, &mut out);
     out
+}
+
+/// The teacher's attention through the backend's flash-attention kernel against the op-by-op
+/// attention (`causal_attention`, where the backend has the kernel), in the teacher's layouts
+/// (queries a transposed view, keys and values repeated from fewer heads): lengths that no block
+/// of queries or keys divides, two head sizes, f32 inputs (and bf16 with `bf16`). The reference's
+/// f32 products run on TF32 tensor cores on CUDA (as the scan's do), hence the f32 tolerance.
+fn attention_checks<B: FusedOps>(device: &B::Device, bf16: bool, out: &mut Vec<Check>) {
+    let dtypes: &[(Option<DType>, &str, f64)] =
+        if bf16 { &[(None, "f32", 2e-3), (Some(DType::BF16), "bf16", 2e-2)] } else { &[(None, "f32", 2e-3)] };
+    for (b, h, kv, l, hd) in [(2usize, 6usize, 2usize, 37usize, 16usize), (1, 2, 1, 130, 64)] {
+        let q = rand_t::<B, 4>([b, l, h, hd], 1.0, device).swap_dims(1, 2);
+        let repeated = || {
+            rand_t::<B, 4>([b, l, kv, hd], 1.0, device)
+                .reshape([b, l, kv, 1, hd])
+                .expand([b, l, kv, h / kv, hd])
+                .reshape([b, l, h, hd])
+                .swap_dims(1, 2)
+        };
+        let (k, v) = (repeated(), repeated());
+        let future = crate::llama::future_mask::<B>(b, h, l, 0, device);
+        for &(dtype, tag, tol) in dtypes {
+            let Some(fused) = B::causal_attention(q.clone(), k.clone(), v.clone(), dtype) else { continue };
+            let reference = crate::llama::attention_reference(q.clone(), k.clone(), v.clone(), Some(&future), dtype);
+            out.push(compare(&format!("causal_attention.{tag}"), vec![b, h, l, hd], fused, reference, tol));
+        }
+    }
 }
 
 /// The whole SSD scan, forward and every input's gradient, against the op-by-op chunked scan
 /// and its hand-written backward: a partial last chunk, tiles that neither the head size, the
 /// state size nor the chunk fills (two groups of two heads), and one group of six heads with a
-/// chunk longer than one product tile. The scan runs with each products' kernel: the blocked
-/// one (`ssd_scan`), its 64 × 64 reference (`ssd_scan_simple`), the two against each other
-/// (`ssd_scan_blocked_vs_simple`: the same f32 sums in another order), and where the runtime has
-/// tensor cores, on them (`ssd_scan_tc`, and against the blocked kernel `ssd_scan_tc_vs_fma`).
+/// chunk longer than one product tile. The scan runs with each products' kernel: the default
+/// 64 × 64 one (`ssd_scan`), the register-blocked one (`ssd_scan_blocked`), the two against each
+/// other (`ssd_scan_blocked_vs_simple`: the same f32 sums in the same order), and where the
+/// runtime has tensor cores, on them (`ssd_scan_tc`, and against the default `ssd_scan_tc_vs_fma`).
 fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
     let opts = crate::ops::opts::<B>(device);
     let tensor_cores = B::ssd_tensor_cores_available(device);
@@ -222,18 +250,18 @@ fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
             out.push(compare(&name("_backward.c"), shape.clone(), fc, rc, tol));
         };
         use super::SsdProducts;
-        super::set_ssd_products(SsdProducts::Blocked);
-        let blocked = fused();
-        push("ssd_scan", blocked.clone(), (y.clone(), reference.clone()), 1e-4, 1e-4);
         super::set_ssd_products(SsdProducts::Simple);
         let simple = fused();
-        push("ssd_scan_simple", simple.clone(), (y.clone(), reference.clone()), 1e-4, 1e-4);
-        push("ssd_scan_blocked_vs_simple", blocked.clone(), simple, 1e-5, 1e-4);
+        push("ssd_scan", simple.clone(), (y.clone(), reference.clone()), 1e-4, 1e-4);
+        super::set_ssd_products(SsdProducts::Blocked);
+        let blocked = fused();
+        push("ssd_scan_blocked", blocked.clone(), (y.clone(), reference.clone()), 1e-4, 1e-4);
+        push("ssd_scan_blocked_vs_simple", blocked, simple.clone(), 1e-5, 1e-4);
         if tensor_cores {
             super::set_ssd_products(SsdProducts::TensorCores);
             let tc = fused();
             push("ssd_scan_tc", tc.clone(), (y, reference), tc_tol, tc_tol_a);
-            push("ssd_scan_tc_vs_fma", tc, blocked, tc_tol, tc_tol_a);
+            push("ssd_scan_tc_vs_fma", tc, simple, tc_tol, tc_tol_a);
         }
         super::set_ssd_products(chosen);
     }

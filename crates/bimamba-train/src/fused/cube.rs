@@ -584,6 +584,15 @@ where
     /// The scan's kernels (`ssd_cube.rs`), products in f32 whatever `dtype` asks; problems they
     /// do not take (non-f32 inputs, chunks over 1024, grids over the backends' limits) run op by op.
     #[allow(clippy::too_many_arguments)]
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        dtype: Option<DType>,
+    ) -> Option<Tensor<Self, 4>> {
+        super::attention_cube::causal_attention(q, k, v, dtype)
+    }
+
     fn ssd_tensor_cores_available(device: &Self::Device) -> bool {
         super::ssd_cube::has_tf32_tensor_cores(&R::client(device))
     }

@@ -9,6 +9,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor};
 
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod attention_cube;
 mod autodiff;
 pub mod check;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
@@ -53,21 +55,23 @@ pub fn ssd_scan_enabled() -> bool {
     SSD_SCAN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The kernel that runs the SSD scan's products (`kernels/ssd_product_blocked.rs`,
-/// `kernels/ssd_product.rs`; `--ssd-products`).
+/// The kernel that runs the SSD scan's products (`kernels/ssd_product.rs`,
+/// `kernels/ssd_product_blocked.rs`; `--ssd-products`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SsdProducts {
-    /// f32 multiply-adds, 8 × 8 per thread, 128 × 64 tiles (the default).
-    Blocked,
-    /// f32 multiply-adds, 4 × 4 per thread, 64 × 64 tiles: the blocked kernel's reference.
+    /// f32 multiply-adds, 4 × 4 per thread, 64 × 64 tiles: the default, the fastest measured on
+    /// the H100 so far, and the reference of the other two.
     Simple,
-    /// TF32 tensor cores (CUDA from sm_80; elsewhere the blocked kernel): on the H100 slower
-    /// than multiply-adds so far (docs/TRAINING_KERNELS.md).
+    /// f32 multiply-adds, 8 × 8 per thread, 128 × 64 tiles: the same sums in the same order
+    /// with a quarter of the shared-memory loads per multiply-add; not yet measured on a GPU.
+    Blocked,
+    /// TF32 tensor cores (CUDA from sm_80; elsewhere the simple kernel): on the H100 slower than
+    /// multiply-adds (docs/TRAINING_KERNELS.md).
     TensorCores,
 }
 
-static SSD_PRODUCTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static SSD_PRODUCTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(SsdProducts::Simple as u8);
 
 /// Chooses the kernel of the SSD scan's products.
 pub fn set_ssd_products(kind: SsdProducts) {
@@ -76,11 +80,24 @@ pub fn set_ssd_products(kind: SsdProducts) {
 
 /// The kernel of the SSD scan's products.
 pub fn ssd_products() -> SsdProducts {
-    match SSD_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => SsdProducts::Simple,
-        2 => SsdProducts::TensorCores,
-        _ => SsdProducts::Blocked,
-    }
+    [SsdProducts::Simple, SsdProducts::Blocked, SsdProducts::TensorCores]
+        .into_iter()
+        .find(|k| *k as u8 == SSD_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed))
+        .unwrap_or(SsdProducts::Simple)
+}
+
+static FLASH_ATTENTION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs the teacher's attention through one flash-attention kernel (CubeCL's, on the backends
+/// with kernels: `--flash-attention`) instead of op by op (the default until it is measured on
+/// a GPU: [`FusedOps::causal_attention`]).
+pub fn set_flash_attention(on: bool) {
+    FLASH_ATTENTION.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether the teacher's attention runs through the flash-attention kernel.
+pub fn flash_attention_enabled() -> bool {
+    FLASH_ATTENTION.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 static MATMUL_KERNEL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
@@ -248,6 +265,23 @@ pub trait FusedOps: Backend {
         s: &AdamStep,
     ) -> Vec<(Tensor<Self, 1>, Tensor<Self, 1>, Tensor<Self, 1>)> {
         params.into_iter().map(|q| Self::adamw_update(q.p, q.g, q.m, q.v, &AdamStep { decay: q.decay, ..*s })).collect()
+    }
+
+    /// Causal attention of a whole sequence, softmax(q·kᵀ/√hd, keys j ≤ query i)·v per head, in
+    /// one flash-attention kernel (no [b, heads, L, L] scores in memory), q, k and v cast to
+    /// `dtype` and the output cast back; for frozen models (no gradient). `None` where the backend
+    /// has no such kernel or its kernel refuses the problem: the caller then runs its op-by-op
+    /// reference (`crate::llama::attention_reference`).
+    ///
+    /// # Shapes
+    /// - q, k, v: [b, heads, L, hd] (k and v repeated to the query heads); output: as q
+    fn causal_attention(
+        _q: Tensor<Self, 4>,
+        _k: Tensor<Self, 4>,
+        _v: Tensor<Self, 4>,
+        _dtype: Option<DType>,
+    ) -> Option<Tensor<Self, 4>> {
+        None
     }
 
     /// Σ x² over every element of every tensor, as a one-element tensor (the squared global

@@ -79,7 +79,7 @@ pub fn has_tf32_tensor_cores<R: CubeRuntime>(client: &cubecl::prelude::ComputeCl
 }
 
 /// out[z] (=, or +=) r ⊙ (A[z] · diag(u) ⊙ D) · B[z] ⊙ c over 5-D views, with the kernel
-/// [`super::ssd_products`] names (TF32 tensor cores only where the runtime has them; the blocked
+/// [`super::ssd_products`] names (TF32 tensor cores only where the runtime has them; the simple
 /// kernel otherwise).
 fn product<R: CubeRuntime>(a: &Prim<R>, b: &Prim<R>, out: &Prim<R>, f: Factors<'_, R>) {
     use super::SsdProducts;
@@ -87,7 +87,7 @@ fn product<R: CubeRuntime>(a: &Prim<R>, b: &Prim<R>, out: &Prim<R>, f: Factors<'
     debug_assert!(sa[4] == sb[3] && sa[3] == so[3] && sb[4] == so[4], "SSD product: {sa:?} · {sb:?} → {so:?}");
     let z = so[0] * so[1] * so[2];
     let kind = match super::ssd_products() {
-        SsdProducts::TensorCores if !has_tf32_tensor_cores(&a.client) => SsdProducts::Blocked,
+        SsdProducts::TensorCores if !has_tf32_tensor_cores(&a.client) => SsdProducts::Simple,
         k => k,
     };
     // The blocked kernel's tile is 128 × 64, or 64 × 128 where the output has more columns.

@@ -10,13 +10,13 @@
 //! per group, the output per head) is broadcast: head h reads group h·G/H. Under a lower (upper)
 //! mask the inner dimension stops at (starts from) the tile's rows, skipping the masked half.
 //!
-//! The default kernel is the register-blocked one of `ssd_product_blocked.rs`. The two here
-//! compute one 64 × 64 output tile per cube, from shared-memory slices of A and B
+//! Two kernels here compute one 64 × 64 output tile per cube, from shared-memory slices of A and B
 //! that both fill through the same loads ([`operand_a`], [`operand_b`]) and both finish through
 //! the same epilogue ([`write_out`]):
 //! - [`ssd_product_kernel`], on every runtime: 256 threads, each a 4 × 4 block accumulated with
-//!   f32 multiply-adds from 16-deep slices (`--ssd-products simple`). It is the reference of the
-//!   other two.
+//!   f32 multiply-adds from 16-deep slices (`--ssd-products simple`, the default). It is the
+//!   reference of the other two (the third, 128 × 64 tiles of 8 × 8 per thread, is in
+//!   `ssd_product_blocked.rs`).
 //! - [`ssd_product_tc_kernel`], with `--ssd-products tensor-cores` where the runtime has TF32 tensor-core
 //!   products (CUDA from sm_80): 4 warps, each a 32 × 32 quarter as 2 × 2 fragments of 16 × 16 (m16n16k8, TF32
 //!   inputs, f32 accumulation), from 32-deep slices. The operands are rounded to TF32 (10

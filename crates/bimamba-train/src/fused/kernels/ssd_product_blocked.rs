@@ -1,4 +1,4 @@
-//! The register-blocked product kernel of the SSD scan: the default on every runtime.
+//! The register-blocked product kernel of the SSD scan (`--ssd-products blocked`).
 //!
 //! It computes the same batched, strided product as the kernels of `ssd_product.rs` (that
 //! module's documentation has the formula, the factors, the decay mask and the broadcast of
@@ -15,8 +15,10 @@
 //! - shared-memory lines are padded by one word, so that the 16 threads storing one line's
 //!   consecutive inner indices hit different banks.
 //!
-//! The 64 × 64 kernel (`--ssd-products simple`) is its reference on the device:
-//! `bimamba-train check-kernels` checks both against the op-by-op scan.
+//! The 64 × 64 kernel (`--ssd-products simple`, the default until this one is measured on a
+//! GPU) is its reference on the device: both sum each output over the inner index in the same
+//! order, and `bimamba-train check-kernels` checks each against the op-by-op scan and the two
+//! against each other.
 
 use cubecl::prelude::*;
 
