@@ -252,6 +252,12 @@ pub struct BenchReport {
     pub ssd_scan: String,
     /// Whether the teacher's attention (`--distill`) ran through the flash-attention kernel.
     pub flash_attention: bool,
+    /// Seconds of the first step (kernel compilation and autotuning included: a cold or warm
+    /// kernel cache shows here).
+    pub first_step_s: f64,
+    /// Seconds from the start of the bench (model and teacher made, batch chosen) to the end of
+    /// the first step.
+    pub to_first_step_s: f64,
     /// model_tflops / peak_tflops.
     pub mfu: f64,
     /// Microseconds per launch of a tiny elementwise op (2,000 adds of 256 floats, one wait at
@@ -473,6 +479,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
     device: &B::Device,
     peak_dtype: DType,
 ) -> Result<BenchReport> {
+    let started = Instant::now();
     crate::fused::set_enabled(!a.reference);
     crate::fused::set_ssd_scan(!a.ssd_op_by_op);
     crate::fused::set_ssd_products(a.products());
@@ -496,6 +503,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
     let mut rng = SplitMix64::new(1);
     let l = a.seq_len;
     let mut sum = StepTimes::default();
+    let (mut first_step_s, mut to_first_step_s) = (0.0, 0.0);
     for i in 0..a.warmup + a.steps {
         let timed = i >= a.warmup;
         if i == a.warmup {
@@ -510,6 +518,9 @@ pub fn bench<B: crate::fused::TrainBackend>(
             sum.teacher += t.teacher;
         }
         let total = t.forward + t.backward + t.optimizer;
+        if i == 0 {
+            (first_step_s, to_first_step_s) = (total, started.elapsed().as_secs_f64());
+        }
         eprintln!("step {i}: {total:.3} s{}", if timed { "" } else { " (warm-up)" });
     }
     let memory_reserved_gb = B::device_memory(device).map(|m| m.reserved as f64 / 1e9);
@@ -564,6 +575,8 @@ pub fn bench<B: crate::fused::TrainBackend>(
             .into()
         },
         flash_attention: a.flash_attention,
+        first_step_s,
+        to_first_step_s,
         mfu: model_tflops / peak,
         op_launch_us: launch_us,
         profile_ms,
@@ -594,8 +607,16 @@ pub fn run_cli(a: &BenchArgs) -> Result<()> {
         "batch {} | tokens/step {} | step {:.3} s (forward {:.3}, backward {:.3}, optimizer {:.3})",
         r.batch, r.tokens_per_step, r.step_s, r.forward_s, r.backward_s, r.optimizer_s
     );
+    println!(
+        "first step {:.1} s (kernel compilation included), {:.1} s from the start of the bench",
+        r.first_step_s, r.to_first_step_s
+    );
     if r.distill {
-        println!("distillation step: the teacher's forward took {:.3} s of the forward", r.teacher_s);
+        println!(
+            "distillation step: the teacher's forward took {:.3} s of the forward (attention {})",
+            r.teacher_s,
+            if r.flash_attention { "through the flash kernel" } else { "op by op" }
+        );
     }
     if let Some(gb) = r.memory_reserved_gb {
         println!("device memory held by the allocator after the steps: {gb:.2} GB");
