@@ -9,8 +9,8 @@
 # kernels, for bin/cache.tar.xz next time).
 # Usage: [BATCHES="4 16"] [SKIP_CHECKS=1] [PROFILE="--ssd-products blocked"]
 #        bash scripts/gpu/measure_step.sh "" "--ssd-products blocked" ...
-# Example (about 5 minutes on an H100 with a warm cache):
-#   BATCHES="4 16" PROFILE="--ssd-products blocked" bash scripts/gpu/measure_step.sh "" "--ssd-products blocked"
+# Example (about 3 minutes on an H100 with a warm kernel cache):
+#   BATCHES=4 PROFILE="--ssd-products blocked" bash scripts/gpu/measure_step.sh "" "--ssd-products blocked"
 set -u
 BATCHES=${BATCHES:-"4 16"}
 HERE=$(cd "$(dirname "$0")" && pwd)

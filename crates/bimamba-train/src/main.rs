@@ -118,6 +118,11 @@ struct TrainArgs {
     /// `--ssd-products tensor-cores` (kept so that earlier commands run).
     #[arg(long, hide = true)]
     ssd_tensor_cores: bool,
+    /// Keep the SSD scan's chunk states and carried-in outputs from the forward for the backward
+    /// (two fewer products and no second state passing per layer; two more batch × length ×
+    /// d_inner f32 tensors per layer held); not yet measured on a GPU.
+    #[arg(long)]
+    ssd_keep: bool,
     /// Run the teacher's attention through CubeCL's flash-attention kernel (no [b, heads, L, L]
     /// scores in memory) instead of op by op; checked by `check-kernels`, not yet measured on a GPU.
     #[arg(long)]
@@ -295,6 +300,7 @@ fn run(cli: Cli) -> Result<()> {
             bimamba_train::fused::set_matmul_kernel(family).map_err(anyhow::Error::msg)?;
             bimamba_train::fused::set_ssd_scan(!a.ssd_op_by_op);
             bimamba_train::fused::set_flash_attention(a.flash_attention);
+            bimamba_train::fused::set_ssd_keep(a.ssd_keep);
             bimamba_train::fused::set_ssd_products(match a.ssd_tensor_cores {
                 true => bimamba_train::fused::SsdProducts::TensorCores,
                 false => a.ssd_products,

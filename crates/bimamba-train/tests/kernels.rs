@@ -25,7 +25,8 @@ fn fused_kernels_equal_their_references_on_wgpu() {
     assert!(checks.len() >= 20);
     // The kernels this runtime must have: the scan with both multiply-add products, and flash
     // attention (CubeCL's kernel on plain multiply-adds here).
-    for name in ["ssd_scan_blocked_vs_simple.t64", "causal_attention.f32"] {
+    for name in ["ssd_scan_blocked_vs_simple.t64", "ssd_scan_kept_vs_recomputed_backward.x.t64", "causal_attention.f32"]
+    {
         assert!(checks.iter().any(|c| c.name == name), "no check {name}");
     }
 }
@@ -66,7 +67,8 @@ fn matmul_families_equal_burns_product_on_wgpu() {
 /// A whole training step's gradients through the autodiff wiring of the fused operations equal
 /// those of the op-by-op model: a small Bi-Mamba (two groups, a length no chunk divides) on WGPU,
 /// once with the fused kernels (with the SSD scan differentiated op by op, and as one node with
-/// its hand-written backward) and once without, same weights and tokens.
+/// its hand-written backward, recomputing or keeping its states) and once without, same weights
+/// and tokens.
 #[test]
 fn model_gradients_with_fused_kernels_equal_the_reference_model() {
     use bimamba_train::config::{ModelSpec, Precision};
@@ -103,13 +105,19 @@ fn model_gradients_with_fused_kernels_equal_the_reference_model() {
     let toks: Vec<i64> = (0..2 * 38).map(|i| (i * 7 + 3) % 50).collect();
     let t = Tensor::<A, 2, Int>::from_data(TensorData::new(toks, [2, 38]), &dev);
     let mut runs = Vec::new();
-    // The last run takes the products through the matmul autodiff node (its f32 products fall
-    // back to Burn's kernel; the node's backward formulas are what it checks).
-    for (fused, ssd_node, matmul) in
-        [(false, false, None), (true, false, None), (true, true, None), (true, false, Some("simple_unit"))]
-    {
+    // The fourth run keeps the scan's states from the forward for the backward; the last takes
+    // the products through the matmul autodiff node (its f32 products fall back to Burn's
+    // kernel; the node's backward formulas are what it checks).
+    for (fused, ssd_node, keep, matmul) in [
+        (false, false, false, None),
+        (true, false, false, None),
+        (true, true, false, None),
+        (true, true, true, None),
+        (true, false, false, Some("simple_unit")),
+    ] {
         bimamba_train::fused::set_enabled(fused);
         bimamba_train::fused::set_ssd_scan(ssd_node);
+        bimamba_train::fused::set_ssd_keep(keep);
         bimamba_train::fused::set_matmul_kernel(matmul).expect("a known family");
         let loss = cross_entropy(model.forward_logits(t.clone().narrow(1, 0, 37)), t.clone().narrow(1, 1, 37));
         let value: f32 = loss.clone().into_scalar();
@@ -120,6 +128,7 @@ fn model_gradients_with_fused_kernels_equal_the_reference_model() {
     }
     bimamba_train::fused::set_enabled(true);
     bimamba_train::fused::set_ssd_scan(true);
+    bimamba_train::fused::set_ssd_keep(false);
     bimamba_train::fused::set_matmul_kernel(None).expect("none");
     let (l2, g2) = &runs[0];
     for (run, (l1, g1)) in runs.iter().enumerate().skip(1) {

@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// `--ssd-products tensor-cores` (kept so that earlier commands run).
     #[arg(long, hide = true)]
     pub ssd_tensor_cores: bool,
+    /// Keep the SSD scan's chunk states and carried-in outputs from the forward for the backward
+    /// (two fewer products and no second state passing per layer; two more batch × length ×
+    /// d_inner f32 tensors per layer held); not yet measured on a GPU.
+    #[arg(long)]
+    pub ssd_keep: bool,
     /// Run the teacher's attention through CubeCL's flash-attention kernel (no [b, heads, L, L]
     /// scores in memory) instead of op by op; checked by `check-kernels`, not yet measured on a GPU.
     #[arg(long)]
@@ -484,6 +489,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
     crate::fused::set_ssd_scan(!a.ssd_op_by_op);
     crate::fused::set_ssd_products(a.products());
     crate::fused::set_flash_attention(a.flash_attention);
+    crate::fused::set_ssd_keep(a.ssd_keep);
     let cuda = matches!(a.backend, BackendKind::Cuda);
     crate::fused::set_matmul_kernel(crate::fused::matmul_kernel_for(a.matmul_kernel.as_deref(), cuda))
         .map_err(crate::error::Error::Config)?;
@@ -567,12 +573,12 @@ pub fn bench<B: crate::fused::TrainBackend>(
         ssd_scan: if a.ssd_op_by_op || matches!(a.backend, BackendKind::Ndarray) {
             "op by op".into()
         } else {
-            match a.products() {
+            let products = match a.products() {
                 SsdProducts::TensorCores if B::ssd_tensor_cores_available(device) => "node, tf32 tensor cores",
                 SsdProducts::Blocked => "node, f32 multiply-adds, blocked 128 x 64 tiles",
                 _ => "node, f32 multiply-adds, 64 x 64 tiles",
-            }
-            .into()
+            };
+            format!("{products}{}", if a.ssd_keep { ", states kept for the backward" } else { "" })
         },
         flash_attention: a.flash_attention,
         first_step_s,

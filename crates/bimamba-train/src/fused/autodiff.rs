@@ -176,15 +176,34 @@ impl<B: FusedOps> Backward<B, 3> for GatedRmsNormBackward {
 #[derive(Debug)]
 struct SsdScanBackward;
 
+/// The forward's inputs, the chunk length, the products' dtype, and what the forward kept for the
+/// backward (the states entering each chunk and the carried-in outputs: [`super::SsdKept`]).
+type SsdScanState<B> = (
+    Float<B>,
+    Float<B>,
+    Float<B>,
+    Float<B>,
+    Float<B>,
+    usize,
+    Option<burn::tensor::DType>,
+    Option<(Float<B>, Float<B>)>,
+);
+
 impl<B: FusedOps> Backward<B, 5> for SsdScanBackward {
-    type State = (Float<B>, Float<B>, Float<B>, Float<B>, Float<B>, usize, Option<burn::tensor::DType>);
+    type State = SsdScanState<B>;
 
     fn backward(self, ops: Ops<Self::State, 5>, grads: &mut Gradients, _c: &mut Checkpointer) {
         let [nx, ndt, na, nb, nc] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
-        let (x, dt, a, bm, cm, chunk, dtype) = ops.state;
-        let (gx, gdt, ga, gb, gc) =
-            B::ssd_scan_backward(float(x), float(dt), float(a), float(bm), float(cm), chunk, float(dy), dtype);
+        let (x, dt, a, bm, cm, chunk, dtype, kept) = ops.state;
+        let (x, dt, a, bm, cm, dy) = (float(x), float(dt), float(a), float(bm), float(cm), float(dy));
+        let (gx, gdt, ga, gb, gc) = match kept {
+            Some((s_in, yoff)) => {
+                let kept = super::SsdKept { s_in: float(s_in), yoff: float(yoff) };
+                B::ssd_scan_backward_kept(x, dt, a, bm, cm, chunk, dy, dtype, kept)
+            }
+            None => B::ssd_scan_backward(x, dt, a, bm, cm, chunk, dy, dtype),
+        };
         register!(grads, nx, gx);
         register!(grads, ndt, gdt);
         register!(grads, na, ga);
@@ -400,14 +419,32 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         let nodes = [x.node.clone(), dt.node.clone(), a.node.clone(), bm.node.clone(), cm.node.clone()];
         let ad = match SsdScanBackward.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let y = out(
-                    x.primitive.clone(),
-                    dt.primitive.clone(),
-                    a.primitive.clone(),
-                    bm.primitive.clone(),
-                    cm.primitive.clone(),
-                );
-                prep.finish((x.primitive, dt.primitive, a.primitive, bm.primitive, cm.primitive, chunk, dtype), y)
+                let (y, kept) = match super::ssd_keep_enabled() {
+                    true => {
+                        let (xs, dts, as_, bs, cs) = (
+                            float(x.primitive.clone()),
+                            float(dt.primitive.clone()),
+                            float(a.primitive.clone()),
+                            float(bm.primitive.clone()),
+                            float(cm.primitive.clone()),
+                        );
+                        let (y, kept) = B::ssd_scan_keeping(xs, dts, as_, bs, cs, chunk, dtype);
+                        let kept = kept.map(|k| (k.s_in.into_primitive().tensor(), k.yoff.into_primitive().tensor()));
+                        (y.into_primitive().tensor(), kept)
+                    }
+                    false => (
+                        out(
+                            x.primitive.clone(),
+                            dt.primitive.clone(),
+                            a.primitive.clone(),
+                            bm.primitive.clone(),
+                            cm.primitive.clone(),
+                        ),
+                        None,
+                    ),
+                };
+                let state = (x.primitive, dt.primitive, a.primitive, bm.primitive, cm.primitive, chunk, dtype, kept);
+                prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(out(x.primitive, dt.primitive, a.primitive, bm.primitive, cm.primitive))

@@ -257,6 +257,24 @@ fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
         let blocked = fused();
         push("ssd_scan_blocked", blocked.clone(), (y.clone(), reference.clone()), 1e-4, 1e-4);
         push("ssd_scan_blocked_vs_simple", blocked, simple.clone(), 1e-5, 1e-4);
+        // The backward from what the forward kept equals the one that computes it again (the
+        // same kernels on the same values: exactly, on every runtime).
+        super::set_ssd_products(SsdProducts::Simple);
+        let (_, kept) = B::ssd_scan_keeping(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, None);
+        if let Some(kept) = kept {
+            let g = B::ssd_scan_backward_kept(
+                x.clone(),
+                dt.clone(),
+                a.clone(),
+                bm.clone(),
+                cm.clone(),
+                chunk,
+                dy.clone(),
+                None,
+                kept,
+            );
+            push("ssd_scan_kept_vs_recomputed", (simple.0.clone(), g), simple.clone(), 0.0, 0.0);
+        }
         if tensor_cores {
             super::set_ssd_products(SsdProducts::TensorCores);
             let tc = fused();

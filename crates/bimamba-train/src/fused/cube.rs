@@ -609,10 +609,24 @@ where
         if !super::ssd_cube::supported(&x, &dt, &a, &bm, &cm, chunk) {
             return crate::ssd::ssd_chunked(x, dt, a, bm, cm, chunk, None, dtype).0;
         }
-        super::ssd_cube::scan::<Self, R>(x, dt, a, bm, cm, chunk)
+        super::ssd_cube::scan::<Self, R>(x, dt, a, bm, cm, chunk, false).0
     }
 
-    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn ssd_scan_keeping(
+        x: Tensor<Self, 4>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 1>,
+        bm: Tensor<Self, 4>,
+        cm: Tensor<Self, 4>,
+        chunk: usize,
+        dtype: Option<DType>,
+    ) -> (Tensor<Self, 4>, Option<super::SsdKept<Self>>) {
+        if !super::ssd_cube::supported(&x, &dt, &a, &bm, &cm, chunk) {
+            return (crate::ssd::ssd_chunked(x, dt, a, bm, cm, chunk, None, dtype).0, None);
+        }
+        super::ssd_cube::scan::<Self, R>(x, dt, a, bm, cm, chunk, true)
+    }
+
     fn ssd_scan_backward(
         x: Tensor<Self, 4>,
         dt: Tensor<Self, 3>,
@@ -626,7 +640,24 @@ where
         if !super::ssd_cube::supported(&x, &dt, &a, &bm, &cm, chunk) || dy.dtype() != DType::F32 {
             return crate::ssd::backward::ssd_scan_backward(x, dt, a, bm, cm, chunk, dy, dtype);
         }
-        super::ssd_cube::scan_backward::<Self, R>(x, dt, a, bm, cm, chunk, dy)
+        super::ssd_cube::scan_backward::<Self, R>(x, dt, a, bm, cm, chunk, dy, None)
+    }
+
+    fn ssd_scan_backward_kept(
+        x: Tensor<Self, 4>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 1>,
+        bm: Tensor<Self, 4>,
+        cm: Tensor<Self, 4>,
+        chunk: usize,
+        dy: Tensor<Self, 4>,
+        dtype: Option<DType>,
+        kept: super::SsdKept<Self>,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 3>, Tensor<Self, 1>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        if !super::ssd_cube::supported(&x, &dt, &a, &bm, &cm, chunk) || dy.dtype() != DType::F32 {
+            return crate::ssd::backward::ssd_scan_backward(x, dt, a, bm, cm, chunk, dy, dtype);
+        }
+        super::ssd_cube::scan_backward::<Self, R>(x, dt, a, bm, cm, chunk, dy, Some(kept))
     }
 
     fn ssd_decay_scores(acs: Tensor<Self, 4>, cb: Tensor<Self, 5>) -> Tensor<Self, 5> {

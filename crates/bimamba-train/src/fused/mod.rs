@@ -86,6 +86,30 @@ pub fn ssd_products() -> SsdProducts {
         .unwrap_or(SsdProducts::Simple)
 }
 
+static SSD_KEEP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keeps, from the SSD scan's forward, what its backward would otherwise compute again: the
+/// states entering each chunk and the carried-in outputs ([`SsdKept`]: two tensors of batch ×
+/// length × d_inner f32 per layer at d_state = chunk length), which saves two of the backward's
+/// eleven products and the state passing (`--ssd-keep`; off by default until measured on a GPU).
+pub fn set_ssd_keep(on: bool) {
+    SSD_KEEP.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether the SSD scan's forward keeps its states for the backward.
+pub fn ssd_keep_enabled() -> bool {
+    SSD_KEEP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What the SSD scan's forward can keep for its backward ([`FusedOps::ssd_scan_keeping`]).
+#[derive(Clone, Debug)]
+pub struct SsdKept<B: Backend> {
+    /// The states entering each chunk, [b, chunks, H, P, N].
+    pub s_in: Tensor<B, 5>,
+    /// The outputs carried in by those states, exp(Λ_l) · C_l · S_inᵀ, [b, chunks, H, T, P].
+    pub yoff: Tensor<B, 5>,
+}
+
 static FLASH_ATTENTION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Runs the teacher's attention through one flash-attention kernel (CubeCL's, on the backends
@@ -432,6 +456,44 @@ pub trait FusedOps: Backend {
         dtype: Option<DType>,
     ) -> Tensor<Self, 4> {
         crate::ssd::ssd_chunked(x, dt, a, bm, cm, chunk, None, dtype).0
+    }
+
+    /// [`FusedOps::ssd_scan`], and what its backward can take instead of computing it again
+    /// (`None` where the backend keeps nothing: its backward recomputes).
+    ///
+    /// # Shapes
+    /// - as [`FusedOps::ssd_scan`]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn ssd_scan_keeping(
+        x: Tensor<Self, 4>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 1>,
+        bm: Tensor<Self, 4>,
+        cm: Tensor<Self, 4>,
+        chunk: usize,
+        dtype: Option<DType>,
+    ) -> (Tensor<Self, 4>, Option<SsdKept<Self>>) {
+        (Self::ssd_scan(x, dt, a, bm, cm, chunk, dtype), None)
+    }
+
+    /// [`FusedOps::ssd_scan_backward`] from what [`FusedOps::ssd_scan_keeping`] kept: the same
+    /// gradients, fewer products.
+    ///
+    /// # Shapes
+    /// - as [`FusedOps::ssd_scan_backward`]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn ssd_scan_backward_kept(
+        x: Tensor<Self, 4>,
+        dt: Tensor<Self, 3>,
+        a: Tensor<Self, 1>,
+        bm: Tensor<Self, 4>,
+        cm: Tensor<Self, 4>,
+        chunk: usize,
+        dy: Tensor<Self, 4>,
+        dtype: Option<DType>,
+        _kept: SsdKept<Self>,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 3>, Tensor<Self, 1>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        Self::ssd_scan_backward(x, dt, a, bm, cm, chunk, dy, dtype)
     }
 
     /// Gradients of `Σ dy ⊙ ssd_scan(x, dt, a, bm, cm)`: (dx, ddt, da, dbm, dcm).

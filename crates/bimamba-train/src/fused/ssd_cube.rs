@@ -13,6 +13,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
@@ -25,7 +26,7 @@ use super::kernels::ssd_scan::{
     ssd_chunk_cumsum_kernel, ssd_finish_kernel, ssd_state_pass_backward_kernel, ssd_state_pass_kernel, MAX_CHUNK,
     STATE_PASS_THREADS,
 };
-use super::FusedOps;
+use super::{FusedOps, SsdKept};
 use crate::ssd::pad_positions;
 
 type Prim<R> = CubeTensor<R>;
@@ -227,6 +228,8 @@ struct Chunks<B: Backend> {
     s_in: Tensor<B, 5>,
 }
 
+/// The [`Chunks`] of a scan; `kept`: the states entering each chunk from its forward
+/// ([`SsdKept::s_in`]), so that they are not computed again.
 fn chunks<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     x: Tensor<B, 4>,
     dt: Tensor<B, 3>,
@@ -234,6 +237,7 @@ fn chunks<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     bm: Tensor<B, 4>,
     cm: Tensor<B, 4>,
     chunk: usize,
+    kept: Option<Tensor<B, 5>>,
 ) -> Chunks<B> {
     let [b, l, h, p] = x.dims();
     let [_, _, g, n] = bm.dims();
@@ -263,26 +267,32 @@ fn chunks<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
 
     let cb = out_f32(&like, vec![b, c, g, t, t]);
     product(&prim(&c5), &prim(&b5.clone().swap_dims(3, 4)), &cb, Factors::default());
-    // states[p, n] = Σ_s dt_s·exp(Λ_end − Λ_s) · x[s, p] · B[s, n]
-    let states = out_f32(&like, vec![b, c, h, p, n]);
-    product(
-        &prim(&x5.clone().swap_dims(3, 4)),
-        &prim(&b5),
-        &states,
-        Factors { inner: Some(&dtw), ..Default::default() },
-    );
-    let s_in = out_f32(&like, vec![b, c, h, p, n]);
-    let fin = out_f32(&like, vec![b, h, p * n]);
-    let flat = |t: &Prim<R>| prim(&wrap_d::<B, R, 5>(t.clone()).reshape([b, c, h, p * n]));
-    ssd_state_pass_kernel::launch::<R>(
-        &like.client,
-        CubeCount::new_1d((b * h * p * n).div_ceil(256) as u32),
-        CubeDim::new_1d(256),
-        flat(&states).into_tensor_arg(),
-        acs.clone().into_tensor_arg(),
-        prim(&written(&wrap_d::<B, R, 5>(s_in.clone()), [b, c, h, p * n])).into_tensor_arg(),
-        fin.into_tensor_arg(),
-    );
+    let s_in = match kept {
+        Some(s_in) => s_in,
+        None => {
+            // states[p, n] = Σ_s dt_s·exp(Λ_end − Λ_s) · x[s, p] · B[s, n]
+            let states = out_f32(&like, vec![b, c, h, p, n]);
+            product(
+                &prim(&x5.clone().swap_dims(3, 4)),
+                &prim(&b5),
+                &states,
+                Factors { inner: Some(&dtw), ..Default::default() },
+            );
+            let s_in = out_f32(&like, vec![b, c, h, p, n]);
+            let fin = out_f32(&like, vec![b, h, p * n]);
+            let flat = |t: &Prim<R>| prim(&wrap_d::<B, R, 5>(t.clone()).reshape([b, c, h, p * n]));
+            ssd_state_pass_kernel::launch::<R>(
+                &like.client,
+                CubeCount::new_1d((b * h * p * n).div_ceil(256) as u32),
+                CubeDim::new_1d(256),
+                flat(&states).into_tensor_arg(),
+                acs.clone().into_tensor_arg(),
+                prim(&written(&wrap_d::<B, R, 5>(s_in.clone()), [b, c, h, p * n])).into_tensor_arg(),
+                fin.into_tensor_arg(),
+            );
+            wrap_d(s_in)
+        }
+    };
     Chunks {
         dims: [b, l, h, p, g, n, t, c],
         x,
@@ -295,11 +305,13 @@ fn chunks<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
         wend: wrap_d(wend),
         dtw: wrap_d(dtw),
         cb: wrap_d(cb),
-        s_in: wrap_d(s_in),
+        s_in,
     }
 }
 
-/// y of the scan (without the D·x skip), [b, L, H, P].
+/// y of the scan (without the D·x skip), [b, L, H, P]; with `keep`, also what the backward would
+/// otherwise compute again ([`SsdKept`]).
+#[allow(clippy::type_complexity)]
 pub fn scan<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     x: Tensor<B, 4>,
     dt: Tensor<B, 3>,
@@ -307,18 +319,28 @@ pub fn scan<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     bm: Tensor<B, 4>,
     cm: Tensor<B, 4>,
     chunk: usize,
-) -> Tensor<B, 4> {
-    let s = chunks(x, dt, a, bm, cm, chunk);
+    keep: bool,
+) -> (Tensor<B, 4>, Option<SsdKept<B>>) {
+    let s = chunks(x, dt, a, bm, cm, chunk, None);
     let [b, l, h, p, _, _, t, c] = s.dims;
     let y: Tensor<B, 4> = wrap_d(out_f32(&prim(&s.x), vec![b, c * t, h, p]));
     let yv = prim(&written(&y, [b, c, t, h, p]).swap_dims(2, 3));
     // The carried-in state's outputs, exp(Λ_l) · C_l · S_inᵀ, then the intra-chunk ones added:
     // Σ_{s ≤ l} exp(Λ_l − Λ_s) · (C_l·B_s) · dt_s · x_s.
     let (ex, dts, acs) = (prim(&s.ex), prim(&s.dts), prim(&s.acs));
-    product(&prim(&s.c5), &prim(&s.s_in.swap_dims(3, 4)), &yv, Factors { rows: Some(&ex), ..Default::default() });
+    product(
+        &prim(&s.c5),
+        &prim(&s.s_in.clone().swap_dims(3, 4)),
+        &yv,
+        Factors { rows: Some(&ex), ..Default::default() },
+    );
+    // A copy of the carried-in outputs, [b, c, H, T, P], taken (in stream order) before the
+    // intra-chunk ones are added to y.
+    let yoff = keep.then(|| wrap_d::<B, R, 5>(into_contiguous(yv.clone())));
     let diag = Factors { inner: Some(&dts), decay: Some((&acs, Mask::Lower)), accumulate: true, ..Default::default() };
     product(&prim(&s.cb), &prim(&s.x5), &yv, diag);
-    y.narrow(1, 0, l)
+    let kept = yoff.map(|yoff| SsdKept { s_in: s.s_in, yoff });
+    (y.narrow(1, 0, l), kept)
 }
 
 /// Gradients of `Σ dy ⊙ scan(x, dt, a, bm, cm)`: (dx, ddt, da, dbm, dcm).
@@ -331,8 +353,13 @@ pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: C
     cm: Tensor<B, 4>,
     chunk: usize,
     dy: Tensor<B, 4>,
+    kept: Option<SsdKept<B>>,
 ) -> (Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 4>, Tensor<B, 4>) {
-    let s = chunks(x, dt, a.clone(), bm, cm, chunk);
+    let (kept_s_in, kept_yoff) = match kept {
+        Some(k) => (Some(k.s_in), Some(k.yoff)),
+        None => (None, None),
+    };
+    let s = chunks(x, dt, a.clone(), bm, cm, chunk, kept_s_in);
     let [b, l, h, p, g, n, t, c] = s.dims;
     let hg = h / g;
     let lp = c * t;
@@ -376,8 +403,14 @@ pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: C
     let dxs = out_f32(&like, vec![b, c, h, t, p]);
     let dstates_t = prim(&wrap_d::<B, R, 5>(dstates.clone()).swap_dims(3, 4));
     product(&prim(&s.b5), &dstates_t, &dxs, Factors { rows: Some(&wend), ..none() });
-    let yoff = out_f32(&like, vec![b, c, h, t, p]);
-    product(&prim(&s.c5), &prim(&s.s_in.clone().swap_dims(3, 4)), &yoff, Factors { rows: Some(&ex), ..none() });
+    let yoff = match kept_yoff {
+        Some(yoff) => prim(&yoff),
+        None => {
+            let yoff = out_f32(&like, vec![b, c, h, t, p]);
+            product(&prim(&s.c5), &prim(&s.s_in.clone().swap_dims(3, 4)), &yoff, Factors { rows: Some(&ex), ..none() });
+            yoff
+        }
+    };
 
     // dC = Σ_heads (exp(Λ) ⊙ dy) · S_in + d(C·Bᵀ) · B and dB = Σ_heads (dt·exp(Λ_end − Λ) ⊙ x) ·
     // dstates + d(C·Bᵀ)ᵀ · C, a group's heads side by side in the inner dimension.
