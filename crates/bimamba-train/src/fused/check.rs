@@ -260,7 +260,7 @@ fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
         // The backward from what the forward kept equals the one that computes it again (the
         // same kernels on the same values: exactly, on every runtime).
         super::set_ssd_products(SsdProducts::Simple);
-        let (_, kept) = B::ssd_scan_keeping(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, None);
+        let (y_kept, kept) = B::ssd_scan_keeping(x.clone(), dt.clone(), a.clone(), bm.clone(), cm.clone(), chunk, None);
         if let Some(kept) = kept {
             let g = B::ssd_scan_backward_kept(
                 x.clone(),
@@ -273,7 +273,7 @@ fn scan_checks<B: FusedOps>(device: &B::Device, out: &mut Vec<Check>) {
                 None,
                 kept,
             );
-            push("ssd_scan_kept_vs_recomputed", (simple.0.clone(), g), simple.clone(), 0.0, 0.0);
+            push("ssd_scan_kept_vs_recomputed", (y_kept, g), simple.clone(), 0.0, 0.0);
         }
         if tensor_cores {
             super::set_ssd_products(SsdProducts::TensorCores);

@@ -2,8 +2,9 @@
 //! what [`FusedOps::ssd_scan`] and [`FusedOps::ssd_scan_backward`] run on Burn's CubeCL backends.
 //! The formulas are those of `crate::ssd::backward` (the op-by-op reference of the backward) and
 //! `crate::ssd::ssd_chunked` (of the forward); nothing of size batch × chunks × heads × T × T is
-//! kept between the forward and the backward: the backward recomputes the chunk states, as
-//! mamba_ssm's does.
+//! kept between the forward and the backward. By default the backward recomputes the chunk
+//! states and the outputs they carry in, as mamba_ssm's does; with `--ssd-keep` the forward keeps
+//! both ([`SsdKept`]) and the backward takes them.
 //!
 //! Layouts: x, dy and dx are [b, L, H, P]; B and C [b, L, G, N]; the kernels read and write them
 //! through 5-D views [b, chunks, head or group, T, ·] made by Burn's reshape and permute (free
