@@ -344,8 +344,9 @@ pub fn scan<B: Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     (y.narrow(1, 0, l), kept)
 }
 
-/// Gradients of `Σ dy ⊙ scan(x, dt, a, bm, cm)`: (dx, ddt, da, dbm, dcm).
-#[allow(clippy::type_complexity)]
+/// Gradients of `Σ dy ⊙ scan(x, dt, a, bm, cm)`: (dx, ddt, da, dbm, dcm), from what the forward
+/// kept where it kept something.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn scan_backward<B: FusedOps + Backend<FloatTensorPrimitive = Prim<R>>, R: CubeRuntime>(
     x: Tensor<B, 4>,
     dt: Tensor<B, 3>,
