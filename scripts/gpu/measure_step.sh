@@ -1,5 +1,5 @@
 #!/bin/bash
-# One device call's worth of training-step measurements on the GPU machine, from the repository
+# A batch of training-step measurements that fits one command on the GPU machine, from the repository
 # root (carry runs/gpu with bin/bimamba-train.xz and, if there is one, bin/cache.tar.xz): the
 # kernel checks once, then `step_variants.sh` at each batch of BATCHES with the variants given
 # (one argument each, "" for the defaults), then, with PROFILE set, the per-kernel device profile
