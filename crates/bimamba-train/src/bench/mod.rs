@@ -255,7 +255,9 @@ pub struct BenchReport {
     /// How the SSD scan ran: `op by op`, or as one node with its products on `tf32 tensor
     /// cores` or `f32 multiply-adds`.
     pub ssd_scan: String,
-    /// Whether the teacher's attention (`--distill`) ran through the flash-attention kernel.
+    /// Whether the teacher's attention (`--distill`) was sent to the flash-attention kernel
+    /// (`--flash-attention` on a backend that has one; a problem the kernel refuses still runs op
+    /// by op).
     pub flash_attention: bool,
     /// Seconds of the first step (kernel compilation and autotuning included: a cold or warm
     /// kernel cache shows here).
@@ -580,7 +582,7 @@ pub fn bench<B: crate::fused::TrainBackend>(
             };
             format!("{products}{}", if a.ssd_keep { ", states kept for the backward" } else { "" })
         },
-        flash_attention: a.flash_attention,
+        flash_attention: a.flash_attention && <B::InnerBackend as crate::fused::FusedOps>::KERNELS,
         first_step_s,
         to_first_step_s,
         mfu: model_tflops / peak,
