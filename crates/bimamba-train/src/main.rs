@@ -301,10 +301,10 @@ fn run(cli: Cli) -> Result<()> {
             bimamba_train::fused::set_ssd_scan(!a.ssd_op_by_op);
             bimamba_train::fused::set_flash_attention(a.flash_attention);
             bimamba_train::fused::set_ssd_keep(a.ssd_keep);
-            bimamba_train::fused::set_ssd_products(match a.ssd_tensor_cores {
-                true => bimamba_train::fused::SsdProducts::TensorCores,
-                false => a.ssd_products,
-            });
+            bimamba_train::fused::set_ssd_products(bimamba_train::fused::SsdProducts::from_flags(
+                a.ssd_products,
+                a.ssd_tensor_cores,
+            ));
             let root = ranks.rank == 0;
             let opts = run::RunOptions {
                 out,

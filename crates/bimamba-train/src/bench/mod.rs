@@ -138,10 +138,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// The SSD products' kernel these flags choose.
     pub fn products(&self) -> SsdProducts {
-        match self.ssd_tensor_cores {
-            true => SsdProducts::TensorCores,
-            false => self.ssd_products,
-        }
+        SsdProducts::from_flags(self.ssd_products, self.ssd_tensor_cores)
     }
 }
 

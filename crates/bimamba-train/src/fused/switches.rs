@@ -48,6 +48,18 @@ pub enum SsdProducts {
     TensorCores,
 }
 
+impl SsdProducts {
+    /// The kernel chosen by `--ssd-products` and the older `--ssd-tensor-cores`, which means
+    /// `tensor-cores`.
+    pub fn from_flags(products: SsdProducts, tensor_cores: bool) -> SsdProducts {
+        if tensor_cores {
+            SsdProducts::TensorCores
+        } else {
+            products
+        }
+    }
+}
+
 static SSD_PRODUCTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(SsdProducts::Simple as u8);
 
 /// Chooses the kernel of the SSD scan's products.

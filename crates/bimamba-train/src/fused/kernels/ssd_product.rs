@@ -203,6 +203,13 @@ fn operand_b(b: &Tensor<f32>, p: &Place, gk: usize, gn: usize) -> f32 {
     w
 }
 
+/// Where a per-row or per-column scale's line for this cube's (batch, chunk, head) starts (a
+/// scale per group is read by the group's heads).
+#[cube]
+pub(super) fn scale_base(t: &Tensor<f32>, p: &Place) -> usize {
+    p.z0 * t.stride(0) + p.z1 * t.stride(1) + third(p.z2, p.n2, t.shape(2)) * t.stride(2)
+}
+
 /// out[gm, gn] (=, or +=) r_gm · c_gn · v, for an element inside the output.
 #[cube]
 #[allow(clippy::too_many_arguments)]
@@ -220,14 +227,10 @@ fn write_out(
 ) {
     let mut v = v;
     if has_r {
-        let r_base =
-            p.z0 * rscale.stride(0) + p.z1 * rscale.stride(1) + third(p.z2, p.n2, rscale.shape(2)) * rscale.stride(2);
-        v *= rscale[r_base + gm * rscale.stride(3)];
+        v *= rscale[scale_base(rscale, p) + gm * rscale.stride(3)];
     }
     if has_c {
-        let c_base =
-            p.z0 * cscale.stride(0) + p.z1 * cscale.stride(1) + third(p.z2, p.n2, cscale.shape(2)) * cscale.stride(2);
-        v *= cscale[c_base + gn * cscale.stride(3)];
+        v *= cscale[scale_base(cscale, p) + gn * cscale.stride(3)];
     }
     let o =
         p.z0 * out.stride(0) + p.z1 * out.stride(1) + p.z2 * out.stride(2) + gm * out.stride(3) + gn * out.stride(4);

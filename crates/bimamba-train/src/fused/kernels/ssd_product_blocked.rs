@@ -22,7 +22,7 @@
 
 use cubecl::prelude::*;
 
-use super::ssd_product::{decay_factor, place_tile, third, Place};
+use super::ssd_product::{decay_factor, place_tile, scale_base, Place};
 
 /// Threads of a blocked product cube.
 pub const BLOCKED_THREADS: u32 = 128;
@@ -196,18 +196,23 @@ pub fn ssd_product_blocked_kernel(
     let o_m = out.stride(3);
     let o_n = out.stride(4);
     let mut cv = Array::<f32>::new(8usize);
+    let mut c_base = 0usize;
+    if has_c {
+        c_base = scale_base(cscale, &p);
+    }
     #[unroll]
     for j in 0..PER {
         cv[j] = 1.0;
         if has_c {
             let gn = p.tile_n + tx + cs * j;
             if gn < cols {
-                let c_base = p.z0 * cscale.stride(0)
-                    + p.z1 * cscale.stride(1)
-                    + third(p.z2, p.n2, cscale.shape(2)) * cscale.stride(2);
                 cv[j] = cscale[c_base + gn * cscale.stride(3)];
             }
         }
+    }
+    let mut r_base = 0usize;
+    if has_r {
+        r_base = scale_base(rscale, &p);
     }
     #[unroll]
     for i in 0..PER {
@@ -215,9 +220,6 @@ pub fn ssd_product_blocked_kernel(
         if gm < rows {
             let mut rv = 1.0f32;
             if has_r {
-                let r_base = p.z0 * rscale.stride(0)
-                    + p.z1 * rscale.stride(1)
-                    + third(p.z2, p.n2, rscale.shape(2)) * rscale.stride(2);
                 rv = rscale[r_base + gm * rscale.stride(3)];
             }
             #[unroll]
