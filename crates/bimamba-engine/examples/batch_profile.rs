@@ -4,7 +4,9 @@
 //! in row order (the int8 head kernel before the panel order, `x86/avx512_vnni_q8.rs`; the same
 //! bits), and in the exact arithmetic (f32 activations and state).
 //!
-//! `cargo run --release -p bimamba-engine --example batch_profile -- MODEL_DIR [THREADS] [STEPS] [ROUNDS]`
+//! `cargo run --release -p bimamba-engine --example batch_profile -- MODEL_DIR|SHAPE [THREADS] [STEPS] [ROUNDS]`
+//!
+//! SHAPE (130m, 780m, 1.3b, 2.7b) profiles a random 1-bit model of that shape, built in memory.
 //!
 //! The configurations take turns: each round runs STEPS steps (200) of each, the order rotating
 //! from round to round, so that on a shared machine they see the same load. Prints per
@@ -14,7 +16,7 @@
 use std::time::Instant;
 
 use bimamba_engine::linear::BinaryAct;
-use bimamba_engine::{profile, Model, State, StateDtype};
+use bimamba_engine::{profile, random, Model, State, StateDtype};
 
 /// One configuration's model and its figures per round: `(ms per step, [(section, ms per step)])`.
 struct Config {
@@ -36,13 +38,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 2 {
-        return Err("usage: batch_profile MODEL_DIR [THREADS] [STEPS] [ROUNDS]".into());
+        return Err("usage: batch_profile MODEL_DIR|SHAPE [THREADS] [STEPS] [ROUNDS]".into());
     }
     let threads: usize = args.get(2).map_or(Ok(2), |s| s.parse())?;
     let steps: usize = args.get(3).map_or(Ok(200), |s| s.parse())?;
     let rounds: usize = args.get(4).map_or(Ok(1), |s| s.parse())?.max(1);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
-    let loaded = Model::load(std::path::Path::new(&args[1]))?;
+    let loaded = match random::shape_config(&args[1]) {
+        Some(cfg) => random::random_model(cfg, random::ProjFormat::Binary, 1)?,
+        None => Model::load(std::path::Path::new(&args[1]))?,
+    };
     let with = |act: BinaryAct, dtype: StateDtype| {
         let mut m = loaded.clone();
         m.set_binary_act(act);
