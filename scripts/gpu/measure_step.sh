@@ -7,7 +7,9 @@
 # $OUT as two files, whatever the number of runs (a call brings back at most eight):
 # measure.tar.xz (the JSON, tables and logs, one folder per batch) and cache.tar.xz (the compiled
 # kernels, for bin/cache.tar.xz next time).
-# Usage: [BATCHES="4 16"] [SKIP_CHECKS=1] [PROFILE="--ssd-products blocked"]
+# With KEEP=DIR the results also stay unpacked in DIR on the machine, for a later command on the
+# same warm machine (scripts/gpu/best_flags.sh reads them).
+# Usage: [BATCHES="4 16"] [SKIP_CHECKS=1] [PROFILE="--ssd-products blocked"] [KEEP=/tmp/measure]
 #        bash scripts/gpu/measure_step.sh "" "--ssd-products blocked" ...
 # Example (about 3 minutes on an H100 with a warm kernel cache):
 #   BATCHES=4 PROFILE="--ssd-products blocked" bash scripts/gpu/measure_step.sh "" "--ssd-products blocked"
@@ -34,5 +36,6 @@ newest=$(ls -t "$W"/*/cache.tar.xz 2>/dev/null | head -1)
 [ -n "$newest" ] && cp "$newest" "$FINAL/cache.tar.xz"
 rm -f "$W"/*/cache.tar.xz
 tar cJf "$FINAL/measure.tar.xz" -C "$W" .
+[ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp -r "$W"/. "$KEEP"/
 rm -rf "$W"
 ls -la "$FINAL"
