@@ -13,6 +13,10 @@
 //! `n` or `s` and shared by the tile's rows. A tile reads its `RP` state rows for the readout and
 //! then updates them, so each row passes through L1 once per chunk. The intra-chunk sum skips
 //! the vectors of tokens before `s` (zeros of the triangle).
+//!
+//! Arrays of vectors are filled by loops, not `std::array::from_fn`: its closure is compiled
+//! outside this `target_feature` function, and the f32 intrinsics in it became function calls
+//! (`_mm512_loadu_ps` and `_mm512_mul_ps` as symbols of their own in a profile of prefill).
 
 use std::arch::x86_64::*;
 
@@ -78,10 +82,11 @@ pub unsafe fn head_chunks<const W: usize, const RP: usize>(
             }
             // e[t] = a_0·L[t][0]; e_end = e[len−1].
             let a0 = _mm512_set1_ps(*blk.decay.get_unchecked(k0));
-            let e: [__m512; W] = std::array::from_fn(|w| {
+            let mut e = [zero; W];
+            for w in 0..W {
                 let v = _mm512_mul_ps(a0, row[w]);
-                _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, min_pos), zero)
-            });
+                e[w] = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, min_pos), zero);
+            }
             let e_end = _mm512_set1_ps(flush(*blk.decay.get_unchecked(k0) * ws));
 
             let xk = xbc.add(k0 * stride + blk.x_off);
@@ -92,7 +97,10 @@ pub unsafe fn head_chunks<const W: usize, const RP: usize>(
                 // Carried-in readout: Σ_n S[p][n]·Cᵀ[n][..], then × e.
                 let mut acc = [[zero; W]; RP];
                 for j in 0..n {
-                    let cv: [__m512; W] = std::array::from_fn(|w| _mm512_loadu_ps(ct.add(j * q + 16 * w)));
+                    let mut cv = [zero; W];
+                    for (w, c) in cv.iter_mut().enumerate() {
+                        *c = _mm512_loadu_ps(ct.add(j * q + 16 * w));
+                    }
                     for (r, ar) in acc.iter_mut().enumerate() {
                         let sv = _mm512_set1_ps(*sp.add(r * n + j));
                         for w in 0..W {
@@ -142,8 +150,10 @@ pub unsafe fn head_chunks<const W: usize, const RP: usize>(
             if p_n.is_multiple_of(16) {
                 for pb in (0..p_n).step_by(16) {
                     for w in 0..W {
-                        let mut m: [__m512i; 16] =
-                            std::array::from_fn(|i| _mm512_loadu_si512(yt.as_ptr().add((pb + i) * q + 16 * w).cast()));
+                        let mut m = [_mm512_setzero_si512(); 16];
+                        for (i, v) in m.iter_mut().enumerate() {
+                            *v = _mm512_loadu_si512(yt.as_ptr().add((pb + i) * q + 16 * w).cast());
+                        }
                         transpose16(&mut m);
                         for (j, v) in m.iter().enumerate().take(len.saturating_sub(16 * w).min(16)) {
                             _mm512_storeu_si512(yk.add((16 * w + j) * p_n + pb).cast(), *v);
@@ -181,12 +191,18 @@ unsafe fn update_tile<const NV: usize>(
     len: usize,
 ) {
     unsafe {
-        let mut acc: [[__m512; NV]; 4] = std::array::from_fn(|r| {
-            std::array::from_fn(|v| _mm512_mul_ps(e_end, _mm512_loadu_ps(rows.add(r * n + 16 * v))))
-        });
+        let mut acc = [[_mm512_setzero_ps(); NV]; 4];
+        for (r, ar) in acc.iter_mut().enumerate() {
+            for (v, a) in ar.iter_mut().enumerate() {
+                *a = _mm512_mul_ps(e_end, _mm512_loadu_ps(rows.add(r * n + 16 * v)));
+            }
+        }
         for ss in 0..len {
             let bs = b.add(ss * stride);
-            let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(bs.add(16 * v)));
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, b) in bv.iter_mut().enumerate() {
+                *b = _mm512_loadu_ps(bs.add(16 * v));
+            }
             let xs = xw.add(ss * p_n);
             for (r, ar) in acc.iter_mut().enumerate() {
                 let a = _mm512_set1_ps(*xs.add(r));

@@ -33,7 +33,10 @@ pub unsafe fn head_steps<const V: usize>(s: &mut [f32], blk: &HeadBlock, y: &mut
             let k1 = (k0 + BLOCK).min(t);
             for p in 0..p_n {
                 let rp = s.as_mut_ptr().add(p * n);
-                let mut row: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(rp.add(16 * v)));
+                let mut row = [_mm512_setzero_ps(); V];
+                for (v, r) in row.iter_mut().enumerate() {
+                    *r = _mm512_loadu_ps(rp.add(16 * v));
+                }
                 for k in k0..k1 {
                     let base = xbc.add(k * blk.stride);
                     let (b, c) = (base.add(blk.b_off), base.add(blk.c_off));
